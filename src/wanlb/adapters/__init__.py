@@ -1,0 +1,1 @@
+"""Thin kernel adapters: nft, routing (pyroute2), sysctls.  No decisions live here."""

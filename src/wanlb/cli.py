@@ -1,0 +1,220 @@
+"""The ``wanlb`` command line.
+
+Exit codes: 0 success · 1 runtime failure · 2 bad config or arguments ·
+3 no daemon answers the control socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from wanlb import __version__
+from wanlb.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from wanlb.control import ControlError, request
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+EXIT_NO_DAEMON = 3
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    default=DEFAULT_CONFIG_PATH,
+    envvar="WANLB_CONFIG",
+    show_default=True,
+    help="YAML configuration file (env WANLB_CONFIG).",
+)
+socket_option = click.option(
+    "--socket",
+    "socket_path",
+    default=None,
+    envvar="WANLB_SOCKET",
+    help="Control socket of the daemon (default: control.socket of the config, else /run/wanlb/wanlb.sock).",
+)
+
+
+def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
+    click.echo(f"wanlb: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str):
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def resolve_socket(socket_path: str | None, config_path: str) -> str:
+    """Explicit --socket wins; else the config's control.socket if the config is readable."""
+    if socket_path:
+        return socket_path
+    try:
+        return load_config(config_path).control.socket
+    except ConfigError:
+        from wanlb.config import DEFAULT_SOCKET
+
+        return DEFAULT_SOCKET
+
+
+def ask_daemon(socket_path: str, message: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return request(socket_path, message)
+    except ControlError as exc:
+        fail(str(exc), EXIT_NO_DAEMON)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wanlb")
+def main() -> None:
+    """wanlb — a connection-sticky, health-aware multi-WAN gateway.
+
+    NEW connections are spread over ISPs by weight and tier; every later packet
+    of a connection follows the ISP it started on (conntrack mark → ip rule →
+    ISP routing table).  Start with `wanlb check`, `wanlb render`, then
+    `wanlb run`.  Try everything on one machine with `wanlb demo` or `wanlb lab`.
+    """
+
+
+@main.command()
+@config_option
+def check(config_path: str) -> None:
+    """Validate a config file: exit 0 when valid, else 2 with FILE:LINE: field: message per error."""
+    cfg = _load(config_path)
+    isps = ", ".join(f"{i.name} (mark {i.mark:#x}, table {i.table})" for i in cfg.isps)
+    click.echo(f"{config_path}: ok — {len(cfg.isps)} ISP(s): {isps}")
+
+
+@main.command()
+@config_option
+@click.option("--nft-only", is_flag=True, help="Print only the nft transaction (suitable for `nft -c -f -`).")
+def render(config_path: str, nft_only: bool) -> None:
+    """Print exactly what would be applied (nft transaction, ip rules, routes, sysctls); change nothing.
+
+    Connected routes are read from the main table (read-only) to show their
+    copies in the ISP tables; every ISP is assumed up.
+    """
+    from wanlb.adapters.routing import read_connected
+    from wanlb.plan import plan
+    from wanlb.render import render as do_render
+
+    cfg = _load(config_path)
+    rendered = do_render(plan(cfg, connected=read_connected()))
+    click.echo(rendered.nft if nft_only else rendered.describe(), nl=False)
+
+
+@main.command()
+@config_option
+@click.option("--cleanup-on-exit", is_flag=True, help="On SIGTERM/SIGINT remove everything wanlb added.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def run(config_path: str, cleanup_on_exit: bool, verbose: bool) -> None:
+    """Apply the config and keep the gateway converged (foreground; logs to stderr).
+
+    SIGHUP re-reads the config (a bad one is logged, the running rules stay).
+    SIGTERM/SIGINT exit leaving the datapath in place unless --cleanup-on-exit.
+    """
+    from wanlb.daemon import run as run_daemon
+    from wanlb.reconcile import PreflightError
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _load(config_path)
+    try:
+        run_daemon(config_path, cleanup_on_exit)
+    except PreflightError as exc:
+        fail(str(exc))
+    except Exception as exc:  # one sentence for the operator, not a traceback
+        fail(str(exc))
+
+
+@main.command()
+@config_option
+@socket_option
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
+def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
+    """Show each ISP's state, weight, share of NEW connections, mark, table and interface."""
+    reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "status"})
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    table = Table(title=f"wanlb (pid {reply['pid']}, up {reply['uptime_seconds']}s)")
+    for col in ("isp", "status", "tier", "weight", "share", "mark", "table", "interface", "conns"):
+        table.add_column(col)
+    counts = reply.get("conn_counts", {})
+    for isp in reply["isps"]:
+        table.add_row(
+            isp["name"],
+            isp["status"] + ("" if isp["active"] or isp["status"] != "up" else " (standby)"),
+            str(isp["tier"]),
+            str(isp["weight"]),
+            f"{isp['share_percent']:.1f}%",
+            f"{isp['mark']:#x}",
+            str(isp["table"]),
+            isp["interface"],
+            str(counts.get(isp["name"], "-")),
+        )
+    Console().print(table)
+
+
+@main.command()
+@config_option
+@socket_option
+def reload(config_path: str, socket_path: str | None) -> None:
+    """Ask the daemon to re-read its config (same as SIGHUP, but reports the result)."""
+    reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "reload"})
+    click.echo(reply.get("message", "reloaded"))
+
+
+@main.command()
+@config_option
+@socket_option
+@click.option("--cleanup", is_flag=True, help="Also remove the nft table, ip rules, routes and restore sysctls.")
+def stop(config_path: str, socket_path: str | None, cleanup: bool) -> None:
+    """Stop the daemon; with --cleanup remove everything wanlb added (works without a daemon too)."""
+    from wanlb.reconcile import cleanup as do_cleanup
+
+    sock = resolve_socket(socket_path, config_path)
+    try:
+        request(sock, {"cmd": "stop", "cleanup": cleanup})
+        click.echo("daemon stopping" + (" and cleaning up" if cleanup else ""))
+        if cleanup:
+            _wait_gone(sock)
+        return
+    except ControlError:
+        if not cleanup:
+            fail(f"no wanlb daemon is running (nothing answers at {sock})", EXIT_NO_DAEMON)
+    if os.geteuid() != 0:
+        fail("cleanup needs root")
+    for change in do_cleanup(_load(config_path)):
+        click.echo(change)
+    click.echo("cleanup done")
+
+
+def _wait_gone(sock: str, timeout: float = 10.0) -> None:
+    """Wait until the daemon has finished its cleanup and released the socket."""
+    import time
+
+    from wanlb.control import socket_in_use
+
+    deadline = time.monotonic() + timeout
+    while socket_in_use(sock) or os.path.exists(sock):
+        if time.monotonic() > deadline:
+            fail("the daemon did not finish stopping in time")
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main()
