@@ -13,11 +13,12 @@ import sys
 from typing import Any, NoReturn
 
 import click
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from wanlb import __version__
-from wanlb.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from wanlb.config import DEFAULT_CONFIG_PATH, DEFAULT_SOCKET, ConfigError, load_config
 from wanlb.control import ControlError, request
 
 EXIT_RUNTIME = 1
@@ -62,9 +63,13 @@ def resolve_socket(socket_path: str | None, config_path: str) -> str:
     try:
         return load_config(config_path).control.socket
     except ConfigError:
-        from wanlb.config import DEFAULT_SOCKET
-
-        return DEFAULT_SOCKET
+        # An invalid config may still name the socket (e.g. `wanlb reload` of a broken
+        # file must reach the daemon so it can refuse it and say why).
+        try:
+            with open(config_path) as fh:
+                return str(yaml.safe_load(fh)["control"]["socket"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return DEFAULT_SOCKET
 
 
 def ask_daemon(socket_path: str, message: dict[str, Any]) -> dict[str, Any]:

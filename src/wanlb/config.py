@@ -359,9 +359,13 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
 
 
 def _show(value: Any) -> str:
-    return f"{value:#x}" if isinstance(value, int) and value > 255 else repr(value) if isinstance(
-        value, str
-    ) else str(value)
+    return (
+        f"{value:#x}"
+        if isinstance(value, int) and value > 255
+        else repr(value)
+        if isinstance(value, str)
+        else str(value)
+    )
 
 
 def _resolve(cfg: Config) -> Config:

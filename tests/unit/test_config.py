@@ -1,0 +1,162 @@
+"""Config validation: every malformed file is refused with FILE:LINE: field: message."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from wanlb.config import ConfigError, load_config, parse_config, parse_duration
+
+GOOD = """\
+lan:
+  interfaces: [lan0]
+isps:
+  - name: fiber
+    interface: wan1
+    gateway: 100.64.1.1
+    weight: 3
+    health: { targets: [203.0.113.10], interval: 200ms, timeout: 1s, down_after: 3, up_after: 5 }
+  - name: lte
+    interface: wan2
+    gateway: 100.64.2.1
+balance:
+  algorithm: weighted
+mark_mask: 0xff00
+local_traffic: true
+control:
+  socket: /run/wanlb/wanlb.sock
+"""
+
+
+def test_good_config_resolves_marks_and_tables() -> None:
+    cfg = parse_config(GOOD, "good.yaml")
+    assert [(i.name, i.mark, i.table) for i in cfg.isps] == [("fiber", 0x100, 201), ("lte", 0x200, 202)]
+    assert cfg.isps[0].health.interval == pytest.approx(0.2)
+    assert cfg.isps[0].health.timeout == pytest.approx(1.0)
+    assert cfg.isps[1].weight == 1 and cfg.isps[1].tier == 1 and cfg.isps[1].snat == "masquerade"
+
+
+def test_explicit_marks_and_tables_are_avoided_by_auto_assignment() -> None:
+    text = GOOD.replace("    weight: 3\n", "    weight: 3\n    mark: 0x200\n    table: 201\n")
+    cfg = parse_config(text)
+    assert [(i.mark, i.table) for i in cfg.isps] == [(0x200, 201), (0x100, 202)]
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"), [("200ms", 0.2), ("1s", 1.0), ("5m", 300.0), ("2h", 7200.0), (3, 3.0), ("1.5s", 1.5)]
+)
+def test_durations(duration: object, seconds: float) -> None:
+    assert parse_duration(duration) == pytest.approx(seconds)
+
+
+def _replace(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+# (config text, expected line, expected field path, a word the message must contain)
+BAD = [
+    (_replace("  algorithm: weighted\n", "  algorithm: weighted\n  colour: red\n"), 14, "balance.colour", "unknown"),
+    (_replace("    weight: 3\n", "    weight: three\n"), 7, "isps.0.weight", "integer"),
+    (_replace("    weight: 3\n", "    weight: 0\n"), 7, "isps.0.weight", "greater"),
+    (_replace("    weight: 3\n", "    weight: 1001\n"), 7, "isps.0.weight", "less"),
+    (_replace("  - name: lte\n", "  - name: fiber\n"), 9, "isps.1.name", "duplicate"),
+    (_replace("    interface: wan2\n", "    interface: wan1\n"), 10, "isps.1.interface", "duplicate"),
+    (
+        _replace("    weight: 3\n", "    weight: 3\n    mark: 0x300\n").replace(
+            "    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    mark: 0x300\n"
+        ),
+        13,
+        "isps.1.mark",
+        "duplicate",
+    ),
+    (_replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    mark: 0x1\n"), 12, "isps.1.mark", "outside"),
+    (
+        _replace("    weight: 3\n", "    weight: 3\n    table: 300\n").replace(
+            "    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    table: 300\n"
+        ),
+        13,
+        "isps.1.table",
+        "duplicate",
+    ),
+    (_replace("    gateway: 100.64.1.1\n", "    gateway: 100.64.1.300\n"), 6, "isps.0.gateway", "IPv4"),
+    (_replace("interval: 200ms", "interval: 20 parsecs"), 8, "isps.0.health.interval", "duration"),
+    (_replace("targets: [203.0.113.10]", "targets: [203.0.113]"), 8, "isps.0.health.targets.0", "IPv4"),
+    (
+        "lan:\n  interfaces: [lan0]\nisps: []\n",
+        3,
+        "isps",
+        "at least 1",
+    ),
+    (_replace("  - name: fiber\n", "  - name: Fiber\n"), 4, "isps.0.name", "must match"),
+    (_replace("  - name: fiber\n", "  - name: averyveryverylongname\n"), 4, "isps.0.name", "must match"),
+    (_replace("mark_mask: 0xff00\n", "mark_mask: 0xf0f0\n"), 14, "mark_mask", "contiguous"),
+    (_replace("    interface: wan1\n", "    interface: lan0\n"), 5, "isps.0.interface", "LAN"),
+    (
+        _replace("    interface: wan1\n", "    interface: this-name-is-too-long\n"),
+        5,
+        "isps.0.interface",
+        "interface name",
+    ),
+    (_replace("local_traffic: true\n", "local_traffic: maybe\n"), 15, "local_traffic", "boolean"),
+    (_replace("  interfaces: [lan0]\n", "  interfaces: []\n"), 2, "lan.interfaces", "at least 1"),
+    (
+        _replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    snat: sometimes\n"),
+        12,
+        "isps.1.snat",
+        "masquerade",
+    ),
+    (_replace("    gateway: 100.64.2.1\n", ""), 9, "isps.1.gateway", "missing"),
+    (_replace("down_after: 3", "down_after: -1"), 8, "isps.0.health.down_after", "greater"),
+    (_replace("mark_mask: 0xff00\n", "mark_mask: 0x1\n"), 14, "mark_mask", "holds only"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "path", "word"), BAD, ids=[b[2] + ":" + b[3] for b in BAD])
+def test_bad_config_names_file_line_and_field(text: str, line: int, path: str, word: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "bad.yaml")
+    report = str(info.value)
+    expected_prefix = f"bad.yaml:{line}: {path}:"
+    assert any(row.startswith(expected_prefix) for row in report.splitlines()), report
+    assert word.lower() in report.lower(), report
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("lan:\n  interfaces: [lan0\nisps: x\n", "broken.yaml")
+    assert str(info.value).startswith("broken.yaml:")
+    assert "YAML syntax error" in str(info.value)
+
+
+def test_duplicate_yaml_key_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + "mark_mask: 0xff\n", "dup.yaml")
+    assert "duplicate key 'mark_mask'" in str(info.value)
+    assert str(info.value).startswith("dup.yaml:18:")
+
+
+def test_empty_and_missing_files(tmp_path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(empty)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_error_is_reported_at_once() -> None:
+    text = textwrap.dedent(
+        """\
+        lan: {interfaces: [lan0]}
+        isps:
+          - {name: a, interface: wan1, gateway: 1.2.3.4, weight: 0}
+          - {name: b, interface: wan2, gateway: nope}
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "multi.yaml")
+    rows = str(info.value).splitlines()
+    assert "multi.yaml:3: isps.0.weight:" in rows[0]
+    assert "multi.yaml:4: isps.1.gateway:" in rows[1]
