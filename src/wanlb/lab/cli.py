@@ -1,0 +1,168 @@
+"""`wanlb lab ...`: the command-line face of the network-namespace lab (registered by wanlb.cli)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from wanlb.lab.lab import Lab, LabError, down_all, remove_lab, require_root
+from wanlb.lab.topology import TopologyError
+
+name_option = click.option(
+    "--name",
+    envvar="WANLB_LAB",
+    default="lab",
+    show_default=True,
+    help="Lab name; namespaces are wlab-NAME-NODE (env WANLB_LAB).",
+)
+
+
+@contextlib.contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Show lab errors as one `Error: ...` line instead of a traceback, and check root first."""
+    try:
+        require_root()
+        yield
+    except (LabError, TopologyError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _weights(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(w) for w in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use comma-separated integers, e.g. 3,1") from None
+
+
+@click.group(name="lab")
+def lab() -> None:
+    """Network-namespace lab: clients, the gateway, ISP routers and an "internet" on this machine."""
+
+
+@lab.command()
+@name_option
+@click.option("--isps", default=3, show_default=True, help="Number of ISPs (WANs).")
+@click.option("--clients", default=2, show_default=True, help="Number of LAN clients.")
+@click.option("--weights", callback=_weights, help="ISP weights for the generated config, e.g. 3,1.")
+@click.option("--plain-nat", is_flag=True, help="Add a plain masquerade on the WANs (to try the lab without wanlb).")
+def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool) -> None:
+    """Build the lab and start its test servers."""
+    with _friendly_errors():
+        start = time.monotonic()
+        built = Lab.up(name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat)
+        click.echo(f"lab {name!r} is up in {time.monotonic() - start:.1f} s: {isps} ISPs, {clients} clients")
+        click.echo(f"  gateway namespace: {built.ns('gw')}")
+        click.echo(f"  wanlb config:      {built.config_path}")
+        click.echo(f"  try:               wanlb lab traffic --name {name} --connections 200")
+        click.echo(f"  remove with:       wanlb lab down --name {name}")
+
+
+@lab.command()
+@name_option
+@click.option("--all", "all_", is_flag=True, help="Remove every lab (wlab-* namespaces), also crashed ones.")
+def down(name: str, all_: bool) -> None:
+    """Stop the lab's processes and remove its namespaces and state."""
+    with _friendly_errors():
+        removed = down_all() if all_ else remove_lab(name)
+        what = "all labs" if all_ else f"lab {name!r}"
+        click.echo(f"removed {what}: {len(removed)} namespaces" if removed else f"{what}: nothing to remove")
+
+
+@lab.command()
+@name_option
+@click.argument("isp")
+@click.option(
+    "--mode", default="link", show_default=True, help="link | blackhole | loss:PERCENT (replaces any earlier mode)."
+)
+def fail(name: str, isp: str, mode: str) -> None:
+    """Break an ISP (isp2 or 2) inside its router namespace."""
+    with _friendly_errors():
+        the_lab = Lab.load(name)
+        the_lab.fail(isp, mode)
+        click.echo(f"{isp}: {the_lab.fail_modes()[f'isp{the_lab.topology.isp_index(isp)}']}")
+
+
+@lab.command()
+@name_option
+@click.argument("isp")
+def heal(name: str, isp: str) -> None:
+    """Undo any fail mode on an ISP."""
+    with _friendly_errors():
+        Lab.load(name).heal(isp)
+        click.echo(f"{isp}: ok")
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(name: str, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside NODE's namespace (gw, c1.., isp1.., inet), e.g. `wanlb lab exec gw -- ip route`."""
+    with _friendly_errors():
+        ns = Lab.load(name).ns(node)
+    if command[0] == "--":  # click keeps the separator when options precede NODE
+        command = command[1:]
+    if not command:
+        raise click.UsageError("no command given")
+    os.execvp("ip", ["ip", "netns", "exec", ns, *command])
+
+
+@lab.command()
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name: str, as_json: bool) -> None:
+    """Show nodes, links, fail modes and running processes."""
+    with _friendly_errors():
+        info = Lab.load(name).status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"lab {info['name']!r}   config {info['config']}")
+    click.echo("nodes:")
+    for node in info["nodes"]:
+        where = node["namespace"] if node["exists"] else f"{node['namespace']} (MISSING)"
+        click.echo(f"  {node['node']:<6} {where:<28} {' '.join(node['addresses'])}")
+    click.echo("links:")
+    for link in info["links"]:
+        click.echo(f"  {link['a']:<11} {link['a_state']:<11} <-> {link['b']:<11} {link['b_state']}")
+    click.echo("isps:")
+    for isp in info["isps"]:
+        click.echo(f"  {isp['name']:<6} {isp['mode']:<10} spoofed={isp['spoofed']} failed={isp['failed']}")
+    click.echo("processes:")
+    for proc in info["processes"]:
+        state = "running" if proc["running"] else "exited"
+        click.echo(f"  {proc['label']:<14} {proc['node']:<6} pid {proc['pid']:<8} {state}")
+
+
+@lab.command()
+@name_option
+@click.option("--connections", default=100, show_default=True, help="Short connections to open in total.")
+@click.option("--parallel", default=32, show_default=True, help="Connections in flight at once, in total.")
+@click.option("--timeout", default=2.0, show_default=True, help="Seconds per connection before it counts as failed.")
+@click.option("--from", "nodes", multiple=True, help="Node to connect from (repeatable; default: all clients).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def traffic(name: str, connections: int, parallel: int, timeout: float, nodes: tuple[str, ...], as_json: bool) -> None:
+    """Open short HTTP connections and count which ISP each left through, as the server saw it."""
+    with _friendly_errors():
+        the_lab = Lab.load(name)
+        for node in nodes:
+            the_lab.ns(node)  # unknown node: error before starting anything
+        report = the_lab.traffic_report(connections, parallel, timeout, list(nodes) or None)
+    if as_json:
+        out: dict[str, Any] = {"counts": report.counts, "errors": report.errors, "elapsed": report.elapsed}
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"{report.total} connections in {report.elapsed:.2f} s")
+    for key, count in report.counts.items():
+        if count or key not in ("other", "failed"):
+            click.echo(f"  {key:<7} {count:>7}  {100 * count / report.total:5.1f} %")
+    for kind, count in report.errors.items():
+        click.echo(f"  failed: {count} x {kind}")

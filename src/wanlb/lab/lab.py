@@ -1,0 +1,564 @@
+"""Build, drive and tear down a lab: the executing half of `wanlb.lab` (the pure half is `topology`).
+
+Everything is done with iproute2 and nft inside namespaces named `wlab-<name>-<node>`; veth pairs are
+created from inside one namespace straight into the other, so the host's own network is never touched.
+State lives in /run/wanlb/lab/<name>/ (lab.json, the generated wanlb.yaml, server logs); teardown works
+from the namespace names alone, so even a crashed run can be cleaned up (`down_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import wanlb
+from wanlb.lab.topology import (
+    FAIL_COUNTER,
+    HTTP_ADDR,
+    HTTP_PORT,
+    ISP_CUSTOMER_IF,
+    NFT_TABLE,
+    NS_PREFIX,
+    SPOOF_COUNTER,
+    STREAM_ADDR,
+    STREAM_PORT,
+    FailMode,
+    Topology,
+    TopologyError,
+    fail_nft,
+    gateway_nat_nft,
+    isp_for_source,
+)
+
+RUN_DIR = Path("/run/wanlb/lab")
+STOP_GRACE = 3.0  # seconds processes get between SIGTERM and SIGKILL
+READY_TIMEOUT = 15.0  # seconds the servers get to start listening
+
+
+class LabError(RuntimeError):
+    """Anything the lab cannot do, with a message meant for the person at the terminal."""
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv running one of the lab's helper modules with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def _module_env() -> dict[str, str]:
+    """Environment for the lab's own helper processes: they must import the very wanlb package this
+    process runs, whatever is installed (an editable install may point at another checkout)."""
+    src = str(Path(wanlb.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return os.environ | {"PYTHONPATH": f"{src}{os.pathsep}{path}" if path else src}
+
+
+def require_root() -> None:
+    """Namespaces, veths and nft need root; say so up front instead of failing halfway through a build."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, veth, nft): run it with sudo")
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> str:
+    """Run a command, return stdout; raise LabError carrying stderr if it fails."""
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def lab_namespaces(prefix: str = NS_PREFIX) -> list[str]:
+    """Existing namespaces whose name starts with `prefix` (all labs' by default)."""
+    out = _run(["ip", "netns", "list"])
+    names = (line.split()[0] for line in out.splitlines() if line.strip())
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def list_labs() -> list[str]:
+    """Names of labs that have a state directory or namespaces left."""
+    from_dirs = {p.name for p in RUN_DIR.iterdir() if p.is_dir()} if RUN_DIR.is_dir() else set()
+    from_ns = {ns[len(NS_PREFIX) :].split("-")[0] for ns in lab_namespaces()}
+    return sorted(from_dirs | from_ns)
+
+
+def _namespace_pids(ns: str) -> list[int]:
+    proc = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
+    return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
+
+
+def _stop_namespace_processes(namespaces: Sequence[str]) -> None:
+    """SIGTERM every process inside the namespaces, SIGKILL what is left after STOP_GRACE. Processes are
+    found by namespace membership, so PIDs recorded by a crashed run can never hit an unrelated process."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [pid for ns in namespaces for pid in _namespace_pids(ns)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = [pid for ns in namespaces for pid in _namespace_pids(ns)]
+        if not pids:
+            return
+
+
+def _remove_namespaces(namespaces: Sequence[str]) -> None:
+    _stop_namespace_processes(namespaces)
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def remove_lab(name: str) -> list[str]:
+    """Remove one lab by name alone (processes, namespaces, state dir), even if its lab.json is gone;
+    return the namespaces removed."""
+    namespaces = lab_namespaces(Topology(name).prefix)
+    _remove_namespaces(namespaces)
+    shutil.rmtree(RUN_DIR / name, ignore_errors=True)
+    return namespaces
+
+
+def down_all(name_prefix: str = "") -> list[str]:
+    """Remove every lab namespace (`wlab-*`), the processes in them and all lab state; return the
+    namespaces removed. This is the cleanup for crashed runs. `name_prefix` limits it to labs whose name
+    starts with it, so a test can exercise this without touching labs that other runs use meanwhile."""
+    require_root()
+    namespaces = lab_namespaces(NS_PREFIX + name_prefix)
+    _remove_namespaces(namespaces)
+    if RUN_DIR.is_dir():
+        for path in RUN_DIR.glob(f"{name_prefix}*"):
+            shutil.rmtree(path, ignore_errors=True)
+    return namespaces
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit for the duration, so `finally`/`__exit__` teardown runs on `kill` too
+    (Python's default SIGTERM action ends the process without unwinding). Only possible on the main
+    thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@dataclass
+class TrafficReport:
+    """Result of `Lab.traffic_report`: connections per ISP as the server saw them."""
+
+    counts: dict[str, int]  # isp1..ispN, "other" (a source that is no WAN address), "failed"
+    errors: dict[str, int] = field(default_factory=dict)  # failure kind -> count
+    elapsed: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Lab:
+    """A running lab. Create with `Lab.up(...)`, attach to an existing one with `Lab.load(name)`.
+
+    As a context manager it always tears the lab down on exit, including on KeyboardInterrupt and SIGTERM.
+    """
+
+    def __init__(self, topology: Topology, state: dict[str, Any]) -> None:
+        self.topology = topology
+        self._state = state
+        self._children: list[subprocess.Popen[Any]] = []
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        name: str = "lab",
+        isps: int = 3,
+        clients: int = 2,
+        weights: Sequence[int] | None = None,
+        plain_nat: bool = False,
+    ) -> Lab:
+        """Build a lab and start its servers. If anything fails (or the build is interrupted), whatever
+        was built is torn down before the error propagates.
+
+        Without the daemon, client traffic leaves the gateway unNATed and the ISPs' anti-spoofing drops it;
+        `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon)."""
+        require_root()
+        try:
+            topo = Topology(name, isps, clients, tuple(weights or ()))
+        except TopologyError as exc:
+            raise LabError(str(exc)) from None
+        if lab_namespaces(topo.prefix):
+            raise LabError(f"lab {name!r} already exists: `wanlb lab down --name {name}` first")
+        try:
+            (RUN_DIR / name).mkdir(parents=True)
+        except FileExistsError:
+            raise LabError(
+                f"lab {name!r} already exists ({RUN_DIR / name}): `wanlb lab down --name {name}` first"
+            ) from None
+        state = {
+            "name": name,
+            "isps": isps,
+            "clients": clients,
+            "weights": list(topo.weights),
+            "namespaces": {node: topo.ns(node) for node in topo.nodes},
+            "processes": {},
+            "fail": {},
+            "plain_nat": plain_nat,
+            "created": time.time(),
+        }
+        lab = cls(topo, state)
+        try:
+            with sigterm_as_exit():
+                lab._save()
+                lab._build()
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    @classmethod
+    def load(cls, name: str = "lab") -> Lab:
+        """Attach to a lab built earlier (possibly by another process)."""
+        path = RUN_DIR / name / "lab.json"
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            labs = list_labs()
+            raise LabError(
+                f"no lab named {name!r}" + (f"; existing: {', '.join(labs)}" if labs else "; `wanlb lab up`")
+            ) from None
+        return cls(Topology(state["name"], state["isps"], state["clients"], tuple(state["weights"])), state)
+
+    def down(self) -> None:
+        """Kill every process in the lab's namespaces, delete them and the state directory. Never raises
+        for things already gone, so it is safe on a half-built or already removed lab."""
+        remove_lab(self.name)
+        for child in self._children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=STOP_GRACE)  # reap: they were killed above
+
+    def __enter__(self) -> Lab:
+        self._exit_stack = contextlib.ExitStack()
+        self._exit_stack.enter_context(sigterm_as_exit())
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit_stack.close()
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut teardown short
+            try:
+                self.down()
+            finally:
+                signal.signal(signal.SIGTERM, old)
+        else:
+            self.down()
+
+    def _build(self) -> None:
+        topo = self.topology
+        _run(["ip", "-batch", "-"], "".join(f"netns add {topo.ns(n)}\n" for n in topo.nodes))
+        for node in topo.nodes:
+            settings = [f"{k}={v}" for k, v in topo.sysctls(node).items()]
+            _run(["ip", "netns", "exec", topo.ns(node), "sysctl", "-q", "-w", *settings])
+        for node in topo.nodes:
+            _run(["ip", "-n", topo.ns(node), "-batch", "-"], "\n".join(topo.ip_batch(node)) + "\n")
+        for i in range(1, topo.isps + 1):
+            _run(["ip", "netns", "exec", topo.ns(f"isp{i}"), "nft", "-f", "-"], topo.isp_nft(i))
+        if self._state["plain_nat"]:
+            _run(["ip", "netns", "exec", topo.ns("gw"), "nft", "-f", "-"], gateway_nat_nft())
+        self.config_path.write_text(topo.config_yaml(str(self.socket_path)))
+        self._start_servers()
+
+    def _start_servers(self) -> None:
+        """Start the HTTP and stream servers in inet and wait until both listen."""
+        servers = {"http": f"{HTTP_ADDR}:{HTTP_PORT}", "stream": f"{STREAM_ADDR}:{STREAM_PORT}"}
+        for kind, listen in servers.items():
+            ready = self.dir / f"{kind}.ready"
+            with open(self.dir / f"{kind}.log", "wb") as log:
+                self.popen(
+                    "inet",
+                    python_module("wanlb.lab.servers", kind, "--listen", listen, "--ready-file", str(ready)),
+                    label=kind,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+        deadline = time.monotonic() + READY_TIMEOUT
+        for kind in servers:
+            while not (self.dir / f"{kind}.ready").exists():
+                if time.monotonic() > deadline or not self._process_alive(kind):
+                    log = (self.dir / f"{kind}.log").read_text(errors="replace")[-2000:]
+                    raise LabError(f"the {kind} server did not start:\n{log}")
+                time.sleep(0.02)
+
+    # --- names and paths ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.topology.name
+
+    @property
+    def dir(self) -> Path:
+        """State directory: lab.json, wanlb.yaml, server logs; the daemon's socket goes here too."""
+        return RUN_DIR / self.name
+
+    @property
+    def config_path(self) -> Path:
+        """The generated wanlb config for this lab."""
+        return self.dir / "wanlb.yaml"
+
+    @property
+    def socket_path(self) -> Path:
+        """The control socket path written into the generated config."""
+        return self.dir / "wanlb.sock"
+
+    @property
+    def isps(self) -> list[str]:
+        return self.topology.isp_names
+
+    @property
+    def clients(self) -> list[str]:
+        return self.topology.client_names
+
+    @property
+    def nodes(self) -> list[str]:
+        return self.topology.nodes
+
+    def ns(self, node: str) -> str:
+        """Full namespace name of a node (`gw`, `c1`, `isp2`, `inet`)."""
+        try:
+            return self.topology.ns(node)
+        except TopologyError as exc:
+            raise LabError(str(exc)) from None
+
+    def _isp_index(self, isp: str) -> int:
+        try:
+            return self.topology.isp_index(isp)
+        except TopologyError as exc:
+            raise LabError(str(exc)) from None
+
+    def _save(self) -> None:
+        tmp = self.dir / "lab.json.tmp"
+        tmp.write_text(json.dumps(self._state, indent=2) + "\n")
+        tmp.replace(self.dir / "lab.json")
+
+    # --- running things ----------------------------------------------------------------------------
+
+    def run(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """`subprocess.run(argv, **kwargs)` inside a node's namespace (by default with an environment that
+        imports this wanlb package, so `python -m wanlb...` and `wanlb` run the code under test)."""
+        kwargs.setdefault("env", _module_env())
+        return subprocess.run(["ip", "netns", "exec", self.ns(node), *argv], **kwargs)
+
+    def popen(self, node: str, argv: Sequence[str], label: str | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a background process inside a node's namespace, recorded in lab.json under `label` so
+        `status` shows it. `down` stops it whatever happens, as it stops everything in the namespaces.
+        The default environment is the one `run` uses."""
+        kwargs.setdefault("env", _module_env())
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(node), *argv], start_new_session=True, **kwargs)
+        self._children.append(proc)
+        label = label or f"{Path(argv[0]).name}-{proc.pid}"
+        self._state["processes"][label] = {"node": node, "pid": proc.pid, "argv": list(argv)}
+        self._save()
+        return proc
+
+    def _process_alive(self, label: str) -> bool:
+        info = self._state["processes"].get(label)
+        return bool(info) and info["pid"] in _namespace_pids(self.ns(info["node"]))
+
+    def ping(self, node: str, addr: str, count: int = 1, timeout: float = 1.0, source: str | None = None) -> bool:
+        """Whether `addr` answers ICMP echo from `node` (any of `count` tries)."""
+        argv = python_module("wanlb.lab.ping", addr, "--count", str(count), "--timeout", str(timeout))
+        if source:
+            argv += ["--source", source]
+        return self.run(node, argv, capture_output=True, check=False).returncode == 0
+
+    # --- failures ----------------------------------------------------------------------------------
+
+    def fail(self, isp: str, mode: str | FailMode = "link") -> None:
+        """Break ISP `isp` (`isp2` or `2`) in the given mode (`link`, `blackhole`, `loss:PERCENT`), replacing
+        any earlier mode. Idempotent."""
+        i = self._isp_index(isp)
+        if isinstance(mode, str):
+            try:
+                mode = FailMode.parse(mode)
+            except TopologyError as exc:
+                raise LabError(str(exc)) from None
+        self._apply(i, mode)
+        self._state["fail"][f"isp{i}"] = str(mode)
+        self._save()
+
+    def heal(self, isp: str) -> None:
+        """Undo any fail mode on the ISP. Idempotent."""
+        i = self._isp_index(isp)
+        self._apply(i, None)
+        self._state["fail"].pop(f"isp{i}", None)
+        self._save()
+
+    def _apply(self, i: int, mode: FailMode | None) -> None:
+        ns = self.ns(f"isp{i}")
+        link = "down" if mode is not None and mode.kind == "link" else "up"
+        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode))
+        _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
+
+    def fail_modes(self) -> dict[str, str]:
+        """Current fail mode per ISP (`ok` when healthy)."""
+        return {isp: self._state["fail"].get(isp, "ok") for isp in self.isps}
+
+    def counter(self, isp: str, counter: str = SPOOF_COUNTER) -> int:
+        """Packets counted by a named counter on an ISP router: `spoofed` (BCP38 drops) or `failed`
+        (drops by the blackhole/loss fail modes)."""
+        ns = self.ns(f"isp{self._isp_index(isp)}")
+        out = _run(["ip", "netns", "exec", ns, "nft", "-j", "list", "counter", "ip", NFT_TABLE, counter])
+        for obj in json.loads(out)["nftables"]:
+            if "counter" in obj:
+                return int(obj["counter"]["packets"])
+        raise LabError(f"counter {counter!r} not found on {isp}")
+
+    # --- traffic -----------------------------------------------------------------------------------
+
+    def traffic_report(
+        self,
+        connections: int = 100,
+        parallel: int = 32,
+        timeout: float = 2.0,
+        nodes: Sequence[str] | None = None,
+    ) -> TrafficReport:
+        """Open `connections` short HTTP connections spread over `nodes` (default: all clients; `gw` tests
+        the gateway's own traffic), `parallel` in flight in total; count which ISP each left through, as
+        the server saw it."""
+        if connections < 1 or parallel < 1:
+            raise LabError("--connections and --parallel must be at least 1")
+        nodes = list(nodes or self.clients)
+        clients = nodes[: min(len(nodes), connections)]
+        share, extra = divmod(connections, len(clients))
+        per_client_parallel = max(1, parallel // len(clients))
+        workers = []
+        start = time.monotonic()
+        for idx, client in enumerate(clients):
+            argv = python_module(
+                "wanlb.lab.traffic", "http",
+                "--connections", str(share + (idx < extra)),
+                "--parallel", str(per_client_parallel),
+                "--timeout", str(timeout),
+            )  # fmt: skip
+            workers.append(self._spawn(client, argv))
+        sources: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        failed = 0
+        for worker in workers:
+            out, err = worker.communicate()
+            if worker.returncode != 0:
+                raise LabError(f"traffic generator failed: {err.strip()}")
+            result = json.loads(out)
+            sources.update(result["sources"])
+            errors.update(result["errors"])
+            failed += result["failed"]
+        counts = dict.fromkeys(self.isps, 0) | {"other": 0, "failed": failed}
+        for src, n in sources.items():
+            isp = isp_for_source(src)
+            counts[isp if isp is not None and isp in self.isps else "other"] += n
+        return TrafficReport(counts, dict(errors), round(time.monotonic() - start, 3))
+
+    def traffic(
+        self,
+        connections: int = 100,
+        parallel: int = 32,
+        timeout: float = 2.0,
+        nodes: Sequence[str] | None = None,
+    ) -> dict[str, int]:
+        """Like `traffic_report`, returning only the counts: `{"isp1": n, ..., "other": 0, "failed": 0}`."""
+        return self.traffic_report(connections, parallel, timeout, nodes).counts
+
+    def _spawn(self, node: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """A short-lived helper in a namespace with captured output; not recorded in lab.json."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(node), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_module_env(),
+        )
+
+    # --- status ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What is there right now: nodes and their addresses, link states, fail modes, processes."""
+        existing = set(lab_namespaces(self.topology.prefix))
+        interfaces: dict[str, dict[str, dict[str, Any]]] = {}
+        for node in self.nodes:
+            ns = self.ns(node)
+            if ns in existing:
+                out = _run(["ip", "-n", ns, "-j", "addr", "show"])
+                interfaces[node] = {i["ifname"]: i for i in json.loads(out)}
+            else:
+                interfaces[node] = {}
+
+        def state(node: str, ifname: str) -> str:
+            info = interfaces[node].get(ifname)
+            if info is None:
+                return "MISSING"
+            return "NO-CARRIER" if "NO-CARRIER" in info.get("flags", []) else str(info.get("operstate"))
+
+        return {
+            "name": self.name,
+            "config": str(self.config_path),
+            "socket": str(self.socket_path),
+            "nodes": [
+                {
+                    "node": node,
+                    "namespace": self.ns(node),
+                    "exists": self.ns(node) in existing,
+                    "addresses": sorted(
+                        f"{a['local']}/{a['prefixlen']}@{ifname}"
+                        for ifname, info in interfaces[node].items()
+                        for a in info.get("addr_info", [])
+                        if a.get("family") == "inet" and a.get("local") != "127.0.0.1"
+                    ),
+                }
+                for node in self.nodes
+            ],
+            "links": [
+                {
+                    "a": f"{ln.a}:{ln.a_if}",
+                    "b": f"{ln.b}:{ln.b_if}",
+                    "a_state": state(ln.a, ln.a_if),
+                    "b_state": state(ln.b, ln.b_if),
+                }
+                for ln in self.topology.links
+            ],
+            "isps": [
+                {"name": isp, "mode": mode, **self._counters(isp, existing)} for isp, mode in self.fail_modes().items()
+            ],
+            "processes": [
+                {"label": label, **info, "running": info["pid"] in _namespace_pids(self.ns(info["node"]))}
+                for label, info in self._state["processes"].items()
+            ],
+        }
+
+    def _counters(self, isp: str, existing: set[str]) -> dict[str, int | None]:
+        if self.ns(isp) not in existing:
+            return {SPOOF_COUNTER: None, FAIL_COUNTER: None}
+        return {
+            SPOOF_COUNTER: self.counter(isp, SPOOF_COUNTER),
+            FAIL_COUNTER: self.counter(isp, FAIL_COUNTER),
+        }

@@ -1,0 +1,317 @@
+"""The lab's shape: node and namespace names, interfaces, addresses and the commands that build it.
+
+Everything here is pure (no root, no subprocesses), so the topology and the generated
+iproute2/nft/YAML text can be unit-tested anywhere; `wanlb.lab.lab` only executes it.
+
+Layout for N ISPs and M clients (every address lives only inside the lab's namespaces)::
+
+    c1..cM (eth0 192.168.77.(10+k)/24) ── lanpK ┐
+                                              lan0 (bridge, 192.168.77.1/24)   gw
+    gw wan{i} 100.64.{i}.2/24 ── cust0 100.64.{i}.1/24   isp{i}   up0 198.18.{i}.1/24
+                                 ── isp{i} 198.18.{i}.2/24   inet (servers on lo: 203.0.113.10/.20/.30/.40)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+NS_PREFIX = "wlab-"
+"""Every lab namespace starts with this; `lab down --all` removes all of them."""
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,23}")
+"""Lab names: no '-' so that the namespace prefix `wlab-<name>-` of one lab never matches another's."""
+
+MAX_ISPS = 16
+MAX_CLIENTS = 32
+
+LAN_IF = "lan0"
+LAN_GW = "192.168.77.1"
+LAN_PREFIX_LEN = 24
+CLIENT_IF = "eth0"
+ISP_CUSTOMER_IF = "cust0"  # ISP router's gw-facing end; `fail --mode link` downs it
+ISP_UPLINK_IF = "up0"  # ISP router's inet-facing end
+
+HTTP_ADDR = "203.0.113.10"
+HTTP_PORT = 80
+STREAM_ADDR = "203.0.113.20"
+STREAM_PORT = 5001
+SERVER_ADDRS = ("203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.40")
+"""Addresses on inet's loopback: servers and ping targets (the kernel answers ping on all of them)."""
+HEALTH_TARGETS = ("203.0.113.10", "203.0.113.30")
+"""ICMP health targets written into the generated config; shared by all ISPs, like public resolvers are."""
+
+NFT_TABLE = "lab"  # never "wanlb": the daemon owns that name
+SPOOF_COUNTER = "spoofed"
+FAIL_COUNTER = "failed"
+
+
+class TopologyError(ValueError):
+    """A lab name, size, weight list, node, ISP or fail mode that the lab cannot build."""
+
+
+def client_addr(k: int) -> str:
+    """Client k's LAN address (k starts at 1)."""
+    return f"192.168.77.{10 + k}"
+
+
+def wan_addr(i: int) -> str:
+    """The gateway's address on WAN i: what the servers see when a connection leaves through ISP i."""
+    return f"100.64.{i}.2"
+
+
+def isp_gateway(i: int) -> str:
+    """ISP router i's customer-side address: the gateway's next hop on WAN i."""
+    return f"100.64.{i}.1"
+
+
+def isp_customer_net(i: int) -> str:
+    """The only source prefix ISP router i forwards from its customer (BCP38)."""
+    return f"100.64.{i}.0/24"
+
+
+def isp_uplink_addr(i: int) -> str:
+    """ISP router i's address towards inet."""
+    return f"198.18.{i}.1"
+
+
+def inet_addr(i: int) -> str:
+    """inet's address on its link to ISP router i."""
+    return f"198.18.{i}.2"
+
+
+def isp_for_source(addr: str) -> str | None:
+    """Map a source address seen by a server (100.64.i.2) back to the ISP name it left through."""
+    m = re.fullmatch(r"100\.64\.(\d{1,3})\.2", addr)
+    return f"isp{int(m.group(1))}" if m else None
+
+
+@dataclass(frozen=True)
+class FailMode:
+    """How an ISP is broken; applied entirely inside that ISP router's namespace."""
+
+    kind: Literal["link", "blackhole", "loss"]
+    percent: int = 0  # only for kind == "loss"
+
+    @classmethod
+    def parse(cls, text: str) -> FailMode:
+        """Parse `link`, `blackhole` or `loss:PERCENT` (1..100)."""
+        if text in ("link", "blackhole"):
+            return cls(text)  # type: ignore[arg-type]
+        m = re.fullmatch(r"loss:(\d{1,3})", text)
+        if m and 1 <= int(m.group(1)) <= 100:
+            return cls("loss", int(m.group(1)))
+        raise TopologyError(f"bad fail mode {text!r}: use link, blackhole or loss:PERCENT (1-100)")
+
+    def __str__(self) -> str:
+        return f"loss:{self.percent}" if self.kind == "loss" else self.kind
+
+
+@dataclass(frozen=True)
+class Link:
+    """One veth pair, named from both ends."""
+
+    a: str
+    a_if: str
+    b: str
+    b_if: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A lab's names and addresses; validated on construction."""
+
+    name: str = "lab"
+    isps: int = 3
+    clients: int = 2
+    weights: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.fullmatch(self.name):
+            raise TopologyError(f"bad lab name {self.name!r}: use 1-24 of [a-z0-9_], starting alphanumeric")
+        if not 1 <= self.isps <= MAX_ISPS:
+            raise TopologyError(f"--isps must be 1..{MAX_ISPS}, not {self.isps}")
+        if not 1 <= self.clients <= MAX_CLIENTS:
+            raise TopologyError(f"--clients must be 1..{MAX_CLIENTS}, not {self.clients}")
+        if not self.weights:
+            object.__setattr__(self, "weights", (1,) * self.isps)
+        if len(self.weights) != self.isps or any(w < 1 for w in self.weights):
+            raise TopologyError(f"need {self.isps} positive weights, got {list(self.weights)}")
+
+    # --- names -------------------------------------------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        """Namespace name prefix of this lab."""
+        return f"{NS_PREFIX}{self.name}-"
+
+    @property
+    def isp_names(self) -> list[str]:
+        return [f"isp{i}" for i in range(1, self.isps + 1)]
+
+    @property
+    def client_names(self) -> list[str]:
+        return [f"c{k}" for k in range(1, self.clients + 1)]
+
+    @property
+    def nodes(self) -> list[str]:
+        """All nodes, in build order (a node's veth peers are created before it is configured)."""
+        return ["gw", *self.isp_names, "inet", *self.client_names]
+
+    def ns(self, node: str) -> str:
+        """Full namespace name of a node."""
+        if node not in self.nodes:
+            raise TopologyError(f"unknown node {node!r}; nodes: {', '.join(self.nodes)}")
+        return self.prefix + node
+
+    def isp_index(self, isp: str) -> int:
+        """Accept `isp2` or `2`; return 2."""
+        m = re.fullmatch(r"(?:isp)?(\d+)", isp)
+        if not m or not 1 <= int(m.group(1)) <= self.isps:
+            raise TopologyError(f"unknown ISP {isp!r}; ISPs: {', '.join(self.isp_names)}")
+        return int(m.group(1))
+
+    @property
+    def links(self) -> list[Link]:
+        """Every veth pair of the lab."""
+        wans = [Link("gw", f"wan{i}", f"isp{i}", ISP_CUSTOMER_IF) for i in range(1, self.isps + 1)]
+        ups = [Link(f"isp{i}", ISP_UPLINK_IF, "inet", f"isp{i}") for i in range(1, self.isps + 1)]
+        lans = [Link("gw", f"lanp{k}", f"c{k}", CLIENT_IF) for k in range(1, self.clients + 1)]
+        return wans + ups + lans
+
+    # --- build commands ----------------------------------------------------------------------------
+
+    def sysctls(self, node: str) -> dict[str, str]:
+        """Namespace sysctls per node. IPv6 is off everywhere so nothing but the lab's IPv4 traffic flows."""
+        values = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+        if node == "gw":
+            # Forwarding like any router; loose rp_filter like a systemd-based distro, which the
+            # per-ISP routing tables need (replies arrive on a WAN the main table does not point to).
+            values |= {
+                "net.ipv4.ip_forward": "1",
+                "net.ipv4.conf.all.rp_filter": "2",
+                "net.ipv4.conf.default.rp_filter": "2",
+            }
+        elif node.startswith("isp"):
+            values |= {"net.ipv4.ip_forward": "1"}
+        return values
+
+    def ip_batch(self, node: str) -> list[str]:
+        """`ip -n NS -batch -` lines for one node: veths it owns (peers land in the other namespace), then
+        addresses and routes. Run in `nodes` order."""
+        lines = ["link set lo up"]
+        if node == "gw":
+            lines.append(f"link add name {LAN_IF} type bridge")
+            for i in range(1, self.isps + 1):
+                lines.append(f"link add name wan{i} type veth peer name {ISP_CUSTOMER_IF} netns {self.ns(f'isp{i}')}")
+            for k in range(1, self.clients + 1):
+                lines.append(f"link add name lanp{k} type veth peer name {CLIENT_IF} netns {self.ns(f'c{k}')}")
+                lines.append(f"link set lanp{k} master {LAN_IF} up")
+            lines += [f"addr add {LAN_GW}/{LAN_PREFIX_LEN} dev {LAN_IF}", f"link set {LAN_IF} up"]
+            for i in range(1, self.isps + 1):
+                lines += [f"addr add {wan_addr(i)}/24 dev wan{i}", f"link set wan{i} up"]
+            lines.append(f"route add default via {isp_gateway(1)} dev wan1")
+        elif node.startswith("isp"):
+            i = self.isp_index(node)
+            lines += [
+                f"link add name {ISP_UPLINK_IF} type veth peer name isp{i} netns {self.ns('inet')}",
+                f"addr add {isp_gateway(i)}/24 dev {ISP_CUSTOMER_IF}",
+                f"link set {ISP_CUSTOMER_IF} up",
+                f"addr add {isp_uplink_addr(i)}/24 dev {ISP_UPLINK_IF}",
+                f"link set {ISP_UPLINK_IF} up",
+                f"route add default via {inet_addr(i)} dev {ISP_UPLINK_IF}",
+            ]
+        elif node == "inet":
+            lines += [f"addr add {a}/32 dev lo" for a in SERVER_ADDRS]
+            for i in range(1, self.isps + 1):
+                lines += [
+                    f"addr add {inet_addr(i)}/24 dev isp{i}",
+                    f"link set isp{i} up",
+                    f"route add {isp_customer_net(i)} via {isp_uplink_addr(i)} dev isp{i}",
+                ]
+        else:
+            k = self.client_names.index(node) + 1
+            lines += [
+                f"addr add {client_addr(k)}/{LAN_PREFIX_LEN} dev {CLIENT_IF}",
+                f"link set {CLIENT_IF} up",
+                f"route add default via {LAN_GW} dev {CLIENT_IF}",
+            ]
+        return lines
+
+    def isp_nft(self, i: int) -> str:
+        """ISP router i's ruleset: BCP38 anti-spoofing on the customer port, and an empty `fail` chain that
+        fail modes fill. Counters are named so tests can read them (`nft list counter ip lab spoofed`)."""
+        return (
+            f"table ip {NFT_TABLE} {{\n"
+            f"    counter {SPOOF_COUNTER} {{\n    }}\n"
+            f"    counter {FAIL_COUNTER} {{\n    }}\n"
+            "    chain forward {\n"
+            "        type filter hook forward priority filter; policy accept;\n"
+            f'        iifname "{ISP_CUSTOMER_IF}" ip saddr != {isp_customer_net(i)}'
+            f' counter name "{SPOOF_COUNTER}" drop\n'
+            "        jump fail\n"
+            "    }\n"
+            "    chain fail {\n"
+            "    }\n"
+            "}\n"
+        )
+
+    # --- config ------------------------------------------------------------------------------------
+
+    def config_yaml(self, socket_path: str) -> str:
+        """The wanlb gateway config for this lab (what the daemon in the gw namespace reads)."""
+        targets = ", ".join(HEALTH_TARGETS)
+        lines = [
+            f"# wanlb config for the network-namespace lab {self.name!r} (generated by `wanlb lab up`).",
+            f"# The daemon runs inside the gateway namespace: ip netns exec {self.ns('gw')} wanlb run ...",
+            "lan:",
+            f"  interfaces: [{LAN_IF}]",
+            "isps:",
+        ]
+        for i, weight in enumerate(self.weights, start=1):
+            lines += [
+                f"  - name: isp{i}",
+                f"    interface: wan{i}",
+                f"    gateway: {isp_gateway(i)}",
+                f"    weight: {weight}",
+                "    tier: 1",
+                "    snat: masquerade",
+                f"    health: {{ method: icmp, targets: [{targets}], interval: 200ms, timeout: 1s,"
+                " down_after: 3, up_after: 5 }",
+            ]
+        lines += [
+            "balance:",
+            "  algorithm: weighted",
+            "mark_mask: 0xff00",
+            "local_traffic: true",
+            "control:",
+            f"  socket: {socket_path}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def gateway_nat_nft() -> str:
+    """A plain masquerade on every WAN for the gateway, as a single-WAN router has. Only for checking the
+    lab itself without the daemon (`Lab.up(plain_nat=True)`): with the daemon the SNAT must be its own."""
+    return (
+        f"table ip {NFT_TABLE} {{\n"
+        "    chain postrouting {\n"
+        "        type nat hook postrouting priority srcnat; policy accept;\n"
+        '        oifname "wan*" masquerade\n'
+        "    }\n"
+        "}\n"
+    )
+
+
+def fail_nft(mode: FailMode | None) -> str:
+    """nft commands that replace the `fail` chain's content: empty for None (healed) and for `link`
+    (done with the link state), a drop of every forwarded packet for blackhole, a random drop for loss."""
+    cmds = [f"flush chain ip {NFT_TABLE} fail"]
+    if mode is not None and mode.kind == "blackhole":
+        cmds.append(f'add rule ip {NFT_TABLE} fail counter name "{FAIL_COUNTER}" drop')
+    elif mode is not None and mode.kind == "loss":
+        # numgen's modulus bounds the comparison to 0..99, so 100 % is an unconditional drop
+        chance = f"numgen random mod 100 < {mode.percent} " if mode.percent < 100 else ""
+        cmds.append(f'add rule ip {NFT_TABLE} fail {chance}counter name "{FAIL_COUNTER}" drop')
+    return "\n".join(cmds) + "\n"

@@ -1,0 +1,143 @@
+"""Traffic generators that run inside a lab client namespace (stdlib only); results go to stdout as JSON.
+
+* `http` (`python -m wanlb.lab.traffic http --connections N --parallel P`): N fresh TCP connections, each
+  one HTTP GET to the lab's HTTP server, which answers with the source address it saw. Output:
+  `{"sources": {"100.64.1.2": 37, ...}, "failed": 0, "errors": {}, "elapsed": 0.4}`.
+* `stream` (`python -m wanlb.lab.traffic stream [--duration S]`): one long-lived connection to the stream
+  server, checking every 8-byte counter follows the previous one, until the duration ends, SIGTERM/SIGINT,
+  or the stream breaks or stalls. Output: `{"src": ..., "counters": n, "ok": true, "error": null}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from wanlb.lab.servers import COUNTER_SIZE
+from wanlb.lab.topology import HTTP_ADDR, HTTP_PORT, STREAM_ADDR, STREAM_PORT
+
+
+async def _one_get(host: str, port: int, timeout: float) -> str:
+    """Open a connection, GET /, return the `src` the server reports."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            response = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200"):
+        raise ValueError(f"bad response {head[:40]!r}")
+    return str(json.loads(body)["src"])
+
+
+async def run_http(host: str, port: int, connections: int, parallel: int, timeout: float) -> dict[str, Any]:
+    """Run `connections` GETs with at most `parallel` in flight; count the sources the server saw."""
+    sources: collections.Counter[str] = collections.Counter()
+    errors: collections.Counter[str] = collections.Counter()
+    sem = asyncio.Semaphore(max(1, parallel))
+
+    async def one() -> None:
+        async with sem:
+            try:
+                sources[await _one_get(host, port, timeout)] += 1
+            except (OSError, TimeoutError, ValueError, KeyError) as exc:
+                errors[type(exc).__name__] += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return {
+        "sources": dict(sources),
+        "failed": sum(errors.values()),
+        "errors": dict(errors),
+        "elapsed": round(time.monotonic() - start, 3),
+    }
+
+
+async def run_stream(host: str, port: int, duration: float, stall: float) -> dict[str, Any]:
+    """Follow the counter stream; report whether it stayed intact and how far it got."""
+    result: dict[str, Any] = {"src": None, "counters": 0, "ok": False, "error": None}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if duration > 0:
+        loop.call_later(duration, stop.set)
+
+    async def follow() -> None:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), stall)
+        try:
+            header = await asyncio.wait_for(reader.readline(), stall)
+            result["src"] = json.loads(header)["src"]
+            expected = 0
+            while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel
+                # that ends a successful run, and the follower would read forever.
+                async with asyncio.timeout(stall):
+                    data = await reader.readexactly(COUNTER_SIZE * 64)
+                for off in range(0, len(data), COUNTER_SIZE):
+                    value = int.from_bytes(data[off : off + COUNTER_SIZE], "big")
+                    if value != expected:
+                        raise ValueError(f"counter {value} where {expected} was due")
+                    expected += 1
+                result["counters"] = expected
+        finally:
+            writer.close()
+
+    task = asyncio.create_task(follow())
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:  # the stream ended by itself: that is always a failure
+        exc = task.exception()
+        if isinstance(exc, TimeoutError):
+            result["error"] = f"stalled: no data for {stall} s"
+        else:
+            result["error"] = f"{type(exc).__name__}: {exc}" if exc else "stream ended"
+    else:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        result["ok"] = result["src"] is not None
+        if not result["ok"]:
+            result["error"] = "stopped before the stream started"
+    stopper.cancel()
+    return result
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m wanlb.lab.traffic`."""
+    parser = argparse.ArgumentParser(prog="python -m wanlb.lab.traffic", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    http = sub.add_parser("http", help="many short connections")
+    http.add_argument("--target", type=_addr, default=(HTTP_ADDR, HTTP_PORT))
+    http.add_argument("--connections", type=int, default=100)
+    http.add_argument("--parallel", type=int, default=32)
+    http.add_argument("--timeout", type=float, default=2.0, help="per connection, seconds")
+    stream = sub.add_parser("stream", help="one long-lived, verified connection")
+    stream.add_argument("--target", type=_addr, default=(STREAM_ADDR, STREAM_PORT))
+    stream.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGTERM")
+    stream.add_argument("--stall", type=float, default=5.0, help="fail after this long without data")
+    args = parser.parse_args(argv)
+    if args.mode == "http":
+        result = asyncio.run(run_http(*args.target, args.connections, args.parallel, args.timeout))
+    else:
+        result = asyncio.run(run_stream(*args.target, args.duration, args.stall))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
