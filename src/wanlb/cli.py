@@ -19,7 +19,9 @@ from rich.table import Table
 
 from wanlb import __version__
 from wanlb.config import DEFAULT_CONFIG_PATH, DEFAULT_SOCKET, ConfigError, load_config
+from wanlb.conntrack_cli import conntrack as conntrack_group
 from wanlb.control import ControlError, request
+from wanlb.lab.cli import lab as lab_group
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -220,6 +222,25 @@ def _wait_gone(sock: str, timeout: float = 10.0) -> None:
             fail("the daemon did not finish stopping in time")
         time.sleep(0.05)
 
+
+@main.command()
+def demo() -> None:
+    """Build the netns lab, run the gateway in it, show live per-ISP shares, tear everything down (< 60 s)."""
+    from wanlb.demo import run_demo
+    from wanlb.lab.lab import LabError
+
+    if os.geteuid() != 0:
+        fail("the demo builds network namespaces and needs root")
+    try:
+        sys.exit(run_demo(Console()))
+    except (LabError, RuntimeError, ControlError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; the lab was torn down", 130)
+
+
+main.add_command(lab_group)
+main.add_command(conntrack_group)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,472 @@
+"""``wanlb conntrack …``: inspect and clean the conntrack table, with or without the daemon.
+
+Listing speed matters (tables of 250k entries), so this module imports only the
+ctnetlink package up front; config (pydantic) and the control client are
+imported when an ISP name is actually needed.  Bad filters are usage errors
+(exit 2) reported in one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from wanlb.ctnetlink import constants as C
+from wanlb.ctnetlink.client import Conntrack
+from wanlb.ctnetlink.entry import Entry
+from wanlb.ctnetlink.filters import Filter
+from wanlb.ctnetlink.format import EVENT_PREFIX, TextFormatter, json_line
+
+DEFAULT_CONFIG = "/etc/wanlb/wanlb.yaml"
+DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
+_WRITE_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Isps:
+    """ISP marks as the config or the daemon know them."""
+
+    names: dict[int, str]  # mark (already within mark_mask) -> name
+    mark_mask: int
+    source: str  # "config" or "daemon"
+
+    def mark_of(self, name: str) -> int:
+        for mark, isp in self.names.items():
+            if isp == name:
+                return mark
+        known = ", ".join(sorted(self.names.values())) or "none"
+        raise click.UsageError(f"unknown ISP {name!r} (known from {self.source}: {known})")
+
+    def name_of(self, mark: int | None) -> str | None:
+        return self.names.get((mark or 0) & self.mark_mask)
+
+
+class Ctx:
+    def __init__(self, config: str, socket_path: str) -> None:
+        self.config = config
+        self.socket_path = socket_path
+        self._isps: Isps | None = None
+        self._looked = False
+
+    def isps(self, required: bool) -> Isps | None:
+        """ISP marks from the config file, else from the daemon; None if neither (unless required)."""
+        if not self._looked:
+            self._looked = True
+            self._isps = self._from_config() or self._from_daemon()
+        if self._isps is None and required:
+            raise click.UsageError(
+                f"ISP names need a config ({self.config} not found; --config/WANLB_CONFIG) "
+                f"or a running daemon ({self.socket_path}; --socket/WANLB_SOCKET)"
+            )
+        return self._isps
+
+    def _from_config(self) -> Isps | None:
+        if not os.path.exists(self.config):
+            return None
+        from wanlb.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(self.config)
+        except ConfigError as err:
+            raise click.UsageError(err.render()) from None
+        return Isps({i.mark: i.name for i in cfg.isps}, cfg.mark_mask, "config")
+
+    def _from_daemon(self) -> Isps | None:
+        reply = self.daemon({"cmd": "status"})
+        if reply is None:
+            return None
+        return Isps({int(i["mark"]): i["name"] for i in reply["isps"]}, int(reply["mark_mask"]), "daemon")
+
+    def daemon(self, req: dict[str, Any]) -> dict[str, Any] | None:
+        """One control request, or None if no daemon answers."""
+        if not os.path.exists(self.socket_path):
+            return None
+        try:
+            from wanlb.control import ControlError, request
+        except ImportError:
+            return None
+        try:
+            return request(self.socket_path, req)
+        except (ControlError, OSError):
+            return None
+
+
+# ---------------------------------------------------------------- option parsing
+
+
+def _network(value: str | None, opt: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if value is None:
+        return None
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise click.UsageError(f"{opt} {value!r} is not an IP address or prefix") from None
+
+
+def _mark(value: str) -> tuple[int, int]:
+    try:
+        mark, _, mask = value.partition("/")
+        return int(mark, 0), int(mask, 0) if mask else 0xFFFFFFFF
+    except ValueError:
+        raise click.UsageError(f"--mark {value!r} is not MARK or MARK/MASK (decimal or 0x hex)") from None
+
+
+def _filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("-p", "--proto", help="tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number"),
+        click.option("-s", "--src", help="original source ADDR[/PREFIX]"),
+        click.option("-d", "--dst", help="original destination ADDR[/PREFIX]"),
+        click.option("--sport", type=click.IntRange(0, 65535), help="original source port"),
+        click.option("--dport", type=click.IntRange(0, 65535), help="original destination port"),
+        click.option("--state", help="TCP state(s), comma separated (implies -p tcp)"),
+        click.option("--isp", help="entries whose mark is this ISP's (needs config or daemon)"),
+        click.option("--mark", "mark", help="MARK[/MASK]"),
+        click.option("--zone", type=click.IntRange(0, 65535)),
+        click.option("-f", "--family", type=click.Choice(["ipv4", "ipv6"])),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def build_filter(ctx: Ctx, opts: dict[str, Any]) -> Filter:
+    """Turn CLI options into a :class:`Filter`; every mistake is a UsageError (exit 2)."""
+    proto = None
+    if opts["proto"] is not None:
+        p = opts["proto"].lower()
+        proto = C.PROTO_NUMBERS.get(p)
+        if proto is None:
+            if not p.isdigit() or not 0 <= int(p) <= 255:
+                raise click.UsageError(f"unknown protocol {opts['proto']!r}")
+            proto = int(p)
+    states = None
+    if opts["state"]:
+        try:
+            states = frozenset(C.TCP_STATES.index(s.strip().upper()) for s in opts["state"].split(","))
+        except ValueError:
+            raise click.UsageError(f"--state {opts['state']!r}: use {', '.join(C.TCP_STATES)}") from None
+    mark, mask = (None, 0xFFFFFFFF)
+    if opts["mark"] is not None and opts["isp"] is not None:
+        raise click.UsageError("--mark and --isp are exclusive")
+    if opts["mark"] is not None:
+        mark, mask = _mark(opts["mark"])
+    elif opts["isp"] is not None:
+        isps = ctx.isps(required=True)
+        assert isps is not None
+        mark, mask = isps.mark_of(opts["isp"]), isps.mark_mask
+    try:
+        return Filter(
+            family=C.FAMILY_NUMBERS[opts["family"]] if opts["family"] else None,
+            proto=proto,
+            src=_network(opts["src"], "-s"),
+            dst=_network(opts["dst"], "-d"),
+            sport=opts["sport"],
+            dport=opts["dport"],
+            states=states,
+            mark=mark,
+            mark_mask=mask,
+            zone=opts["zone"],
+        )
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def _filter_opts(kw: dict[str, Any]) -> dict[str, Any]:
+    keys = ("proto", "src", "dst", "sport", "dport", "state", "isp", "mark", "zone", "family")
+    return {k: kw.pop(k) for k in keys}
+
+
+def _kernel_call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except PermissionError:
+        raise click.ClickException("permission denied: conntrack needs CAP_NET_ADMIN (run as root)") from None
+    except OSError as err:
+        raise click.ClickException(f"conntrack: {err.strerror or err}") from None
+
+
+class _Out:
+    """Batched writes to stdout: one write per few thousand lines, quiet on a closed pipe."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= _WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            self.lines.append("")
+            sys.stdout.write("\n".join(self.lines))
+            self.lines = []
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.group(name="conntrack")
+@click.option("--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG, show_default=True)
+@click.option("--socket", "socket_path", envvar="WANLB_SOCKET", default=DEFAULT_SOCKET, show_default=True)
+@click.pass_context
+def conntrack(cctx: click.Context, config: str, socket_path: str) -> None:
+    """Inspect and clean the conntrack table (ctnetlink; works without the daemon)."""
+    cctx.obj = Ctx(config, socket_path)
+
+
+@conntrack.command(name="list")
+@_filter_options
+@click.option("-o", "--output", type=click.Choice(["text", "extended", "json"]), default="text")
+@click.pass_obj
+def list_cmd(ctx: Ctx, output: str, **kw: Any) -> None:
+    """List entries like ``conntrack -L`` (text keeps its field order; json: one object per line)."""
+    flt = build_filter(ctx, _filter_opts(kw))
+    isps = ctx.isps(required=False)
+    out = _Out()
+
+    def run() -> None:
+        with Conntrack(relay=True) as ct:
+            if output == "json":
+                for e in ct.dump(flt):
+                    out.add(json_line(e, isps.name_of(e.mark) if isps else None))
+            else:
+                fmt = TextFormatter(
+                    extended=output == "extended",
+                    isps=isps.names if isps else None,
+                    mark_mask=isps.mark_mask if isps else 0xFFFFFFFF,
+                )
+                line = fmt.line
+                for buf, off, shape in ct.matches(flt):
+                    out.add(line(shape, buf, off))
+        out.flush()
+
+    _kernel_call(run)
+
+
+@conntrack.command()
+@_filter_options
+@click.option("--by", type=click.Choice(["isp", "mark", "proto", "state", "src"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def count(ctx: Ctx, by: str | None, as_json: bool, **kw: Any) -> None:
+    """Count entries, optionally grouped; ``--by isp`` asks the daemon first if it runs."""
+    flt = build_filter(ctx, _filter_opts(kw))
+    counts: dict[str, int] = {}
+    source = "kernel"
+    if by == "isp":
+        isps = ctx.isps(required=True)
+        assert isps is not None
+        live = ctx.daemon({"cmd": "conn_counts"}) if flt.empty else None
+        if live is not None:
+            raw = {int(m): n for m, n in live["counts"].items()}
+            source = "daemon"
+        else:
+            raw = _kernel_call(lambda: _count_marks(flt, isps.mark_mask))
+        for mark, n in sorted(raw.items()):
+            key = isps.names.get(mark, "-" if mark == 0 else f"mark={mark:#x}")
+            counts[key] = counts.get(key, 0) + n
+        for name in isps.names.values():
+            counts.setdefault(name, 0)
+    elif by == "mark":
+        raw = _kernel_call(lambda: _count_marks(flt, 0xFFFFFFFF))
+        counts = {str(m): n for m, n in sorted(raw.items())}
+    elif by is not None:
+        counts = dict(_kernel_call(lambda: _count_fields(flt, by)).most_common())
+    total = sum(counts.values()) if by else _kernel_call(lambda: _total(flt))
+    if as_json:
+        click.echo(json.dumps({"by": by, "counts": counts, "total": total, "source": source}))
+        return
+    width = max((len(k) for k in counts), default=0)
+    for key, n in counts.items():
+        click.echo(f"{key:<{width}}  {n}")
+    if not by:
+        click.echo(total)
+
+
+def _count_marks(flt: Filter, mask: int) -> dict[int, int]:
+    with Conntrack(relay=True) as ct:
+        return ct.count_by_mark(flt, mask)
+
+
+def _count_fields(flt: Filter, by: str) -> Counter[str]:
+    key: Callable[[Entry], str] = {
+        "proto": lambda e: C.PROTO_NAMES.get(e.proto, str(e.proto)),
+        "state": lambda e: "-" if e.tcp_state is None else C.TCP_STATES[e.tcp_state],
+        "src": lambda e: e.addr("src"),
+    }[by]
+    with Conntrack(relay=True) as ct:
+        return Counter(key(e) for e in ct.dump(flt))
+
+
+def _total(flt: Filter) -> int:
+    with Conntrack(relay=True) as ct:
+        if flt.empty:
+            return ct.count()
+        return sum(1 for _ in ct.matches(flt))
+
+
+@conntrack.command()
+@_filter_options
+@click.option("-e", "--events", default="new,update,destroy", help="comma separated: new, update, destroy")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def watch(ctx: Ctx, events: str, as_json: bool, **kw: Any) -> None:
+    """Print conntrack events as they happen (like ``conntrack -E``); reports lost events."""
+    from wanlb.ctnetlink.events import GROUPS, LOST, EventSocket
+
+    kinds = tuple(k.strip().lower() for k in events.split(",") if k.strip())
+    bad = [k for k in kinds if k not in GROUPS]
+    if bad or not kinds:
+        raise click.UsageError(f"-e {events!r}: use new, update, destroy")
+    flt = build_filter(ctx, _filter_opts(kw))
+    isps = ctx.isps(required=False)
+    fmt = TextFormatter(isps=isps.names if isps else None, mark_mask=isps.mark_mask if isps else 0xFFFFFFFF)
+    check = None if flt.empty else flt.matches
+    out = _Out()
+    seen: Counter[str] = Counter()
+    sock = _kernel_call(lambda: EventSocket(kinds))
+    sock.setblocking(False)
+    try:
+        for ev in _event_stream(sock):
+            if ev is LOST:
+                msg = f"lost events: the kernel dropped events (receive buffer full), {sock.lost} so far"
+                if as_json:
+                    out.add(json.dumps({"event": "lost", "lost_reports": sock.lost}))
+                else:
+                    click.echo(f"wanlb: {msg}", err=True)
+                continue
+            if ev is None:  # idle: push what we have
+                out.flush()
+                continue
+            kind, buf, off, shape = ev
+            if check is not None or as_json:
+                e = shape.decode(buf, off)
+                if check is not None and not check(e):
+                    continue
+            seen[kind] += 1
+            if as_json:
+                out.add(json_line(e, isps.name_of(e.mark) if isps else None, event=kind))
+            else:
+                out.add(EVENT_PREFIX[kind] + fmt.line(shape, buf, off))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.flush()
+        sock.close()
+        summary = ", ".join(f"{k} {seen[k]}" for k in kinds)
+        click.echo(f"wanlb: events {summary}; lost reports {sock.lost}", err=True)
+
+
+def _event_stream(sock: Any) -> Iterator[Any]:
+    """Events from a non-blocking EventSocket; yields None when idle (time to flush output)."""
+    import select
+
+    while True:
+        got = False
+        for ev in sock.read():
+            got = True
+            yield ev
+        if not got:
+            yield None
+            select.select([sock], [], [])
+
+
+@conntrack.command()
+@_filter_options
+@click.option("--all", "everything", is_flag=True, help="delete every entry (needed when no filter is given)")
+@click.pass_obj
+def delete(ctx: Ctx, everything: bool, **kw: Any) -> None:
+    """Delete matching entries; a mark/ISP-only filter is one kernel flush."""
+    flt = build_filter(ctx, _filter_opts(kw))
+    if flt.empty and not everything:
+        raise click.UsageError("refusing to delete every entry without --all")
+    if not flt.empty and everything:
+        raise click.UsageError("--all cannot be combined with filters")
+    flt = Filter(mark=0, mark_mask=0) if everything else flt
+
+    def run() -> int:
+        with Conntrack() as ct:
+            return ct.delete_matching(flt)
+
+    n = _kernel_call(run)
+    click.echo(f"wanlb: {n} entries deleted", err=True)
+
+
+@conntrack.command()
+@click.option("-p", "--proto", required=True)
+@click.option("-s", "--src", required=True)
+@click.option("-d", "--dst", required=True)
+@click.option("--sport", type=click.IntRange(0, 65535))
+@click.option("--dport", type=click.IntRange(0, 65535))
+@click.option("--zone", type=click.IntRange(0, 65535))
+@click.option("-o", "--output", type=click.Choice(["text", "extended", "json"]), default="text")
+@click.pass_obj
+def get(ctx: Ctx, output: str, **kw: Any) -> None:
+    """Show the one entry with this original tuple (like ``conntrack -G``); exit 1 if absent."""
+    opts = {**kw, "state": None, "isp": None, "mark": None, "family": None}
+    flt = build_filter(ctx, opts)
+    if flt.proto in C.PORT_PROTOS and (flt.sport is None or flt.dport is None):
+        raise click.UsageError("get needs --sport and --dport for this protocol")
+    if flt.src is None or flt.dst is None or flt.src.num_addresses != 1 or flt.dst.num_addresses != 1:
+        raise click.UsageError("get needs single addresses for -s and -d")
+    key = Entry(
+        family=flt.family or C.AF_INET, proto=flt.proto or 0,
+        src=flt.src.network_address.packed, dst=flt.dst.network_address.packed,
+        sport=flt.sport, dport=flt.dport, zone=flt.zone,
+    )  # fmt: skip
+    isps = ctx.isps(required=False)
+
+    def run() -> Any:
+        with Conntrack() as ct:
+            return ct.get_match(key)
+
+    found = _kernel_call(run)
+    if found is None:
+        click.echo("wanlb: no such entry", err=True)
+        sys.exit(1)
+    buf, off, shape = found
+    if output == "json":
+        e = shape.decode(buf, off)
+        click.echo(json_line(e, isps.name_of(e.mark) if isps else None))
+        return
+    fmt = TextFormatter(
+        extended=output == "extended",
+        isps=isps.names if isps else None,
+        mark_mask=isps.mark_mask if isps else 0xFFFFFFFF,
+    )
+    click.echo(fmt.line(shape, buf, off))
+
+
+@conntrack.command()
+@click.option("--json", "as_json", is_flag=True)
+def stats(as_json: bool) -> None:
+    """Table usage and per-CPU counters (``conntrack -C`` and ``-S``)."""
+
+    def run() -> Any:
+        with Conntrack() as ct:
+            return ct.stats()
+
+    s = _kernel_call(run)
+    usage = 100.0 * s.count / s.max if s.max else 0.0
+    if as_json:
+        click.echo(json.dumps({"count": s.count, "max": s.max, "usage_pct": round(usage, 2), "cpus": s.cpus}))
+        return
+    click.echo(f"entries {s.count}  max {s.max}  usage {usage:.1f}%")
+    cols = ("found", "invalid", "insert_failed", "drop", "early_drop", "search_restart")
+    click.echo("cpu  " + "  ".join(f"{c:>14}" for c in cols))
+    for row in s.cpus:
+        click.echo(f"{row['cpu']:<4} " + "  ".join(f"{row[c]:>14}" for c in cols))
+
+
+if __name__ == "__main__":
+    conntrack()

@@ -1,0 +1,1 @@
+"""ctnetlink: our own NETLINK_NETFILTER conntrack client."""

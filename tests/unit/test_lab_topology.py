@@ -1,0 +1,157 @@
+"""The lab's pure half: names, addresses, generated iproute2/nft/YAML text (no root needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wanlb.lab.topology import (
+    FailMode,
+    Topology,
+    TopologyError,
+    fail_nft,
+    gateway_nat_nft,
+    isp_for_source,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lab.yaml"
+
+
+def test_names_and_build_order() -> None:
+    topo = Topology("t1", isps=2, clients=3)
+    assert topo.nodes == ["gw", "isp1", "isp2", "inet", "c1", "c2", "c3"]
+    assert topo.ns("isp2") == "wlab-t1-isp2"
+    assert all(topo.ns(n).startswith(topo.prefix) for n in topo.nodes)
+
+
+@pytest.mark.parametrize("name", ["", "Lab", "a-b", "-x", "x" * 25, "a b"])
+def test_bad_names_rejected(name: str) -> None:
+    with pytest.raises(TopologyError):
+        Topology(name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"isps": 0}, "--isps"), ({"clients": 0}, "--clients"), ({"weights": (1, 2)}, "weights"),
+     ({"isps": 2, "weights": (1, 0)}, "weights")],
+)  # fmt: skip
+def test_bad_sizes_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(TopologyError, match=message):
+        Topology("x", **kwargs)
+
+
+def test_isp_lookup() -> None:
+    topo = Topology("x", isps=3)
+    assert topo.isp_index("isp3") == 3
+    assert topo.isp_index("2") == 2
+    for bad in ("isp4", "isp0", "wan1", "0"):
+        with pytest.raises(TopologyError, match="unknown ISP"):
+            topo.isp_index(bad)
+    with pytest.raises(TopologyError, match="unknown node"):
+        topo.ns("isp4")
+
+
+def test_veths_are_created_from_inside_namespaces() -> None:
+    """Every `link add` names its peer's namespace: nothing is ever created in the host namespace."""
+    topo = Topology("x", isps=2, clients=2)
+    adds = [line for node in topo.nodes for line in topo.ip_batch(node) if line.startswith("link add")]
+    veths = [line for line in adds if "type veth" in line]
+    assert len(veths) == len(topo.links) == 2 + 2 + 2
+    assert all(" netns wlab-x-" in line for line in veths)
+    assert all(line.startswith("link add name ") for line in adds)  # `link add a` would parse as `address`
+
+
+def test_addresses() -> None:
+    topo = Topology("x", isps=2, clients=2)
+    gw = topo.ip_batch("gw")
+    assert "addr add 192.168.77.1/24 dev lan0" in gw
+    assert "addr add 100.64.2.2/24 dev wan2" in gw
+    assert gw[-1] == "route add default via 100.64.1.1 dev wan1"
+    isp2 = topo.ip_batch("isp2")
+    assert "addr add 100.64.2.1/24 dev cust0" in isp2
+    assert "route add default via 198.18.2.2 dev up0" in isp2
+    inet = topo.ip_batch("inet")
+    assert "route add 100.64.2.0/24 via 198.18.2.1 dev isp2" in inet
+    assert "addr add 203.0.113.40/32 dev lo" in inet
+    assert "addr add 192.168.77.12/24 dev eth0" in topo.ip_batch("c2")
+    assert "route add default via 192.168.77.1 dev eth0" in topo.ip_batch("c2")
+
+
+def test_sysctls() -> None:
+    topo = Topology("x")
+    assert topo.sysctls("gw")["net.ipv4.ip_forward"] == "1"
+    assert topo.sysctls("isp1")["net.ipv4.ip_forward"] == "1"
+    assert "net.ipv4.ip_forward" not in topo.sysctls("inet")
+    assert all(topo.sysctls(n)["net.ipv6.conf.all.disable_ipv6"] == "1" for n in topo.nodes)
+
+
+def test_isp_ruleset_is_bcp38_in_lab_table() -> None:
+    text = Topology("x", isps=2).isp_nft(2)
+    assert "table ip lab {" in text and "wanlb" not in text
+    assert 'iifname "cust0" ip saddr != 100.64.2.0/24 counter name "spoofed" drop' in text
+    assert all(";" not in line for line in text.splitlines() if "hook" not in line)  # nft 1.0.6
+
+
+def test_fail_modes() -> None:
+    assert str(FailMode.parse("link")) == "link"
+    assert str(FailMode.parse("blackhole")) == "blackhole"
+    assert FailMode.parse("loss:30") == FailMode("loss", 30)
+    for bad in ("loss", "loss:0", "loss:101", "loss:-1", "down", ""):
+        with pytest.raises(TopologyError, match="bad fail mode"):
+            FailMode.parse(bad)
+
+
+def test_fail_rules() -> None:
+    assert fail_nft(None) == "flush chain ip lab fail\n"
+    assert fail_nft(FailMode("link")) == "flush chain ip lab fail\n"  # link mode is the link state
+    assert 'fail counter name "failed" drop' in fail_nft(FailMode("blackhole"))
+    assert "numgen random mod 100 < 30 counter" in fail_nft(FailMode("loss", 30))
+    assert "numgen" not in fail_nft(FailMode("loss", 100))  # mod 100 can't be < 100 in nft's eyes
+    assert 'oifname "wan*" masquerade' in gateway_nat_nft()
+
+
+def test_source_to_isp() -> None:
+    assert isp_for_source("100.64.2.2") == "isp2"
+    assert isp_for_source("100.64.12.2") == "isp12"
+    assert isp_for_source("192.168.77.11") is None
+    assert isp_for_source("100.64.2.1") is None
+
+
+def test_config_shape() -> None:
+    topo = Topology("t9", isps=2, weights=(3, 1))
+    cfg = yaml.safe_load(topo.config_yaml("/run/wanlb/lab/t9/wanlb.sock"))
+    assert cfg["lan"] == {"interfaces": ["lan0"]}
+    assert [(i["name"], i["interface"], i["gateway"], i["weight"]) for i in cfg["isps"]] == [
+        ("isp1", "wan1", "100.64.1.1", 3),
+        ("isp2", "wan2", "100.64.2.1", 1),
+    ]
+    isp = cfg["isps"][0]
+    assert isp["tier"] == 1 and isp["snat"] == "masquerade"
+    assert isp["health"] == {
+        "method": "icmp",
+        "targets": ["203.0.113.10", "203.0.113.30"],
+        "interval": "200ms",
+        "timeout": "1s",
+        "down_after": 3,
+        "up_after": 5,
+    }
+    assert cfg["balance"] == {"algorithm": "weighted"}
+    assert cfg["mark_mask"] == 0xFF00
+    assert cfg["local_traffic"] is True
+    assert cfg["control"] == {"socket": "/run/wanlb/lab/t9/wanlb.sock"}
+
+
+def test_config_is_accepted_by_the_daemon_loader() -> None:
+    from wanlb.config import parse_config
+
+    cfg = parse_config(Topology("x", isps=3, weights=(3, 1, 1)).config_yaml("/run/x.sock"))
+    assert [isp.weight for isp in cfg.isps] == [3, 1, 1]
+
+
+def test_example_matches_default_lab() -> None:
+    """examples/lab.yaml is what `wanlb lab up` writes for the default lab; regenerate it if this fails:
+    python -c "from wanlb.lab.topology import Topology; print(Topology().config_yaml(
+    '/run/wanlb/lab/lab/wanlb.sock'), end='')" > examples/lab.yaml"""
+    assert EXAMPLE.read_text() == Topology().config_yaml("/run/wanlb/lab/lab/wanlb.sock")
