@@ -4,11 +4,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2; do
+for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 setpriv:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq python3-pip python3-venv >/dev/null; }
+# Debian's own python3 refuses system-wide pip installs (PEP 668); wanlb is a system daemon, so we
+# accept that for this host. Older pips ignore the variable.
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
