@@ -18,6 +18,7 @@ from typing import Any
 
 from wanlb import control
 from wanlb.config import Config, ConfigError, load_config
+from wanlb.ctcounts import ConnCounter
 from wanlb.plan import IspStatus
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 
@@ -39,6 +40,11 @@ class Daemon:
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.counter = ConnCounter(self._isp_marks(config), config.mark_mask)
+
+    @staticmethod
+    def _isp_marks(config: Config) -> dict[int, str]:
+        return {isp.mark or 0: isp.name for isp in config.isps}
 
     # --- the single reconcile path -------------------------------------------------
 
@@ -76,12 +82,14 @@ class Daemon:
             log.warning("control.socket changes take effect at the next start")
         old = self.config
         self.config = new
+        self.counter.marks, self.counter.mark_mask = self._isp_marks(new), new.mark_mask
         self.statuses = {i.name: self.statuses.get(i.name, IspStatus.UP) for i in new.isps}
         try:
             await self.reconcile("reload")
         except Exception as exc:
             log.error("reload failed to apply (%s); restoring the previous configuration", exc)
             self.config = old
+            self.counter.marks, self.counter.mark_mask = self._isp_marks(old), old.mark_mask
             self.statuses = {i.name: self.statuses.get(i.name, IspStatus.UP) for i in old.isps}
             try:
                 await self.reconcile("rollback")
@@ -127,12 +135,21 @@ class Daemon:
             "nft_applies": self.reconciler.nft_applies,
             "reloads": self.reloads,
             "isps": isps,
+            "conn_counts": self.counter.by_isp(),
         }
 
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         cmd = message.get("cmd")
         if cmd == "status":
             return self.status()
+        if cmd == "conn_counts":
+            return {
+                "ok": True,
+                "counts": {str(mark): n for mark, n in self.counter.counts().items()},
+                "by_isp": self.counter.by_isp(),
+                "lost_events": self.counter.lost_events,
+                "resyncs": self.counter.resyncs,
+            }
         if cmd == "reload":
             ok, text = await self.reload()
             return {"ok": ok, "message": text} if ok else {"ok": False, "error": text}
@@ -163,11 +180,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         resync = asyncio.create_task(self._resync_loop())
+        counting = asyncio.create_task(self.counter.run())
         log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
         try:
             await self._stop.wait()
         finally:
             resync.cancel()
+            counting.cancel()
             server.close()
             Path(socket_path).unlink(missing_ok=True)
             if self.cleanup_on_exit:

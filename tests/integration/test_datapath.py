@@ -156,3 +156,21 @@ def test_stream_survives_three_reloads_and_kill_9(gw: Gateway) -> None:
         assert r["counters"] > 0
     # Several streams: at least two ISPs carried them, and each kept one source (its ISP) throughout.
     assert all(r["src"].startswith("100.64.") for r in results)
+
+
+def test_daemon_live_counts_equal_the_kernel_table(gw: Gateway) -> None:
+    gw.write({"isp1": 1, "isp2": 1, "isp3": 1})
+    gw.reload()
+    gw.lab.traffic(connections=300, parallel=32)
+    deadline = time.monotonic() + 10
+    while True:
+        live = request(str(gw.lab.socket_path), {"cmd": "conn_counts"})
+        kernel = {}
+        for mark, isp in ((0x100, "isp1"), (0x200, "isp2"), (0x300, "isp3")):
+            out = gw.lab.run("gw", ["conntrack", "-L", "-m", str(mark)], capture_output=True, text=True).stdout
+            kernel[isp] = len(out.splitlines())
+        if live["by_isp"] == kernel or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # connections still closing: compare again
+    assert live["by_isp"] == kernel
+    assert min(kernel.values()) >= 100

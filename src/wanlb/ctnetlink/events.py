@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
-from typing import Literal
+from typing import Final, Literal
 
 from wanlb.ctnetlink import codec
 from wanlb.ctnetlink import constants as C
@@ -25,7 +25,7 @@ GROUPS: dict[str, int] = {
     "destroy": C.NFNLGRP_CONNTRACK_DESTROY,
 }
 DEFAULT_RCVBUF = 128 << 20
-LOST = None  # yielded in place of an event when the kernel reports ENOBUFS
+LOST: Final = "lost"  # yielded in place of events when the kernel reports ENOBUFS
 Event = tuple[EventKind, memoryview, int, Shape]  # kind, buffer, offset, shape (valid until next)
 
 
@@ -49,7 +49,7 @@ class EventSocket:
     def setblocking(self, flag: bool) -> None:
         self.sock.sock.setblocking(flag)
 
-    def read(self) -> Iterator[Event | None]:
+    def read(self) -> Iterator[Event | str]:
         """Events of one datagram (blocking unless non-blocking was set); LOST on overflow.
 
         Yields nothing if a non-blocking socket has nothing to read.
@@ -76,6 +76,6 @@ class EventSocket:
                 kind = "update"
             yield kind, view, off, self.decoder.shape(view, off, length)
 
-    def __iter__(self) -> Iterator[Event | None]:
+    def __iter__(self) -> Iterator[Event | str]:
         while True:
             yield from self.read()

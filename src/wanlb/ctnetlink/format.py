@@ -59,7 +59,8 @@ class _StateText(dict):
 
 _ASSURED = _StatusText()
 _TCP = _StateText()
-_UNREPLIED = ("[UNREPLIED] ", "")  # indexed by the SEEN_REPLY bit
+_UNREPLIED = ("[UNREPLIED] ", "")
+_ADDRESS_FIELDS = frozenset({"src", "dst", "reply_src", "reply_dst"})  # indexed by the SEEN_REPLY bit
 
 
 def _cstr(raw: bytes) -> str:
@@ -103,8 +104,8 @@ class TextFormatter:
         for pos, field, code in shape.leaves:
             if pos > last:
                 codes.append(f"{pos - last}x")
-            if code == "4s":
-                code = "4B"
+            if code == "4s" and field in _ADDRESS_FIELDS:
+                code = "4B"  # four ints for "%d.%d.%d.%d"
             codes.append(code)
             slot[field] = n
             n += 4 if code == "4B" else 1

@@ -1,0 +1,133 @@
+"""Live per-ISP connection counts for the daemon: events for speed, dumps for truth.
+
+:class:`ConnCounter` listens to conntrack NEW and DESTROY events and adjusts a
+counter per ``mark & mark_mask``, so ``wanlb status`` answers from memory.
+Events alone drift, so the counts are replaced by a kernel-filtered dump:
+
+* at start (entries that existed before we subscribed have no NEW event);
+* after the kernel reports lost events (ENOBUFS; we cannot know which);
+* every ``resync_interval`` seconds.
+
+``net.netfilter.nf_conntrack_events = 2`` (the kernel default, "auto") attaches
+event state only to connections created while some listener exists.  Entries
+created before the daemon subscribed therefore never send DESTROY, and each of
+them would stay counted forever.  We do not flip the sysctl behind the
+operator's back; with mode 2 the counter resyncs every ``auto_mode_interval``
+seconds instead, which bounds that drift to one interval.
+
+Events arriving while a resync dump runs are applied to the old counts, which
+the dump then replaces; the error is bounded by the churn during one dump and
+gone at the next resync.  The mark is read from NEW: a connection whose mark
+changes later is counted under its first mark until the next resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+from wanlb.ctnetlink.client import Conntrack
+from wanlb.ctnetlink.events import DEFAULT_RCVBUF, LOST, EventSocket
+from wanlb.ctnetlink.filters import Filter
+
+log = logging.getLogger(__name__)
+EVENTS_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_events")
+_MARK = struct.Struct(">I")
+
+
+class ConnCounter:
+    """Per-mark conntrack entry counts kept current from events.
+
+    Every entry is counted under ``mark & mark_mask`` (0 for unmarked ones), so
+    ``counts()`` sums to the table size; ``marks`` (mark -> ISP name) only names
+    them for :meth:`by_isp`.  A resync is one unfiltered dump reading only the
+    mark of each entry: with four ISPs that is cheaper than four dumps filtered
+    by mark in the kernel (0.77 s against 4 x 0.235 s for 262k entries).
+    """
+
+    def __init__(
+        self,
+        marks: Mapping[int, str] | None = None,
+        mark_mask: int = 0xFFFFFFFF,
+        resync_interval: float = 300.0,
+        auto_mode_interval: float = 30.0,
+        rcvbuf: int = DEFAULT_RCVBUF,
+    ) -> None:
+        self.marks = dict(marks or {})
+        self.mark_mask = mark_mask
+        self.resync_interval = resync_interval
+        self.auto_mode_interval = auto_mode_interval
+        self.rcvbuf = rcvbuf
+        self.lost_events = 0  # ENOBUFS reports; each stands for one or more events
+        self.resyncs = 0
+        self.events_mode: int | None = None
+        self._counts: dict[int, int] = {}
+        self._resync_needed = asyncio.Event()
+
+    def counts(self) -> dict[int, int]:
+        """Entries per ``mark & mark_mask`` (a copy)."""
+        return {m: n for m, n in self._counts.items() if n}
+
+    def by_isp(self) -> dict[str, int]:
+        """Counts keyed by ISP name; marks that are no ISP's are left out."""
+        return {name: self._counts.get(mark, 0) for mark, name in self.marks.items()}
+
+    async def run(self) -> None:
+        """Subscribe, resync, then keep counting until cancelled."""
+        self.events_mode = _read_events_mode()
+        interval = self.resync_interval
+        if self.events_mode == 2:
+            interval = min(interval, self.auto_mode_interval)
+            log.info("nf_conntrack_events=2: resyncing every %.0fs to drop pre-listener entries", interval)
+        elif self.events_mode == 0:
+            log.warning("nf_conntrack_events=0: no events; counts come from periodic dumps only")
+        sock = EventSocket(("new", "destroy"), rcvbuf=self.rcvbuf)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self._on_readable, sock)
+        try:
+            while True:
+                await self._resync()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._resync_needed.wait(), interval)
+                self._resync_needed.clear()
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _on_readable(self, sock: EventSocket) -> None:
+        counts, mask, unpack = self._counts, self.mark_mask, _MARK.unpack_from
+        for _ in range(64):  # bounded so one burst cannot starve the loop
+            got = False
+            for ev in sock.read():
+                got = True
+                if ev is LOST:
+                    self.lost_events += 1
+                    self._resync_needed.set()
+                    continue
+                kind, buf, off, shape = ev
+                pos = shape.offsets.get("mark")
+                mark = (unpack(buf, off + pos)[0] if pos is not None else 0) & mask
+                counts[mark] = counts.get(mark, 0) + (1 if kind == "new" else -1)
+            if not got:
+                return
+
+    async def _resync(self) -> None:
+        fresh = await asyncio.to_thread(self._dump_counts)
+        self._counts = fresh
+        self.resyncs += 1
+
+    def _dump_counts(self) -> dict[int, int]:
+        with Conntrack() as ct:
+            return ct.count_by_mark(Filter(), self.mark_mask)
+
+
+def _read_events_mode() -> int | None:
+    try:
+        return int(EVENTS_SYSCTL.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,164 @@
+"""delete, watch, stats and the daemon-side counter in scratch namespaces."""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import ISPS, Netns
+
+pytestmark = pytest.mark.root
+
+
+def _marks(ns: Netns) -> dict[str, int]:
+    return json.loads(ns.wanlb("count", "--by", "mark", "--json").stdout)["counts"]
+
+
+def test_delete_isp_removes_exactly_its_entries(netns: Netns, isp_config: str) -> None:
+    netns.fill(4000)
+    before = _marks(netns)
+    res = netns.wanlb("--config", isp_config, "delete", "--isp", "b")
+    after = _marks(netns)
+    assert str(ISPS["b"]) not in after
+    assert {m: n for m, n in before.items() if m != str(ISPS["b"])} == after
+    assert f"{before[str(ISPS['b'])]} entries deleted" in res.stderr
+
+
+def test_delete_by_tuple_filter_and_refusals(netns: Netns) -> None:
+    netns.fill(3000)
+    udp53 = netns.run("conntrack", "-L", "-p", "udp", "--dport", "53").stdout.count("\n")
+    total = int(netns.run("conntrack", "-C").stdout)
+    assert udp53 > 0
+    netns.wanlb("delete", "-p", "udp", "--dport", "53")
+    assert netns.run("conntrack", "-L", "-p", "udp", "--dport", "53").stdout == ""
+    assert int(netns.run("conntrack", "-C").stdout) == total - udp53
+    assert netns.wanlb("delete", check=False).returncode == 2
+    netns.wanlb("delete", "--all")
+    assert int(netns.run("conntrack", "-C").stdout) == 0
+
+
+_CONNECT = textwrap.dedent(
+    """
+    import socket
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    cli.sendall(b"x"); conn.recv(1)
+    print(cli.getsockname()[1], srv.getsockname()[1])
+    cli.close(); conn.close(); srv.close()
+    """
+)
+
+
+# conntrack hooks only run in a namespace once something uses them
+_TRACK_LOCAL = (
+    "add table inet wlct; add chain inet wlct out { type filter hook output priority 0; }; "
+    "add rule inet wlct out ct state new counter"
+)
+
+
+def _subscribed(ns: Netns) -> bool:
+    """Is some NETLINK_NETFILTER socket in the namespace bound to multicast groups?"""
+    rows = ns.run("cat", "/proc/net/netlink").stdout.splitlines()[1:]
+    return any(r.split()[1] == "12" and int(r.split()[3], 16) for r in rows)
+
+
+def test_watch_shows_new_and_destroy_of_a_real_connection(netns: Netns) -> None:
+    netns.run("ip", "link", "set", "lo", "up")
+    netns.run("nft", _TRACK_LOCAL)
+    watch = netns.popen("watch", "--json", "-p", "tcp", "-e", "new,destroy")
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        for _ in range(100):
+            if _subscribed(netns):
+                break
+            time.sleep(0.05)
+        sport, dport = map(int, netns.run(sys.executable, "-c", _CONNECT).stdout.split())
+        netns.run("conntrack", "-D", "-p", "tcp", "--sport", str(sport), "--dport", str(dport))
+        seen: dict[str, dict] = {}
+        while len(seen) < 2:
+            obj = json.loads(lines.get(timeout=20))
+            if obj.get("orig", {}).get("sport") == sport:
+                seen[obj["event"]] = obj
+        assert seen["new"]["orig"] == seen["destroy"]["orig"]
+        assert seen["new"]["orig"]["dst"] == "127.0.0.1"
+    finally:
+        watch.terminate()
+        watch.wait(10)
+
+
+def test_stats_match_proc(netns: Netns) -> None:
+    netns.fill(500)
+    ours = json.loads(netns.wanlb("stats", "--json").stdout)
+    proc = netns.run("cat", "/proc/net/stat/nf_conntrack").stdout.splitlines()
+    names = proc[0].split()
+    rows = [dict(zip(names, (int(x, 16) for x in line.split()), strict=True)) for line in proc[1:]]
+    assert ours["count"] == rows[0]["entries"] == 500
+    assert ours["max"] == int(netns.run("cat", "/proc/sys/net/netfilter/nf_conntrack_max").stdout)
+    for cpu in ours["cpus"]:
+        row = rows[cpu["cpu"]]
+        for key in ("found", "invalid", "insert_failed", "drop", "early_drop", "search_restart"):
+            assert cpu[key] == row[key], key
+
+
+_COUNTER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from wanlb.ctcounts import ConnCounter
+    from wanlb.ctnetlink.client import Conntrack
+    from wanlb.ctnetlink.synth import fill
+
+    async def settle(counter, want):
+        for _ in range(400):
+            if counter.counts() == want():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def main():
+        fill(300)  # before the listener: only the first resync can know these
+        exec(sys.argv[1])  # a real loopback connection, also before the listener
+        counter = ConnCounter({0x100: "a", 0x200: "b"}, mark_mask=0xFF00, auto_mode_interval=0.5)
+        task = asyncio.create_task(counter.run())
+        while counter.resyncs == 0:
+            await asyncio.sleep(0.01)
+        resyncs = counter.resyncs
+        with Conntrack() as ct:
+            truth = lambda: {m: n for m, n in ct.count_by_mark(None, 0xFF00).items() if n}
+            # more entries (NEW events), then remove all UDP ones (DESTROY events)
+            with Conntrack() as w:
+                from wanlb.ctnetlink.synth import entries
+                w.create([e._replace(src=bytes([10, 200, e.src[2], e.src[3]])) for e, _ in entries(2000)])
+            ok1 = await settle(counter, truth)
+            with Conntrack() as w:
+                import ipaddress
+                from wanlb.ctnetlink.filters import Filter
+                w.delete_matching(Filter(proto=17))
+                # created before any listener (no event state under nf_conntrack_events=2)
+                w.delete_matching(Filter(proto=6, dst=ipaddress.ip_network("127.0.0.1/32")))
+            ok2 = await settle(counter, truth)
+        task.cancel()
+        print(json.dumps({"ok": [ok1, ok2], "resyncs": counter.resyncs - resyncs, "lost": counter.lost_events,
+                          "by_isp": counter.by_isp()}))
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("events_mode", ["1", "2"])
+def test_conn_counter_follows_events(netns: Netns, events_mode: str) -> None:
+    netns.run("sysctl", "-qw", f"net.netfilter.nf_conntrack_events={events_mode}")
+    netns.run("ip", "link", "set", "lo", "up")
+    netns.run("nft", _TRACK_LOCAL)
+    out = json.loads(netns.run(sys.executable, "-c", _COUNTER, _CONNECT).stdout.splitlines()[-1])
+    assert out["ok"] == [True, True]
+    assert out["lost"] == 0
+
+    assert set(out["by_isp"]) == {"a", "b"}
