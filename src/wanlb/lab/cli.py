@@ -61,7 +61,10 @@ def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat:
         click.echo(f"lab {name!r} is up in {time.monotonic() - start:.1f} s: {isps} ISPs, {clients} clients")
         click.echo(f"  gateway namespace: {built.ns('gw')}")
         click.echo(f"  wanlb config:      {built.config_path}")
-        click.echo(f"  try:               wanlb lab traffic --name {name} --connections 200")
+        click.echo(f"  start the gateway: wanlb lab exec --name {name} gw -- wanlb run -c {built.config_path} &")
+        click.echo(f"  then try:          wanlb lab traffic --name {name} --connections 200")
+        if not plain_nat:
+            click.echo("  (until wanlb runs, nothing NATs LAN traffic and the ISPs drop it as spoofed)")
         click.echo(f"  remove with:       wanlb lab down --name {name}")
 
 

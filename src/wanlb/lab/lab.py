@@ -57,7 +57,7 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _module_env() -> dict[str, str]:
+def module_env() -> dict[str, str]:
     """Environment for the lab's own helper processes: they must import the very wanlb package this
     process runs, whatever is installed (an editable install may point at another checkout)."""
     src = str(Path(wanlb.__file__).resolve().parent.parent)
@@ -120,10 +120,17 @@ def _remove_namespaces(namespaces: Sequence[str]) -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
+def _topology(name: str, isps: int = 3, clients: int = 2, weights: Sequence[int] = ()) -> Topology:
+    try:
+        return Topology(name, isps, clients, tuple(weights))
+    except TopologyError as exc:
+        raise LabError(str(exc)) from None
+
+
 def remove_lab(name: str) -> list[str]:
     """Remove one lab by name alone (processes, namespaces, state dir), even if its lab.json is gone;
     return the namespaces removed."""
-    namespaces = lab_namespaces(Topology(name).prefix)
+    namespaces = lab_namespaces(_topology(name).prefix)
     _remove_namespaces(namespaces)
     shutil.rmtree(RUN_DIR / name, ignore_errors=True)
     return namespaces
@@ -202,10 +209,7 @@ class Lab:
         Without the daemon, client traffic leaves the gateway unNATed and the ISPs' anti-spoofing drops it;
         `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon)."""
         require_root()
-        try:
-            topo = Topology(name, isps, clients, tuple(weights or ()))
-        except TopologyError as exc:
-            raise LabError(str(exc)) from None
+        topo = _topology(name, isps, clients, weights or ())
         if lab_namespaces(topo.prefix):
             raise LabError(f"lab {name!r} already exists: `wanlb lab down --name {name}` first")
         try:
@@ -220,6 +224,7 @@ class Lab:
             "clients": clients,
             "weights": list(topo.weights),
             "namespaces": {node: topo.ns(node) for node in topo.nodes},
+            "addresses": {node: topo.addresses(node) for node in topo.nodes},
             "processes": {},
             "fail": {},
             "plain_nat": plain_nat,
@@ -238,7 +243,7 @@ class Lab:
     @classmethod
     def load(cls, name: str = "lab") -> Lab:
         """Attach to a lab built earlier (possibly by another process)."""
-        path = RUN_DIR / name / "lab.json"
+        path = RUN_DIR / _topology(name).name / "lab.json"
         try:
             state = json.loads(path.read_text())
         except FileNotFoundError:
@@ -246,7 +251,7 @@ class Lab:
             raise LabError(
                 f"no lab named {name!r}" + (f"; existing: {', '.join(labs)}" if labs else "; `wanlb lab up`")
             ) from None
-        return cls(Topology(state["name"], state["isps"], state["clients"], tuple(state["weights"])), state)
+        return cls(_topology(state["name"], state["isps"], state["clients"], state["weights"]), state)
 
     def down(self) -> None:
         """Kill every process in the lab's namespaces, delete them and the state directory. Never raises
@@ -292,10 +297,11 @@ class Lab:
     def _start_servers(self) -> None:
         """Start the HTTP and stream servers in inet and wait until both listen."""
         servers = {"http": f"{HTTP_ADDR}:{HTTP_PORT}", "stream": f"{STREAM_ADDR}:{STREAM_PORT}"}
+        procs: dict[str, subprocess.Popen[Any]] = {}
         for kind, listen in servers.items():
             ready = self.dir / f"{kind}.ready"
             with open(self.dir / f"{kind}.log", "wb") as log:
-                self.popen(
+                procs[kind] = self.popen(
                     "inet",
                     python_module("wanlb.lab.servers", kind, "--listen", listen, "--ready-file", str(ready)),
                     label=kind,
@@ -305,7 +311,7 @@ class Lab:
         deadline = time.monotonic() + READY_TIMEOUT
         for kind in servers:
             while not (self.dir / f"{kind}.ready").exists():
-                if time.monotonic() > deadline or not self._process_alive(kind):
+                if time.monotonic() > deadline or procs[kind].poll() is not None:
                     log = (self.dir / f"{kind}.log").read_text(errors="replace")[-2000:]
                     raise LabError(f"the {kind} server did not start:\n{log}")
                 time.sleep(0.02)
@@ -357,33 +363,42 @@ class Lab:
             raise LabError(str(exc)) from None
 
     def _save(self) -> None:
-        tmp = self.dir / "lab.json.tmp"
+        tmp = self.dir / f"lab.json.{os.getpid()}"
         tmp.write_text(json.dumps(self._state, indent=2) + "\n")
         tmp.replace(self.dir / "lab.json")
+
+    def _reload(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._state = json.loads((self.dir / "lab.json").read_text())
+
+    def _update(self, section: str, key: str, value: Any) -> None:
+        """Set (or with None, drop) one entry of lab.json, re-reading it first: another process (`wanlb
+        lab fail` while a test or the demo holds this Lab) may have changed it meanwhile."""
+        self._reload()
+        if value is None:
+            self._state[section].pop(key, None)
+        else:
+            self._state[section][key] = value
+        self._save()
 
     # --- running things ----------------------------------------------------------------------------
 
     def run(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """`subprocess.run(argv, **kwargs)` inside a node's namespace (by default with an environment that
         imports this wanlb package, so `python -m wanlb...` and `wanlb` run the code under test)."""
-        kwargs.setdefault("env", _module_env())
+        kwargs.setdefault("env", module_env())
         return subprocess.run(["ip", "netns", "exec", self.ns(node), *argv], **kwargs)
 
     def popen(self, node: str, argv: Sequence[str], label: str | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a background process inside a node's namespace, recorded in lab.json under `label` so
         `status` shows it. `down` stops it whatever happens, as it stops everything in the namespaces.
         The default environment is the one `run` uses."""
-        kwargs.setdefault("env", _module_env())
+        kwargs.setdefault("env", module_env())
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns(node), *argv], start_new_session=True, **kwargs)
         self._children.append(proc)
         label = label or f"{Path(argv[0]).name}-{proc.pid}"
-        self._state["processes"][label] = {"node": node, "pid": proc.pid, "argv": list(argv)}
-        self._save()
+        self._update("processes", label, {"node": node, "pid": proc.pid, "argv": list(argv)})
         return proc
-
-    def _process_alive(self, label: str) -> bool:
-        info = self._state["processes"].get(label)
-        return bool(info) and info["pid"] in _namespace_pids(self.ns(info["node"]))
 
     def ping(self, node: str, addr: str, count: int = 1, timeout: float = 1.0, source: str | None = None) -> bool:
         """Whether `addr` answers ICMP echo from `node` (any of `count` tries)."""
@@ -404,15 +419,13 @@ class Lab:
             except TopologyError as exc:
                 raise LabError(str(exc)) from None
         self._apply(i, mode)
-        self._state["fail"][f"isp{i}"] = str(mode)
-        self._save()
+        self._update("fail", f"isp{i}", str(mode))
 
     def heal(self, isp: str) -> None:
         """Undo any fail mode on the ISP. Idempotent."""
         i = self._isp_index(isp)
         self._apply(i, None)
-        self._state["fail"].pop(f"isp{i}", None)
-        self._save()
+        self._update("fail", f"isp{i}", None)
 
     def _apply(self, i: int, mode: FailMode | None) -> None:
         ns = self.ns(f"isp{i}")
@@ -421,7 +434,8 @@ class Lab:
         _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
 
     def fail_modes(self) -> dict[str, str]:
-        """Current fail mode per ISP (`ok` when healthy)."""
+        """Current fail mode per ISP (`ok` when healthy), as recorded by any process."""
+        self._reload()
         return {isp: self._state["fail"].get(isp, "ok") for isp in self.isps}
 
     def counter(self, isp: str, counter: str = SPOOF_COUNTER) -> int:
@@ -496,13 +510,14 @@ class Lab:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_module_env(),
+            env=module_env(),
         )
 
     # --- status ------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """What is there right now: nodes and their addresses, link states, fail modes, processes."""
+        self._reload()
         existing = set(lab_namespaces(self.topology.prefix))
         interfaces: dict[str, dict[str, dict[str, Any]]] = {}
         for node in self.nodes:

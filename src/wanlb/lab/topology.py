@@ -197,46 +197,46 @@ class Topology:
             values |= {"net.ipv4.ip_forward": "1"}
         return values
 
+    def addresses(self, node: str) -> dict[str, list[str]]:
+        """A node's addresses (CIDR) per interface."""
+        if node == "gw":
+            return {LAN_IF: [f"{LAN_GW}/{LAN_PREFIX_LEN}"]} | {
+                f"wan{i}": [f"{wan_addr(i)}/24"] for i in range(1, self.isps + 1)
+            }
+        if node == "inet":
+            return {"lo": [f"{a}/32" for a in SERVER_ADDRS]} | {
+                f"isp{i}": [f"{inet_addr(i)}/24"] for i in range(1, self.isps + 1)
+            }
+        if node in self.isp_names:
+            i = self.isp_index(node)
+            return {ISP_CUSTOMER_IF: [f"{isp_gateway(i)}/24"], ISP_UPLINK_IF: [f"{isp_uplink_addr(i)}/24"]}
+        return {CLIENT_IF: [f"{client_addr(self.client_names.index(node) + 1)}/{LAN_PREFIX_LEN}"]}
+
+    def routes(self, node: str) -> list[str]:
+        """A node's routes, as `ip route add` arguments."""
+        if node == "gw":  # the main-table default any router has; the daemon adds per-ISP tables
+            return [f"default via {isp_gateway(1)} dev wan1"]
+        if node == "inet":
+            return [f"{isp_customer_net(i)} via {isp_uplink_addr(i)} dev isp{i}" for i in range(1, self.isps + 1)]
+        if node in self.isp_names:
+            return [f"default via {inet_addr(self.isp_index(node))} dev {ISP_UPLINK_IF}"]
+        return [f"default via {LAN_GW} dev {CLIENT_IF}"]
+
     def ip_batch(self, node: str) -> list[str]:
-        """`ip -n NS -batch -` lines for one node: veths it owns (peers land in the other namespace), then
-        addresses and routes. Run in `nodes` order."""
+        """`ip -n NS -batch -` lines for one node: the veths it owns (each peer is created straight in the
+        other namespace), addresses, links up, routes. Run in `nodes` order, so peers exist when used."""
+        owned = [ln for ln in self.links if ln.a == node]
+        interfaces = [ln.a_if for ln in owned] + [ln.b_if for ln in self.links if ln.b == node]
         lines = ["link set lo up"]
         if node == "gw":
             lines.append(f"link add name {LAN_IF} type bridge")
-            for i in range(1, self.isps + 1):
-                lines.append(f"link add name wan{i} type veth peer name {ISP_CUSTOMER_IF} netns {self.ns(f'isp{i}')}")
-            for k in range(1, self.clients + 1):
-                lines.append(f"link add name lanp{k} type veth peer name {CLIENT_IF} netns {self.ns(f'c{k}')}")
-                lines.append(f"link set lanp{k} master {LAN_IF} up")
-            lines += [f"addr add {LAN_GW}/{LAN_PREFIX_LEN} dev {LAN_IF}", f"link set {LAN_IF} up"]
-            for i in range(1, self.isps + 1):
-                lines += [f"addr add {wan_addr(i)}/24 dev wan{i}", f"link set wan{i} up"]
-            lines.append(f"route add default via {isp_gateway(1)} dev wan1")
-        elif node.startswith("isp"):
-            i = self.isp_index(node)
-            lines += [
-                f"link add name {ISP_UPLINK_IF} type veth peer name isp{i} netns {self.ns('inet')}",
-                f"addr add {isp_gateway(i)}/24 dev {ISP_CUSTOMER_IF}",
-                f"link set {ISP_CUSTOMER_IF} up",
-                f"addr add {isp_uplink_addr(i)}/24 dev {ISP_UPLINK_IF}",
-                f"link set {ISP_UPLINK_IF} up",
-                f"route add default via {inet_addr(i)} dev {ISP_UPLINK_IF}",
-            ]
-        elif node == "inet":
-            lines += [f"addr add {a}/32 dev lo" for a in SERVER_ADDRS]
-            for i in range(1, self.isps + 1):
-                lines += [
-                    f"addr add {inet_addr(i)}/24 dev isp{i}",
-                    f"link set isp{i} up",
-                    f"route add {isp_customer_net(i)} via {isp_uplink_addr(i)} dev isp{i}",
-                ]
-        else:
-            k = self.client_names.index(node) + 1
-            lines += [
-                f"addr add {client_addr(k)}/{LAN_PREFIX_LEN} dev {CLIENT_IF}",
-                f"link set {CLIENT_IF} up",
-                f"route add default via {LAN_GW} dev {CLIENT_IF}",
-            ]
+            interfaces.append(LAN_IF)
+        lines += [f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {self.ns(ln.b)}" for ln in owned]
+        if node == "gw":
+            lines += [f"link set lanp{k} master {LAN_IF}" for k in range(1, self.clients + 1)]
+        lines += [f"addr add {a} dev {ifname}" for ifname, addrs in self.addresses(node).items() for a in addrs]
+        lines += [f"link set {ifname} up" for ifname in interfaces]
+        lines += [f"route add {route}" for route in self.routes(node)]
         return lines
 
     def isp_nft(self, i: int) -> str:
