@@ -24,6 +24,7 @@ from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.entry import Entry
 from wanlb.ctnetlink.filters import Filter
 from wanlb.ctnetlink.format import EVENT_PREFIX, TextFormatter, json_line
+from wanlb.ctnetlink.nlsock import DumpInterrupted
 
 DEFAULT_CONFIG = "/etc/wanlb/wanlb.yaml"
 DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
@@ -189,6 +190,10 @@ def _kernel_call(fn: Callable[[], Any]) -> Any:
         return fn()
     except PermissionError:
         raise click.ClickException("permission denied: conntrack needs CAP_NET_ADMIN (run as root)") from None
+    except DumpInterrupted:
+        raise click.ClickException(
+            "the table changed during the dump (NLM_F_DUMP_INTR): entries may be missing or repeated; run again"
+        ) from None
     except OSError as err:
         raise click.ClickException(f"conntrack: {err.strerror or err}") from None
 
@@ -201,6 +206,11 @@ class _Out:
 
     def add(self, line: str) -> None:
         self.lines.append(line)
+        if len(self.lines) >= _WRITE_BATCH:
+            self.flush()
+
+    def extend(self, lines: list[str]) -> None:
+        self.lines += lines
         if len(self.lines) >= _WRITE_BATCH:
             self.flush()
 
@@ -246,8 +256,8 @@ def list_cmd(ctx: Ctx, output: str, **kw: Any) -> None:
                     mark_mask=isps.mark_mask if isps else 0xFFFFFFFF,
                 )
                 line = fmt.line
-                for buf, off, shape in ct.matches(flt):
-                    out.add(line(shape, buf, off))
+                for buf, items in ct.batches(flt):
+                    out.extend([line(shape, buf, off) for off, shape in items])
         out.flush()
 
     _kernel_call(run)

@@ -173,7 +173,7 @@ def test_iter_messages_and_error_code() -> None:
     done = codec.NLMSGHDR.pack(20, C.NLMSG_DONE, C.NLM_F_MULTI, 5, 0) + bytes(4)
     buf = ack + done
     frames = list(codec.iter_messages(buf, len(buf)))
-    assert [(off, t) for off, _len, t, _f in frames] == [(0, C.NLMSG_ERROR), (36, C.NLMSG_DONE)]
+    assert [(off, t, seq) for off, _len, t, _f, seq in frames] == [(0, C.NLMSG_ERROR, 5), (36, C.NLMSG_DONE, 5)]
     assert codec.error_code(buf, 0) == -2
 
 

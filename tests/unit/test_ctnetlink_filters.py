@@ -96,3 +96,11 @@ def test_lower_levels_drop_what_old_kernels_reject() -> None:
     assert _families(f, LEVEL_MARK) == [(C.AF_INET, {C.CTA_MARK, C.CTA_MARK_MASK})]
     assert _families(f, LEVEL_FAMILY) == [(C.AF_INET, set())]
     assert _families(Filter()) == [(0, set())]
+
+
+def test_residual_leaves_family_and_mark_to_the_kernel() -> None:
+    f = Filter(mark=0x200, mark_mask=0xFF00, family=C.AF_INET)
+    assert f.residual(LEVEL_MARK).empty
+    assert f.residual(LEVEL_FAMILY) == Filter(mark=0x200, mark_mask=0xFF00)
+    tcp = Filter(proto=6, dport=443, mark=1)
+    assert tcp.residual(2) == Filter(proto=6, dport=443)

@@ -61,30 +61,39 @@ class Conntrack:
     # ------------------------------------------------------------ dumps
 
     def matches(self, flt: Filter | None = None) -> Iterator[Match]:
-        """Every entry matching ``flt``, as (buffer, offset, shape) without building an Entry.
+        """Every entry matching ``flt``, as (buffer, offset, shape) without building an Entry."""
+        for buf, items in self.batches(flt):
+            for off, shape in items:
+                yield buf, off, shape
+
+    def batches(self, flt: Filter | None = None) -> Iterator[tuple[Buffer, list[tuple[int, Shape]]]]:
+        """Matching entries per received datagram: (buffer, [(offset, shape), ...]).
 
         Kernel filtering is tried at the highest level first; if the kernel
         rejects the filter (before sending anything) the next lower level is used.
-        The userspace check runs whenever a filter is set.
+        Userspace checks what the kernel may not have (see :mod:`filters`).
         """
         flt = flt or Filter()
-        check = None if flt.empty else flt.matches
         while True:
+            rest = flt.residual(self._level)
             try:
-                yield from self._matches_at(flt, self._level, check)
+                yield from self._batches_at(flt, self._level, None if rest.empty else rest.matches)
                 return
             except NetlinkError as err:
                 if err.errno not in _REJECTED or self._level == 0:
                     raise
                 self._level -= 1
 
-    def _matches_at(self, flt: Filter, level: int, check: Callable[[Entry], bool] | None) -> Iterator[Match]:
+    def _batches_at(
+        self, flt: Filter, level: int, check: Callable[[Entry], bool] | None
+    ) -> Iterator[tuple[Buffer, list[tuple[int, Shape]]]]:
         shape_of = self.decoder.shape
         for request in flt.kernel_requests(level):
-            for buf, off, length, _mtype in self.sock.dump(request, relay=self.relay):
-                shape = shape_of(buf, off, length)
-                if check is None or check(shape.decode(buf, off)):
-                    yield buf, off, shape
+            for buf, frames in self.sock.dump_batches(request, relay=self.relay):
+                items = [(off, shape_of(buf, off, length)) for off, length, _t in frames]
+                if check is not None:
+                    items = [(off, shape) for off, shape in items if check(shape.decode(buf, off))]
+                yield buf, items
 
     def dump(self, flt: Filter | None = None) -> Iterator[Entry]:
         """Matching entries, decoded, streamed.
@@ -104,9 +113,10 @@ class Conntrack:
             counts: Counter[int] = Counter()
             unpack = _MARK.unpack_from
             try:
-                for buf, off, shape in self.matches(flt):
-                    pos = shape.offsets.get("mark")
-                    counts[(unpack(buf, off + pos)[0] if pos is not None else 0) & mask] += 1
+                for buf, items in self.batches(flt):
+                    for off, shape in items:
+                        pos = shape.offsets.get("mark")
+                        counts[(unpack(buf, off + pos)[0] if pos is not None else 0) & mask] += 1
                 return dict(counts)
             except DumpInterrupted:
                 if attempt == _DUMP_RETRIES - 1:

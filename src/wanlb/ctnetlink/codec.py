@@ -114,16 +114,12 @@ def encode_tuple(
 
 
 def entry_tuples(e: Entry) -> bytes:
-    """Both tuples of an entry, as the kernel wants them to find or create it."""
-    orig = encode_tuple(
-        C.CTA_TUPLE_ORIG, e.family, e.src, e.dst, e.proto, e.sport, e.dport,
-        (e.icmp_type, e.icmp_code, e.icmp_id),
-    )  # fmt: skip
+    """Both tuples of an entry, as the kernel wants them to create it."""
     reply = encode_tuple(
         C.CTA_TUPLE_REPLY, e.family, e.reply_src, e.reply_dst, e.proto, e.reply_sport, e.reply_dport,
         (e.reply_icmp_type, e.reply_icmp_code, e.reply_icmp_id),
     )  # fmt: skip
-    return orig + reply
+    return _orig_only(e) + reply
 
 
 def encode_create(e: Entry, nat_src: bytes | None = None, seq: int = 0) -> bytes:
@@ -217,15 +213,15 @@ def encode_stats_cpu(seq: int = 0) -> bytes:
 # ---------------------------------------------------------------- framing
 
 
-def iter_messages(buf: bytes | bytearray | memoryview, n: int) -> Iterator[tuple[int, int, int, int]]:
-    """Split ``buf[:n]`` into netlink messages: yields (offset, length, type, flags)."""
+def iter_messages(buf: bytes | bytearray | memoryview, n: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """Split ``buf[:n]`` into netlink messages: yields (offset, length, type, flags, seq)."""
     off = 0
     unpack = NLMSGHDR.unpack_from
     while off + 16 <= n:
-        length, mtype, flags, _seq, _pid = unpack(buf, off)
+        length, mtype, flags, seq, _pid = unpack(buf, off)
         if length < 16:
             raise ValueError(f"truncated netlink message at offset {off}")
-        yield off, length, mtype, flags
+        yield off, length, mtype, flags, seq
         off += (length + 3) & ~3
 
 

@@ -65,7 +65,7 @@ class EventSocket:
             yield LOST
             return
         view = self.sock.view
-        for off, length, mtype, flags in codec.iter_messages(view, n):
+        for off, length, mtype, flags, _seq in codec.iter_messages(view, n):
             if mtype >> 8 != C.NFNL_SUBSYS_CTNETLINK:
                 continue
             if (mtype & 0xFF) == C.IPCTNL_MSG_CT_DELETE:
@@ -75,7 +75,3 @@ class EventSocket:
             else:
                 kind = "update"
             yield kind, view, off, self.decoder.shape(view, off, length)
-
-    def __iter__(self) -> Iterator[Event | str]:
-        while True:
-            yield from self.read()

@@ -1,11 +1,13 @@
 """Conntrack filters: one description, compiled twice.
 
 A :class:`Filter` becomes kernel dump attributes (so the kernel copies only
-matching entries) and a userspace predicate.  The predicate always runs on what
-the kernel returns: it costs little because the kernel already dropped most
-entries, and it keeps results right when a kernel ignores part of a filter or
-rejects it (older kernels: CTA_FILTER arrived in 5.8, status in 5.15, zone in
-6.8), in which case :func:`kernel_requests` is asked again for a lower level.
+matching entries) and a userspace predicate for the rest.  Family and mark have
+been filtered by every kernel we support, so they are not checked again; all
+other fields are, on what the kernel returns: that costs little because the
+kernel already dropped most entries, and it keeps results right on kernels that
+ignore part of a filter (CTA_FILTER arrived in 5.8, status in 5.15, zone in
+6.8).  A kernel that rejects a filter makes the client ask
+:meth:`Filter.kernel_requests` again for a lower level.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wanlb.ctnetlink import codec
 from wanlb.ctnetlink import constants as C
@@ -75,6 +77,12 @@ class Filter:
     def mark_only(self) -> bool:
         """True if the kernel can delete the matching entries by itself (a flush by mark)."""
         return self.mark is not None and Filter(mark=self.mark, mark_mask=self.mark_mask) == self
+
+    def residual(self, level: int) -> Filter:
+        """What userspace must still check after a dump made at ``level``."""
+        if level < LEVEL_MARK:
+            return replace(self, family=None)
+        return replace(self, family=None, mark=None, mark_mask=0xFFFFFFFF)
 
     def matches(self, e: Entry) -> bool:
         if self.family is not None and e.family != self.family:
