@@ -184,3 +184,17 @@ def test_clear_errors_and_nothing_applied(gateway: tuple[str, Path], tmp_path: P
     assert snapshot(ns) == before
     nodaemon = cli(cfg, "status")
     assert nodaemon.returncode == 3 and "no wanlb daemon is running" in nodaemon.stderr
+
+
+def test_sigterm_leaves_datapath_cleanup_on_exit_removes_it(gateway: tuple[str, Path]) -> None:
+    ns, cfg = gateway
+    before = snapshot(ns)
+    proc = start(ns, cfg)
+    during = snapshot(ns)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert snapshot(ns) == during  # connections keep flowing without the daemon
+    proc = start(ns, cfg, "--cleanup-on-exit")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert snapshot(ns) == before
