@@ -111,17 +111,13 @@ def _hex(value: int) -> str:
     return f"{value:#x}"
 
 
-def _chain_suffix(isp: IspPlan) -> str:
-    return isp.name.replace("-", "_")
-
-
 def _set_isp_mark(target: str, isp: IspPlan, mask: int) -> str:
     clear = ALL_BITS & ~mask
     return f"{target} mark set {target} mark & {_hex(clear)} | {_hex(isp.mark)}"
 
 
 def _restore_vmap(desired: Desired) -> str:
-    entries = ", ".join(f"{_hex(i.mark)} : goto restore_{_chain_suffix(i)}" for i in desired.isps)
+    entries = ", ".join(f"{_hex(i.mark)} : goto restore_{i.name}" for i in desired.isps)
     return f"ct mark & {_hex(desired.mark_mask)} vmap {{ {entries} }}"
 
 
@@ -131,14 +127,13 @@ def _balance_map(desired: Desired) -> str:
     ``inc`` (not ``random``) makes the shares exact over any window of TOTAL
     connections instead of only on average.
     """
-    by_name = {i.name: i for i in desired.isps}
     total = sum(w for _, w in desired.weights)
     entries = []
     start = 0
     for name, weight in desired.weights:
         end = start + weight - 1
         key = str(start) if start == end else f"{start}-{end}"
-        entries.append(f"{key} : goto isp_{_chain_suffix(by_name[name])}")
+        entries.append(f"{key} : goto isp_{name}")
         start = end + 1
     return f"numgen inc mod {total} vmap {{ {', '.join(entries)} }}"
 
@@ -187,9 +182,8 @@ def render_nft(desired: Desired) -> str:
             "\t}",
         ]
     for isp in desired.isps:
-        suffix = _chain_suffix(isp)
-        chain(f"restore_{suffix}", [_set_isp_mark("meta", isp, mask)])
-        chain(f"isp_{suffix}", [_set_isp_mark("meta", isp, mask), _set_isp_mark("ct", isp, mask)])
+        chain(f"restore_{isp.name}", [_set_isp_mark("meta", isp, mask)])
+        chain(f"isp_{isp.name}", [_set_isp_mark("meta", isp, mask), _set_isp_mark("ct", isp, mask)])
     if desired.active:
         chain("balance", [_balance_map(desired)])
 

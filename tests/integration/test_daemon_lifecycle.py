@@ -198,3 +198,43 @@ def test_sigterm_leaves_datapath_cleanup_on_exit_removes_it(gateway: tuple[str, 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert snapshot(ns) == before
+
+
+def test_reload_with_new_gateway_replaces_the_default_route(gateway: tuple[str, Path]) -> None:
+    ns, cfg = gateway
+    proc = start(ns, cfg)
+    try:
+        cfg.write_text(cfg.read_text().replace("gateway: 100.64.2.1", "gateway: 100.64.2.9"))
+        assert cli(cfg, "reload").returncode == 0
+        routes = sh(ns, "ip route show table 202").stdout
+        assert "default via 100.64.2.9 dev wan2" in routes, routes
+        assert "100.64.2.1" not in routes
+    finally:
+        cli(cfg, "stop", "--cleanup", ns=ns)
+        proc.wait(timeout=15)
+
+
+def test_periodic_resync_repairs_a_removed_route(gateway: tuple[str, Path]) -> None:
+    ns, cfg = gateway
+    proc = start(ns, cfg)
+    try:
+        sh(ns, "ip route del default table 201")
+        deadline = time.monotonic() + 12  # the resync runs every 5 s
+        while "default via 100.64.1.1" not in sh(ns, "ip route show table 201").stdout:
+            assert time.monotonic() < deadline, "the removed route did not come back"
+            time.sleep(0.2)
+    finally:
+        cli(cfg, "stop", "--cleanup", ns=ns)
+        proc.wait(timeout=15)
+
+
+def test_isp_names_differing_only_by_dash_and_underscore_apply(gateway: tuple[str, Path]) -> None:
+    ns, cfg = gateway
+    cfg.write_text(cfg.read_text().replace("name: fiber", "name: a-b").replace("name: lte", "name: a_b"))
+    proc = start(ns, cfg)
+    try:
+        table = sh(ns, "nft list table inet wanlb").stdout
+        assert "chain isp_a-b" in table and "chain isp_a_b" in table
+    finally:
+        cli(cfg, "stop", "--cleanup", ns=ns)
+        proc.wait(timeout=15)

@@ -154,8 +154,10 @@ def test_stream_survives_three_reloads_and_kill_9(gw: Gateway) -> None:
     for r in results:
         assert r["ok"], r
         assert r["counters"] > 0
-    # Several streams: at least two ISPs carried them, and each kept one source (its ISP) throughout.
+    # The streams were spread over several ISPs, and each kept its source (an ISP change would have
+    # broken it at the ISPs' anti-spoofing, failing "ok" above).
     assert all(r["src"].startswith("100.64.") for r in results)
+    assert len({r["src"] for r in results}) >= 2
 
 
 def test_daemon_live_counts_equal_the_kernel_table(gw: Gateway) -> None:

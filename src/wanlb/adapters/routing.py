@@ -177,19 +177,16 @@ def apply(intent: RoutingIntent) -> list[str]:
                 changes.append(f"+route {route.describe()}")
             except NetlinkError as exc:
                 failures.append(f"{route.describe()}: {exc.args[1] if len(exc.args) > 1 else exc}")
-        wanted = set(intent.routes)
+        # A wanted route with the same table+dst was installed by `route replace` in
+        # place of this one: deleting by (table, dst) would remove the new route.
+        occupied = {(r.table, r.dst) for r in intent.routes}
         for route, key in current_routes.items():
-            if route not in wanted and route not in _replaced(route, wanted):
+            if (route.table, route.dst) not in occupied:
                 _delete_route(ipr, key)
                 changes.append(f"-route {route.describe()}")
     if failures:
         changes += [f"!route {f}" for f in failures]
     return changes
-
-
-def _replaced(route: Route, wanted: set[Route]) -> set[Route]:
-    """A wanted route with the same table+dst replaced this one in place (``route replace``)."""
-    return {w for w in wanted if w.table == route.table and w.dst == route.dst}
 
 
 def _delete_route(ipr: IPRoute, key: dict) -> None:
