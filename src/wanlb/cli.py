@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, NoReturn
 
 import click
@@ -20,12 +21,13 @@ from rich.table import Table
 from wanlb import __version__
 from wanlb.config import DEFAULT_CONFIG_PATH, DEFAULT_SOCKET, ConfigError, load_config
 from wanlb.conntrack_cli import conntrack as conntrack_group
-from wanlb.control import ControlError, request
+from wanlb.control import ControlError, DaemonRefused, request
 from wanlb.lab.cli import lab as lab_group
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 EXIT_NO_DAEMON = 3
+EVENTS_SHOWN = 5
 
 config_option = click.option(
     "--config",
@@ -77,6 +79,8 @@ def resolve_socket(socket_path: str | None, config_path: str) -> str:
 def ask_daemon(socket_path: str, message: dict[str, Any]) -> dict[str, Any]:
     try:
         return request(socket_path, message)
+    except DaemonRefused as exc:
+        fail(str(exc), EXIT_RUNTIME)
     except ControlError as exc:
         fail(str(exc), EXIT_NO_DAEMON)
 
@@ -158,13 +162,18 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
         click.echo(json.dumps(reply, indent=2))
         return
     table = Table(title=f"wanlb (pid {reply['pid']}, up {reply['uptime_seconds']}s)")
-    for col in ("isp", "status", "tier", "weight", "share", "mark", "table", "interface", "conns"):
+    for col in ("isp", "status", "tier", "weight", "share", "mark", "table", "interface", "conns", "loss", "rtt"):
         table.add_column(col)
     counts = reply.get("conn_counts", {})
     for isp in reply["isps"]:
+        health = isp.get("health", {})
+        status = isp["status"] + ("" if isp["active"] or isp["status"] != "up" else " (standby)")
+        if health.get("held_down_seconds"):
+            status += f" (held {health['held_down_seconds']}s)"
+        monitored = health.get("monitored")
         table.add_row(
             isp["name"],
-            isp["status"] + ("" if isp["active"] or isp["status"] != "up" else " (standby)"),
+            status,
             str(isp["tier"]),
             str(isp["weight"]),
             f"{isp['share_percent']:.1f}%",
@@ -172,8 +181,38 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
             str(isp["table"]),
             isp["interface"],
             str(counts.get(isp["name"], "-")),
+            f"{health['loss_percent']:g}%" if monitored else "unmonitored",
+            f"{health['latency_ms']:.1f} ms" if monitored and health.get("latency_ms") is not None else "-",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    events = reply.get("events", [])[-EVENTS_SHOWN:]
+    if events:
+        console.print("recent events:")
+        for ev in events:
+            when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
+            flushed = f", flushed {ev['flushed']} connections" if ev.get("flushed") is not None else ""
+            console.print(f"  {when} {ev['isp']} {ev['from']} → {ev['event']}: {ev['reason']}{flushed}", markup=False)
+
+
+@main.command()
+@config_option
+@socket_option
+@click.argument("isp")
+def disable(config_path: str, socket_path: str | None, isp: str) -> None:
+    """Drain ISP: no NEW connections go to it; its existing ones continue. Until `wanlb enable`."""
+    reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "disable", "isp": isp})
+    click.echo(reply["message"])
+
+
+@main.command()
+@config_option
+@socket_option
+@click.argument("isp")
+def enable(config_path: str, socket_path: str | None, isp: str) -> None:
+    """Hand a disabled ISP back to its health probes (it rejoins after `up_after` good rounds)."""
+    reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "enable", "isp": isp})
+    click.echo(reply["message"])
 
 
 @main.command()

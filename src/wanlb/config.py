@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"
@@ -84,7 +85,7 @@ class HealthConfig(_Model):
     targets: tuple[ipaddress.IPv4Address, ...] = ()
     port: int | None = Field(default=None, ge=1, le=65535)
     interval: Duration = 0.2
-    timeout: Duration = 0.5
+    timeout: Duration = 0.3
     down_after: int = Field(default=3, ge=1, le=100)
     up_after: int = Field(default=5, ge=1, le=1000)
     quorum: int = Field(default=1, ge=1)
@@ -96,6 +97,14 @@ class HealthConfig(_Model):
     http_path: str = "/"
     http_status: int = Field(default=200, ge=100, le=599)
     dns_name: str = "."
+
+    @model_validator(mode="after")
+    def _port_fits_method(self) -> HealthConfig:
+        if self.method == "tcp" and self.port is None:
+            raise ValueError("method tcp needs a port")
+        if self.method == "icmp" and self.port is not None:
+            raise ValueError("method icmp has no port")
+        return self
 
     @field_validator("quorum")
     @classmethod
@@ -289,8 +298,11 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _pydantic_issues(err: ValidationError, lines: _LineMap) -> list[ConfigIssue]:
     issues: dict[tuple[Any, ...], ConfigIssue] = {}
-    for e in err.errors():
-        loc = _clean_loc(tuple(e["loc"]))
+    errors = err.errors()
+    locs = [_clean_loc(tuple(e["loc"])) for e in errors]
+    for e, loc in zip(errors, locs, strict=True):
+        if e["type"] == "too_short" and any(other[: len(loc)] == loc and other != loc for other in locs):
+            continue  # "isps: at least 1 item" only because an item was invalid: that item's error says why
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

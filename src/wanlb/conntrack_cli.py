@@ -51,11 +51,17 @@ class Isps:
 
 
 class Ctx:
-    def __init__(self, config: str, socket_path: str) -> None:
+    def __init__(self, config: str, socket_path: str | None) -> None:
         self.config = config
-        self.socket_path = socket_path
+        self.explicit_socket = socket_path
+        self.config_socket: str | None = None  # control.socket of the config, once it was loaded
         self._isps: Isps | None = None
         self._looked = False
+
+    @property
+    def socket_path(self) -> str:
+        """--socket, else the loaded config's control.socket (like ``wanlb status``), else the default."""
+        return self.explicit_socket or self.config_socket or DEFAULT_SOCKET
 
     def isps(self, required: bool) -> Isps | None:
         """ISP marks from the config file, else from the daemon; None if neither (unless required)."""
@@ -78,6 +84,7 @@ class Ctx:
             cfg = load_config(self.config)
         except ConfigError as err:
             raise click.UsageError(err.render()) from None
+        self.config_socket = cfg.control.socket
         return Isps({i.mark: i.name for i in cfg.isps}, cfg.mark_mask, "config")
 
     def _from_daemon(self) -> Isps | None:
@@ -227,9 +234,14 @@ class _Out:
 
 @click.group(name="conntrack")
 @click.option("--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG, show_default=True)
-@click.option("--socket", "socket_path", envvar="WANLB_SOCKET", default=DEFAULT_SOCKET, show_default=True)
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="WANLB_SOCKET",
+    help=f"daemon control socket [default: the config's control.socket, else {DEFAULT_SOCKET}]",
+)
 @click.pass_context
-def conntrack(cctx: click.Context, config: str, socket_path: str) -> None:
+def conntrack(cctx: click.Context, config: str, socket_path: str | None) -> None:
     """Inspect and clean the conntrack table (ctnetlink; works without the daemon)."""
     cctx.obj = Ctx(config, socket_path)
 

@@ -22,6 +22,10 @@ class ControlError(RuntimeError):
     """No daemon answers at the socket, or it answered with an error."""
 
 
+class DaemonRefused(ControlError):
+    """The daemon answered, and the answer is an error (bad request, failed reload)."""
+
+
 def request(socket_path: str, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     """Send one request to the daemon and return its reply."""
     try:
@@ -43,7 +47,7 @@ def request(socket_path: str, message: dict[str, Any], timeout: float = 10.0) ->
         raise ControlError(f"the daemon at {socket_path} closed the connection without answering")
     reply = json.loads(data)
     if not reply.get("ok", False):
-        raise ControlError(reply.get("error", "the daemon reported an error"))
+        raise DaemonRefused(reply.get("error", "the daemon reported an error"))
     return reply
 
 

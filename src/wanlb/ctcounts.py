@@ -92,8 +92,11 @@ class ConnCounter:
         try:
             while True:
                 await self._resync()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the timeout, and the daemon's shutdown would then hang here.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._resync_needed.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await self._resync_needed.wait()
                 self._resync_needed.clear()
         finally:
             loop.remove_reader(sock.fileno())

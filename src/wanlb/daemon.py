@@ -3,6 +3,13 @@
 It never sees a data packet.  It reconciles the kernel on start, on SIGHUP, on a
 timer (to repair what someone else removed, or routes the kernel dropped with a
 link) and whenever an ISP's status changes, and answers the control socket.
+
+Failover (:meth:`Daemon.on_transition`): a health monitor's decision is applied
+in the same task that made it: record the status, reconcile (one atomic nft
+transaction takes the ISP out of or back into balancing), then on DOWN delete
+that ISP's conntrack entries with one kernel flush-by-mark so its clients
+reconnect at once through the others.  Hooks start afterwards and are never
+waited for.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -19,12 +27,18 @@ from typing import Any
 from wanlb import control
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
+from wanlb.ctnetlink.client import Conntrack
+from wanlb.ctnetlink.filters import Filter
+from wanlb.health.machine import HealthMachine, Transition
+from wanlb.health.monitor import IspMonitor, params_of
+from wanlb.hooks import run_hook
 from wanlb.plan import IspStatus
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 
 log = logging.getLogger("wanlb.daemon")
 
 RESYNC_INTERVAL = 5.0
+EVENT_HISTORY = 200
 
 
 class Daemon:
@@ -41,6 +55,12 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counter = ConnCounter(self._isp_marks(config), config.mark_mask)
+        self.machines: dict[str, HealthMachine] = {}
+        self.monitors: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        self._conntrack = Conntrack()  # opened once: a failover should not wait for a socket setup
+        self._flush_lock = asyncio.Lock()
+        self.since: dict[str, float] = {i.name: time.time() for i in config.isps}
 
     @staticmethod
     def _isp_marks(config: Config) -> dict[int, str]:
@@ -63,13 +83,72 @@ class Daemon:
             log.info("applied ruleset (%s): active %s", why, active)
         return result
 
-    async def set_status(self, name: str, status: IspStatus, reason: str = "") -> None:
-        """Record an ISP's new status and converge the kernel right away."""
-        if self.statuses.get(name) == status:
+    async def on_transition(self, name: str, transition: Transition) -> None:
+        """Apply a health or admin decision now: status, reconcile, flush on DOWN, event, hooks."""
+        isp = next((i for i in self.config.isps if i.name == name), None)
+        if isp is None or self.statuses.get(name) == transition.new:
             return
-        log.warning("isp %s is %s%s", name, status.value, f" ({reason})" if reason else "")
-        self.statuses[name] = status
-        await self.reconcile(f"{name} {status.value}")
+        decided = time.time()
+        log.warning("isp %s is %s (%s)", name, transition.new.value, transition.reason)
+        self.statuses[name] = transition.new
+        self.since[name] = decided
+        try:
+            await self.reconcile(f"{name} {transition.new.value}")
+        except Exception as exc:  # the resync loop retries; the event is still recorded
+            log.error("reconcile after %s went %s failed: %s", name, transition.new.value, exc)
+        applied = time.time()
+        flushed = None
+        drained = transition.old == IspStatus.DISABLED  # re-enabled: its connections were fine
+        if transition.new == IspStatus.DOWN and self.config.failover.on_down == "flush" and not drained:
+            flushed = await self._flush(name, isp.mark or 0)
+        machine = self.machines.get(name)
+        quality = machine.quality() if machine else None
+        self.events.append(
+            {
+                "time": round(decided, 3),
+                "isp": name,
+                "event": transition.new.value,
+                "from": transition.old.value,
+                "reason": transition.reason,
+                "loss_percent": round(quality.loss_percent, 1) if quality else None,
+                "latency_ms": _ms(quality.latency) if quality else None,
+                "flushed": flushed,
+                "applied_ms": _ms(applied - decided),
+                "done_ms": _ms(time.time() - decided),
+            }
+        )
+        env = {"WANLB_ISP": name, "WANLB_EVENT": transition.new.value, "WANLB_INTERFACE": isp.interface}
+        for hook in self.config.hooks:
+            self.spawn(run_hook(hook, env, self.config.hook_timeout))
+
+    async def _flush(self, name: str, mark: int) -> int | None:
+        """Delete the ISP's connections (one kernel flush-by-mark); returns how many it held."""
+        held = self.counter.by_isp().get(name)
+        flt = Filter(mark=mark, mark_mask=self.config.mark_mask)
+        start = time.monotonic()
+        try:
+            async with self._flush_lock:  # one netlink socket: one request at a time
+                await asyncio.to_thread(self._conntrack.delete_matching, flt)
+        except OSError as exc:
+            log.error("could not flush %s's connections: %s", name, exc)
+            return None
+        took = (time.monotonic() - start) * 1000
+        log.warning("flushed %s connections of %s in %.0f ms", held if held is not None else "the", name, took)
+        return held
+
+    async def admin(self, name: str, enable: bool) -> dict[str, Any]:
+        """Drain (disable) an ISP or hand it back to its probes (enable)."""
+        machine = self.machines.get(name)
+        if machine is None:
+            return {"ok": False, "error": f"no ISP named {name!r}"}
+        now = time.monotonic()
+        transition = machine.enable(now) if enable else machine.disable(now)
+        if transition is not None and enable and name not in self.monitors:
+            machine.status = IspStatus.UP  # nothing probes it: trust the admin
+            transition = Transition(transition.old, IspStatus.UP, now, "enabled by admin (not monitored)")
+        if transition is not None:
+            await self.on_transition(name, transition)
+        return {"ok": True, "message": f"{name} is {self.statuses[name].value}"}
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config; a bad one is reported and the running rules stay as they are."""
@@ -97,7 +176,29 @@ class Daemon:
                 log.error("restoring the previous configuration failed too: %s", again)
             return False, f"apply failed: {exc}"
         self.reloads += 1
+        self._start_monitors()
         return True, "reloaded"
+
+    def _start_monitors(self) -> None:
+        """(Re)start one monitor per ISP that has targets, keeping a machine whose parameters did not change."""
+        for _monitor, task in self.monitors.values():
+            task.cancel()
+        self.monitors.clear()
+        machines: dict[str, HealthMachine] = {}
+        for isp in self.config.isps:
+            params = params_of(isp.health)
+            machine = self.machines.get(isp.name)
+            if machine is None or machine.params != params:
+                machine = HealthMachine(params, self.statuses.get(isp.name, IspStatus.UP))
+            machines[isp.name] = machine
+            if not isp.health.targets:
+                continue
+            monitor = IspMonitor(isp, machine, self.on_transition)
+            self.monitors[isp.name] = (monitor, asyncio.create_task(monitor.run()))
+        self.machines = machines
+        unmonitored = [i.name for i in self.config.isps if not i.health.targets]
+        if unmonitored:
+            log.warning("no health targets for %s: never declared down", ", ".join(unmonitored))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference so it is not collected."""
@@ -123,6 +224,8 @@ class Daemon:
                     "share_percent": round(isp.share * 100, 2),
                     "mark": isp.mark,
                     "table": isp.table,
+                    "since": round(self.since.get(isp.name, self.started), 3),
+                    "health": self._health(isp.name),
                 }
             )
         return {
@@ -136,6 +239,27 @@ class Daemon:
             "reloads": self.reloads,
             "isps": isps,
             "conn_counts": self.counter.by_isp(),
+            "events": list(self.events),
+        }
+
+    def _health(self, name: str) -> dict[str, Any]:
+        machine = self.machines.get(name)
+        entry = self.monitors.get(name)
+        if machine is None or entry is None:
+            return {"monitored": False}
+        monitor = entry[0]
+        quality = machine.quality()
+        held = machine.hold_until - time.monotonic()
+        return {
+            "monitored": True,
+            "method": monitor.health.method,
+            "targets": [str(t) for t in monitor.health.targets],
+            "rounds": monitor.rounds,
+            "loss_percent": round(quality.loss_percent, 1),
+            "latency_ms": _ms(quality.latency),
+            "jitter_ms": _ms(quality.jitter),
+            "held_down_seconds": round(held, 1) if held > 0 and machine.status == IspStatus.DOWN else 0,
+            "last_errors": monitor.last.errors if monitor.last else {},
         }
 
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +277,8 @@ class Daemon:
         if cmd == "reload":
             ok, text = await self.reload()
             return {"ok": ok, "message": text} if ok else {"ok": False, "error": text}
+        if cmd in ("enable", "disable"):
+            return await self.admin(str(message.get("isp")), cmd == "enable")
         if cmd == "stop":
             self.cleanup_on_exit = self.cleanup_on_exit or bool(message.get("cleanup"))
             self._stop.set()
@@ -181,12 +307,16 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         resync = asyncio.create_task(self._resync_loop())
         counting = asyncio.create_task(self.counter.run())
+        self._start_monitors()
         log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
         try:
             await self._stop.wait()
         finally:
             resync.cancel()
             counting.cancel()
+            for _monitor, task in self.monitors.values():
+                task.cancel()
+            self._conntrack.close()
             server.close()
             Path(socket_path).unlink(missing_ok=True)
             if self.cleanup_on_exit:
@@ -195,6 +325,10 @@ class Daemon:
                 log.info("removed everything wanlb added")
             else:
                 log.info("exiting; the datapath stays in place (connections keep flowing)")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def run(config_path: str, cleanup_on_exit: bool) -> None:

@@ -4,68 +4,38 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
-from wanlb.control import request, socket_in_use
+from wanlb.control import request
+from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
-WANLB = [sys.executable, "-m", "wanlb.cli"]
+class Gateway(LabGateway):
+    """The lab's daemon with every ISP up (no health probes), weights and tiers set per test."""
 
+    def set_weights(self, weights: dict[str, int], tiers: dict[str, int] | None = None) -> None:
+        def edit(data: dict) -> None:
+            for isp in data["isps"]:
+                isp["weight"] = weights.get(isp["name"], 1)
+                isp["tier"] = (tiers or {}).get(isp["name"], 1)
+                isp.pop("health", None)  # datapath tests: every ISP is up
 
-class Gateway:
-    """A lab plus a wanlb daemon running in its gateway namespace."""
-
-    def __init__(self, lab: Lab):
-        self.lab = lab
-        self.config = Path(lab.config_path)
-        self.base = yaml.safe_load(self.config.read_text())
-        self.proc = None
-
-    def write(self, weights: dict[str, int], tiers: dict[str, int] | None = None) -> None:
-        data = json.loads(json.dumps(self.base))
-        for isp in data["isps"]:
-            isp["weight"] = weights.get(isp["name"], 1)
-            isp["tier"] = (tiers or {}).get(isp["name"], 1)
-            isp.pop("health", None)  # datapath tests: every ISP is up
-        self.config.write_text(yaml.safe_dump(data))
-
-    def start(self) -> None:
-        self.proc = self.lab.popen("gw", [*WANLB, "run", "-c", str(self.config)], label="wanlb")
-        deadline = time.monotonic() + 15
-        while not socket_in_use(str(self.lab.socket_path)):
-            assert self.proc.poll() is None, "daemon exited"
-            assert time.monotonic() < deadline, "daemon did not start"
-            time.sleep(0.05)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def reload(self) -> dict:
-        return request(str(self.lab.socket_path), {"cmd": "reload"})
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            request(str(self.lab.socket_path), {"cmd": "stop", "cleanup": True})
-            self.proc.wait(timeout=15)
+        self.write(edit)
 
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Gateway]:
     with Lab.up(name=f"t{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
         g = Gateway(lab)
-        g.write({"isp1": 1, "isp2": 1, "isp3": 1})
+        g.set_weights({"isp1": 1, "isp2": 1, "isp3": 1})
         g.start()
         try:
             yield g
@@ -79,7 +49,7 @@ def shares(counts: dict[str, int]) -> dict[str, float]:
 
 
 def test_weights_3_to_1_over_2000_connections(gw: Gateway) -> None:
-    gw.write({"isp1": 3, "isp2": 1}, tiers={"isp3": 2})
+    gw.set_weights({"isp1": 3, "isp2": 1}, tiers={"isp3": 2})
     gw.reload()
     counts = gw.lab.traffic(connections=2000, parallel=64)
     assert counts["failed"] == 0 and counts["other"] == 0, counts
@@ -88,7 +58,7 @@ def test_weights_3_to_1_over_2000_connections(gw: Gateway) -> None:
 
 
 def test_weights_1_1_1_over_2000_connections(gw: Gateway) -> None:
-    gw.write({"isp1": 1, "isp2": 1, "isp3": 1})
+    gw.set_weights({"isp1": 1, "isp2": 1, "isp3": 1})
     gw.reload()
     counts = gw.lab.traffic(connections=2000, parallel=64)
     assert counts["failed"] == 0 and counts["other"] == 0, counts
@@ -97,7 +67,7 @@ def test_weights_1_1_1_over_2000_connections(gw: Gateway) -> None:
 
 
 def test_gateway_own_traffic_is_balanced_by_the_same_weights(gw: Gateway) -> None:
-    gw.write({"isp1": 3, "isp2": 1}, tiers={"isp3": 2})
+    gw.set_weights({"isp1": 3, "isp2": 1}, tiers={"isp3": 2})
     gw.reload()
     counts = gw.lab.traffic(connections=1000, parallel=32, nodes=["gw"])
     assert counts["failed"] == 0 and counts["other"] == 0, counts
@@ -127,7 +97,7 @@ def test_inbound_connection_replies_through_the_wan_it_came_in_on(gw: Gateway) -
 
 def test_stream_survives_three_reloads_and_kill_9(gw: Gateway) -> None:
     lab = gw.lab
-    gw.write({"isp1": 1, "isp2": 1, "isp3": 1})
+    gw.set_weights({"isp1": 1, "isp2": 1, "isp3": 1})
     gw.reload()
     streams = [
         lab.popen(
@@ -144,7 +114,7 @@ def test_stream_survives_three_reloads_and_kill_9(gw: Gateway) -> None:
         {"isp1": 1, "isp2": 7, "isp3": 1},
         {"isp1": 1, "isp2": 1, "isp3": 9},
     ):
-        gw.write(weights)
+        gw.set_weights(weights)
         gw.reload()
         time.sleep(1.0)
     gw.kill9()
@@ -161,7 +131,7 @@ def test_stream_survives_three_reloads_and_kill_9(gw: Gateway) -> None:
 
 
 def test_daemon_live_counts_equal_the_kernel_table(gw: Gateway) -> None:
-    gw.write({"isp1": 1, "isp2": 1, "isp3": 1})
+    gw.set_weights({"isp1": 1, "isp2": 1, "isp3": 1})
     gw.reload()
     gw.lab.traffic(connections=300, parallel=32)
     deadline = time.monotonic() + 10

@@ -110,7 +110,17 @@ BAD = [
     (_replace("    gateway: 100.64.2.1\n", ""), 9, "isps.1.gateway", "missing"),
     (_replace("down_after: 3", "down_after: -1"), 8, "isps.0.health.down_after", "greater"),
     (_replace("mark_mask: 0xff00\n", "mark_mask: 0x1\n"), 14, "mark_mask", "holds only"),
+    (_replace("{ targets:", "{ method: tcp, targets:"), 8, "isps.0.health", "needs a port"),
+    (_replace("{ targets:", "{ method: icmp, port: 80, targets:"), 8, "isps.0.health", "has no port"),
+    (_replace("{ targets:", "{ method: ping, targets:"), 8, "isps.0.health.method", "icmp"),
 ]
+
+
+def test_an_invalid_isp_does_not_also_report_an_empty_isp_list() -> None:
+    text = "lan:\n  interfaces: [lan0]\nisps:\n  - name: a\n    interface: wan0\n    gateway: 1.2.3.4\n    weight: 0\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "one.yaml")
+    assert str(info.value).splitlines() == ["one.yaml:7: isps.0.weight: Input should be greater than or equal to 1"]
 
 
 @pytest.mark.parametrize(("text", "line", "path", "word"), BAD, ids=[b[2] + ":" + b[3] for b in BAD])

@@ -132,10 +132,8 @@ def test_config_shape() -> None:
     assert isp["health"] == {
         "method": "icmp",
         "targets": ["203.0.113.10", "203.0.113.30"],
+        "quorum": 1,
         "interval": "200ms",
-        "timeout": "1s",
-        "down_after": 3,
-        "up_after": 5,
     }
     assert cfg["balance"] == {"algorithm": "weighted"}
     assert cfg["mark_mask"] == 0xFF00

@@ -26,6 +26,8 @@ from typing import Any
 
 import wanlb
 from wanlb.lab.topology import (
+    DNS_ADDR,
+    DNS_PORT,
     FAIL_COUNTER,
     HTTP_ADDR,
     HTTP_PORT,
@@ -295,8 +297,12 @@ class Lab:
         self._start_servers()
 
     def _start_servers(self) -> None:
-        """Start the HTTP and stream servers in inet and wait until both listen."""
-        servers = {"http": f"{HTTP_ADDR}:{HTTP_PORT}", "stream": f"{STREAM_ADDR}:{STREAM_PORT}"}
+        """Start the HTTP, stream and DNS servers in inet and wait until all listen."""
+        servers = {
+            "http": f"{HTTP_ADDR}:{HTTP_PORT}",
+            "stream": f"{STREAM_ADDR}:{STREAM_PORT}",
+            "dns": f"{DNS_ADDR}:{DNS_PORT}",
+        }
         procs: dict[str, subprocess.Popen[Any]] = {}
         for kind, listen in servers.items():
             ready = self.dir / f"{kind}.ready"

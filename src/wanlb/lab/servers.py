@@ -6,8 +6,9 @@
 * `stream`: sends one JSON line `{"src": ..., "port": ...}` then, for as long as the client stays
   connected, consecutive 8-byte big-endian counters 0, 1, 2, ... so a client can prove that no byte was
   lost or reordered across a failover (see `wanlb.lab.traffic stream`).
+* `dns` (UDP): answers every query NOERROR with no records: a living resolver for `method: dns` probes.
 
-Usage: python -m wanlb.lab.servers {http|stream} --listen ADDR:PORT [--ready-file PATH] [--rate BPS]
+Usage: python -m wanlb.lab.servers {http|stream|dns} --listen ADDR:PORT [--ready-file PATH] [--rate BPS]
 The ready file is created once the socket listens, so `lab up` knows when the lab is usable.
 """
 
@@ -71,23 +72,42 @@ def _make_stream_handler(rate: int) -> Handler:
     return handle
 
 
+class _DnsResponder(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 12 or data[2] & 0x80:
+            return  # not a query
+        flags = 0x8180 | (data[2] & 0x01) << 8  # response, recursion available, RD copied, NOERROR
+        answer = data[:2] + flags.to_bytes(2, "big") + data[4:6] + b"\0\0\0\0\0\0" + data[12:]
+        self.transport.sendto(answer, addr)  # type: ignore[attr-defined]
+
+
 async def _serve(kind: str, host: str, port: int, ready_file: Path | None, rate: int) -> None:
-    handler = _handle_http if kind == "http" else _make_stream_handler(rate)
-    server = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True)
+    loop = asyncio.get_running_loop()
+    if kind == "dns":
+        transport, _ = await loop.create_datagram_endpoint(_DnsResponder, local_addr=(host, port))
+        server: asyncio.AbstractServer | None = None
+    else:
+        handler = _handle_http if kind == "http" else _make_stream_handler(rate)
+        server = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True)
     if ready_file is not None:
         ready_file.write_text("ready\n")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    if server is not None:
+        server.close()
+    else:
+        transport.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m wanlb.lab.servers`."""
     parser = argparse.ArgumentParser(prog="python -m wanlb.lab.servers", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["http", "stream"])
+    parser.add_argument("kind", choices=["http", "stream", "dns"])
     parser.add_argument("--listen", required=True, help="ADDR:PORT")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--rate", type=int, default=256 * 1024, help="stream bytes/s per client")

@@ -37,6 +37,8 @@ HTTP_ADDR = "203.0.113.10"
 HTTP_PORT = 80
 STREAM_ADDR = "203.0.113.20"
 STREAM_PORT = 5001
+DNS_ADDR = "203.0.113.30"
+DNS_PORT = 53
 SERVER_ADDRS = ("203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.40")
 """Addresses on inet's loopback: servers and ping targets (the kernel answers ping on all of them)."""
 HEALTH_TARGETS = ("203.0.113.10", "203.0.113.30")
@@ -277,8 +279,7 @@ class Topology:
                 f"    weight: {weight}",
                 "    tier: 1",
                 "    snat: masquerade",
-                f"    health: {{ method: icmp, targets: [{targets}], interval: 200ms, timeout: 1s,"
-                " down_after: 3, up_after: 5 }",
+                f"    health: {{ method: icmp, targets: [{targets}], quorum: 1, interval: 200ms }}",
             ]
         lines += [
             "balance:",

@@ -3,6 +3,10 @@
 * `http` (`python -m wanlb.lab.traffic http --connections N --parallel P`): N fresh TCP connections, each
   one HTTP GET to the lab's HTTP server, which answers with the source address it saw. Output:
   `{"sources": {"100.64.1.2": 37, ...}, "failed": 0, "errors": {}, "elapsed": 0.4}`.
+* `pace` (`python -m wanlb.lab.traffic pace --every 0.02 --timeout 1`): a fresh connection (one GET) every
+  `--every` seconds, whether or not earlier ones finished, until `--duration` or SIGTERM/SIGINT. Output:
+  `{"connections": [[start, seconds_or_null, src_or_error], ...]}` with `start` in wall-clock seconds, so
+  a failover can be timed against events recorded by other processes.
 * `stream` (`python -m wanlb.lab.traffic stream [--duration S]`): one long-lived connection to the stream
   server, checking every 8-byte counter follows the previous one, until the duration ends, SIGTERM/SIGINT,
   or the stream breaks or stalls. Output: `{"src": ..., "counters": n, "ok": true, "error": null}`.
@@ -60,6 +64,38 @@ async def run_http(host: str, port: int, connections: int, parallel: int, timeou
         "errors": dict(errors),
         "elapsed": round(time.monotonic() - start, 3),
     }
+
+
+async def run_pace(host: str, port: int, every: float, timeout: float, duration: float) -> dict[str, Any]:
+    """One connection every `every` seconds; record when each started and how it ended."""
+    records: list[list[Any]] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if duration > 0:
+        loop.call_later(duration, stop.set)
+
+    async def one(record: list[Any]) -> None:
+        start = time.monotonic()
+        try:
+            record[2] = await _one_get(host, port, timeout)
+            record[1] = round(time.monotonic() - start, 4)
+        except (OSError, TimeoutError, ValueError, KeyError) as exc:
+            record[2] = type(exc).__name__
+
+    tasks = []
+    next_at = time.monotonic()
+    while not stop.is_set():
+        record: list[Any] = [round(time.time(), 4), None, None]
+        records.append(record)
+        tasks.append(asyncio.create_task(one(record)))
+        next_at += every
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, next_at - time.monotonic())):
+                await stop.wait()
+    await asyncio.gather(*tasks)
+    return {"connections": records}
 
 
 async def run_stream(host: str, port: int, duration: float, stall: float) -> dict[str, Any]:
@@ -126,6 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     http.add_argument("--connections", type=int, default=100)
     http.add_argument("--parallel", type=int, default=32)
     http.add_argument("--timeout", type=float, default=2.0, help="per connection, seconds")
+    pace = sub.add_parser("pace", help="a new connection at a fixed rate, each one timed")
+    pace.add_argument("--target", type=_addr, default=(HTTP_ADDR, HTTP_PORT))
+    pace.add_argument("--every", type=float, default=0.02, help="seconds between connection starts")
+    pace.add_argument("--timeout", type=float, default=1.0, help="a connection not done by then failed")
+    pace.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGTERM")
     stream = sub.add_parser("stream", help="one long-lived, verified connection")
     stream.add_argument("--target", type=_addr, default=(STREAM_ADDR, STREAM_PORT))
     stream.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGTERM")
@@ -133,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode == "http":
         result = asyncio.run(run_http(*args.target, args.connections, args.parallel, args.timeout))
+    elif args.mode == "pace":
+        result = asyncio.run(run_pace(*args.target, args.every, args.timeout, args.duration))
     else:
         result = asyncio.run(run_stream(*args.target, args.duration, args.stall))
     json.dump(result, sys.stdout)

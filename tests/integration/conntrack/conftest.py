@@ -24,7 +24,8 @@ SRC = str(Path(wanlb.__file__).resolve().parent.parent)
 ISPS = {"a": 0x100, "b": 0x200, "c": 0x300, "d": 0x400}
 
 
-def _usable() -> str | None:
+def missing_requirement() -> str | None:
+    """Why these tests cannot run here (no root, a tool missing), or None."""
     if os.geteuid() != 0:
         return "needs root"
     for tool in ("ip", "conntrack", "nft"):
@@ -57,7 +58,7 @@ class Netns:
 
 
 def _make(request: pytest.FixtureRequest) -> Netns:
-    if reason := _usable():
+    if reason := missing_requirement():
         pytest.skip(reason)
     name = f"wlct-{os.getpid()}-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)

@@ -1,0 +1,233 @@
+"""Failover benchmark: how long users feel an ISP outage, and how fast the ISP comes back.
+
+Run as root from the repository (it builds its own lab ``wlab-fo<pid>*`` and removes it on every exit):
+
+    python bench/failover_bench.py --trials 5 --modes blackhole,link,loss:100
+
+Lab: 3 ISPs at equal weight, the lab's generated health config (icmp to 2 targets, interval 200 ms, the
+defaults for everything else).  c2 holds one verified counter stream on isp2 or isp3 for the whole run.
+Per trial the daemon is (re)started, so every trial is a first outage and flap damping does not hold
+isp1 down (that is tested separately); c1 opens a short HTTP connection every 20 ms (1 s timeout);
+a poller in the gateway watches the count of isp1's conntrack entries.  Then ``lab.fail(isp1, mode)``
+at t0 and ``lab.heal(isp1)`` at t1 = t0 + 3 s.  Reported per trial (seconds):
+
+* ``down``: t0 → the daemon's "isp1 down" event;
+* ``applied``/``flushed``: from that decision to the nft update / to the conntrack flush being done;
+* ``gone``: t0 → the poller first sees 0 isp1 entries;
+* ``last_fail``: t0 → start of the last connection that failed (the outage users feel);
+* ``up``: t1 → the daemon's "isp1 up" event;
+* ``rejoin``: t1 → start of the first connection after t1 that went out through isp1.
+
+t0 is taken just before the fault command starts, so every figure includes that command's own
+latency (a few ms): the numbers err on the slow side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from wanlb.lab.gateway import LabGateway
+from wanlb.lab.lab import Lab, python_module
+from wanlb.lab.topology import isp_for_source
+
+FAULT_SECONDS = 3.0
+AFTER_HEAL_SECONDS = 3.0
+TARGETS = {"last_fail": ("≤ 1.0 s median, ≤ 1.5 s max", 1.0, 1.5), "rejoin": ("≤ 2 s", 2.0, 2.0)}
+
+POLLER = """
+import json, signal, sys, time
+from wanlb.ctnetlink.client import Conntrack
+from wanlb.ctnetlink.filters import Filter
+mark, mask = int(sys.argv[1]), int(sys.argv[2])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+zeros, before = [], 0
+with Conntrack() as ct:
+    while not stop:
+        n = sum(ct.count_by_mark(Filter(mark=mark, mark_mask=mask), mask).values())
+        if n == 0 and before:
+            zeros.append(time.time())
+        before = n
+        time.sleep(0.01)
+print(json.dumps(zeros))
+"""
+
+
+def stop_json(proc: subprocess.Popen[str]) -> Any:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return json.loads(out)
+
+
+def find_event(status: dict[str, Any], isp: str, event: str, after: float) -> dict[str, Any] | None:
+    found = [e for e in status["events"] if e["isp"] == isp and e["event"] == event and e["time"] >= after]
+    return found[0] if found else None
+
+
+def start_stream(lab: Lab) -> subprocess.Popen[str]:
+    """A verified stream from c2 that is not on isp1 (the balancer is round-robin: retry until it isn't)."""
+    for _ in range(6):
+        proc = lab.popen(
+            "c2", python_module("wanlb.lab.traffic", "stream", "--stall", "3"), stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(0.5)
+        isps = {
+            json.loads(line).get("isp")
+            for line in lab.run(
+                "gw",
+                python_module(
+                    "wanlb.cli",
+                    "conntrack",
+                    "--config",
+                    lab.config_path,
+                    "list",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "5001",
+                    "--state",
+                    "ESTABLISHED",
+                    "-o",
+                    "json",
+                ),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+        }
+        if isps and "isp1" not in isps:
+            return proc
+        stop_json(proc)
+    raise RuntimeError("could not place the stream on isp2/isp3")
+
+
+def trial(lab: Lab, gw: LabGateway, mode: str) -> dict[str, Any]:
+    gw.start()
+    try:
+        gw.wait_for({"isp1": "up", "isp2": "up", "isp3": "up"}, timeout=10)
+        isp1 = next(i for i in gw.status()["isps"] if i["name"] == "isp1")
+        pace = lab.popen(
+            "c1",
+            python_module("wanlb.lab.traffic", "pace", "--every", "0.02", "--timeout", "1"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        poller = lab.popen(
+            "gw",
+            [sys.executable, "-c", POLLER, str(isp1["mark"]), str(gw.status()["mark_mask"])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0 + random.uniform(0, 0.2))  # the fault lands anywhere in the probe cycle
+        t0 = time.time()
+        lab.fail("isp1", mode)
+        time.sleep(max(0.0, t0 + FAULT_SECONDS - time.time()))
+        t1 = time.time()
+        lab.heal("isp1")
+        time.sleep(max(0.0, t1 + AFTER_HEAL_SECONDS - time.time()))
+        status = gw.status()
+        records = stop_json(pace)["connections"]
+        zeros = stop_json(poller)
+    finally:
+        lab.heal("isp1")
+        gw.stop(cleanup=False)
+    down = find_event(status, "isp1", "down", t0)
+    up = find_event(status, "isp1", "up", t1)
+    failed = [start for start, elapsed, _ in records if elapsed is None]
+    rejoined = [s for s, elapsed, src in records if elapsed is not None and s >= t1 and isp_for_source(src) == "isp1"]
+    gone = [z for z in zeros if z >= t0]
+    return {
+        "mode": mode,
+        "down": down["time"] - t0 if down else None,
+        "applied": down["applied_ms"] / 1000 if down else None,
+        "flushed": down["done_ms"] / 1000 if down else None,
+        "gone": gone[0] - t0 if gone else None,
+        "last_fail": max(failed) - t0 if failed else 0.0,
+        "failed": len(failed),
+        "connections": len(records),
+        "up": up["time"] - t1 if up else None,
+        "rejoin": min(rejoined) - t1 if rejoined else None,
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for key in ("down", "applied", "flushed", "gone", "last_fail", "failed", "up", "rejoin"):
+        values = [r[key] for r in rows if r[key] is not None]
+        missing = len(rows) - len(values)
+        out[key] = {
+            "median": statistics.median(values) if values else None,
+            "max": max(values) if values else None,
+            "missing": missing,
+        }
+    return out
+
+
+def verdict(key: str, s: dict[str, float | None]) -> str:
+    if key not in TARGETS:
+        return ""
+    text, med, mx = TARGETS[key]
+    ok = s["missing"] == 0 and s["median"] is not None and s["median"] <= med and (s["max"] or 0) <= mx
+    return f"{text} {'✔' if ok else '✘'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--modes", default="blackhole,link,loss:100")
+    parser.add_argument("--json", action="store_true", help="print every trial as JSON too")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark builds network namespaces")
+    results: dict[str, list[dict[str, Any]]] = {}
+    with Lab.up(name=f"fo{os.getpid()}{uuid.uuid4().hex[:3]}", isps=3, clients=2) as lab:
+        gw = LabGateway(lab)
+        gw.start()
+        stream = start_stream(lab)
+        gw.stop(cleanup=False)
+        for mode in args.modes.split(","):
+            results[mode] = []
+            for n in range(args.trials):
+                row = trial(lab, gw, mode)
+                results[mode].append(row)
+                print(
+                    f"{mode} trial {n + 1}: "
+                    + ", ".join(
+                        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "mode"
+                    ),
+                    flush=True,
+                )
+        streamed = stop_json(stream)
+    print()
+    print("| mode | metric | median s | max s | target |")
+    print("|---|---|---|---|---|")
+    for mode, rows in results.items():
+        for key, s in summarize(rows).items():
+            med = "—" if s["median"] is None else f"{s['median']:.3f}"
+            mx = "—" if s["max"] is None else f"{s['max']:.3f}"
+            miss = f" ({s['missing']} trials without)" if s["missing"] else ""
+            print(f"| {mode} | {key}{miss} | {med} | {mx} | {verdict(key, s)} |")
+    print()
+    print(
+        f"stream on {isp_for_source(streamed['src'] or '')}: {streamed['counters']} counters in order, "
+        f"ok={streamed['ok']}, error={streamed['error']}"
+    )
+    if args.json:
+        print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

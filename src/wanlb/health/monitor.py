@@ -1,0 +1,157 @@
+"""Per-ISP probing loop: rounds of probes in, :class:`Transition` decisions out.
+
+A round starts every ``interval`` whether or not earlier rounds have finished,
+so a dead link is counted at the probing rate, not at the (longer) timeout
+rate.  A round sends one probe to every target at once and passes as soon as
+``quorum`` targets have answered; it fails when the timeout expires first.
+Each finished round is fed to the ISP's :class:`HealthMachine`; a transition
+is handed to ``on_transition`` at once (the daemon reconciles inside that call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from wanlb.config import HealthConfig, IspConfig
+from wanlb.health.machine import HealthMachine, HealthParams, Transition
+from wanlb.health.probes import Egress, IcmpPinger, ProbeFailed, dns_probe, http_probe, tcp_probe
+
+log = logging.getLogger("wanlb.health")
+
+DEFAULT_PORTS = {"tcp": None, "http": 80, "https": 443, "dns": 53}
+
+
+def params_of(health: HealthConfig) -> HealthParams:
+    return HealthParams(
+        down_after=health.down_after,
+        up_after=health.up_after,
+        window=health.window,
+        max_loss=health.max_loss,
+        max_latency=health.max_latency,
+        recover_loss=health.recover_loss,
+        recover_latency=health.recover_latency,
+    )
+
+
+class Prober:
+    """Runs one probe of the configured method against one target, through one ISP."""
+
+    def __init__(self, health: HealthConfig, egress: Egress):
+        self.health = health
+        self.egress = egress
+        self.port = health.port or DEFAULT_PORTS.get(health.method)
+        self._pinger = IcmpPinger(egress) if health.method == "icmp" else None
+
+    async def probe(self, target: str) -> float:
+        h = self.health
+        if self._pinger is not None:
+            return await self._pinger.ping(target)
+        assert self.port is not None  # config validation requires a port for tcp
+        if h.method == "tcp":
+            return await tcp_probe(self.egress, target, self.port)
+        if h.method in ("http", "https"):
+            return await http_probe(self.egress, target, self.port, h.method == "https", h.http_path, h.http_status)
+        return await dns_probe(self.egress, target, self.port, h.dns_name)
+
+    def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.close()
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    ok: bool
+    answered: int
+    latency: float | None  # median round trip of the answers, seconds
+    errors: dict[str, str]  # target → why it did not answer
+
+
+TransitionHandler = Callable[[str, Transition], Awaitable[None]]
+
+
+class IspMonitor:
+    """Probes one ISP forever; owns its :class:`HealthMachine`."""
+
+    def __init__(
+        self,
+        isp: IspConfig,
+        machine: HealthMachine,
+        on_transition: TransitionHandler,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.isp = isp
+        self.health = isp.health
+        self.machine = machine
+        self.on_transition = on_transition
+        self.clock = clock
+        self.prober = Prober(isp.health, Egress(isp.mark or 0, isp.interface))
+        self.rounds = 0
+        self.last: RoundResult | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        interval = self.health.interval
+        next_at = self.clock()
+        try:
+            while True:
+                task = asyncio.create_task(self._round())
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+                next_at += interval
+                delay = next_at - self.clock()
+                if delay < 0:  # the loop fell behind (a stalled process): skip, don't burst
+                    next_at = self.clock() + interval
+                    delay = interval
+                await asyncio.sleep(delay)
+        finally:
+            for task in list(self._inflight):
+                task.cancel()
+            self.prober.close()
+
+    async def _probe(self, target: str, errors: dict[str, str]) -> float | None:
+        try:
+            async with asyncio.timeout(self.health.timeout):
+                return await self.prober.probe(target)
+        except TimeoutError:
+            errors[target] = f"no answer in {self.health.timeout * 1000:.0f} ms"
+        except (ProbeFailed, OSError) as exc:
+            errors[target] = str(exc)
+        return None
+
+    async def probe_round(self) -> RoundResult:
+        """Probe every target at once; stop as soon as the quorum has answered."""
+        errors: dict[str, str] = {}
+        tasks = [asyncio.create_task(self._probe(str(t), errors)) for t in self.health.targets]
+        answers: list[float] = []
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                latency = await next_done
+                if latency is not None:
+                    answers.append(latency)
+                    if len(answers) >= self.health.quorum:
+                        break
+        finally:
+            for task in tasks:
+                task.cancel()
+        ok = len(answers) >= self.health.quorum
+        return RoundResult(ok, len(answers), statistics.median(answers) if answers else None, errors)
+
+    async def _round(self) -> None:
+        result = await self.probe_round()
+        self.rounds += 1
+        self.last = result
+        transition = self.machine.round(self.clock(), result.ok, result.latency)
+        if transition is not None:
+            if not result.ok:
+                transition = Transition(
+                    transition.old,
+                    transition.new,
+                    transition.at,
+                    f"{transition.reason}: " + "; ".join(f"{t} {why}" for t, why in sorted(result.errors.items())),
+                )
+            await self.on_transition(self.isp.name, transition)

@@ -1,0 +1,213 @@
+"""Probes: one asyncio check of one target, leaving through one ISP and no other.
+
+Every probe socket gets ``SO_MARK`` = the ISP's mark (so ``ip rule fwmark``
+sends it to that ISP's routing table, which wanlb keeps in place while the ISP
+is down) and ``SO_BINDTODEVICE`` = the ISP's WAN interface (so even a missing
+route cannot make it leave through another uplink).  The nft ``output`` chain
+leaves packets that already carry a mark in wanlb's bits alone, so a probe is
+never rebalanced.
+
+A probe returns the round-trip time in seconds, or raises :class:`ProbeFailed`
+with a short reason.  Timeouts are the caller's business (``asyncio.timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import socket
+import ssl
+import struct
+import time
+from dataclasses import dataclass
+
+ICMP_ECHO_REQUEST = 8
+ICMP_ECHO_REPLY = 0
+
+
+class ProbeFailed(Exception):
+    """The target did not answer as expected (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class Egress:
+    """Where a probe must leave: the ISP's mark and WAN interface."""
+
+    mark: int
+    device: str
+
+
+def _pin(sock: socket.socket, egress: Egress) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, egress.mark)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, egress.device.encode())
+    sock.setblocking(False)
+
+
+def _socket(kind: int, egress: Egress, proto: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind, proto)
+    try:
+        _pin(sock, egress)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+class IcmpPinger:
+    """One raw ICMP socket per ISP; echo replies are matched to requests by (id, sequence).
+
+    Raw sockets see every ICMP packet the device receives, so the identifier is
+    random per pinger and the sequence number per request.
+    """
+
+    def __init__(self, egress: Egress):
+        self.egress = egress
+        self.ident = random.randrange(1, 0xFFFF)
+        self._seq = itertools.count(random.randrange(0xFFFF))
+        self._waiting: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._sock: socket.socket | None = None
+
+    def _open(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = _socket(socket.SOCK_RAW, self.egress, socket.IPPROTO_ICMP)
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for future, _ in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                packet = self._sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. an ICMP error queued on the socket; the request times out
+            now = time.monotonic()
+            header_len = (packet[0] & 0x0F) * 4
+            icmp = packet[header_len : header_len + 8]
+            if len(icmp) < 8:
+                continue
+            kind, _code, _sum, ident, seq = struct.unpack("!BBHHH", icmp)
+            if kind != ICMP_ECHO_REPLY or ident != self.ident:
+                continue
+            waiting = self._waiting.pop(seq, None)
+            if waiting and not waiting[0].done():
+                waiting[0].set_result(now - waiting[1])
+
+    async def ping(self, target: str) -> float:
+        sock = self._open()
+        seq = next(self._seq) & 0xFFFF
+        payload = struct.pack("!d", time.monotonic()) + b"wanlb-probe"
+        header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, self.ident, seq)
+        packet = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), self.ident, seq) + payload
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting[seq] = (future, time.monotonic())
+        try:
+            try:
+                sock.sendto(packet, (target, 0))
+            except OSError as exc:
+                raise ProbeFailed(f"send: {os.strerror(exc.errno) if exc.errno else exc}") from None
+            return await future
+        finally:
+            self._waiting.pop(seq, None)
+
+
+async def _connect(egress: Egress, target: str, port: int) -> socket.socket:
+    sock = _socket(socket.SOCK_STREAM, egress)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (target, port))
+    except OSError as exc:
+        sock.close()
+        raise ProbeFailed(f"connect {target}:{port}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def tcp_probe(egress: Egress, target: str, port: int) -> float:
+    """Success = the TCP handshake completes."""
+    start = time.monotonic()
+    (await _connect(egress, target, port)).close()
+    return time.monotonic() - start
+
+
+_INSECURE = ssl.create_default_context()
+_INSECURE.check_hostname = False
+_INSECURE.verify_mode = ssl.CERT_NONE  # targets are IP addresses: reachability, not identity, is checked
+
+
+async def http_probe(egress: Egress, target: str, port: int, tls: bool, url_path: str, status: int) -> float:
+    """Success = ``GET url_path`` answers with the expected status code."""
+    start = time.monotonic()
+    sock = await _connect(egress, target, port)
+    writer = None
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=_INSECURE if tls else None)
+        request = f"GET {url_path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: wanlb-probe\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        line = await reader.readline()
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeFailed(f"http {target}:{port}: {exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+        else:
+            sock.close()
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ProbeFailed(f"http {target}:{port}: not an HTTP answer")
+    if int(parts[1]) != status:
+        raise ProbeFailed(f"http {target}:{port}: status {int(parts[1])}, expected {status}")
+    return time.monotonic() - start
+
+
+def dns_query(ident: int, name: str) -> bytes:
+    """A recursive query for ``name`` (type A, or NS for the root ``.``)."""
+    labels = [label for label in name.strip(".").split(".") if label]
+    qname = b"".join(bytes([len(label)]) + label.encode("idna") for label in labels) + b"\0"
+    qtype = 2 if not labels else 1
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", qtype, 1)
+
+
+async def dns_probe(egress: Egress, target: str, port: int, name: str) -> float:
+    """Success = the resolver answers the query (NOERROR or NXDOMAIN: it is alive and resolving)."""
+    ident = random.randrange(0x10000)
+    loop = asyncio.get_running_loop()
+    sock = _socket(socket.SOCK_DGRAM, egress)
+    start = time.monotonic()
+    try:
+        await loop.sock_connect(sock, (target, port))
+        await loop.sock_sendall(sock, dns_query(ident, name))
+        while True:
+            answer = await loop.sock_recv(sock, 4096)
+            if len(answer) >= 12 and struct.unpack("!H", answer[:2])[0] == ident and answer[2] & 0x80:
+                break
+    except OSError as exc:
+        raise ProbeFailed(f"dns {target}:{port}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    finally:
+        sock.close()
+    rcode = answer[3] & 0x0F
+    if rcode not in (0, 3):
+        raise ProbeFailed(f"dns {target}:{port}: rcode {rcode}")
+    return time.monotonic() - start

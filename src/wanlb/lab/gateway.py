@@ -1,0 +1,87 @@
+"""A wanlb daemon running in a lab's gateway namespace, driven the way an operator would drive it.
+
+Shared by the integration tests, the failover benchmark and anyone scripting the lab: it edits the
+lab's generated config, starts ``wanlb run`` (from this checkout) with its log in a file next to the
+config, talks to it over the control socket and waits for states.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wanlb.control import request, socket_in_use
+from wanlb.lab.lab import Lab, LabError
+
+WANLB = [sys.executable, "-m", "wanlb.cli"]
+
+
+class LabGateway:
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.config = Path(lab.config_path)
+        self.log = self.config.with_name("wanlb.log")
+        self.base: dict[str, Any] = yaml.safe_load(self.config.read_text())
+        self.proc: subprocess.Popen[Any] | None = None
+
+    def write(self, edit: Callable[[dict[str, Any]], None]) -> None:
+        """Write the lab's config as generated, changed by ``edit`` (which mutates the parsed YAML)."""
+        data = copy.deepcopy(self.base)
+        edit(data)
+        self.config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def start(self, timeout: float = 15.0) -> None:
+        with self.log.open("ab") as log:
+            self.proc = self.lab.popen("gw", [*WANLB, "run", "-c", str(self.config)], label="wanlb", stderr=log)
+        deadline = time.monotonic() + timeout
+        while not socket_in_use(str(self.lab.socket_path)):
+            if self.proc.poll() is not None:
+                raise LabError(f"wanlb exited with {self.proc.returncode}:\n{self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise LabError("wanlb did not open its control socket in time")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        return request(str(self.lab.socket_path), {"cmd": cmd, **fields})
+
+    def status(self) -> dict[str, Any]:
+        return self.request("status")
+
+    def reload(self) -> dict[str, Any]:
+        return self.request("reload")
+
+    def isp_status(self) -> dict[str, str]:
+        return {isp["name"]: isp["status"] for isp in self.status()["isps"]}
+
+    def wait_for(self, want: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
+        """Poll status until every named ISP has the wanted status; returns that status reply."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.status()
+            seen = {isp["name"]: isp["status"] for isp in reply["isps"]}
+            if all(seen.get(name) == status for name, status in want.items()):
+                return reply
+            if time.monotonic() > deadline:
+                raise LabError(f"wanted {want}, still {seen} after {timeout}s")
+            time.sleep(0.05)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, cleanup: bool = True) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.request("stop", cleanup=cleanup)
+            self.proc.wait(timeout=15)
