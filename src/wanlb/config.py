@@ -94,6 +94,9 @@ class HealthConfig(_Model):
     max_latency: Duration | None = None
     recover_loss: float | None = Field(default=None, ge=0, le=100)
     recover_latency: Duration | None = None
+    flap_window: Duration = 60.0
+    hold_down: Duration = 5.0
+    hold_down_max: Duration = 300.0
     http_path: str = "/"
     http_status: int = Field(default=200, ge=100, le=599)
     dns_name: str = "."

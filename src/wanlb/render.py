@@ -7,8 +7,9 @@ Where a packet's fate is decided (read this first):
   into the packet mark (``restore_<isp>``); a NEW IPv4 connection to a
   non-local, non-connected destination goes to ``balance``, where a weighted
   ``numgen`` map picks an ISP chain (``isp_<isp>``) that sets both the packet
-  mark and the ct mark.  A NEW connection arriving *inbound* on a WAN gets that
-  WAN's ct mark, so its replies leave the same way.
+  mark and the ct mark.  Every packet arriving on a WAN gets that WAN's mark
+  (for the reverse-path check); a NEW connection arriving *inbound* on a WAN
+  also gets it as ct mark, so its replies leave the same way.
 * ``output`` (type route) does the same for traffic the gateway originates.
 * ``ip rule fwmark MARK/MASK lookup TABLE`` sends each mark to its ISP table; a
   rule before them (``suppress_prefixlength 0``) lets more specific main-table
@@ -190,10 +191,14 @@ def render_nft(desired: Desired) -> str:
     chain("from_lan", [_restore_vmap(desired), *_classify_new(desired)])
 
     lan = ", ".join(f'"{i}"' for i in desired.lan_interfaces)
-    prerouting = [
-        f'iifname "{i.interface}" ct state new ct mark & {_hex(mask)} == 0 {_set_isp_mark("ct", i, mask)}'
-        for i in desired.isps
-    ]
+    prerouting = []
+    for i in desired.isps:
+        # Every packet from a WAN carries that WAN's mark, so the reverse-path check (src_valid_mark)
+        # validates it against its own ISP table, not the main table: replies still pass when main
+        # has no default route or the all-down last resort is unreachable.
+        prerouting.append(f'iifname "{i.interface}" {_set_isp_mark("meta", i, mask)}')
+        new_inbound = f"ct state new ct mark & {_hex(mask)} == 0"
+        prerouting.append(f'iifname "{i.interface}" {new_inbound} {_set_isp_mark("ct", i, mask)}')
     prerouting.append(f"iifname {{ {lan} }} jump from_lan")
     chain("prerouting", prerouting, "type filter hook prerouting priority mangle; policy accept;")
 
@@ -236,7 +241,9 @@ def render_routing(desired: Desired) -> RoutingIntent:
     if not desired.active and desired.last_resort != "main":
         rules.append(Rule(base + LAST_RESORT_OFFSET, desired.last_resort))
     sysctls = [("net/ipv4/ip_forward", "1")]
-    sysctls += [(f"net/ipv4/conf/{i.interface}/rp_filter", "2") for i in desired.isps]
+    for isp in desired.isps:
+        conf = f"net/ipv4/conf/{isp.interface}"
+        sysctls += [(f"{conf}/rp_filter", "2"), (f"{conf}/src_valid_mark", "1")]
     return RoutingIntent(
         rules=tuple(sorted(rules)),
         routes=tuple(sorted(routes)),

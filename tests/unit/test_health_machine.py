@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from wanlb.health.machine import HealthMachine, HealthParams
 from wanlb.plan import IspStatus
 
@@ -121,3 +123,11 @@ def test_quality_reports_loss_latency_jitter() -> None:
     assert q.loss_percent == 25.0
     assert abs(q.latency - 0.02) < 1e-9
     assert abs(q.jitter - 0.015) < 1e-9
+
+
+def test_probe_loss_counts_lost_probes_of_passing_rounds() -> None:
+    """One of two targets silent: every round passes, yet half the probes are lost."""
+    m = HealthMachine(HealthParams(window=10, max_loss=20.0))
+    transitions = [m.round(t * 0.2, True, 0.001, loss=0.5) for t in range(10)]
+    assert m.quality().loss_percent == pytest.approx(50.0)
+    assert [tr.new for tr in transitions if tr] == [IspStatus.DEGRADED]

@@ -5,7 +5,7 @@ tests drive it with simulated time and the daemon with ``loop.time()``.
 
 * ``down_after`` consecutive failed rounds → DOWN; ``up_after`` consecutive good
   rounds → UP again.
-* Quality (optional): over the last ``window`` rounds, loss above ``max_loss`` or
+* Quality (optional): over the last ``window`` rounds, probe loss above ``max_loss`` or
   mean latency above ``max_latency`` → DEGRADED; back to UP only once both are
   within the stricter ``recover_*`` limits (hysteresis, so a link hovering at the
   limit does not flap).
@@ -61,7 +61,7 @@ class HealthMachine:
         self.status = initial
         self._fails = 0
         self._goods = 0
-        self._rounds: deque[tuple[bool, float | None]] = deque(maxlen=params.window)
+        self._rounds: deque[tuple[bool, float | None, float]] = deque(maxlen=params.window)
         self._last_down: float | None = None
         self._hold = 0.0
         self.hold_until = 0.0
@@ -72,8 +72,8 @@ class HealthMachine:
     def quality(self) -> Quality:
         if not self._rounds:
             return Quality(0.0, None, None)
-        lost = sum(1 for ok, _ in self._rounds if not ok)
-        latencies = [lat for ok, lat in self._rounds if ok and lat is not None]
+        lost = sum(loss for _, _, loss in self._rounds)
+        latencies = [lat for ok, lat, _ in self._rounds if ok and lat is not None]
         mean = sum(latencies) / len(latencies) if latencies else None
         diffs = [abs(b - a) for a, b in itertools.pairwise(latencies)]
         jitter = sum(diffs) / len(diffs) if diffs else None
@@ -101,9 +101,15 @@ class HealthMachine:
         self.hold_until = now + self._hold
         self._last_down = now
 
-    def round(self, now: float, ok: bool, latency: float | None = None) -> Transition | None:
-        """Feed the result of one probe round (``ok`` = quorum reached)."""
-        self._rounds.append((ok, latency))
+    def round(self, now: float, ok: bool, latency: float | None = None, loss: float | None = None) -> Transition | None:
+        """Feed the result of one probe round.
+
+        ``ok`` = the quorum answered; ``latency`` = the round's typical round trip;
+        ``loss`` = the fraction of the round's probes that got no answer (default:
+        0 if ok else 1).  Quality limits use the probe loss, so one lost probe of
+        two counts as 50 % even though the round passed.
+        """
+        self._rounds.append((ok, latency, (0.0 if ok else 1.0) if loss is None else loss))
         if ok:
             self._goods += 1
             self._fails = 0

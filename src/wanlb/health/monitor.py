@@ -2,8 +2,10 @@
 
 A round starts every ``interval`` whether or not earlier rounds have finished,
 so a dead link is counted at the probing rate, not at the (longer) timeout
-rate.  A round sends one probe to every target at once and passes as soon as
-``quorum`` targets have answered; it fails when the timeout expires first.
+rate.  A round sends one probe to every target at once and waits for every
+answer or the timeout; it passes when at least ``quorum`` targets answered.
+(Waiting for all of them, rather than stopping at the quorum, is what makes
+the reported loss the real probe loss.)
 Each finished round is fed to the ISP's :class:`HealthMachine`; a transition
 is handed to ``on_transition`` at once (the daemon reconciles inside that call).
 """
@@ -35,6 +37,9 @@ def params_of(health: HealthConfig) -> HealthParams:
         max_latency=health.max_latency,
         recover_loss=health.recover_loss,
         recover_latency=health.recover_latency,
+        flap_window=health.flap_window,
+        hold_base=health.hold_down,
+        hold_max=health.hold_down_max,
     )
 
 
@@ -68,6 +73,7 @@ class RoundResult:
     ok: bool
     answered: int
     latency: float | None  # median round trip of the answers, seconds
+    loss: float  # fraction of the probes that got no answer
     errors: dict[str, str]  # target → why it did not answer
 
 
@@ -124,28 +130,23 @@ class IspMonitor:
         return None
 
     async def probe_round(self) -> RoundResult:
-        """Probe every target at once; stop as soon as the quorum has answered."""
+        """Probe every target at once; each answers or times out."""
         errors: dict[str, str] = {}
-        tasks = [asyncio.create_task(self._probe(str(t), errors)) for t in self.health.targets]
-        answers: list[float] = []
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                latency = await next_done
-                if latency is not None:
-                    answers.append(latency)
-                    if len(answers) >= self.health.quorum:
-                        break
-        finally:
-            for task in tasks:
-                task.cancel()
-        ok = len(answers) >= self.health.quorum
-        return RoundResult(ok, len(answers), statistics.median(answers) if answers else None, errors)
+        results = await asyncio.gather(*(self._probe(str(t), errors) for t in self.health.targets))
+        answers = [latency for latency in results if latency is not None]
+        return RoundResult(
+            ok=len(answers) >= self.health.quorum,
+            answered=len(answers),
+            latency=statistics.median(answers) if answers else None,
+            loss=1.0 - len(answers) / len(results),
+            errors=errors,
+        )
 
     async def _round(self) -> None:
         result = await self.probe_round()
         self.rounds += 1
         self.last = result
-        transition = self.machine.round(self.clock(), result.ok, result.latency)
+        transition = self.machine.round(self.clock(), result.ok, result.latency, result.loss)
         if transition is not None:
             if not result.ok:
                 transition = Transition(

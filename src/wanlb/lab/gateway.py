@@ -29,11 +29,11 @@ class LabGateway:
         self.lab = lab
         self.config = Path(lab.config_path)
         self.log = self.config.with_name("wanlb.log")
-        self.base: dict[str, Any] = yaml.safe_load(self.config.read_text())
+        self.base: dict[str, Any] = yaml.safe_load(lab.topology.config_yaml(str(lab.socket_path)))
         self.proc: subprocess.Popen[Any] | None = None
 
     def write(self, edit: Callable[[dict[str, Any]], None]) -> None:
-        """Write the lab's config as generated, changed by ``edit`` (which mutates the parsed YAML)."""
+        """Write the lab's config as ``lab up`` generated it, changed by ``edit`` (which mutates the parsed YAML)."""
         data = copy.deepcopy(self.base)
         edit(data)
         self.config.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -74,6 +74,17 @@ class LabGateway:
                 return reply
             if time.monotonic() > deadline:
                 raise LabError(f"wanted {want}, still {seen} after {timeout}s")
+            time.sleep(0.05)
+
+    def wait_event(self, isp: str, event: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll until the daemon has recorded (finished handling) an ``event`` of ``isp``; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.status()["events"] if e["isp"] == isp and e["event"] == event]
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise LabError(f"no {event} event for {isp} after {timeout}s")
             time.sleep(0.05)
 
     def kill9(self) -> None:

@@ -1,0 +1,263 @@
+"""Health monitoring and failover in the lab: real probes, real faults, real conntrack.
+
+Each test starts its own daemon (fresh health state, so flap damping from one test never holds an
+ISP down in the next) on one shared lab, and heals every ISP afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wanlb.lab.gateway import WANLB, LabGateway
+from wanlb.lab.lab import Lab, python_module
+from wanlb.lab.topology import isp_for_source
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab.up(name=f"f{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
+        yield lab
+
+
+@pytest.fixture
+def gw(lab: Lab) -> Iterator[LabGateway]:
+    g = LabGateway(lab)
+    try:
+        yield g
+    finally:
+        for isp in lab.isps:
+            lab.heal(isp)
+        g.stop(cleanup=True)
+
+
+def conntrack(lab: Lab) -> list[dict[str, Any]]:
+    out = lab.run(
+        "gw",
+        [*WANLB, "conntrack", "--config", str(lab.config_path), "list", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def start_streams(lab: Lab, n: int) -> list[subprocess.Popen[str]]:
+    argv = python_module("wanlb.lab.traffic", "stream", "--stall", "3")
+    return [lab.popen("c2", argv, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+
+
+def stop_streams(streams: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    for proc in streams:
+        proc.terminate()
+    return [json.loads(proc.communicate(timeout=30)[0]) for proc in streams]
+
+
+def down_events(gw: LabGateway, isp: str) -> list[dict[str, Any]]:
+    return [e for e in gw.status()["events"] if e["isp"] == isp and e["event"] == "down"]
+
+
+def test_blackhole_removes_only_the_dead_isps_connections(lab: Lab, gw: LabGateway) -> None:
+    gw.write(lambda cfg: None)
+    gw.start()
+    gw.wait_for(ALL_UP)
+    streams = start_streams(lab, 6)
+    time.sleep(1.0)
+    assert lab.traffic(connections=300)["failed"] == 0
+    before = conntrack(lab)
+    healthy = {e["id"]: e for e in before if e["isp"] in ("isp2", "isp3") and e["timeout"] > 30}
+    assert len(healthy) > 150 and any(e["isp"] == "isp1" for e in before), "traffic did not reach every ISP"
+
+    lab.fail("isp1", "blackhole")
+    # The link stays up and the same targets answer through isp2/isp3: only probes that really leave
+    # through isp1 can see this fault.
+    event = gw.wait_event("isp1", "down", timeout=5)
+    assert gw.isp_status() == {"isp1": "down", "isp2": "up", "isp3": "up"}
+    after = conntrack(lab)
+
+    assert [e for e in after if e["isp"] == "isp1"] == []
+    survivors = {e["id"]: e for e in after}
+    missing = [e for i, e in healthy.items() if i not in survivors or survivors[i]["mark"] != e["mark"]]
+    assert missing == [], f"{len(missing)} connections of healthy ISPs were touched"
+    assert event["flushed"] > 0 and "no answer" in event["reason"]
+
+    counts = lab.traffic(connections=90)
+    assert counts["failed"] == 0 and counts["isp1"] == 0 and counts["isp2"] == counts["isp3"] == 45, counts
+    results = stop_streams(streams)
+    on_healthy = [r for r in results if isp_for_source(r["src"] or "") != "isp1"]
+    assert on_healthy and all(r["ok"] for r in on_healthy), results
+
+
+def test_five_percent_loss_with_quorum_is_no_failover(lab: Lab, gw: LabGateway) -> None:
+    gw.write(lambda cfg: None)  # 2 targets, quorum 1, default timing
+    gw.start()
+    gw.wait_for(ALL_UP)
+    dropped = lab.counter("isp2", "failed")
+    lab.fail("isp2", "loss:5")
+    seen_loss = []
+    for _ in range(60):
+        time.sleep(1.0)
+        isp2 = next(i for i in gw.status()["isps"] if i["name"] == "isp2")
+        assert isp2["status"] == "up", isp2
+        seen_loss.append(isp2["health"]["loss_percent"])
+    assert lab.counter("isp2", "failed") > dropped  # the fault really dropped packets
+    assert max(seen_loss) > 0, "probes never saw the loss"
+    assert down_events(gw, "isp2") == []
+
+
+def test_flapping_isp_is_damped(lab: Lab, gw: LabGateway) -> None:
+    def fast(cfg: dict[str, Any]) -> None:
+        # Fast enough to follow a 300 ms flap, so only damping can keep the ruleset quiet.
+        cfg["isps"][0]["health"].update(interval="50ms", timeout="100ms", down_after=2, up_after=2)
+
+    gw.write(fast)
+    gw.start()
+    gw.wait_for(ALL_UP)
+    applies = gw.status()["nft_applies"]
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        lab.fail("isp1", "blackhole")
+        time.sleep(0.3)
+        lab.heal("isp1")
+        time.sleep(0.3)
+    status = gw.status()  # still answering: no crash
+    downs = down_events(gw, "isp1")
+    # Undamped this is ~50 downs and ~100 applies; damped: down, up, then held 5 s, 10 s, 20 s.
+    assert 2 <= len(downs) <= 6, downs
+    assert status["nft_applies"] - applies <= 2 * len(downs) + 1
+    assert gw.proc is not None and gw.proc.poll() is None
+
+
+def rules(lab: Lab) -> str:
+    return lab.run("gw", ["ip", "rule", "show"], capture_output=True, text=True, check=True).stdout
+
+
+def test_all_isps_down_uses_last_resort_then_recovers(lab: Lab, gw: LabGateway) -> None:
+    gw.write(lambda cfg: cfg.update(failover={"last_resort": "unreachable"}))
+    gw.start()
+    gw.wait_for(ALL_UP)
+    for isp in lab.isps:
+        lab.fail(isp, "blackhole")
+    gw.wait_for({"isp1": "down", "isp2": "down", "isp3": "down"}, timeout=5)
+    assert "10200:\tfrom all unreachable" in rules(lab)
+    route = ["ip", "route", "get", "203.0.113.10", "from", "192.168.77.10", "iif", "lan0"]
+    refused = lab.run("gw", route, capture_output=True, text=True)
+    assert refused.returncode != 0 and "Network is unreachable" in refused.stderr, refused  # the 10200 rule
+    assert lab.traffic(connections=10, timeout=2)["failed"] == 10
+
+    lab.heal("isp2")
+    gw.wait_for({"isp1": "down", "isp2": "up", "isp3": "down"}, timeout=5)
+    assert "10200:" not in rules(lab)
+    assert lab.run("gw", route, capture_output=True, text=True).returncode == 0
+    counts = lab.traffic(connections=30)
+    assert counts["failed"] == 0 and counts["isp2"] == 30, counts
+
+
+def write_hook(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_hooks_run_async_and_failures_are_logged(lab: Lab, gw: LabGateway, tmp_path: Path) -> None:
+    record = tmp_path / "events"
+    hooks = [
+        write_hook(tmp_path / "slow.sh", "sleep 30"),
+        write_hook(tmp_path / "fails.sh", "echo broken >&2; exit 3"),
+        write_hook(tmp_path / "record.sh", f'echo "$WANLB_ISP $WANLB_EVENT $WANLB_INTERFACE" >> {record}'),
+    ]
+    gw.write(lambda cfg: cfg.update(hooks=hooks, hook_timeout="4s"))
+    gw.start()
+    gw.wait_for(ALL_UP)
+    lab.fail("isp1", "blackhole")
+    gw.wait_for({"isp1": "down"}, timeout=3)
+    lab.heal("isp1")
+    # The "up" transition is processed while the first slow hook is still sleeping.
+    gw.wait_for({"isp1": "up"}, timeout=4)
+    deadline = time.monotonic() + 10
+    while "killed after 4s" not in gw.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert record.read_text().splitlines() == ["isp1 down wan1", "isp1 up wan1"]
+    log = gw.log_text()
+    assert "fails.sh (isp1 down) failed with exit code 3: broken" in log
+    assert "slow.sh (isp1 down) killed after 4s timeout" in log
+
+
+def test_tcp_http_and_dns_probes(lab: Lab, gw: LabGateway) -> None:
+    def methods(cfg: dict[str, Any]) -> None:
+        cfg["isps"][0]["health"] = {"method": "http", "targets": ["203.0.113.10"], "http_path": "/health"}
+        cfg["isps"][1]["health"] = {"method": "tcp", "targets": ["203.0.113.10"], "port": 80}
+        cfg["isps"][2]["health"] = {"method": "dns", "targets": ["203.0.113.30"], "dns_name": "example.org"}
+
+    gw.write(methods)
+    gw.start()
+    status = gw.wait_for(ALL_UP)
+    for isp in status["isps"]:
+        assert isp["health"]["monitored"] and isp["health"]["loss_percent"] == 0, isp
+    for isp in lab.isps:
+        lab.fail(isp, "blackhole")
+    gw.wait_for({"isp1": "down", "isp2": "down", "isp3": "down"}, timeout=5)
+    for isp in lab.isps:
+        lab.heal(isp)
+    gw.wait_for(ALL_UP, timeout=5)
+
+
+def test_http_probe_checks_the_status_code(lab: Lab, gw: LabGateway) -> None:
+    def wrong_status(cfg: dict[str, Any]) -> None:
+        cfg["isps"][0]["health"] = {"method": "http", "targets": ["203.0.113.10"], "http_status": 204}
+
+    gw.write(wrong_status)
+    gw.start()
+    event = gw.wait_event("isp1", "down", timeout=5)
+    assert "status 200, expected 204" in event["reason"]
+    assert gw.isp_status() == {"isp1": "down", "isp2": "up", "isp3": "up"}
+
+
+def test_disable_drains_and_enable_rejoins(lab: Lab, gw: LabGateway) -> None:
+    gw.write(lambda cfg: None)
+    gw.start()
+    gw.wait_for(ALL_UP)
+    streams = start_streams(lab, 3)
+    time.sleep(1.0)
+    cli = [*WANLB, "disable", "isp2", "--config", str(lab.config_path)]
+    assert "isp2 is disabled" in subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    counts = lab.traffic(connections=60)
+    assert counts["failed"] == 0 and counts["isp2"] == 0, counts
+    cli[len(WANLB)] = "enable"
+    subprocess.run(cli, capture_output=True, text=True, check=True)
+    gw.wait_for({"isp2": "up"}, timeout=5)
+    assert lab.traffic(connections=60)["isp2"] == 20
+    # Draining kept every stream alive, the one on isp2 included.
+    results = stop_streams(streams)
+    assert all(r["ok"] for r in results), results
+    assert [e["event"] for e in gw.status()["events"]] == ["disabled", "down", "up"]
+    bad = subprocess.run([*WANLB, "disable", "isp9", "--config", str(lab.config_path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no ISP named 'isp9'" in bad.stderr
+
+
+def test_replies_pass_the_reverse_path_check_without_a_main_default_route(lab: Lab, gw: LabGateway) -> None:
+    """Many multi-WAN boxes have no default route in main; replies must still be accepted on every WAN."""
+    gw.write(lambda cfg: None)
+    gw.start()
+    gw.wait_for(ALL_UP)
+    default = lab.run("gw", ["ip", "route", "show", "default"], capture_output=True, text=True, check=True).stdout
+    lab.run("gw", ["ip", "route", "del", "default"], check=True)
+    try:
+        counts = lab.traffic(connections=90)
+        assert counts["failed"] == 0 and counts["isp1"] == counts["isp2"] == counts["isp3"] == 30, counts
+        time.sleep(2)
+        assert gw.isp_status() == ALL_UP  # probe replies pass too
+    finally:
+        lab.run("gw", ["ip", "route", "replace", *default.split()], check=True)
