@@ -162,14 +162,14 @@ class Daemon:
         old = self.config
         self.config = new
         self.counter.marks, self.counter.mark_mask = self._isp_marks(new), new.mark_mask
-        self.statuses = {i.name: self.statuses.get(i.name, IspStatus.UP) for i in new.isps}
+        self.statuses = self._carried_statuses(new)
         try:
             await self.reconcile("reload")
         except Exception as exc:
             log.error("reload failed to apply (%s); restoring the previous configuration", exc)
             self.config = old
             self.counter.marks, self.counter.mark_mask = self._isp_marks(old), old.mark_mask
-            self.statuses = {i.name: self.statuses.get(i.name, IspStatus.UP) for i in old.isps}
+            self.statuses = self._carried_statuses(old)
             try:
                 await self.reconcile("rollback")
             except Exception as again:
@@ -178,6 +178,16 @@ class Daemon:
         self.reloads += 1
         self._start_monitors()
         return True, "reloaded"
+
+    def _carried_statuses(self, config: Config) -> dict[str, IspStatus]:
+        """Statuses across a reload: kept, except that an ISP nothing probes any more cannot stay down."""
+        carried = {}
+        for isp in config.isps:
+            status = self.statuses.get(isp.name, IspStatus.UP)
+            if not isp.health.targets and status != IspStatus.DISABLED:
+                status = IspStatus.UP
+            carried[isp.name] = status
+        return carried
 
     def _start_monitors(self) -> None:
         """(Re)start one monitor per ISP that has targets, keeping a machine whose parameters did not change."""

@@ -261,3 +261,20 @@ def test_replies_pass_the_reverse_path_check_without_a_main_default_route(lab: L
         assert gw.isp_status() == ALL_UP  # probe replies pass too
     finally:
         lab.run("gw", ["ip", "route", "replace", *default.split()], check=True)
+
+
+def test_reload_keeps_health_state_and_unprobed_isps_come_back(lab: Lab, gw: LabGateway) -> None:
+    gw.write(lambda cfg: None)
+    gw.start()
+    gw.wait_for(ALL_UP)
+    lab.fail("isp1", "blackhole")
+    gw.wait_event("isp1", "down", timeout=5)
+    gw.reload()  # same config: isp1 must stay down, not be reset to up and re-detected
+    time.sleep(1.0)
+    assert gw.isp_status()["isp1"] == "down"
+    assert [e["event"] for e in gw.status()["events"]] == ["down"]
+
+    gw.write(lambda cfg: cfg["isps"][0].pop("health"))
+    gw.reload()  # nothing probes isp1 any more: it cannot stay down forever
+    assert gw.isp_status()["isp1"] == "up"
+    assert next(i for i in gw.status()["isps"] if i["name"] == "isp1")["health"] == {"monitored": False}

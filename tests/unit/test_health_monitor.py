@@ -1,0 +1,88 @@
+"""The probing loop's round logic, with a scripted prober instead of the network (probes themselves are
+exercised against the kernel in tests/integration/test_failover.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from wanlb.config import parse_config
+from wanlb.health.machine import HealthMachine, HealthParams, Transition
+from wanlb.health.monitor import IspMonitor
+from wanlb.health.probes import ProbeFailed
+from wanlb.plan import IspStatus
+
+CONFIG = """
+lan: {interfaces: [lan0]}
+isps:
+  - name: a
+    interface: wan1
+    gateway: 100.64.1.1
+    health: {targets: [192.0.2.1, 192.0.2.2, 192.0.2.3], quorum: 2, interval: 50ms, timeout: 200ms}
+"""
+
+
+class ScriptedProber:
+    """Answers per target: a latency, 'refuse' (ProbeFailed) or 'silent' (never answers)."""
+
+    def __init__(self, script: dict[str, str | float]):
+        self.script = script
+        self.started = 0
+
+    async def probe(self, target: str) -> float:
+        self.started += 1
+        answer = self.script[target]
+        if answer == "refuse":
+            raise ProbeFailed("connection refused")
+        if answer == "silent":
+            await asyncio.sleep(3600)
+        await asyncio.sleep(0.001)
+        return float(answer)
+
+    def close(self) -> None:
+        pass
+
+
+def monitor(script: dict[str, str | float], transitions: list[Transition] | None = None) -> IspMonitor:
+    isp = parse_config(CONFIG).isps[0]
+
+    async def record(name: str, transition: Transition) -> None:
+        assert transitions is not None
+        transitions.append(transition)
+
+    m = IspMonitor(isp, HealthMachine(HealthParams(down_after=2)), record)
+    m.prober = ScriptedProber(script)  # type: ignore[assignment]
+    return m
+
+
+def test_round_passes_with_quorum_and_counts_every_lost_probe() -> None:
+    m = monitor({"192.0.2.1": 0.010, "192.0.2.2": 0.030, "192.0.2.3": "silent"})
+    result = asyncio.run(m.probe_round())
+    assert result.ok and result.answered == 2
+    assert result.latency == pytest.approx(0.020)
+    assert result.loss == pytest.approx(1 / 3)
+    assert result.errors == {"192.0.2.3": "no answer in 200 ms"}
+
+
+def test_round_fails_below_quorum_with_reasons() -> None:
+    m = monitor({"192.0.2.1": 0.010, "192.0.2.2": "refuse", "192.0.2.3": "silent"})
+    result = asyncio.run(m.probe_round())
+    assert not result.ok and result.answered == 1
+    assert result.errors == {"192.0.2.2": "connection refused", "192.0.2.3": "no answer in 200 ms"}
+
+
+def test_rounds_overlap_so_a_dead_link_is_counted_at_the_probing_rate() -> None:
+    """Rounds start every 50 ms although each waits 200 ms: 2 failed rounds are known after ~250 ms,
+    not after 2 × 200 ms."""
+    transitions: list[Transition] = []
+    m = monitor({t: "silent" for t in ("192.0.2.1", "192.0.2.2", "192.0.2.3")}, transitions)
+
+    async def run_for(seconds: float) -> None:
+        task = asyncio.create_task(m.run())
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+    asyncio.run(run_for(0.33))
+    assert [t.new for t in transitions] == [IspStatus.DOWN]
+    assert "192.0.2.1 no answer in 200 ms" in transitions[0].reason
