@@ -24,7 +24,7 @@ isps:
 
 
 class ScriptedProber:
-    """Answers per target: a latency, 'refuse' (ProbeFailed) or 'silent' (never answers)."""
+    """Answers per target: a latency, 'refuse' (ProbeFailed), 'crash' (a bug) or 'silent' (never answers)."""
 
     def __init__(self, script: dict[str, str | float]):
         self.script = script
@@ -35,6 +35,8 @@ class ScriptedProber:
         answer = self.script[target]
         if answer == "refuse":
             raise ProbeFailed("connection refused")
+        if answer == "crash":
+            raise ValueError("a bug in a probe")
         if answer == "silent":
             await asyncio.sleep(3600)
         await asyncio.sleep(0.001)
@@ -86,3 +88,9 @@ def test_rounds_overlap_so_a_dead_link_is_counted_at_the_probing_rate() -> None:
     asyncio.run(run_for(0.33))
     assert [t.new for t in transitions] == [IspStatus.DOWN]
     assert "192.0.2.1 no answer in 200 ms" in transitions[0].reason
+
+
+def test_a_crashing_probe_is_a_lost_probe_not_a_dead_monitor() -> None:
+    m = monitor({"192.0.2.1": 0.010, "192.0.2.2": 0.010, "192.0.2.3": "crash"})
+    result = asyncio.run(m.probe_round())
+    assert result.ok and result.errors == {"192.0.2.3": "probe error: ValueError('a bug in a probe')"}

@@ -127,6 +127,9 @@ class IspMonitor:
             errors[target] = f"no answer in {self.health.timeout * 1000:.0f} ms"
         except (ProbeFailed, OSError) as exc:
             errors[target] = str(exc)
+        except Exception as exc:  # a probe bug must cost this probe, never the monitor
+            log.exception("%s probe of %s via %s failed unexpectedly", self.health.method, target, self.isp.name)
+            errors[target] = f"probe error: {exc!r}"
         return None
 
     async def probe_round(self) -> RoundResult:

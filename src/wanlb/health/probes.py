@@ -163,7 +163,9 @@ async def http_probe(egress: Egress, target: str, port: int, tls: bool, url_path
     sock = await _connect(egress, target, port)
     writer = None
     try:
-        reader, writer = await asyncio.open_connection(sock=sock, ssl=_INSECURE if tls else None)
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=_INSECURE if tls else None, server_hostname=target if tls else None
+        )
         request = f"GET {url_path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: wanlb-probe\r\nConnection: close\r\n\r\n"
         writer.write(request.encode())
         line = await reader.readline()

@@ -31,6 +31,7 @@ from wanlb.lab.topology import (
     FAIL_COUNTER,
     HTTP_ADDR,
     HTTP_PORT,
+    HTTPS_PORT,
     ISP_CUSTOMER_IF,
     NFT_TABLE,
     NS_PREFIX,
@@ -297,11 +298,30 @@ class Lab:
         self._start_servers()
 
     def _start_servers(self) -> None:
-        """Start the HTTP, stream and DNS servers in inet and wait until all listen."""
+        """Start the HTTP(S), stream and DNS servers in inet and wait until all listen."""
+        cert, key = self.dir / "https.crt", self.dir / "https.key"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        _run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                *ec,
+                "-days",
+                "7",
+                "-subj",
+                "/CN=wanlb-lab",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ]
+        )
         servers = {
-            "http": f"{HTTP_ADDR}:{HTTP_PORT}",
-            "stream": f"{STREAM_ADDR}:{STREAM_PORT}",
-            "dns": f"{DNS_ADDR}:{DNS_PORT}",
+            "http": [f"{HTTP_ADDR}:{HTTP_PORT}"],
+            "https": [f"{HTTP_ADDR}:{HTTPS_PORT}", "--cert", str(cert), "--key", str(key)],
+            "stream": [f"{STREAM_ADDR}:{STREAM_PORT}"],
+            "dns": [f"{DNS_ADDR}:{DNS_PORT}"],
         }
         procs: dict[str, subprocess.Popen[Any]] = {}
         for kind, listen in servers.items():
@@ -309,7 +329,7 @@ class Lab:
             with open(self.dir / f"{kind}.log", "wb") as log:
                 procs[kind] = self.popen(
                     "inet",
-                    python_module("wanlb.lab.servers", kind, "--listen", listen, "--ready-file", str(ready)),
+                    python_module("wanlb.lab.servers", kind, "--listen", *listen, "--ready-file", str(ready)),
                     label=kind,
                     stdout=log,
                     stderr=subprocess.STDOUT,

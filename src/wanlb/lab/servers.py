@@ -6,9 +6,10 @@
 * `stream`: sends one JSON line `{"src": ..., "port": ...}` then, for as long as the client stays
   connected, consecutive 8-byte big-endian counters 0, 1, 2, ... so a client can prove that no byte was
   lost or reordered across a failover (see `wanlb.lab.traffic stream`).
+* `https`: the same as `http` over TLS, with a self-signed certificate (`--cert`, `--key`).
 * `dns` (UDP): answers every query NOERROR with no records: a living resolver for `method: dns` probes.
 
-Usage: python -m wanlb.lab.servers {http|stream|dns} --listen ADDR:PORT [--ready-file PATH] [--rate BPS]
+Usage: python -m wanlb.lab.servers {http|https|stream|dns} --listen ADDR:PORT [--ready-file PATH] [--rate BPS]
 The ready file is created once the socket listens, so `lab up` knows when the lab is usable.
 """
 
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -84,14 +86,16 @@ class _DnsResponder(asyncio.DatagramProtocol):
         self.transport.sendto(answer, addr)  # type: ignore[attr-defined]
 
 
-async def _serve(kind: str, host: str, port: int, ready_file: Path | None, rate: int) -> None:
+async def _serve(
+    kind: str, host: str, port: int, ready_file: Path | None, rate: int, tls: ssl.SSLContext | None
+) -> None:
     loop = asyncio.get_running_loop()
     if kind == "dns":
         transport, _ = await loop.create_datagram_endpoint(_DnsResponder, local_addr=(host, port))
         server: asyncio.AbstractServer | None = None
     else:
-        handler = _handle_http if kind == "http" else _make_stream_handler(rate)
-        server = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True)
+        handler = _make_stream_handler(rate) if kind == "stream" else _handle_http
+        server = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True, ssl=tls)
     if ready_file is not None:
         ready_file.write_text("ready\n")
     stop = asyncio.Event()
@@ -107,13 +111,19 @@ async def _serve(kind: str, host: str, port: int, ready_file: Path | None, rate:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m wanlb.lab.servers`."""
     parser = argparse.ArgumentParser(prog="python -m wanlb.lab.servers", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["http", "stream", "dns"])
+    parser.add_argument("kind", choices=["http", "https", "stream", "dns"])
     parser.add_argument("--listen", required=True, help="ADDR:PORT")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--rate", type=int, default=256 * 1024, help="stream bytes/s per client")
+    parser.add_argument("--cert", type=Path, help="PEM certificate (https)")
+    parser.add_argument("--key", type=Path, help="PEM private key (https)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    asyncio.run(_serve(args.kind, host, int(port), args.ready_file, args.rate))
+    tls = None
+    if args.kind == "https":
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.cert, args.key)
+    asyncio.run(_serve(args.kind, host, int(port), args.ready_file, args.rate, tls))
 
 
 if __name__ == "__main__":
