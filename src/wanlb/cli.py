@@ -184,7 +184,8 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
             f"{health['loss_percent']:g}%" if monitored else "unmonitored",
             f"{health['latency_ms']:.1f} ms" if monitored and health.get("latency_ms") is not None else "-",
         )
-    console = Console()
+    # Piped output is not cut to 80 columns: the table keeps its natural width.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     events = reply.get("events", [])[-EVENTS_SHOWN:]
     if events:
