@@ -2,8 +2,10 @@
 
 Builds the lab, runs the daemon inside the gateway namespace, pushes rounds of
 short connections from the clients while a long-lived stream runs, changes the
-weights live (the stream must not notice), and prints per-ISP shares as the
-servers saw them.  Everything is torn down on every exit path, Ctrl-C included.
+weights live (the stream must not notice), blackholes an ISP that the stream
+does not use (failover: its share goes to the others, nothing else notices),
+heals it, and prints per-ISP shares as the servers saw them.  Everything is
+torn down on every exit path, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -59,6 +61,27 @@ def _write_weights(lab: Lab, weights: dict[str, int]) -> None:
     lab.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def _stream_isp(lab: Lab) -> str | None:
+    """Which ISP the demo's long-lived stream left through (from the gateway's conntrack table)."""
+    argv = [sys.executable, "-m", "wanlb.cli", "conntrack", "--config", str(lab.config_path), "list"]
+    argv += ["-p", "tcp", "--dport", "5001", "--state", "ESTABLISHED", "-o", "json"]
+    out = lab.run("gw", argv, capture_output=True, text=True, check=True).stdout
+    isps = [json.loads(line).get("isp") for line in out.splitlines()]
+    return isps[0] if isps else None
+
+
+def _wait_state(lab: Lab, isp: str, state: str, timeout: float = 5.0) -> float:
+    """Seconds until the daemon reports ``isp`` in ``state`` (raises after ``timeout``)."""
+    start = time.monotonic()
+    while True:
+        status = request(str(lab.socket_path), {"cmd": "status"})
+        if any(i["name"] == isp and i["status"] == state for i in status["isps"]):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"{isp} did not become {state} within {timeout} s")
+        time.sleep(0.02)
+
+
 def _wait_for_daemon(lab: Lab, proc: subprocess.Popen, log_path: str) -> None:
     deadline = time.monotonic() + 20
     while not socket_in_use(str(lab.socket_path)):
@@ -90,10 +113,10 @@ def run_demo(console: Console) -> int:
         )
         ok = True
         summary = []
-        for title, weights in PHASES:
-            if title != PHASES[0][0]:
-                _write_weights(lab, weights)
-                request(str(lab.socket_path), {"cmd": "reload"})
+        victim = ""
+
+        def phase(title: str, weights: dict[str, int]) -> None:
+            nonlocal ok
             counts: Counter[str] = Counter()
             failed = 0
             with Live(console=console, refresh_per_second=4) as live:
@@ -105,15 +128,39 @@ def run_demo(console: Console) -> int:
                     live.update(_table(f"{title}: {sum(counts.values())} new connections", counts, weights, status))
                     time.sleep(ROUND_PAUSE)
             total = sum(counts.values()) or 1
-            worst = max(abs(100 * counts[i] / total - 100 * w / sum(weights.values())) for i, w in weights.items())
+            wsum = sum(weights.values())
+            worst = max(abs(100 * counts[i] / total - 100 * w / wsum) for i, w in weights.items())
             ok &= failed == 0 and worst <= 5
             summary.append(f"{title}: {total} connections, {failed} failed, max deviation {worst:.1f} points")
+
+        for title, weights in PHASES:
+            if title != PHASES[0][0]:
+                _write_weights(lab, weights)
+                request(str(lab.socket_path), {"cmd": "reload"})
+            phase(title, weights)
+
+        # Failover: blackhole the busiest ISP the stream does not use (its link stays up).
+        weights = PHASES[-1][1]
+        victim = max((i for i in weights if i != _stream_isp(lab)), key=lambda i: weights[i])
+        lab.fail(victim, "blackhole")
+        down_after = _wait_state(lab, victim, "down")
+        event = request(str(lab.socket_path), {"cmd": "status"})["events"][-1]
+        console.print(
+            f"[bold]{victim} blackholed[/]: declared down after {down_after:.2f} s "
+            f"({event['reason']}), {event['flushed']} of its connections flushed"
+        )
+        phase(f"{victim} down", {i: (0 if i == victim else w) for i, w in weights.items()})
+        lab.heal(victim)
+        up_after = _wait_state(lab, victim, "up")
+        console.print(f"[bold]{victim} healed[/]: back up after {up_after:.2f} s")
+        summary.append(f"{victim} blackholed: down after {down_after:.2f} s, up {up_after:.2f} s after healing")
         stream.terminate()
         result = json.loads(stream.communicate(timeout=10)[0] or "{}")
         ok &= bool(result.get("ok"))
         summary.append(
             f"long-lived stream from c1: left via {result.get('src')}, {result.get('counters', 0)} counters "
-            f"in order across the reload: {'intact' if result.get('ok') else 'BROKEN: ' + str(result.get('error'))}"
+            f"in order across the reload and {victim}'s failover: "
+            f"{'intact' if result.get('ok') else 'BROKEN: ' + str(result.get('error'))}"
         )
         try:
             request(str(lab.socket_path), {"cmd": "stop", "cleanup": True})

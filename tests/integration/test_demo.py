@@ -22,4 +22,5 @@ def test_demo_passes_within_60_seconds_and_cleans_up() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all checks held" in result.stdout
     assert "intact" in result.stdout
+    assert "blackholed: down after" in result.stdout and " down: 1000 connections, 0 failed" in result.stdout
     assert lab_namespaces() == before
