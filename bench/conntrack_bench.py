@@ -26,6 +26,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 ISPS = {"a": 0x100, "b": 0x200, "c": 0x300, "d": 0x400}
 ENV = {**os.environ, "PYTHONPATH": SRC}
 PY = sys.executable
+sys.path.insert(0, SRC)  # the control client, for the daemon in the events burst
 
 
 class Bench:
@@ -80,34 +81,117 @@ def compare(b: Bench, rounds: int, ours: str, theirs: str) -> dict:
     return {"ours": mo, "theirs": mt, "ratio": mo / mt, "rss_mb": max(rss) / 1024}
 
 
+DAEMON_LINKS = ("lan0", "wan0", "wan1", "wan2", "wan3")
+
+
+def _daemon_config(tmp: Path) -> Path:
+    """The benchmark's four ISPs (same marks and mask) on links of their own, so ``wanlb run`` can start."""
+    isps = "\n".join(
+        f"  - {{name: {n}, interface: wan{i}, gateway: 10.99.{i}.1, mark: {m:#x}}}"
+        for i, (n, m) in enumerate(ISPS.items())
+    )
+    path = tmp / "daemon.yaml"
+    path.write_text(
+        f"lan:\n  interfaces: [lan0]\nmark_mask: 0xff00\nisps:\n{isps}\ncontrol:\n  socket: {tmp / 'wanlb.sock'}\n"
+    )
+    return path
+
+
+def _start_daemon(b: Bench, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    links = "; ".join(  # veth pairs inside the namespace: this kernel has no dummy driver
+        [f"ip link add {d} type veth peer name {d}p; ip link set {d} up; ip link set {d}p up" for d in DAEMON_LINKS]
+        + [f"ip addr add 10.99.{i}.2/24 dev wan{i}" for i in range(4)]
+    )
+    b.sh(links)
+    config = _daemon_config(tmp)
+    with (tmp / "daemon.log").open("wb") as log:
+        proc = subprocess.Popen(["ip", "netns", "exec", b.ns, PY, "-m", "wanlb.cli", "run", "-c", str(config)],
+                                stderr=log, env=ENV)  # fmt: skip
+    sock = str(tmp / "wanlb.sock")
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"wanlb run exited: {(tmp / 'daemon.log').read_text()[-2000:]}")
+        if os.path.exists(sock):
+            return proc, sock
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("wanlb run did not open its control socket")
+
+
+def _dump_by_mark(b: Bench) -> dict[int, int]:
+    """A fresh table count per mark, by conntrack-tools (independent of our codec)."""
+    out = b.sh("conntrack -L 2>/dev/null | grep -o 'mark=[0-9]*' | sort | uniq -c").stdout
+    counts = {int(mark.split("=")[1]): int(n) for n, mark in (line.split() for line in out.splitlines())}
+    return {m: n for m, n in counts.items() if n}
+
+
+def _daemon_vs_dump(b: Bench, sock: str, settle: float = 30.0) -> dict:
+    """The daemon's per-mark counts once they stop changing, next to a fresh dump."""
+    from wanlb.control import request
+
+    t0, last = time.monotonic(), None
+    while time.monotonic() - t0 < settle:
+        reply = request(sock, {"cmd": "conn_counts"})
+        counts = {int(m): n for m, n in reply["counts"].items()}
+        if counts == last:
+            break
+        last = counts
+        time.sleep(0.5)
+    dump = _dump_by_mark(b)
+    return {"equal": counts == dump, "daemon": counts, "dump": dump,
+            "lost_events": reply["lost_events"], "resyncs": reply["resyncs"]}  # fmt: skip
+
+
+def _wait_quiet(paths: list[Path]) -> None:
+    last = -1
+    for _ in range(60):  # until the listeners stopped writing
+        time.sleep(1.0)
+        size = sum(p.stat().st_size for p in paths)
+        if size == last:
+            return
+        last = size
+
+
 def events(b: Bench, count: int) -> dict:
-    """A burst of ``count`` NEW then ``count`` DESTROY while ``watch --json`` and ``conntrack -E`` listen."""
+    """``count`` NEW then ``count`` DESTROY while ``watch --json``, ``conntrack -E`` and ``wanlb run`` listen.
+
+    The namespace runs with ``nf_conntrack_events=1`` so that the daemon's counter does
+    not resync every 30 s (its ``events=2`` safeguard): its counts after each half of
+    the burst then come from events alone, and ``resyncs`` shows if one ran anyway.
+    """
+    b.sh("sysctl -qw net.netfilter.nf_conntrack_events=1")
     with tempfile.TemporaryDirectory(prefix="wlct-events-") as tmp:
         path_w, path_e = Path(tmp) / "watch.jsonl", Path(tmp) / "conntrack-E.txt"
-        with path_w.open("w") as out_w, path_e.open("w") as out_e:
-            watch = subprocess.Popen(["ip", "netns", "exec", b.ns, *b.wanlb("watch --json -e new,destroy").split()],
-                                     stdout=out_w, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
-            ctev = subprocess.Popen(["ip", "netns", "exec", b.ns, "conntrack", "-E", "-e", "NEW,DESTROY"],
-                                    stdout=out_e, stderr=subprocess.DEVNULL)  # fmt: skip
-            time.sleep(1.0)  # both subscribed
-            code = (
-                "from wanlb.ctnetlink.synth import entries; from wanlb.ctnetlink.client import Conntrack; "
-                "from wanlb.ctnetlink.filters import Filter; ct = Conntrack(); "
-                f"burst = [e._replace(mark=0x500) for e, _ in entries({count})]; "
-                "assert ct.create(burst).count(0) == len(burst); "
-                "ct.delete_matching(Filter(mark=0x500, mark_mask=0xff00))"
-            )
-            b.sh(f"{PY} -c '{code}'")
-            last = -1
-            for _ in range(60):  # wait until both stopped writing
-                time.sleep(1.0)
-                size = path_w.stat().st_size + path_e.stat().st_size
-                if size == last:
-                    break
-                last = size
-            for p in (watch, ctev):
-                p.send_signal(signal.SIGINT)
-                p.wait(10)
+        daemon, sock = _start_daemon(b, Path(tmp))
+        try:
+            with path_w.open("w") as out_w, path_e.open("w") as out_e:
+                watch = subprocess.Popen(["ip", "netns", "exec", b.ns, *b.wanlb("watch --json -e new,destroy").split()],
+                                         stdout=out_w, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+                ctev = subprocess.Popen(["ip", "netns", "exec", b.ns, "conntrack", "-E", "-e", "NEW,DESTROY"],
+                                        stdout=out_e, stderr=subprocess.DEVNULL)  # fmt: skip
+                time.sleep(1.0)  # all subscribed
+                before = _daemon_vs_dump(b, sock)
+                create = (
+                    "from wanlb.ctnetlink.synth import entries; from wanlb.ctnetlink.client import Conntrack; "
+                    f"burst = [e._replace(mark=0x500) for e, _ in entries({count})]; "
+                    "assert Conntrack().create(burst).count(0) == len(burst)"
+                )
+                b.sh(f"{PY} -c '{create}'")
+                _wait_quiet([path_w, path_e])
+                after_new = _daemon_vs_dump(b, sock)
+                flush = (
+                    "from wanlb.ctnetlink.client import Conntrack; from wanlb.ctnetlink.filters import Filter; "
+                    "Conntrack().delete_matching(Filter(mark=0x500, mark_mask=0xff00))"
+                )
+                b.sh(f"{PY} -c '{flush}'")
+                _wait_quiet([path_w, path_e])
+                after_destroy = _daemon_vs_dump(b, sock)
+                for p in (watch, ctev):
+                    p.send_signal(signal.SIGINT)
+                    p.wait(10)
+        finally:
+            daemon.terminate()
+            daemon.wait(15)
         lines = path_w.read_text().splitlines()
         ct_lines = path_e.read_text().splitlines()
     remaining = int(b.sh("conntrack -L -m 0x500/0xff00 2>/dev/null | wc -l").stdout)
@@ -119,7 +203,27 @@ def events(b: Bench, count: int) -> dict:
         "table_after": remaining,
         "conntrack_E_new": sum("[NEW]" in x for x in ct_lines),
         "conntrack_E_destroy": sum("[DESTROY]" in x for x in ct_lines),
+        "daemon_before": before,
+        "daemon_after_new": after_new,
+        "daemon_after_destroy": after_destroy,
     }
+
+
+def event_listeners() -> int:
+    """Conntrack event subscribers in the root and named namespaces.
+
+    The kernel decides whether to build event messages by a machine-wide check,
+    so one listener anywhere (another test run's daemon) makes every create and
+    delete here build NEW/DESTROY messages: printed so the numbers can be read.
+    """
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    namespaces = [line.split()[0] for line in listed.splitlines() if line.strip()]
+    total = 0
+    for ns in [None, *namespaces]:
+        cmd = ["cat", "/proc/net/netlink"] if ns is None else ["ip", "netns", "exec", ns, "cat", "/proc/net/netlink"]
+        rows = subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[1:]
+        total += sum(1 for r in rows if r.split()[1] == "12" and int(r.split()[3], 16))
+    return total
 
 
 def main() -> int:
@@ -143,22 +247,28 @@ def main() -> int:
             t0 = time.perf_counter()
             b.sh(f"{PY} -m wanlb.ctnetlink.synth {args.entries}")
             print(f"filled {args.entries} entries in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            print(f"conntrack event listeners on this machine: {event_listeners()}")
             client = "10.1.2.3"
             seed_count = (
                 "sh -c '" + "; ".join(f"conntrack -L 2>/dev/null | grep -c mark={m}" for m in ISPS.values()) + "'"
             )
+            delete = (b.wanlb("delete --isp b"), "conntrack -D -m 0x200/0xff00")
             rows = [
-                ("count --by isp", b.wanlb("count --by isp"), seed_count, False),
-                ("list -o text > /dev/null", b.wanlb("list -o text", config=False), "conntrack -L", False),
-                ("list -o text (config: isp= names)", b.wanlb("list -o text"), "conntrack -L", False),
-                ("list --isp b", b.wanlb("list --isp b"), "conntrack -L -m 0x200/0xff00", False),
-                (f"list -s {client}", b.wanlb(f"list -s {client}", config=False), f"conntrack -L -s {client}", False),
-                ("delete --isp b (65,536)", b.wanlb("delete --isp b"), "conntrack -D -m 0x200/0xff00", True),
+                ("count --by isp", b.wanlb("count --by isp"), seed_count, ""),
+                ("list -o text > /dev/null", b.wanlb("list -o text", config=False), "conntrack -L", ""),
+                ("list -o text (config: isp= names)", b.wanlb("list -o text"), "conntrack -L", ""),
+                ("list --isp b", b.wanlb("list --isp b"), "conntrack -L -m 0x200/0xff00", ""),
+                (f"list -s {client}", b.wanlb(f"list -s {client}", config=False), f"conntrack -L -s {client}", ""),
+                ("delete --isp b (65,536), no event listener", *delete, "quiet"),
+                ("delete --isp b (65,536), a DESTROY listener", *delete, "listener"),
             ]
             print("| wanlb command | conntrack-tools | wanlb s | tools s | ratio | wanlb peak RSS MB |")
             print("|---|---|---|---|---|---|")
-            for name, ours, theirs, destructive in rows:
-                r = (compare_delete if destructive else compare)(b, args.rounds, ours, theirs)
+            for name, ours, theirs, kind in rows:
+                if kind:  # "quiet" or "listener": a delete
+                    r = compare_delete(b, args.rounds, ours, theirs, listener=kind == "listener")
+                else:
+                    r = compare(b, args.rounds, ours, theirs)
                 theirs_name = "seed: conntrack -L | grep -c mark=N, per ISP" if theirs is seed_count else theirs
                 print(f"| `{name}` | `{theirs_name}` | {r['ours']:.3f} | {r['theirs']:.3f} | "
                       f"{r['ratio']:.2f}x | {r['rss_mb']:.1f} |", flush=True)  # fmt: skip
@@ -173,8 +283,35 @@ def main() -> int:
     return 0
 
 
-def compare_delete(b: Bench, rounds: int, ours: str, theirs: str) -> dict:
-    """Like :func:`compare`, restoring ISP b's 65,536 entries before every run (not timed)."""
+_IDLE_LISTENER = (
+    "import socket, time; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12); s.bind((0, 4)); "
+    "print(flush=True); time.sleep(86400)"
+)  # bound to NFNLGRP_CONNTRACK_DESTROY, never reads: the kernel builds every message, then drops it
+
+
+def compare_delete(b: Bench, rounds: int, ours: str, theirs: str, listener: bool) -> dict:
+    """Like :func:`compare`, restoring ISP b's 65,536 entries before every run (not timed).
+
+    Deleting costs the kernel one DESTROY message per entry when the entry carries
+    event state and someone listens (the kernel checks for listeners machine-wide).
+    Without ``listener`` the namespace runs with ``nf_conntrack_events=0``, so no
+    process elsewhere on the machine changes the numbers; with it, events are on
+    and an idle DESTROY subscriber sits in the namespace, as ``wanlb run`` does.
+    """
+    b.sh(f"sysctl -qw net.netfilter.nf_conntrack_events={1 if listener else 0}")
+    sub = None
+    if listener:
+        sub = subprocess.Popen(["ip", "netns", "exec", b.ns, PY, "-c", _IDLE_LISTENER], stdout=subprocess.PIPE)
+        assert sub.stdout is not None and sub.stdout.readline() == b"\n"
+    try:
+        return _alternate_deletes(b, rounds, ours, theirs)
+    finally:
+        if sub is not None:
+            sub.kill()
+            sub.wait()
+
+
+def _alternate_deletes(b: Bench, rounds: int, ours: str, theirs: str) -> dict:
     t_ours, t_theirs, rss = [], [], []
     for _ in range(rounds):
         for which in ("ours", "theirs"):

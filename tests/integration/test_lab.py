@@ -53,7 +53,7 @@ def test_up_builds_everything_inside_namespaces(lab_factory: Factory) -> None:
     status = again.status()
     assert all(node["exists"] for node in status["nodes"])
     assert all(link["a_state"] == link["b_state"] == "UP" for link in status["links"])
-    assert {p["label"] for p in status["processes"] if p["running"]} == {"http", "stream"}
+    assert {p["label"] for p in status["processes"] if p["running"]} == {"http", "https", "stream", "dns"}
     assert [isp["mode"] for isp in status["isps"]] == ["ok", "ok"]
 
 
@@ -222,5 +222,5 @@ def test_state_file_records_the_lab(lab_factory: Factory) -> None:
     lab = lab_factory(isps=2, clients=1)
     state = json.loads((lab.dir / "lab.json").read_text())
     assert state["namespaces"]["inet"] == lab.ns("inet")
-    assert set(state["processes"]) == {"http", "stream"}
+    assert set(state["processes"]) == {"http", "https", "stream", "dns"}
     assert Path(state["processes"]["http"]["argv"][0]).name.startswith("python")
