@@ -31,7 +31,7 @@ from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.filters import Filter
 from wanlb.health.machine import HealthMachine, Transition
 from wanlb.health.monitor import IspMonitor, params_of
-from wanlb.hooks import run_hook
+from wanlb.hooks import run_hooks
 from wanlb.plan import IspStatus
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 
@@ -60,6 +60,7 @@ class Daemon:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self._conntrack = Conntrack()  # opened once: a failover should not wait for a socket setup
         self._flush_lock = asyncio.Lock()
+        self._hook_order: dict[str, asyncio.Lock] = {}
         self.since: dict[str, float] = {i.name: time.time() for i in config.isps}
 
     @staticmethod
@@ -76,12 +77,22 @@ class Daemon:
         interleaving, and each one works from the state current when it starts.
         """
         async with self._lock:
-            result = await asyncio.to_thread(self.reconciler.reconcile, self.config, dict(self.statuses))
+            # Shielded: a cancelled caller must not release the lock while the thread still works.
+            work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, self.config, dict(self.statuses)))
+            try:
+                result = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await work
+                raise
         self.last = result
         if result.nft_applied:
             active = ", ".join(f"{i.name}={i.share:.0%}" for i in result.desired.active) or "none"
             log.info("applied ruleset (%s): active %s", why, active)
         return result
+
+    def transition(self, name: str, transition: Transition) -> None:
+        """A monitor's decision: handled at once, in a task the monitor cannot cancel."""
+        self.spawn(self.on_transition(name, transition))
 
     async def on_transition(self, name: str, transition: Transition) -> None:
         """Apply a health or admin decision now: status, reconcile, flush on DOWN, event, hooks."""
@@ -92,16 +103,23 @@ class Daemon:
         log.warning("isp %s is %s (%s)", name, transition.new.value, transition.reason)
         self.statuses[name] = transition.new
         self.since[name] = decided
+        error = None
         try:
             await self.reconcile(f"{name} {transition.new.value}")
         except Exception as exc:  # the resync loop retries; the event is still recorded
             log.error("reconcile after %s went %s failed: %s", name, transition.new.value, exc)
+            error = str(exc)
         applied = time.time()
-        flushed = None
-        drained = transition.old == IspStatus.DISABLED  # re-enabled: its connections were fine
-        if transition.new == IspStatus.DOWN and self.config.failover.on_down == "flush" and not drained:
-            flushed = await self._flush(name, isp.mark or 0)
         machine = self.machines.get(name)
+        flushed = None
+        if (
+            transition.new == IspStatus.DOWN
+            and self.config.failover.on_down == "flush"
+            and error is None  # the ISP may still be in `balance`: a flushed connection could return to it
+            and self.statuses.get(name) == IspStatus.DOWN  # not already back up while we waited
+            and not (transition.old == IspStatus.DISABLED and not (machine and machine.failing))
+        ):
+            flushed = await self._flush(name, isp.mark or 0)
         quality = machine.quality() if machine else None
         self.events.append(
             {
@@ -113,13 +131,15 @@ class Daemon:
                 "loss_percent": round(quality.loss_percent, 1) if quality else None,
                 "latency_ms": _ms(quality.latency) if quality else None,
                 "flushed": flushed,
+                "error": error,
                 "applied_ms": _ms(applied - decided),
                 "done_ms": _ms(time.time() - decided),
             }
         )
         env = {"WANLB_ISP": name, "WANLB_EVENT": transition.new.value, "WANLB_INTERFACE": isp.interface}
-        for hook in self.config.hooks:
-            self.spawn(run_hook(hook, env, self.config.hook_timeout))
+        if self.config.hooks:
+            order = self._hook_order.setdefault(name, asyncio.Lock())
+            self.spawn(run_hooks(self.config.hooks, env, self.config.hook_timeout, order))
 
     async def _flush(self, name: str, mark: int) -> int | None:
         """Delete the ISP's connections (one kernel flush-by-mark); returns how many it held."""
@@ -129,7 +149,7 @@ class Daemon:
         try:
             async with self._flush_lock:  # one netlink socket: one request at a time
                 await asyncio.to_thread(self._conntrack.delete_matching, flt)
-        except OSError as exc:
+        except Exception as exc:  # the failover itself is done; report, don't crash
             log.error("could not flush %s's connections: %s", name, exc)
             return None
         took = (time.monotonic() - start) * 1000
@@ -198,13 +218,16 @@ class Daemon:
         for isp in self.config.isps:
             params = params_of(isp.health)
             machine = self.machines.get(isp.name)
-            if machine is None or machine.params != params:
-                machine = HealthMachine(params, self.statuses.get(isp.name, IspStatus.UP))
+            status = self.statuses.get(isp.name, IspStatus.UP)
+            if machine is None or machine.params != params or machine.status != status:
+                machine = HealthMachine(params, status)
             machines[isp.name] = machine
             if not isp.health.targets:
                 continue
-            monitor = IspMonitor(isp, machine, self.on_transition)
-            self.monitors[isp.name] = (monitor, asyncio.create_task(monitor.run()))
+            monitor = IspMonitor(isp, machine, self.transition)
+            task = asyncio.create_task(monitor.run())
+            task.add_done_callback(_log_crash)
+            self.monitors[isp.name] = (monitor, task)
         self.machines = machines
         unmonitored = [i.name for i in self.config.isps if not i.health.targets]
         if unmonitored:
@@ -215,6 +238,7 @@ class Daemon:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_crash)
 
     # --- control socket --------------------------------------------------------------
 
@@ -335,6 +359,12 @@ class Daemon:
                 log.info("removed everything wanlb added")
             else:
                 log.info("exiting; the datapath stays in place (connections keep flowing)")
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    """A background task must never die unnoticed."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s crashed", task.get_coro(), exc_info=exc)
 
 
 def _ms(seconds: float | None) -> float | None:

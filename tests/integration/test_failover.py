@@ -282,3 +282,14 @@ def test_reload_keeps_health_state_and_unprobed_isps_come_back(lab: Lab, gw: Lab
     gw.reload()  # nothing probes isp1 any more: it cannot stay down forever
     assert gw.isp_status()["isp1"] == "up"
     assert next(i for i in gw.status()["isps"] if i["name"] == "isp1")["health"] == {"monitored": False}
+
+
+def test_on_down_keep_leaves_the_dead_isps_entries(lab: Lab, gw: LabGateway) -> None:
+    gw.write(lambda cfg: cfg.update(failover={"on_down": "keep"}))
+    gw.start()
+    gw.wait_for(ALL_UP)
+    assert lab.traffic(connections=60)["isp1"] == 20
+    lab.fail("isp1", "blackhole")
+    event = gw.wait_event("isp1", "down", timeout=5)
+    assert event["flushed"] is None
+    assert len([e for e in conntrack(lab) if e["isp"] == "isp1"]) >= 20

@@ -131,3 +131,12 @@ def test_probe_loss_counts_lost_probes_of_passing_rounds() -> None:
     transitions = [m.round(t * 0.2, True, 0.001, loss=0.5) for t in range(10)]
     assert m.quality().loss_percent == pytest.approx(50.0)
     assert [tr.new for tr in transitions if tr] == [IspStatus.DEGRADED]
+
+
+def test_failing_is_tracked_while_disabled_so_enable_knows_the_link_died() -> None:
+    m = HealthMachine(HealthParams(down_after=3))
+    m.disable(0.0)
+    _, transitions = feed(m, 0.2, "---")
+    assert transitions == [] and m.status == DISABLED and m.failing
+    tr = m.enable(1.0)
+    assert tr is not None and tr.new == DOWN and m.failing

@@ -49,12 +49,17 @@ class ScriptedProber:
 def monitor(script: dict[str, str | float], transitions: list[Transition] | None = None) -> IspMonitor:
     isp = parse_config(CONFIG).isps[0]
 
-    async def record(name: str, transition: Transition) -> None:
+    prober = ScriptedProber(script)
+
+    def record(name: str, transition: Transition) -> None:
         assert transitions is not None
         transitions.append(transition)
+        probes_started.append(prober.started)
 
+    probes_started: list[int] = []
     m = IspMonitor(isp, HealthMachine(HealthParams(down_after=2)), record)
-    m.prober = ScriptedProber(script)  # type: ignore[assignment]
+    m.prober = prober  # type: ignore[assignment]
+    m.probes_started_at_transition = probes_started  # type: ignore[attr-defined]
     return m
 
 
@@ -75,19 +80,22 @@ def test_round_fails_below_quorum_with_reasons() -> None:
 
 
 def test_rounds_overlap_so_a_dead_link_is_counted_at_the_probing_rate() -> None:
-    """Rounds start every 50 ms although each waits 200 ms: 2 failed rounds are known after ~250 ms,
-    not after 2 × 200 ms."""
+    """Rounds start every 50 ms although each waits 200 ms for its answers. When the 2nd failed round
+    ends, about 5 rounds have started; one round at a time would have started exactly 2."""
     transitions: list[Transition] = []
     m = monitor({t: "silent" for t in ("192.0.2.1", "192.0.2.2", "192.0.2.3")}, transitions)
 
-    async def run_for(seconds: float) -> None:
+    async def run_until_down() -> None:
         task = asyncio.create_task(m.run())
-        await asyncio.sleep(seconds)
+        async with asyncio.timeout(5):
+            while not transitions:
+                await asyncio.sleep(0.01)
         task.cancel()
 
-    asyncio.run(run_for(0.33))
+    asyncio.run(run_until_down())
     assert [t.new for t in transitions] == [IspStatus.DOWN]
     assert "192.0.2.1 no answer in 200 ms" in transitions[0].reason
+    assert m.probes_started_at_transition[0] >= 3 * 3, "rounds did not overlap"  # type: ignore[attr-defined]
 
 
 def test_a_crashing_probe_is_a_lost_probe_not_a_dead_monitor() -> None:

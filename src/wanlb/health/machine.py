@@ -1,7 +1,7 @@
 """Per-ISP health state machine: probe rounds in, status transitions out.  Pure, sans-I/O.
 
 Time is passed in by the caller (``now`` in seconds, any monotonic origin), so
-tests drive it with simulated time and the daemon with ``loop.time()``.
+tests drive it with simulated time and the daemon with ``time.monotonic()``.
 
 * ``down_after`` consecutive failed rounds → DOWN; ``up_after`` consecutive good
   rounds → UP again.
@@ -138,6 +138,11 @@ class HealthMachine:
         if self._quality_bad(q, recover_loss, recover_latency) is None:
             return self._move(IspStatus.UP, now, "quality recovered")
         return None
+
+    @property
+    def failing(self) -> bool:
+        """The last ``down_after`` rounds failed (counted even while disabled)."""
+        return self._fails >= self.params.down_after
 
     # --- admin -----------------------------------------------------------------------
 

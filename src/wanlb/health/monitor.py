@@ -7,7 +7,9 @@ answer or the timeout; it passes when at least ``quorum`` targets answered.
 (Waiting for all of them, rather than stopping at the quorum, is what makes
 the reported loss the real probe loss.)
 Each finished round is fed to the ISP's :class:`HealthMachine`; a transition
-is handed to ``on_transition`` at once (the daemon reconciles inside that call).
+is handed to ``on_transition`` at once.  That call is synchronous: the daemon
+starts the failover in a task of its own, so cancelling a monitor (a reload)
+can never cut a failover short.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wanlb.config import HealthConfig, IspConfig
@@ -77,7 +79,7 @@ class RoundResult:
     errors: dict[str, str]  # target → why it did not answer
 
 
-TransitionHandler = Callable[[str, Transition], Awaitable[None]]
+TransitionHandler = Callable[[str, Transition], None]
 
 
 class IspMonitor:
@@ -158,4 +160,4 @@ class IspMonitor:
                     transition.at,
                     f"{transition.reason}: " + "; ".join(f"{t} {why}" for t, why in sorted(result.errors.items())),
                 )
-            await self.on_transition(self.isp.name, transition)
+            self.on_transition(self.isp.name, transition)

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
+SOL_RAW = 255
+ICMP_FILTER = 1  # linux/icmp.h: a bitmask of ICMP types the raw socket must *not* receive
+RAW_RCVBUF = 1 << 20
 
 
 class ProbeFailed(Exception):
@@ -65,31 +68,40 @@ def _checksum(data: bytes) -> int:
 
 
 class IcmpPinger:
-    """One raw ICMP socket per ISP; echo replies are matched to requests by (id, sequence).
+    """One raw ICMP socket per ISP; echo replies are matched to requests by (source, id, sequence).
 
-    Raw sockets see every ICMP packet the device receives, so the identifier is
-    random per pinger and the sequence number per request.
+    Raw sockets see every ICMP packet the device receives: the kernel filters
+    them down to echo replies (``ICMP_FILTER``), the identifier is random per
+    pinger, the sequence number per request.  A send error (the WAN device was
+    deleted and recreated, as PPP and LTE devices are) closes the socket, and
+    the next ping opens a fresh one bound to the new device.
     """
 
     def __init__(self, egress: Egress):
         self.egress = egress
         self.ident = random.randrange(1, 0xFFFF)
         self._seq = itertools.count(random.randrange(0xFFFF))
-        self._waiting: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[float], float, str]] = {}
         self._sock: socket.socket | None = None
 
     def _open(self) -> socket.socket:
         if self._sock is None:
-            self._sock = _socket(socket.SOCK_RAW, self.egress, socket.IPPROTO_ICMP)
-            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
+            sock = _socket(socket.SOCK_RAW, self.egress, socket.IPPROTO_ICMP)
+            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~(1 << ICMP_ECHO_REPLY)))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RAW_RCVBUF)
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+            self._sock = sock
         return self._sock
 
-    def close(self) -> None:
+    def _drop_socket(self) -> None:
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
-        for future, _ in self._waiting.values():
+
+    def close(self) -> None:
+        self._drop_socket()
+        for future, _, _ in self._waiting.values():
             future.cancel()
         self._waiting.clear()
 
@@ -97,39 +109,51 @@ class IcmpPinger:
         assert self._sock is not None
         while True:
             try:
-                packet = self._sock.recv(2048)
+                packet, (source, _) = self._sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # e.g. an ICMP error queued on the socket; the request times out
-            now = time.monotonic()
-            header_len = (packet[0] & 0x0F) * 4
-            icmp = packet[header_len : header_len + 8]
-            if len(icmp) < 8:
+            reply = parse_echo_reply(packet)
+            if reply is None or reply[0] != self.ident:
                 continue
-            kind, _code, _sum, ident, seq = struct.unpack("!BBHHH", icmp)
-            if kind != ICMP_ECHO_REPLY or ident != self.ident:
-                continue
-            waiting = self._waiting.pop(seq, None)
-            if waiting and not waiting[0].done():
-                waiting[0].set_result(now - waiting[1])
+            waiting = self._waiting.get(reply[1])
+            if waiting and waiting[2] == source and not waiting[0].done():
+                waiting[0].set_result(time.monotonic() - waiting[1])
 
     async def ping(self, target: str) -> float:
         sock = self._open()
         seq = next(self._seq) & 0xFFFF
-        payload = struct.pack("!d", time.monotonic()) + b"wanlb-probe"
-        header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, self.ident, seq)
-        packet = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), self.ident, seq) + payload
+        packet = echo_request(self.ident, seq, struct.pack("!d", time.monotonic()) + b"wanlb-probe")
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiting[seq] = (future, time.monotonic())
+        self._waiting[seq] = (future, time.monotonic(), target)
         try:
             try:
                 sock.sendto(packet, (target, 0))
             except OSError as exc:
+                self._drop_socket()  # a stale device binding heals on the next ping
                 raise ProbeFailed(f"send: {os.strerror(exc.errno) if exc.errno else exc}") from None
             return await future
         finally:
             self._waiting.pop(seq, None)
+
+
+def parse_echo_reply(packet: bytes) -> tuple[int, int] | None:
+    """(identifier, sequence) of an IPv4 packet holding an ICMP echo reply, else None."""
+    if len(packet) < 20:
+        return None
+    header_len = (packet[0] & 0x0F) * 4
+    icmp = packet[header_len : header_len + 8]
+    if len(icmp) < 8 or icmp[0] != ICMP_ECHO_REPLY:
+        return None
+    _kind, _code, _sum, ident, seq = struct.unpack("!BBHHH", icmp)
+    return ident, seq
+
+
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP echo request with its checksum."""
+    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq) + payload
 
 
 async def _connect(egress: Egress, target: str, port: int) -> socket.socket:
@@ -169,8 +193,8 @@ async def http_probe(egress: Egress, target: str, port: int, tls: bool, url_path
         request = f"GET {url_path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: wanlb-probe\r\nConnection: close\r\n\r\n"
         writer.write(request.encode())
         line = await reader.readline()
-    except (OSError, ssl.SSLError) as exc:
-        raise ProbeFailed(f"http {target}:{port}: {exc}") from None
+    except (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        raise ProbeFailed(f"http {target}:{port}: {type(exc).__name__}: {exc}"[:200]) from None
     finally:
         if writer is not None:
             writer.close()
