@@ -140,3 +140,11 @@ def test_failing_is_tracked_while_disabled_so_enable_knows_the_link_died() -> No
     assert transitions == [] and m.status == DISABLED and m.failing
     tr = m.enable(1.0)
     assert tr is not None and tr.new == DOWN and m.failing
+
+
+def test_degraded_goes_down_on_failed_rounds() -> None:
+    m = HealthMachine(HealthParams(down_after=3, window=10, max_latency=0.05))
+    t, trs = feed(m, 0.0, "++", latency=0.2)
+    assert [tr.new for tr in trs] == [DEGRADED]
+    t, trs = feed(m, t, "---")
+    assert [(tr.old, tr.new) for tr in trs] == [(DEGRADED, DOWN)]
