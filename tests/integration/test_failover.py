@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,13 @@ def gw(lab: Lab) -> Iterator[LabGateway]:
         g.stop(cleanup=True)
 
 
+def start(gw: LabGateway, edit: Callable[[dict[str, Any]], None] = lambda cfg: None) -> None:
+    """Start the daemon on the lab's config changed by ``edit``, and wait until every ISP is up."""
+    gw.write(edit)
+    gw.start()
+    gw.wait_for(ALL_UP)
+
+
 def conntrack(lab: Lab) -> list[dict[str, Any]]:
     out = lab.run(
         "gw",
@@ -70,9 +77,7 @@ def down_events(gw: LabGateway, isp: str) -> list[dict[str, Any]]:
 
 
 def test_blackhole_removes_only_the_dead_isps_connections(lab: Lab, gw: LabGateway) -> None:
-    gw.write(lambda cfg: None)
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw)
     streams = start_streams(lab, 6)
     time.sleep(1.0)
     assert lab.traffic(connections=300)["failed"] == 0
@@ -101,9 +106,7 @@ def test_blackhole_removes_only_the_dead_isps_connections(lab: Lab, gw: LabGatew
 
 
 def test_five_percent_loss_with_quorum_is_no_failover(lab: Lab, gw: LabGateway) -> None:
-    gw.write(lambda cfg: None)  # 2 targets, quorum 1, default timing
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw)
     dropped = lab.counter("isp2", "failed")
     lab.fail("isp2", "loss:5")
     seen_loss = []
@@ -122,9 +125,7 @@ def test_flapping_isp_is_damped(lab: Lab, gw: LabGateway) -> None:
         # Fast enough to follow a 300 ms flap, so only damping can keep the ruleset quiet.
         cfg["isps"][0]["health"].update(interval="50ms", timeout="100ms", down_after=2, up_after=2)
 
-    gw.write(fast)
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw, fast)
     applies = gw.status()["nft_applies"]
     end = time.monotonic() + 30
     while time.monotonic() < end:
@@ -145,9 +146,7 @@ def rules(lab: Lab) -> str:
 
 
 def test_all_isps_down_uses_last_resort_then_recovers(lab: Lab, gw: LabGateway) -> None:
-    gw.write(lambda cfg: cfg.update(failover={"last_resort": "unreachable"}))
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw, lambda cfg: cfg.update(failover={"last_resort": "unreachable"}))
     for isp in lab.isps:
         lab.fail(isp, "blackhole")
     gw.wait_for({"isp1": "down", "isp2": "down", "isp3": "down"}, timeout=5)
@@ -178,9 +177,7 @@ def test_hooks_run_async_and_failures_are_logged(lab: Lab, gw: LabGateway, tmp_p
         write_hook(tmp_path / "fails.sh", "echo broken >&2; exit 3"),
         write_hook(tmp_path / "record.sh", f'echo "$WANLB_ISP $WANLB_EVENT $WANLB_INTERFACE" >> {record}'),
     ]
-    gw.write(lambda cfg: cfg.update(hooks=hooks, hook_timeout="4s"))
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw, lambda cfg: cfg.update(hooks=hooks, hook_timeout="4s"))
     lab.fail("isp1", "blackhole")
     gw.wait_for({"isp1": "down"}, timeout=3)
     lab.heal("isp1")
@@ -230,9 +227,7 @@ def test_http_probe_checks_the_status_code(lab: Lab, gw: LabGateway) -> None:
 
 
 def test_disable_drains_and_enable_rejoins(lab: Lab, gw: LabGateway) -> None:
-    gw.write(lambda cfg: None)
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw)
     streams = start_streams(lab, 3)
     time.sleep(1.0)
     cli = [*WANLB, "disable", "isp2", "--config", str(lab.config_path)]
@@ -253,9 +248,7 @@ def test_disable_drains_and_enable_rejoins(lab: Lab, gw: LabGateway) -> None:
 
 def test_replies_pass_the_reverse_path_check_without_a_main_default_route(lab: Lab, gw: LabGateway) -> None:
     """Many multi-WAN boxes have no default route in main; replies must still be accepted on every WAN."""
-    gw.write(lambda cfg: None)
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw)
     default = lab.run("gw", ["ip", "route", "show", "default"], capture_output=True, text=True, check=True).stdout
     lab.run("gw", ["ip", "route", "del", "default"], check=True)
     try:
@@ -268,9 +261,7 @@ def test_replies_pass_the_reverse_path_check_without_a_main_default_route(lab: L
 
 
 def test_reload_keeps_health_state_and_unprobed_isps_come_back(lab: Lab, gw: LabGateway) -> None:
-    gw.write(lambda cfg: None)
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw)
     lab.fail("isp1", "blackhole")
     gw.wait_event("isp1", "down", timeout=5)
     gw.reload()  # same config: isp1 must stay down, not be reset to up and re-detected
@@ -285,9 +276,7 @@ def test_reload_keeps_health_state_and_unprobed_isps_come_back(lab: Lab, gw: Lab
 
 
 def test_on_down_keep_leaves_the_dead_isps_entries(lab: Lab, gw: LabGateway) -> None:
-    gw.write(lambda cfg: cfg.update(failover={"on_down": "keep"}))
-    gw.start()
-    gw.wait_for(ALL_UP)
+    start(gw, lambda cfg: cfg.update(failover={"on_down": "keep"}))
     assert lab.traffic(connections=60)["isp1"] == 20
     lab.fail("isp1", "blackhole")
     event = gw.wait_event("isp1", "down", timeout=5)

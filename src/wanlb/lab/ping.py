@@ -1,4 +1,4 @@
-"""A minimal ICMP echo client (stdlib, raw socket, so root), because the lab must not depend on iputils.
+"""A minimal ICMP echo client (raw socket, so root), because the lab must not depend on iputils.
 
 Usage: python -m wanlb.lab.ping ADDR [--count N] [--timeout S] [--source ADDR]
 Prints `{"sent": N, "received": R}`; exit status 0 if any reply came back, 1 otherwise.
@@ -11,18 +11,10 @@ import json
 import os
 import select
 import socket
-import struct
 import sys
 import time
 
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
+from wanlb.health.probes import echo_request, parse_echo_reply
 
 
 def ping(addr: str, count: int = 1, timeout: float = 1.0, source: str | None = None) -> int:
@@ -33,18 +25,13 @@ def ping(addr: str, count: int = 1, timeout: float = 1.0, source: str | None = N
         if source:
             sock.bind((source, 0))
         for seq in range(1, count + 1):
-            payload = b"wanlb-lab"
-            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
-            sock.sendto(packet, (addr, 0))
+            sock.sendto(echo_request(ident, seq, b"wanlb-lab"), (addr, 0))
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 if not select.select([sock], [], [], left)[0]:
                     break
                 data, (peer, _) = sock.recvfrom(2048)
-                ihl = (data[0] & 0x0F) * 4
-                kind, _code, _sum, rid, rseq = struct.unpack("!BBHHH", data[ihl : ihl + 8])
-                if kind == 0 and rid == ident and rseq == seq and peer == addr:
+                if parse_echo_reply(data) == (ident, seq) and peer == addr:
                     received += 1
                     break
     return received

@@ -66,15 +66,21 @@ async def run_http(host: str, port: int, connections: int, parallel: int, timeou
     }
 
 
-async def run_pace(host: str, port: int, every: float, timeout: float, duration: float) -> dict[str, Any]:
-    """One connection every `every` seconds; record when each started and how it ended."""
-    records: list[list[Any]] = []
+def _stop_event(duration: float) -> asyncio.Event:
+    """Set on SIGTERM/SIGINT, or after `duration` seconds if that is positive."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if duration > 0:
         loop.call_later(duration, stop.set)
+    return stop
+
+
+async def run_pace(host: str, port: int, every: float, timeout: float, duration: float) -> dict[str, Any]:
+    """One connection every `every` seconds; record when each started and how it ended."""
+    records: list[list[Any]] = []
+    stop = _stop_event(duration)
 
     async def one(record: list[Any]) -> None:
         start = time.monotonic()
@@ -101,12 +107,7 @@ async def run_pace(host: str, port: int, every: float, timeout: float, duration:
 async def run_stream(host: str, port: int, duration: float, stall: float) -> dict[str, Any]:
     """Follow the counter stream; report whether it stayed intact and how far it got."""
     result: dict[str, Any] = {"src": None, "counters": 0, "ok": False, "error": None}
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if duration > 0:
-        loop.call_later(duration, stop.set)
+    stop = _stop_event(duration)
 
     async def follow() -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), stall)
