@@ -69,7 +69,14 @@ def _parse_int(value: Any) -> Any:
     return value
 
 
+def _absolute_path(value: Any) -> Any:
+    if isinstance(value, str) and not value.startswith("/"):
+        raise ValueError(f"{value!r}: a hook must be an absolute path (the daemon's working directory is /)")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+HookPath = Annotated[str, BeforeValidator(_absolute_path)]
 IfName = Annotated[str, BeforeValidator(_parse_ifname)]
 Int = Annotated[int, BeforeValidator(_parse_int)]
 
@@ -180,7 +187,7 @@ class Config(_Model):
     mark_mask: Int = Field(default=0xFF00, ge=1, le=0xFFFFFFFF)
     local_traffic: bool = True
     failover: FailoverConfig = FailoverConfig()
-    hooks: tuple[str, ...] = ()
+    hooks: tuple[HookPath, ...] = ()
     hook_timeout: Duration = 10.0
     routing: RoutingConfig = RoutingConfig()
     control: ControlConfig = ControlConfig()

@@ -229,6 +229,9 @@ class Daemon:
             task.add_done_callback(_log_crash)
             self.monitors[isp.name] = (monitor, task)
         self.machines = machines
+        for hook in self.config.hooks:
+            if not os.access(hook, os.X_OK):
+                log.warning("hook %s is not an executable file: it will fail on every change", hook)
         unmonitored = [i.name for i in self.config.isps if not i.health.targets]
         if unmonitored:
             log.warning("no health targets for %s: never declared down", ", ".join(unmonitored))

@@ -113,6 +113,7 @@ BAD = [
     (_replace("{ targets:", "{ method: tcp, targets:"), 8, "isps.0.health", "needs a port"),
     (_replace("{ targets:", "{ method: icmp, port: 80, targets:"), 8, "isps.0.health", "has no port"),
     (_replace("{ targets:", "{ method: ping, targets:"), 8, "isps.0.health.method", "icmp"),
+    (_replace("local_traffic: true\n", "local_traffic: true\nhooks: [notify.sh]\n"), 16, "hooks.0", "absolute"),
 ]
 
 
