@@ -197,6 +197,7 @@ class Daemon:
             return False, f"apply failed: {exc}"
         self.reloads += 1
         self._start_monitors()
+        self._warn_about_config()
         return True, "reloaded"
 
     def _carried_statuses(self, config: Config) -> dict[str, IspStatus]:
@@ -229,6 +230,9 @@ class Daemon:
             task.add_done_callback(_log_crash)
             self.monitors[isp.name] = (monitor, task)
         self.machines = machines
+
+    def _warn_about_config(self) -> None:
+        """What is valid but probably not what the operator meant (at start and after each reload)."""
         for hook in self.config.hooks:
             if not os.access(hook, os.X_OK):
                 log.warning("hook %s is not an executable file: it will fail on every change", hook)
@@ -345,6 +349,7 @@ class Daemon:
         resync = asyncio.create_task(self._resync_loop())
         counting = asyncio.create_task(self.counter.run())
         self._start_monitors()
+        self._warn_about_config()
         log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
         try:
             await self._stop.wait()
