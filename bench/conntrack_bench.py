@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Benchmark this checkout, whatever copy of wanlb the interpreter has installed.
@@ -40,9 +41,9 @@ class Bench:
         )
 
     def wanlb(self, args: str, config: bool = True) -> str:
-        """The CLI command line; without ``config`` it runs as on a host with no wanlb config."""
+        """The CLI as the ``wanlb`` script runs it, no daemon; without ``config`` as on a host with no config."""
         conf = self.config if config else "/nonexistent"
-        return f"{PY} -m wanlb.conntrack_cli --config {conf} --socket /nonexistent {args}"
+        return f"{PY} -m wanlb.cli conntrack --config {conf} --socket /nonexistent {args}"
 
     def timed(self, script: str) -> tuple[float, int]:
         """Wall time and peak RSS (KiB) of one run; ``ip netns exec`` execs, so wait4 sees the command."""
@@ -97,7 +98,8 @@ def _daemon_config(tmp: Path) -> Path:
     return path
 
 
-def _start_daemon(b: Bench, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_daemon(b: Bench, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``wanlb run`` in the namespace with :func:`_daemon_config`: (process, control socket, config)."""
     links = "; ".join(  # veth pairs inside the namespace: this kernel has no dummy driver
         [f"ip link add {d} type veth peer name {d}p; ip link set {d} up; ip link set {d}p up" for d in DAEMON_LINKS]
         + [f"ip addr add 10.99.{i}.2/24 dev wan{i}" for i in range(4)]
@@ -112,7 +114,7 @@ def _start_daemon(b: Bench, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         if proc.poll() is not None:
             raise RuntimeError(f"wanlb run exited: {(tmp / 'daemon.log').read_text()[-2000:]}")
         if os.path.exists(sock):
-            return proc, sock
+            return proc, sock, config
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("wanlb run did not open its control socket")
@@ -162,7 +164,7 @@ def events(b: Bench, count: int) -> dict:
     b.sh("sysctl -qw net.netfilter.nf_conntrack_events=1")
     with tempfile.TemporaryDirectory(prefix="wlct-events-") as tmp:
         path_w, path_e = Path(tmp) / "watch.jsonl", Path(tmp) / "conntrack-E.txt"
-        daemon, sock = _start_daemon(b, Path(tmp))
+        daemon, sock, _config = _start_daemon(b, Path(tmp))
         try:
             with path_w.open("w") as out_w, path_e.open("w") as out_e:
                 watch = subprocess.Popen(["ip", "netns", "exec", b.ns, *b.wanlb("watch --json -e new,destroy").split()],
@@ -253,6 +255,8 @@ def main() -> int:
                 "sh -c '" + "; ".join(f"conntrack -L 2>/dev/null | grep -c mark={m}" for m in ISPS.values()) + "'"
             )
             delete = (b.wanlb("delete --isp b"), "conntrack -D -m 0x200/0xff00")
+            # as a user types it on a gateway: --config only, the socket is the config's control.socket
+            by_daemon = f"{PY} -m wanlb.cli conntrack --config {Path(tmp) / 'daemon.yaml'} delete --isp b"
             rows = [
                 ("count --by isp", b.wanlb("count --by isp"), seed_count, ""),
                 ("list -o text > /dev/null", b.wanlb("list -o text", config=False), "conntrack -L", ""),
@@ -261,11 +265,14 @@ def main() -> int:
                 (f"list -s {client}", b.wanlb(f"list -s {client}", config=False), f"conntrack -L -s {client}", ""),
                 ("delete --isp b (65,536), no event listener", *delete, "quiet"),
                 ("delete --isp b (65,536), a DESTROY listener", *delete, "listener"),
+                ("delete --isp b (65,536), wanlb run running", by_daemon, delete[1], "daemon"),
             ]
             print("| wanlb command | conntrack-tools | wanlb s | tools s | ratio | wanlb peak RSS MB |")
             print("|---|---|---|---|---|---|")
             for name, ours, theirs, kind in rows:
-                if kind:  # "quiet" or "listener": a delete
+                if kind == "daemon":
+                    r = compare_delete_daemon(b, args.rounds, ours, theirs, Path(tmp))
+                elif kind:  # "quiet" or "listener": a delete
                     r = compare_delete(b, args.rounds, ours, theirs, listener=kind == "listener")
                 else:
                     r = compare(b, args.rounds, ours, theirs)
@@ -311,11 +318,51 @@ def compare_delete(b: Bench, rounds: int, ours: str, theirs: str, listener: bool
             sub.wait()
 
 
-def _alternate_deletes(b: Bench, rounds: int, ours: str, theirs: str) -> dict:
+def compare_delete_daemon(b: Bench, rounds: int, ours: str, theirs: str, tmp: Path) -> dict:
+    """``delete --isp b`` while ``wanlb run`` runs with a config naming the table's ISPs.
+
+    ``ours`` names that config (``tmp/daemon.yaml``) and no socket, so the CLI finds the
+    daemon and hands it the flush; the daemon is also the DESTROY listener, as on a
+    gateway.  Events are on (``nf_conntrack_events=1``: its counter does not resync
+    every 30 s).  Each run starts once the daemon has counted the refilled entries.
+    """
+    b.sh("sysctl -qw net.netfilter.nf_conntrack_events=1")
+    # entries made while events were off never report DESTROY (and cost the flush less): remake b's
+    b.sh("conntrack -D -m 0x200/0xff00 > /dev/null 2>&1", check=False)
+    daemon, sock, config = _start_daemon(b, tmp)
+
+    def settle() -> None:
+        _wait_counted(sock, ISPS["b"], b.entries // len(ISPS))
+
+    try:
+        assert f"--config {config} " in ours
+        b.refill_isp(ISPS["b"])
+        settle()
+        assert '"source": "daemon"' in b.sh(f"{ours} --json").stdout, "the daemon did not take the delete"
+        return _alternate_deletes(b, rounds, ours, theirs, settle)
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+
+
+def _wait_counted(sock: str, mark: int, want: int, timeout: float = 60.0) -> None:
+    """Until the daemon's counter holds ``want`` entries of ``mark`` (it has read their NEW events)."""
+    from wanlb.control import request
+
+    deadline = time.monotonic() + timeout
+    while request(sock, {"cmd": "conn_counts"})["counts"].get(str(mark)) != want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon did not count {want} entries of mark {mark:#x}")
+        time.sleep(0.1)
+
+
+def _alternate_deletes(b: Bench, rounds: int, ours: str, theirs: str, wait: Callable[[], None] | None = None) -> dict:
     t_ours, t_theirs, rss = [], [], []
     for _ in range(rounds):
         for which in ("ours", "theirs"):
             b.refill_isp(ISPS["b"])
+            if wait is not None:
+                wait()
             elapsed, maxrss = b.timed(ours if which == "ours" else theirs)
             (t_ours if which == "ours" else t_theirs).append(elapsed)
             if which == "ours":

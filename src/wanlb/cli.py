@@ -6,28 +6,30 @@ Exit codes: 0 success · 1 runtime failure · 2 bad config or arguments ·
 
 from __future__ import annotations
 
+import importlib
 import json
-import logging
 import os
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import yaml
-from rich.console import Console
-from rich.table import Table
 
 from wanlb import __version__
-from wanlb.config import DEFAULT_CONFIG_PATH, DEFAULT_SOCKET, ConfigError, load_config
-from wanlb.conntrack_cli import conntrack as conntrack_group
-from wanlb.control import ControlError, DaemonRefused, request
-from wanlb.lab.cli import lab as lab_group
+
+if TYPE_CHECKING:
+    from wanlb.config import Config
+
+# Heavy modules (rich, pydantic via wanlb.config, yaml, the lab) are imported inside the
+# commands that use them: `wanlb conntrack …` is timed against conntrack-tools and
+# must not pay ~0.2 s for imports it never uses.
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 EXIT_NO_DAEMON = 3
 EVENTS_SHOWN = 5
+DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"  # = wanlb.config's (a unit test checks), without importing it
+DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
 
 config_option = click.option(
     "--config",
@@ -52,7 +54,9 @@ def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
     sys.exit(code)
 
 
-def _load(config_path: str):
+def _load(config_path: str) -> Config:
+    from wanlb.config import ConfigError, load_config
+
     try:
         return load_config(config_path)
     except ConfigError as exc:
@@ -64,6 +68,10 @@ def resolve_socket(socket_path: str | None, config_path: str) -> str:
     """Explicit --socket wins; else the config's control.socket if the config is readable."""
     if socket_path:
         return socket_path
+    import yaml
+
+    from wanlb.config import ConfigError, load_config
+
     try:
         return load_config(config_path).control.socket
     except ConfigError:
@@ -77,6 +85,8 @@ def resolve_socket(socket_path: str | None, config_path: str) -> str:
 
 
 def ask_daemon(socket_path: str, message: dict[str, Any]) -> dict[str, Any]:
+    from wanlb.control import ControlError, DaemonRefused, request
+
     try:
         return request(socket_path, message)
     except DaemonRefused as exc:
@@ -85,7 +95,45 @@ def ask_daemon(socket_path: str, message: dict[str, Any]) -> dict[str, Any]:
         fail(str(exc), EXIT_NO_DAEMON)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose big subcommand groups are imported only when one of them is chosen.
+
+    ``wanlb --help`` lists them by a stored short help (kept equal to the real one
+    by a unit test) instead of importing them.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # name -> ("module:attribute", first line of its help)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = self.lazy[cmd_name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        placeholders = {name: click.Command(name, help=text) for name, (_, text) in self.lazy.items()}
+        click.Group(commands={**self.commands, **placeholders}).format_commands(ctx, formatter)
+
+
+LAZY_COMMANDS = {
+    "conntrack": (
+        "wanlb.conntrack_cli:conntrack",
+        "Inspect and clean the conntrack table (ctnetlink; works without the daemon).",
+    ),
+    "lab": (
+        "wanlb.lab.cli:lab",
+        'Network-namespace lab: clients, the gateway, ISP routers and an "internet" on this machine.',
+    ),
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wanlb")
 def main() -> None:
     """wanlb — a connection-sticky, health-aware multi-WAN gateway.
@@ -134,6 +182,8 @@ def run(config_path: str, cleanup_on_exit: bool, verbose: bool) -> None:
     SIGHUP re-reads the config (a bad one is logged, the running rules stay).
     SIGTERM/SIGINT exit leaving the datapath in place unless --cleanup-on-exit.
     """
+    import logging
+
     from wanlb.daemon import run as run_daemon
     from wanlb.reconcile import PreflightError
 
@@ -157,6 +207,9 @@ def run(config_path: str, cleanup_on_exit: bool, verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
     """Show each ISP's state, weight, share of NEW connections, mark, table and interface."""
+    from rich.console import Console
+    from rich.table import Table
+
     reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "status"})
     if as_json:
         click.echo(json.dumps(reply, indent=2))
@@ -231,6 +284,7 @@ def reload(config_path: str, socket_path: str | None) -> None:
 @click.option("--cleanup", is_flag=True, help="Also remove the nft table, ip rules, routes and restore sysctls.")
 def stop(config_path: str, socket_path: str | None, cleanup: bool) -> None:
     """Stop the daemon; with --cleanup remove everything wanlb added (works without a daemon too)."""
+    from wanlb.control import ControlError, request
     from wanlb.reconcile import cleanup as do_cleanup
 
     sock = resolve_socket(socket_path, config_path)
@@ -266,6 +320,9 @@ def _wait_gone(sock: str, timeout: float = 10.0) -> None:
 @main.command()
 def demo() -> None:
     """Build the netns lab, run the gateway in it, show live per-ISP shares, tear everything down (< 60 s)."""
+    from rich.console import Console
+
+    from wanlb.control import ControlError
     from wanlb.demo import run_demo
     from wanlb.lab.lab import LabError
 
@@ -278,9 +335,6 @@ def demo() -> None:
     except KeyboardInterrupt:
         fail("interrupted; the lab was torn down", 130)
 
-
-main.add_command(lab_group)
-main.add_command(conntrack_group)
 
 if __name__ == "__main__":
     main()

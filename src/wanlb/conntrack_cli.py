@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -29,6 +29,7 @@ from wanlb.ctnetlink.nlsock import DumpInterrupted
 DEFAULT_CONFIG = "/etc/wanlb/wanlb.yaml"
 DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
 _WRITE_BATCH = 4096
+EXIT_READER_LEFT = 128 + 13  # SIGPIPE
 
 
 @dataclass(frozen=True)
@@ -135,16 +136,39 @@ class Ctx:
 
     def daemon(self, req: dict[str, Any]) -> dict[str, Any] | None:
         """One control request, or None if no daemon answers."""
-        if not os.path.exists(self.socket_path):
-            return None
-        try:
-            from wanlb.control import ControlError, request
-        except ImportError:
-            return None
-        try:
-            return request(self.socket_path, req)
-        except (ControlError, OSError):
-            return None
+        return _ask(self.socket_path, req)
+
+    def flush_by_daemon(self, isp: str) -> int | None:
+        """Have a running daemon delete ``isp``'s entries if it resolves the name as we would; else None.
+
+        The daemon has the config loaded already; here it would cost ~0.08 s (pydantic),
+        a third of the command.  With a config file, the daemon must run that very file
+        and find it unchanged since it loaded it (it checks both before flushing); without
+        one, ``--isp`` means the daemon's ISPs anyway (:meth:`isps`).  The socket comes from
+        --socket or a plain YAML read of ``control.socket``: a wrong one only means no
+        daemon, or a refusal.  On None the caller loads the config and flushes itself.
+        """
+        req: dict[str, Any] = {"cmd": "flush", "isp": isp}
+        sock = self.explicit_socket
+        if os.path.exists(self.config):
+            req["config"] = os.path.realpath(self.config)
+            sock = sock or _yaml_socket(self.config)
+        reply = _ask(sock or DEFAULT_SOCKET, req)
+        return None if reply is None else int(reply["deleted"])
+
+
+def _ask(socket_path: str, req: dict[str, Any]) -> dict[str, Any] | None:
+    """One control request, or None if no daemon answers or it refuses."""
+    if not os.path.exists(socket_path):
+        return None
+    try:
+        from wanlb.control import ControlError, request
+    except ImportError:
+        return None
+    try:
+        return request(socket_path, req)
+    except (ControlError, OSError):
+        return None
 
 
 class _Guessed(Exception):
@@ -195,11 +219,8 @@ def _quick_isps(path: str) -> Isps | None:
     rules (default mask 0xff00; a missing mark is the next free ``n << shift``);
     should they ever part, the check notices and the listing is redone.
     """
-    import yaml
-
     try:
-        with open(path) as fh:
-            data = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = _read_yaml(path)
         mask = _as_int(data.get("mark_mask", 0xFF00))
         shift = (mask & -mask).bit_length() - 1
         given = [None if isp.get("mark") is None else _as_int(isp["mark"]) for isp in data["isps"]]
@@ -213,6 +234,25 @@ def _quick_isps(path: str) -> Isps | None:
             names[mark] = str(isp["name"])
         return Isps(names, mask, "config")
     except Exception:  # anything odd: let the full load decide, as without a guess
+        return None
+
+
+def _read_yaml(path: str) -> Any:
+    """The file's YAML as plain data (no validation, no pydantic); None if unreadable."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _yaml_socket(path: str) -> str | None:
+    """``control.socket`` as written in the file, if it is; only used to find the daemon."""
+    try:
+        return str(_read_yaml(path)["control"]["socket"])
+    except (TypeError, KeyError):
         return None
 
 
@@ -310,6 +350,8 @@ def _filter_opts(kw: dict[str, Any]) -> dict[str, Any]:
 def _kernel_call(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
+    except BrokenPipeError:
+        raise  # our reader left (`| head`): not a conntrack error, see _Group.invoke
     except PermissionError:
         raise click.ClickException("permission denied: conntrack needs CAP_NET_ADMIN (run as root)") from None
     except DumpInterrupted:
@@ -354,17 +396,55 @@ class _Out:
             return
         self.settle()
         self.limit = _WRITE_BATCH
-        if self.lines:
-            self.lines.append("")
-            sys.stdout.write("\n".join(self.lines))
-            self.lines = []
         sys.stdout.flush()
+        if self.lines:
+            lines, self.lines = self.lines, []  # dropped even if the write fails: never written twice
+            lines.append("")
+            _write_all("\n".join(lines).encode())
+
+
+def _write_all(data: bytes) -> None:
+    """Write everything to stdout's descriptor, or raise BrokenPipeError.
+
+    Not through ``sys.stdout``: unbuffered (``PYTHONUNBUFFERED``, ``-u``) it ignores a
+    partial write, which is what a pipe gives when its reader leaves during a large
+    write, so the command would end with status 0 and lines silently lost.
+    """
+    view, fd = memoryview(data), sys.stdout.fileno()
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # ---------------------------------------------------------------- commands
 
 
-@click.group(name="conntrack")
+class _Group(click.Group):
+    """``conntrack`` commands end quietly when the reader of their output goes away.
+
+    ``wanlb conntrack list | head -1``: the next write fails with EPIPE (Python ignores
+    SIGPIPE).  Like conntrack-tools, which SIGPIPE kills, the command stops at once
+    without a message and exits 141 (128 + SIGPIPE, what a shell reports for them).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:
+            pass
+        _reader_left()  # outside the handler: the failed write's frames (a dump and its relay child) are let go
+
+
+def _reader_left() -> NoReturn:
+    """Exit 141; stdout now leads nowhere, as what it still buffers would fail again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_READER_LEFT)
+
+
+@click.group(name="conntrack", cls=_Group)
 @click.option("--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG, show_default=True)
 @click.option(
     "--socket",
@@ -533,10 +613,12 @@ def watch(ctx: Ctx, events: str, as_json: bool, **kw: Any) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        out.flush()
-        sock.close()
-        summary = ", ".join(f"{k} {seen[k]}" for k in kinds)
-        click.echo(f"wanlb: events {summary}; lost reports {sock.lost}", err=True)
+        try:
+            out.flush()
+        finally:
+            sock.close()
+            summary = ", ".join(f"{k} {seen[k]}" for k in kinds)
+            click.echo(f"wanlb: events {summary}; lost reports {sock.lost}", err=True)
 
 
 def _event_stream(sock: Any) -> Iterator[Any]:
@@ -556,10 +638,30 @@ def _event_stream(sock: Any) -> Iterator[Any]:
 @conntrack.command()
 @_filter_options
 @click.option("--all", "everything", is_flag=True, help="delete every entry (needed when no filter is given)")
+@click.option("--json", "as_json", is_flag=True, help='print {"deleted": N, "source": "daemon"|"kernel"}')
 @click.pass_obj
-def delete(ctx: Ctx, everything: bool, **kw: Any) -> None:
-    """Delete matching entries; a mark/ISP-only filter is one kernel flush."""
-    flt = build_filter(ctx, _filter_opts(kw))
+def delete(ctx: Ctx, everything: bool, as_json: bool, **kw: Any) -> None:
+    """Delete matching entries; a mark/ISP-only filter is one kernel flush (--isp alone: by the daemon if it runs)."""
+    opts = _filter_opts(kw)
+    isp = None if everything else _isp_only(opts)
+    deleted = ctx.flush_by_daemon(isp) if isp is not None else None
+    source = "daemon" if deleted is not None else "kernel"
+    if deleted is None:
+        deleted = _delete_here(ctx, opts, everything)
+    if as_json:
+        click.echo(json.dumps({"deleted": deleted, "source": source}))
+    else:
+        click.echo(f"wanlb: {deleted} entries deleted" + (" (by the daemon)" if source == "daemon" else ""), err=True)
+
+
+def _isp_only(opts: dict[str, Any]) -> str | None:
+    """The ISP name when ``--isp`` is the whole filter (what the daemon can flush), else None."""
+    return opts["isp"] if all(v is None for k, v in opts.items() if k != "isp") else None
+
+
+def _delete_here(ctx: Ctx, opts: dict[str, Any], everything: bool) -> int:
+    """Resolve the filter and delete in this process; returns how many entries went."""
+    flt = build_filter(ctx, opts)
     if flt.empty and not everything:
         raise click.UsageError("refusing to delete every entry without --all")
     if not flt.empty and everything:
@@ -570,8 +672,8 @@ def delete(ctx: Ctx, everything: bool, **kw: Any) -> None:
         with Conntrack() as ct:
             return ct.delete_matching(flt)
 
-    n = _kernel_call(run)
-    click.echo(f"wanlb: {n} entries deleted", err=True)
+    deleted: int = _kernel_call(run)
+    return deleted
 
 
 @conntrack.command()

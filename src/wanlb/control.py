@@ -7,12 +7,14 @@ host: the socket lives in the shared filesystem, not in the network stack.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported by serve(): CLI clients (`wanlb conntrack delete`) should not pay for asyncio
+    import asyncio
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 1 << 20
@@ -64,6 +66,8 @@ def socket_in_use(socket_path: str) -> bool:
 
 async def serve(socket_path: str, handler: Handler) -> asyncio.AbstractServer:
     """Listen on ``socket_path`` (replacing a stale socket file) and answer with ``handler``."""
+    import asyncio
+
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)

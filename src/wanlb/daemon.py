@@ -320,11 +320,47 @@ class Daemon:
             return {"ok": ok, "message": text} if ok else {"ok": False, "error": text}
         if cmd in ("enable", "disable"):
             return await self.admin(str(message.get("isp")), cmd == "enable")
+        if cmd == "flush":
+            return await self.flush_isp(str(message.get("isp")), message.get("config"))
         if cmd == "stop":
             self.cleanup_on_exit = self.cleanup_on_exit or bool(message.get("cleanup"))
             self._stop.set()
             return {"ok": True, "message": "stopping"}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def flush_isp(self, name: str, config: str | None) -> dict[str, Any]:
+        """Delete an ISP's connections for ``wanlb conntrack delete --isp`` (the daemon has the marks loaded).
+
+        A CLI naming its config file (``config``: its real path) gets the flush only if
+        that is the file this daemon runs and it still gives the ISP the same mark and
+        mask (it may have been edited since the last load); else an error, and the CLI
+        resolves the name and flushes by itself.
+        """
+        cfg = self.config
+        isp = next((i for i in cfg.isps if i.name == name), None)
+        if isp is None:
+            return {"ok": False, "error": f"no ISP named {name!r}"}
+        mark = isp.mark or 0
+        if config is not None and (why := await self._not_as_on_disk(config, cfg, name, mark)):
+            return {"ok": False, "error": why}
+        try:
+            deleted = await asyncio.to_thread(_flush_now, Filter(mark=mark, mark_mask=cfg.mark_mask))
+        except OSError as exc:
+            return {"ok": False, "error": f"flush failed: {exc.strerror or exc}"}
+        log.info("flushed %d connections of %s (asked on the control socket)", deleted, name)
+        return {"ok": True, "isp": name, "mark": mark, "mark_mask": cfg.mark_mask, "deleted": deleted}
+
+    async def _not_as_on_disk(self, config: str, cfg: Config, name: str, mark: int) -> str | None:
+        """Why ``config`` may resolve ``name`` differently from the running ``cfg``; None if it cannot."""
+        running = os.path.realpath(self.config_path)
+        if config != running:
+            return f"this daemon runs {running}, not {config}"
+        try:
+            on_disk = await asyncio.to_thread(load_config, self.config_path)
+            same = on_disk.isp(name).mark == mark and on_disk.mark_mask == cfg.mark_mask
+        except (ConfigError, KeyError):
+            same = False
+        return None if same else f"{running} changed since it was loaded (`wanlb reload` applies it)"
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -373,6 +409,12 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
     """A background task must never die unnoticed."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("background task %s crashed", task.get_coro(), exc_info=exc)
+
+
+def _flush_now(flt: Filter) -> int:
+    """One flush on a socket of its own: a control request never queues behind a failover's flush."""
+    with Conntrack() as ct:
+        return ct.delete_matching(flt)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -2,8 +2,9 @@
 
 Every namespace is named ``wlct-<pid>-<random>`` and deleted by the fixture's
 finalizer, whatever the test did.  Commands run inside it with ``ip netns exec``;
-the CLI runs as ``python -m wanlb.conntrack_cli`` with PYTHONPATH pointing at the
-wanlb package this test session imported, so tests never exercise another copy.
+the CLI runs as ``python -m wanlb.cli conntrack`` (what the ``wanlb`` script runs) with
+PYTHONPATH pointing at the wanlb package this test session imported, so tests never
+exercise another copy.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import wanlb
 
 SRC = str(Path(wanlb.__file__).resolve().parent.parent)
+CLI = (sys.executable, "-m", "wanlb.cli", "conntrack")
 ISPS = {"a": 0x100, "b": 0x200, "c": 0x300, "d": 0x400}
 
 
@@ -45,12 +47,20 @@ class Netns:
         )
 
     def wanlb(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "wanlb.conntrack_cli", *args, check=check)
+        return self.run(*CLI, *args, check=check)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         env = {**os.environ, "PYTHONPATH": SRC}
-        cmd = ["ip", "netns", "exec", self.name, sys.executable, "-m", "wanlb.conntrack_cli", *args]
+        cmd = ["ip", "netns", "exec", self.name, *CLI, *args]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def first_line(self, *args: str) -> tuple[str, int, str]:
+        """Read one line of the CLI's output and close the pipe, like ``| head -1``: (line, status, stderr)."""
+        proc = self.popen(*args)
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        proc.stdout.close()
+        return line, proc.wait(60), proc.stderr.read()
 
     def fill(self, count: int, mixed: bool = True) -> None:
         args = [sys.executable, "-m", "wanlb.ctnetlink.synth", str(count)] + (["--mixed"] if mixed else [])

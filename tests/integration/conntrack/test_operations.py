@@ -162,3 +162,17 @@ def test_conn_counter_follows_events(netns: Netns, events_mode: str) -> None:
     assert out["lost"] == 0
 
     assert set(out["by_isp"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("output", ["text", "extended", "json"])
+@pytest.mark.parametrize("names", ["none", "config"])
+def test_list_into_a_closed_pipe_ends_quietly(netns: Netns, isp_config: str, output: str, names: str) -> None:
+    """`list | head -1`: one line, no message, status 141 (as for conntrack -L, which SIGPIPE kills)."""
+    netns.fill(4000)  # ~0.7 MB of text: far more than the pipe holds
+    args = ("--config", isp_config, "list", "--isp", "b") if names == "config" else ("--config", "/nonexistent", "list")
+    first, code, err = netns.first_line(*args, "-o", output)
+    assert (code, err) == (141, "")
+    if names == "config":  # the quick config read and its check (ConfigCheck) are pending while the pipe closes
+        assert (json.loads(first)["isp"] if output == "json" else first.split(" isp=")[1].strip()) == "b"
+    else:
+        assert first.startswith(("tcp ", "udp ", "icmp", "ipv4 ", "ipv6 ", "{"))
