@@ -18,6 +18,7 @@ from wanlb.lab.lab import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
+
 class Gateway(LabGateway):
     """The lab's daemon with every ISP up (no health probes), weights and tiers set per test."""
 
