@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wanlb import control
+from wanlb.adapters.links import LinkWatcher
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
 from wanlb.ctnetlink.client import Conntrack
@@ -62,6 +63,7 @@ class Daemon:
         self._flush_lock = asyncio.Lock()
         self._hook_order: dict[str, asyncio.Lock] = {}
         self.since: dict[str, float] = {i.name: time.time() for i in config.isps}
+        self.link_events = 0
 
     @staticmethod
     def _isp_marks(config: Config) -> dict[int, str]:
@@ -278,6 +280,7 @@ class Daemon:
             "local_traffic": self.config.local_traffic,
             "nft_applies": self.reconciler.nft_applies,
             "reloads": self.reloads,
+            "link_events": self.link_events,
             "isps": isps,
             "conn_counts": self.counter.by_isp(),
             "events": list(self.events),
@@ -364,13 +367,23 @@ class Daemon:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def _link_changed(self, name: str, usable: bool) -> None:
+        """A LAN or WAN link went up or down: routes through it may have come or gone; converge now."""
+        interfaces = {*self.config.lan.interfaces, *(i.interface for i in self.config.isps)}
+        if name in interfaces:
+            self.link_events += 1
+            self.spawn(self._reconcile_logged(f"link {name} {'up' if usable else 'down'}"))
+
+    async def _reconcile_logged(self, why: str) -> None:
+        try:
+            await self.reconcile(why)
+        except Exception as exc:  # the periodic resync retries
+            log.error("reconcile (%s) failed: %s", why, exc)
+
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_INTERVAL)
-            try:
-                await self.reconcile("resync")
-            except Exception as exc:  # keep running: the next resync may succeed
-                log.error("periodic reconcile failed: %s", exc)
+            await self._reconcile_logged("resync")
 
     async def run(self) -> None:
         socket_path = self.config.control.socket
@@ -384,6 +397,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         resync = asyncio.create_task(self._resync_loop())
         counting = asyncio.create_task(self.counter.run())
+        links = LinkWatcher(self._link_changed)
         self._start_monitors()
         self._warn_about_config()
         log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
@@ -392,6 +406,7 @@ class Daemon:
         finally:
             resync.cancel()
             counting.cancel()
+            links.close()
             for _monitor, task in self.monitors.values():
                 task.cancel()
             self._conntrack.close()

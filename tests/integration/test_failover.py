@@ -282,3 +282,21 @@ def test_on_down_keep_leaves_the_dead_isps_entries(lab: Lab, gw: LabGateway) -> 
     event = gw.wait_event("isp1", "down", timeout=5)
     assert event["flushed"] is None
     assert len([e for e in conntrack(lab) if e["isp"] == "isp1"]) >= 20
+
+
+def test_wan_link_coming_back_is_reconciled_at_once(lab: Lab, gw: LabGateway) -> None:
+    """Setting a WAN down makes the kernel drop its routes; the link event (not the 5 s resync) restores
+    them when it comes back, so the ISP is probed and used again at once."""
+    start(gw)
+    table = ["ip", "route", "show", "table", "201"]
+    events = gw.status()["link_events"]
+    lab.run("gw", ["ip", "link", "set", "wan1", "down"], check=True)
+    gw.wait_event("isp1", "down", timeout=5)
+    assert "default" not in lab.run("gw", table, capture_output=True, text=True, check=True).stdout
+    lab.run("gw", ["ip", "link", "set", "wan1", "up"], check=True)
+    deadline = time.monotonic() + 2
+    while "default via 100.64.1.1" not in lab.run("gw", table, capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "the ISP table's default route did not come back"
+        time.sleep(0.05)
+    assert gw.status()["link_events"] >= events + 2  # down and up were both seen
+    gw.wait_event("isp1", "up", timeout=5)
