@@ -164,10 +164,7 @@ class Daemon:
         if machine is None:
             return {"ok": False, "error": f"no ISP named {name!r}"}
         now = time.monotonic()
-        transition = machine.enable(now) if enable else machine.disable(now)
-        if transition is not None and enable and name not in self.monitors:
-            machine.status = IspStatus.UP  # nothing probes it: trust the admin
-            transition = Transition(transition.old, IspStatus.UP, now, "enabled by admin (not monitored)")
+        transition = machine.enable(now, probed=name in self.monitors) if enable else machine.disable(now)
         if transition is not None:
             await self.on_transition(name, transition)
         return {"ok": True, "message": f"{name} is {self.statuses[name].value}"}

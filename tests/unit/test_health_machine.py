@@ -148,3 +148,10 @@ def test_degraded_goes_down_on_failed_rounds() -> None:
     assert [tr.new for tr in trs] == [DEGRADED]
     t, trs = feed(m, t, "---")
     assert [(tr.old, tr.new) for tr in trs] == [(DEGRADED, DOWN)]
+
+
+def test_enable_without_probes_is_up_at_once() -> None:
+    m = HealthMachine(HealthParams())
+    m.disable(0.0)
+    tr = m.enable(1.0, probed=False)
+    assert tr is not None and (tr.old, tr.new) == (DISABLED, UP) and m.status == UP

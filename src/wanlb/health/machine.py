@@ -14,7 +14,7 @@ tests drive it with simulated time and the daemon with ``time.monotonic()``.
   stays DOWN however good its rounds are.
 * Admin: ``disable`` drains an ISP (DISABLED) whatever its probes say;
   ``enable`` hands it back to the probes, starting from DOWN so it must earn
-  ``up_after`` good rounds.
+  ``up_after`` good rounds (an ISP nothing probes is UP at once).
 """
 
 from __future__ import annotations
@@ -150,10 +150,13 @@ class HealthMachine:
         self.disabled = True
         return self._move(IspStatus.DISABLED, now, "disabled by admin")
 
-    def enable(self, now: float) -> Transition | None:
+    def enable(self, now: float, probed: bool = True) -> Transition | None:
+        """Back from a drain: down until good rounds prove it up, or up at once if nothing probes it."""
         if not self.disabled:
             return None
         self.disabled = False
         self._goods = 0
+        if not probed:
+            return self._move(IspStatus.UP, now, "enabled by admin (not monitored)")
         old, self.status = self.status, IspStatus.DOWN
         return Transition(old, IspStatus.DOWN, now, "enabled by admin; waiting for good rounds")
