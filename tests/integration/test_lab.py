@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 
 from wanlb.lab.cli import lab as lab_cli
 from wanlb.lab.lab import RUN_DIR, Lab, LabError, down_all, lab_namespaces, module_env, python_module
-from wanlb.lab.topology import Topology
+from wanlb.lab.topology import LAN_LEAK_COUNTER, Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("require_root")]
 
@@ -69,10 +70,17 @@ def test_clients_reach_the_server_through_isp1(lab_factory: Factory) -> None:
 
 
 def test_without_the_daemon_isps_drop_unnated_lan_traffic(lab_factory: Factory) -> None:
+    """A LAN source leaving un-NATed is counted as a LAN leak, before (and so not as) a spoofed source."""
     lab = lab_factory(isps=2, clients=1)
-    before = lab.counter("isp1", "spoofed")
     assert lab.traffic(connections=3, parallel=3, timeout=1)["failed"] == 3
-    wait_until(lambda: lab.counter("isp1", "spoofed") > before, "the isp1 anti-spoofing counter")
+    wait_until(lambda: lab.counter("isp1", LAN_LEAK_COUNTER) > 0, "the isp1 LAN-leak counter")
+    assert lab.counter("isp1", "spoofed") == 0 and lab.counter("isp2", LAN_LEAK_COUNTER) == 0
+    isp1 = next(isp for isp in lab.status()["isps"] if isp["name"] == "isp1")
+    assert isp1[LAN_LEAK_COUNTER] > 0 and isp1["spoofed"] == 0 and isp1["failed"] == 0
+    shown = CliRunner().invoke(lab_cli, ["status", "--name", lab.name])
+    assert shown.exit_code == 0 and re.search(r"^  isp1 +ok +spoofed=0 failed=0 lan_leak=[1-9]", shown.output, re.M), (
+        shown.output
+    )
 
 
 def test_anti_spoofing_drops_a_source_of_another_isp(lab_factory: Factory) -> None:

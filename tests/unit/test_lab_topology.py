@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from wanlb.lab.topology import (
+    COUNTERS,
+    LAN_LEAK_COUNTER,
     FailMode,
     Topology,
     TopologyError,
@@ -92,6 +94,18 @@ def test_isp_ruleset_is_bcp38_in_lab_table() -> None:
     assert "table ip lab {" in text and "wanlb" not in text
     assert 'iifname "cust0" ip saddr != 100.64.2.0/24 counter name "spoofed" drop' in text
     assert all(";" not in line for line in text.splitlines() if "hook" not in line)  # nft 1.0.6
+
+
+def test_isp_ruleset_counts_lan_leaks_before_bcp38() -> None:
+    """An un-NATed LAN source is counted as `lan_leak`, not as `spoofed`: its rule comes first."""
+    assert LAN_LEAK_COUNTER == "lan_leak" and LAN_LEAK_COUNTER in COUNTERS
+    assert set(COUNTERS) == {"spoofed", "failed", "lan_leak"}
+    lines = [line.strip() for line in Topology("x", isps=3).isp_nft(3).splitlines()]
+    leak = 'iifname "cust0" ip saddr 192.168.77.0/24 counter name "lan_leak" drop'
+    spoof = 'iifname "cust0" ip saddr != 100.64.3.0/24 counter name "spoofed" drop'
+    assert leak in lines and spoof in lines
+    assert lines.index(leak) < lines.index(spoof)
+    assert all(f"counter {name} {{" in lines for name in COUNTERS)  # every counter is declared
 
 
 def test_fail_modes() -> None:

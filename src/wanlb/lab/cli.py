@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from wanlb.lab.lab import Lab, LabError, down_all, remove_lab, require_root
-from wanlb.lab.topology import TopologyError
+from wanlb.lab.topology import COUNTERS, TopologyError
 
 name_option = click.option(
     "--name",
@@ -64,7 +64,7 @@ def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat:
         click.echo(f"  start the gateway: wanlb lab exec --name {name} gw -- wanlb run -c {built.config_path} &")
         click.echo(f"  then try:          wanlb lab traffic --name {name} --connections 200")
         if not plain_nat:
-            click.echo("  (until wanlb runs, nothing NATs LAN traffic and the ISPs drop it as spoofed)")
+            click.echo("  (until wanlb runs, nothing NATs LAN traffic and the ISPs drop it as a LAN leak)")
         click.echo(f"  remove with:       wanlb lab down --name {name}")
 
 
@@ -138,7 +138,8 @@ def status(name: str, as_json: bool) -> None:
         click.echo(f"  {link['a']:<11} {link['a_state']:<11} <-> {link['b']:<11} {link['b_state']}")
     click.echo("isps:")
     for isp in info["isps"]:
-        click.echo(f"  {isp['name']:<6} {isp['mode']:<10} spoofed={isp['spoofed']} failed={isp['failed']}")
+        counters = " ".join(f"{name}={isp[name]}" for name in COUNTERS)
+        click.echo(f"  {isp['name']:<6} {isp['mode']:<10} {counters}")
     click.echo("processes:")
     for proc in info["processes"]:
         state = "running" if proc["running"] else "exited"

@@ -26,9 +26,9 @@ from typing import Any
 
 import wanlb
 from wanlb.lab.topology import (
+    COUNTERS,
     DNS_ADDR,
     DNS_PORT,
-    FAIL_COUNTER,
     HTTP_ADDR,
     HTTP_PORT,
     HTTPS_PORT,
@@ -209,7 +209,7 @@ class Lab:
         """Build a lab and start its servers. If anything fails (or the build is interrupted), whatever
         was built is torn down before the error propagates.
 
-        Without the daemon, client traffic leaves the gateway unNATed and the ISPs' anti-spoofing drops it;
+        Without the daemon, client traffic leaves the gateway unNATed and the ISPs drop it (as `lan_leak`);
         `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon)."""
         require_root()
         topo = _topology(name, isps, clients, weights or ())
@@ -465,8 +465,9 @@ class Lab:
         return {isp: self._state["fail"].get(isp, "ok") for isp in self.isps}
 
     def counter(self, isp: str, counter: str = SPOOF_COUNTER) -> int:
-        """Packets counted by a named counter on an ISP router: `spoofed` (BCP38 drops) or `failed`
-        (drops by the blackhole/loss fail modes)."""
+        """Packets counted by a named counter on an ISP router: `spoofed` (BCP38 drops), `lan_leak` (drops of
+        un-NATed packets with a LAN source, before the BCP38 rule) or `failed` (drops by the blackhole/loss
+        fail modes)."""
         ns = self.ns(f"isp{self._isp_index(isp)}")
         out = _run(["ip", "netns", "exec", ns, "nft", "-j", "list", "counter", "ip", NFT_TABLE, counter])
         for obj in json.loads(out)["nftables"]:
@@ -598,8 +599,5 @@ class Lab:
 
     def _counters(self, isp: str, existing: set[str]) -> dict[str, int | None]:
         if self.ns(isp) not in existing:
-            return {SPOOF_COUNTER: None, FAIL_COUNTER: None}
-        return {
-            SPOOF_COUNTER: self.counter(isp, SPOOF_COUNTER),
-            FAIL_COUNTER: self.counter(isp, FAIL_COUNTER),
-        }
+            return dict.fromkeys(COUNTERS)
+        return {name: self.counter(isp, name) for name in COUNTERS}

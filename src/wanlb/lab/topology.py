@@ -29,6 +29,7 @@ MAX_CLIENTS = 32
 LAN_IF = "lan0"
 LAN_GW = "192.168.77.1"
 LAN_PREFIX_LEN = 24
+LAN_PREFIX = f"192.168.77.0/{LAN_PREFIX_LEN}"
 CLIENT_IF = "eth0"
 ISP_CUSTOMER_IF = "cust0"  # ISP router's gw-facing end; `fail --mode link` downs it
 ISP_UPLINK_IF = "up0"  # ISP router's inet-facing end
@@ -48,6 +49,9 @@ HEALTH_TARGETS = ("203.0.113.10", "203.0.113.30")
 NFT_TABLE = "lab"  # never "wanlb": the daemon owns that name
 SPOOF_COUNTER = "spoofed"
 FAIL_COUNTER = "failed"
+LAN_LEAK_COUNTER = "lan_leak"
+COUNTERS = (SPOOF_COUNTER, FAIL_COUNTER, LAN_LEAK_COUNTER)
+"""Every named counter of an ISP router's `ip lab` table."""
 
 
 class TopologyError(ValueError):
@@ -244,13 +248,19 @@ class Topology:
 
     def isp_nft(self, i: int) -> str:
         """ISP router i's ruleset: BCP38 anti-spoofing on the customer port, and an empty `fail` chain that
-        fail modes fill. Counters are named so tests can read them (`nft list counter ip lab spoofed`)."""
+        fail modes fill. Counters are named so tests can read them (`nft list counter ip lab spoofed`).
+
+        A packet from the customer with a LAN source (192.168.77.0/24) is one the gateway let out un-NATed;
+        it is counted in `lan_leak` (and dropped) before the general anti-spoofing rule, so a leak is told
+        apart from a reply that left through the wrong ISP (`spoofed`)."""
         return (
             f"table ip {NFT_TABLE} {{\n"
             f"    counter {SPOOF_COUNTER} {{\n    }}\n"
             f"    counter {FAIL_COUNTER} {{\n    }}\n"
+            f"    counter {LAN_LEAK_COUNTER} {{\n    }}\n"
             "    chain forward {\n"
             "        type filter hook forward priority filter; policy accept;\n"
+            f'        iifname "{ISP_CUSTOMER_IF}" ip saddr {LAN_PREFIX} counter name "{LAN_LEAK_COUNTER}" drop\n'
             f'        iifname "{ISP_CUSTOMER_IF}" ip saddr != {isp_customer_net(i)}'
             f' counter name "{SPOOF_COUNTER}" drop\n'
             "        jump fail\n"
