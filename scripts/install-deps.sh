@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl; do
+for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -29,6 +29,9 @@ from wanlb.lab.topology import (
     COUNTERS,
     DNS_ADDR,
     DNS_PORT,
+    FTP_ADDR,
+    FTP_PASSIVE_PORTS,
+    FTP_PORT,
     HTTP_ADDR,
     HTTP_PORT,
     HTTPS_PORT,
@@ -323,9 +326,15 @@ class Lab:
             "stream": [f"{STREAM_ADDR}:{STREAM_PORT}"],
             "dns": [f"{DNS_ADDR}:{DNS_PORT}"],
         }
+        self._start_and_wait(servers)
+
+    def _start_and_wait(self, servers: dict[str, list[str]]) -> None:
+        """Start `python -m wanlb.lab.servers KIND --listen ...ARGS` in inet for each kind (labelled, logged
+        to KIND.log), then wait until every one has written its ready file."""
         procs: dict[str, subprocess.Popen[Any]] = {}
         for kind, listen in servers.items():
             ready = self.dir / f"{kind}.ready"
+            ready.unlink(missing_ok=True)
             with open(self.dir / f"{kind}.log", "wb") as log:
                 procs[kind] = self.popen(
                     "inet",
@@ -341,6 +350,25 @@ class Lab:
                     log = (self.dir / f"{kind}.log").read_text(errors="replace")[-2000:]
                     raise LabError(f"the {kind} server did not start:\n{log}")
                 time.sleep(0.02)
+
+    def start_ftp(self) -> Path:
+        """Start the FTP server in inet on FTP_ADDR:FTP_PORT (anonymous, read-only, serving
+        `wanlb.lab.servers.FTP_FILE`, passive ports FTP_PASSIVE_PORTS) and wait until it listens. Returns
+        its transfer log: one JSON line per transfer (see `wanlb.lab.servers`). Needs pyftpdlib (the `test`
+        extra); `lab up` does not start it."""
+        transfers = self.dir / "ftp-transfers.jsonl"
+        transfers.touch()
+        self._start_and_wait(
+            {
+                "ftp": [
+                    f"{FTP_ADDR}:{FTP_PORT}",
+                    "--root", str(self.dir / "ftp"),
+                    "--passive-ports", "{}-{}".format(*FTP_PASSIVE_PORTS),
+                    "--transfer-log", str(transfers),
+                ]
+            }
+        )  # fmt: skip
+        return transfers
 
     # --- names and paths ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Layout for N ISPs and M clients (every address lives only inside the lab's names
                                               lan0 (bridge, 192.168.77.1/24)   gw
     gw wan{i} 100.64.{i}.2/24 ── cust0 100.64.{i}.1/24   isp{i}   up0 198.18.{i}.1/24
                                  ── isp{i} 198.18.{i}.2/24   inet (servers on lo: 203.0.113.10/.20/.30/.40)
+    (FTP on 203.0.113.40:21 only after `Lab.start_ftp()`)
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ STREAM_ADDR = "203.0.113.20"
 STREAM_PORT = 5001
 DNS_ADDR = "203.0.113.30"
 DNS_PORT = 53
+FTP_ADDR = "203.0.113.40"  # `Lab.start_ftp()`; not started by `lab up`
+FTP_PORT = 21
+FTP_PASSIVE_PORTS = (30000, 30099)
 SERVER_ADDRS = ("203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.40")
 """Addresses on inet's loopback: servers and ping targets (the kernel answers ping on all of them)."""
 HEALTH_TARGETS = ("203.0.113.10", "203.0.113.30")

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from wanlb.lab.servers import COUNTER_SIZE
+from wanlb.lab.servers import COUNTER_SIZE, parse_addr
 from wanlb.lab.topology import HTTP_ADDR, HTTP_PORT, STREAM_ADDR, STREAM_PORT
 
 
@@ -150,8 +150,7 @@ async def run_stream(host: str, port: int, duration: float, stall: float) -> dic
 
 
 def _addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+    return parse_addr(text)  # ADDR:PORT or [IPV6]:PORT
 
 
 def main(argv: list[str] | None = None) -> None:
