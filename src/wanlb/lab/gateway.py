@@ -96,9 +96,9 @@ class LabGateway:
                 raise LabError(f"no {event} event for {isp} after {timeout}s")
             time.sleep(0.05)
 
-    def run(self, *argv: str) -> str:
+    def run(self, *argv: str, stdin: str | None = None) -> str:
         """Run a command in the gateway namespace; its stdout, or LabError carrying its stderr."""
-        proc = self.lab.run("gw", list(argv), capture_output=True, text=True, check=False)
+        proc = self.lab.run("gw", list(argv), input=stdin, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise LabError(f"`{' '.join(argv)}` in gw failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return str(proc.stdout)
