@@ -109,7 +109,7 @@ class Streams:
         for s in self.all:
             if s.proc.poll() is None:
                 s.proc.kill()
-            s.proc.communicate()
+            s.proc.wait()
 
 
 # --- the gateway's conntrack table ----------------------------------------------------------------
