@@ -21,7 +21,6 @@ from wanlb.lab.lab import Lab
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 REAL_NFT = "/usr/sbin/nft"
-ISP1_MARK = 0x100  # isp1 is the first ISP of the lab config; mark_mask 0xff00
 SHIM_MESSAGE = "nft shim: injected failure"
 
 
@@ -47,10 +46,12 @@ def test_failover_during_an_nft_outage_completes_at_the_next_resync(
     gw.write(lambda cfg: None)  # the lab default: icmp probes every 200 ms on every ISP
     gw.start(env={"PATH": f"{shim}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"})
     try:
-        gw.wait_for({"isp1": "up", "isp2": "up", "isp3": "up"})
+        status = gw.wait_for({"isp1": "up", "isp2": "up", "isp3": "up"})
+        mark = next(i["mark"] for i in status["isps"] if i["name"] == "isp1")
+        mask = status["mark_mask"]
         counts = lab.traffic(connections=60)
         assert counts["failed"] == 0 and counts["isp1"] == 20, counts
-        held = marked(gw, ISP1_MARK)
+        held = marked(gw, mark, mask)
         assert held, "isp1 carries no connection: the test would prove nothing"
 
         flag.touch()
@@ -68,7 +69,7 @@ def test_failover_during_an_nft_outage_completes_at_the_next_resync(
         def done() -> bool:
             nonlocal left, active
             active = next(i["active"] for i in gw.status()["isps"] if i["name"] == "isp1")
-            left = marked(gw, ISP1_MARK)
+            left = marked(gw, mark, mask)
             return active is False and not left
 
         if not poll(done, RESYNC_WAIT):
