@@ -8,18 +8,19 @@ config, talks to it over the control socket and waits for states.
 from __future__ import annotations
 
 import copy
+import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from wanlb.control import request, socket_in_use
-from wanlb.lab.lab import Lab, LabError
+from wanlb.lab.lab import Lab, LabError, module_env
 
 WANLB = [sys.executable, "-m", "wanlb.cli"]
 
@@ -38,9 +39,17 @@ class LabGateway:
         edit(data)
         self.config.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, env: Mapping[str, str] | None = None) -> None:
+        """Start ``wanlb run`` in the gateway namespace; ``env`` is merged over the lab's module environment
+        (e.g. a ``PATH`` with a shim directory first)."""
         with self.log.open("ab") as log:
-            self.proc = self.lab.popen("gw", [*WANLB, "run", "-c", str(self.config)], label="wanlb", stderr=log)
+            self.proc = self.lab.popen(
+                "gw",
+                [*WANLB, "run", "-c", str(self.config)],
+                label="wanlb",
+                stderr=log,
+                env=module_env() | dict(env or {}),
+            )
         deadline = time.monotonic() + timeout
         while not socket_in_use(str(self.lab.socket_path)):
             if self.proc.poll() is not None:
@@ -86,6 +95,41 @@ class LabGateway:
             if time.monotonic() > deadline:
                 raise LabError(f"no {event} event for {isp} after {timeout}s")
             time.sleep(0.05)
+
+    def run(self, *argv: str, stdin: str | None = None) -> str:
+        """Run a command in the gateway namespace; its stdout, or LabError carrying its stderr."""
+        proc = self.lab.run("gw", list(argv), input=stdin, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise LabError(f"`{' '.join(argv)}` in gw failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return str(proc.stdout)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``wanlb ARGS -c CONFIG`` in the gateway namespace, as an operator would type it there."""
+        return self.lab.run("gw", [*WANLB, *args, "-c", str(self.config)], capture_output=True, text=True)
+
+    def nft_counter(self, name: str) -> dict[str, int]:
+        """A named counter of ``table inet wanlb``: ``{"packets": n, "bytes": n}``."""
+        try:
+            out = self.run("nft", "-j", "list", "counter", "inet", "wanlb", name)
+        except LabError as exc:
+            raise LabError(f"counter {name!r} not found in table inet wanlb: {exc}") from None
+        for obj in json.loads(out)["nftables"]:
+            if "counter" in obj:
+                return {"packets": int(obj["counter"]["packets"]), "bytes": int(obj["counter"]["bytes"])}
+        raise LabError(f"counter {name!r} not found in table inet wanlb")
+
+    def nft_set_elements(self, name: str) -> list[str]:
+        """The elements of a set of ``table inet wanlb`` (addresses, as nft prints them)."""
+        try:
+            out = self.run("nft", "-j", "list", "set", "inet", "wanlb", name)
+        except LabError as exc:
+            raise LabError(f"set {name!r} not found in table inet wanlb: {exc}") from None
+        for obj in json.loads(out)["nftables"]:
+            if "set" in obj:
+                elements = obj["set"].get("elem", [])
+                # Elements with a timeout come as {"elem": {"val": ..., "timeout": ...}}.
+                return [str(e["elem"]["val"]) if isinstance(e, dict) else str(e) for e in elements]
+        raise LabError(f"set {name!r} not found in table inet wanlb")
 
     def kill9(self) -> None:
         assert self.proc is not None
