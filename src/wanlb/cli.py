@@ -150,8 +150,28 @@ def main() -> None:
 def check(config_path: str) -> None:
     """Validate a config file: exit 0 when valid, else 2 with FILE:LINE: field: message per error."""
     cfg = _load(config_path)
-    isps = ", ".join(f"{i.name} (mark {i.mark:#x}, table {i.table})" for i in cfg.isps)
-    click.echo(f"{config_path}: ok — {len(cfg.isps)} ISP(s): {isps}")
+    state, source = _allocation(cfg)
+    isps = ", ".join(
+        f"{i.name} (mark {state.isps[i.name].mark:#x}, table {state.isps[i.name].table})" for i in cfg.isps
+    )
+    click.echo(f"{config_path}: ok — {len(cfg.isps)} ISP(s): {isps} [{source}]")
+
+
+def _allocation(cfg: Config) -> tuple[Any, str]:
+    """Marks and tables the config would run with: as a reload of the running wanlb would give them
+    (its runtime state, when readable), else as a first start would."""
+    from wanlb import runtime
+
+    try:
+        previous = runtime.load(cfg.state_path)
+    except (runtime.StateError, PermissionError):
+        previous = None
+    try:
+        state = runtime.allocate(cfg, previous, reload=previous is not None).state
+    except runtime.AllocationRefused as exc:
+        click.echo(f"{cfg.state_path}: a running wanlb would refuse this config: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    return state, "as allocated by the running wanlb" if previous else "allocated at first start"
 
 
 @main.command()
@@ -161,15 +181,20 @@ def render(config_path: str, nft_only: bool) -> None:
     """Print exactly what would be applied (nft transaction, ip rules, routes, sysctls); change nothing.
 
     Connected routes are read from the main table (read-only) to show their
-    copies in the ISP tables; every ISP is assumed up.
+    copies in the ISP tables; every ISP is assumed up.  Marks and tables are
+    the running wanlb's (its runtime state) if there is one.  The daemon
+    changes only what differs from the kernel; this shows the table as a
+    whole.
     """
     from wanlb.adapters.routing import read_connected
+    from wanlb.nftsync import full_text
     from wanlb.plan import plan
     from wanlb.render import render as do_render
 
     cfg = _load(config_path)
-    rendered = do_render(plan(cfg, connected=read_connected()))
-    click.echo(rendered.nft if nft_only else rendered.describe(), nl=False)
+    state, _ = _allocation(cfg)
+    rendered = do_render(plan(cfg, state, connected=read_connected()))
+    click.echo(full_text(rendered.nft) if nft_only else rendered.describe(), nl=False)
 
 
 @main.command()
@@ -246,7 +271,9 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
         for ev in events:
             when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
             flushed = f", flushed {ev['flushed']} connections" if ev.get("flushed") is not None else ""
-            console.print(f"  {when} {ev['isp']} {ev['from']} → {ev['event']}: {ev['reason']}{flushed}", markup=False)
+            change = f"{ev['from']} → {ev['status']}" if ev.get("from") else ev["status"]
+            line = f"  {when} {ev['isp']} {ev['event']} ({change}): {ev['reason']}{flushed}"
+            console.print(line + (f" [apply failed: {ev['error']}]" if ev.get("error") else ""), markup=False)
 
 
 @main.command()
@@ -284,7 +311,9 @@ def reload(config_path: str, socket_path: str | None) -> None:
 @click.option("--cleanup", is_flag=True, help="Also remove the nft table, ip rules, routes and restore sysctls.")
 def stop(config_path: str, socket_path: str | None, cleanup: bool) -> None:
     """Stop the daemon; with --cleanup remove everything wanlb added (works without a daemon too)."""
+    from wanlb import runtime
     from wanlb.control import ControlError, request
+    from wanlb.kernel import LinuxKernel
     from wanlb.reconcile import cleanup as do_cleanup
 
     sock = resolve_socket(socket_path, config_path)
@@ -299,8 +328,19 @@ def stop(config_path: str, socket_path: str | None, cleanup: bool) -> None:
             fail(f"no wanlb daemon is running (nothing answers at {sock})", EXIT_NO_DAEMON)
     if os.geteuid() != 0:
         fail("cleanup needs root")
-    for change in do_cleanup(_load(config_path)):
-        click.echo(change)
+    cfg = _load(config_path)
+    try:
+        state = runtime.load(cfg.state_path)
+    except runtime.StateError as exc:
+        click.echo(f"wanlb: {exc}; cleaning up by the config alone", err=True)
+        state = None
+    kernel = LinuxKernel()
+    try:
+        for change in do_cleanup(kernel, cfg, state):
+            click.echo(change)
+    finally:
+        kernel.close()
+    runtime.remove(cfg.state_path)
     click.echo("cleanup done")
 
 

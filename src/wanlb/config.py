@@ -4,8 +4,9 @@ Errors are reported as ``FILE:LINE: path.to.field: message`` so an operator can
 jump straight to the offending line.  Validation happens in two passes: pydantic
 checks shapes and types per field, then :func:`_cross_checks` checks what only
 the whole file can tell (duplicate names, interfaces, marks, tables).  Marks and
-routing tables that the user left out are assigned here, so every later stage
-(plan, render, adapters) sees fully resolved numbers.
+routing tables the user left out stay ``None`` here: they are allocated by ISP
+name at run time and kept in the runtime state (:mod:`wanlb.runtime`), so that
+editing the ISP list never renumbers an ISP that stays.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from wanlb.runtime import mark_shift
 
 DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"
 DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
@@ -76,6 +79,7 @@ def _absolute_path(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Helper = Literal["ftp", "tftp", "irc", "sip", "pptp", "h323", "amanda", "sane", "snmp", "netbios-ns"]
 HookPath = Annotated[str, BeforeValidator(_absolute_path)]
 IfName = Annotated[str, BeforeValidator(_parse_ifname)]
 Int = Annotated[int, BeforeValidator(_parse_int)]
@@ -126,7 +130,7 @@ class HealthConfig(_Model):
 
 
 class IspConfig(_Model):
-    """One uplink.  ``mark`` and ``table`` are resolved (never ``None``) after loading."""
+    """One uplink.  ``mark``/``table`` left out (``None``) are allocated by name at run time."""
 
     name: str
     interface: IfName
@@ -187,6 +191,8 @@ class Config(_Model):
     mark_mask: Int = Field(default=0xFF00, ge=1, le=0xFFFFFFFF)
     local_traffic: bool = True
     failover: FailoverConfig = FailoverConfig()
+    helpers: tuple[Helper, ...] = ("ftp",)
+    """Conntrack helpers assigned to NEW connections (see render.HELPERS): ``ftp`` by default."""
     hooks: tuple[HookPath, ...] = ()
     hook_timeout: Duration = 10.0
     routing: RoutingConfig = RoutingConfig()
@@ -207,14 +213,9 @@ class Config(_Model):
         raise KeyError(name)
 
     @property
-    def state_path(self) -> str:
-        """Where the daemon records what it changed (sysctls), next to its socket."""
-        return str(Path(self.control.socket).with_suffix(".state.json"))
-
-
-def mark_shift(mask: int) -> int:
-    """Index of the lowest set bit: ISP number n is stored as ``n << shift``."""
-    return (mask & -mask).bit_length() - 1
+    def state_path(self) -> Path:
+        """The runtime state (allocations, what was installed), next to the control socket."""
+        return Path(self.control.socket).with_suffix(".state.json")
 
 
 @dataclass(frozen=True)
@@ -390,30 +391,6 @@ def _show(value: Any) -> str:
     )
 
 
-def _resolve(cfg: Config) -> Config:
-    """Assign marks and tables left out, avoiding the ones given explicitly."""
-    shift = mark_shift(cfg.mark_mask)
-    used_marks = {i.mark for i in cfg.isps if i.mark is not None}
-    used_tables = {i.table for i in cfg.isps if i.table is not None}
-    next_mark = 1
-    next_table = cfg.routing.table_base + 1
-    resolved = []
-    for isp in cfg.isps:
-        update: dict[str, int] = {}
-        if isp.mark is None:
-            while (next_mark << shift) in used_marks:
-                next_mark += 1
-            update["mark"] = next_mark << shift
-            used_marks.add(update["mark"])
-        if isp.table is None:
-            while next_table in used_tables or next_table in (253, 254, 255):
-                next_table += 1
-            update["table"] = next_table
-            used_tables.add(next_table)
-        resolved.append(isp.model_copy(update=update))
-    return cfg.model_copy(update={"isps": tuple(resolved)})
-
-
 def parse_config(text: str, filename: str = "<config>") -> Config:
     """Validate YAML text into a resolved :class:`Config` or raise :class:`ConfigError`."""
     try:
@@ -436,7 +413,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     issues = _cross_checks(cfg, lines)
     if issues:
         raise ConfigError(filename, issues)
-    return _resolve(cfg)
+    return cfg
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -38,7 +38,7 @@ class Isps:
 
     names: dict[int, str]  # mark (already within mark_mask) -> name
     mark_mask: int
-    source: str  # "config" or "daemon"
+    source: str  # "state" (a running wanlb's allocation) or "config"
 
     def mark_of(self, name: str) -> int:
         for mark, isp in self.names.items():
@@ -55,105 +55,69 @@ class Ctx:
     def __init__(self, config: str, socket_path: str | None) -> None:
         self.config = config
         self.explicit_socket = socket_path
-        self.config_socket: str | None = None  # control.socket of the config, once it was loaded
         self._isps: Isps | None = None
         self._looked = False
 
     @property
     def socket_path(self) -> str:
-        """--socket, else the loaded config's control.socket (like ``wanlb status``), else the default."""
-        return self.explicit_socket or self.config_socket or DEFAULT_SOCKET
+        """--socket, else the config's ``control.socket`` (a plain YAML read), else the default."""
+        if self.explicit_socket:
+            return self.explicit_socket
+        return (_yaml_socket(self.config) if os.path.exists(self.config) else None) or DEFAULT_SOCKET
 
     def isps(self, required: bool) -> Isps | None:
-        """ISP marks from the config file, else from the daemon; None if neither (unless required)."""
+        """ISP marks as the running wanlb allocated them (its runtime state), else as the config would.
+
+        The runtime state sits next to the control socket; without one (wanlb has
+        not run here) the config is loaded and allocated as a first start would.
+        """
         if not self._looked:
             self._looked = True
-            self._isps = self._from_config() or self._from_daemon()
+            self._isps = self._from_state() or self._from_config()
         if self._isps is None and required:
             raise click.UsageError(
-                f"ISP names need a config ({self.config} not found; --config/WANLB_CONFIG) "
-                f"or a running daemon ({self.socket_path}; --socket/WANLB_SOCKET)"
+                f"ISP names need the runtime state of a running wanlb (none next to {self.socket_path}; "
+                f"--socket/WANLB_SOCKET) or a config ({self.config} not found; --config/WANLB_CONFIG)"
             )
         return self._isps
+
+    def _from_state(self) -> Isps | None:
+        from pathlib import Path
+
+        from wanlb import runtime
+
+        try:
+            state = runtime.load(Path(self.socket_path).with_suffix(".state.json"))
+        except runtime.StateError as err:
+            raise click.UsageError(str(err)) from None
+        if state is None or not state.isps:
+            return None
+        return Isps(state.names_by_mark(), state.mark_mask, "state")
 
     def _from_config(self) -> Isps | None:
         if not os.path.exists(self.config):
             return None
+        from wanlb import runtime
         from wanlb.config import ConfigError, load_config
 
         try:
             cfg = load_config(self.config)
-        except ConfigError as err:
-            raise click.UsageError(err.render()) from None
-        self.config_socket = cfg.control.socket
-        return Isps({i.mark: i.name for i in cfg.isps}, cfg.mark_mask, "config")
-
-    def speculate(self) -> ConfigCheck | None:
-        """Take the ISP marks from a quick read of the config while a child does the full load.
-
-        Only for commands that change nothing and hold their output until
-        :meth:`ConfigCheck.confirm` (``list``): the full load costs ~0.08 s
-        (importing pydantic), a quarter of listing one ISP of a 262k table.  None when
-        there is no config file or the quick read cannot make sense of it.
-        """
-        if self._looked or not os.path.exists(self.config):
-            return None
-        quick = _quick_isps(self.config)
-        if quick is None:
-            return None
-        check = ConfigCheck(self)
-        self._looked, self._isps = True, quick
-        return check
-
-    def verdict(self) -> dict[str, Any]:
-        """The full load's outcome as JSON-able data (what a :class:`ConfigCheck` child reports)."""
-        try:
-            isps = self._from_config()
-        except click.UsageError as err:
-            return {"error": err.message}
-        assert isps is not None
-        names = {str(mark): name for mark, name in isps.names.items()}
-        return {"names": names, "mask": isps.mark_mask, "socket": self.config_socket}
-
-    def adopt(self, verdict: dict[str, Any] | None) -> None:
-        """Replace the quick guess by the full load's result; :class:`_Guessed` if they differ."""
-        if verdict is None:  # the child died: load here, raising what the full load raises
-            full = self._from_config()
-        elif "error" in verdict:
-            raise click.UsageError(verdict["error"])
-        else:
-            full = Isps({int(m): n for m, n in verdict["names"].items()}, verdict["mask"], "config")
-            self.config_socket = verdict["socket"]
-        if full != self._isps:
-            self._isps = full
-            raise _Guessed()
-
-    def _from_daemon(self) -> Isps | None:
-        reply = self.daemon({"cmd": "status"})
-        if reply is None:
-            return None
-        return Isps({int(i["mark"]): i["name"] for i in reply["isps"]}, int(reply["mark_mask"]), "daemon")
+            state = runtime.allocate(cfg, None, reload=False).state
+        except (ConfigError, runtime.AllocationRefused) as err:
+            raise click.UsageError(str(err)) from None
+        return Isps(state.names_by_mark(), cfg.mark_mask, "config")
 
     def daemon(self, req: dict[str, Any]) -> dict[str, Any] | None:
         """One control request, or None if no daemon answers."""
         return _ask(self.socket_path, req)
 
     def flush_by_daemon(self, isp: str) -> int | None:
-        """Have a running daemon delete ``isp``'s entries if it resolves the name as we would; else None.
+        """Have a running daemon delete ``isp``'s entries (it keeps its live counts right); else None.
 
-        The daemon has the config loaded already; here it would cost ~0.08 s (pydantic),
-        a third of the command.  With a config file, the daemon must run that very file
-        and find it unchanged since it loaded it (it checks both before flushing); without
-        one, ``--isp`` means the daemon's ISPs anyway (:meth:`isps`).  The socket comes from
-        --socket or a plain YAML read of ``control.socket``: a wrong one only means no
-        daemon, or a refusal.  On None the caller loads the config and flushes itself.
+        The daemon resolves the name from the same runtime state as this command.
+        On None (no daemon, or it does not know the name) the caller flushes itself.
         """
-        req: dict[str, Any] = {"cmd": "flush", "isp": isp}
-        sock = self.explicit_socket
-        if os.path.exists(self.config):
-            req["config"] = os.path.realpath(self.config)
-            sock = sock or _yaml_socket(self.config)
-        reply = _ask(sock or DEFAULT_SOCKET, req)
+        reply = _ask(self.socket_path, {"cmd": "flush", "isp": isp})
         return None if reply is None else int(reply["deleted"])
 
 
@@ -168,72 +132,6 @@ def _ask(socket_path: str, req: dict[str, Any]) -> dict[str, Any] | None:
     try:
         return request(socket_path, req)
     except (ControlError, OSError):
-        return None
-
-
-class _Guessed(Exception):
-    """The quick read of the config resolved ISPs differently from the full load (nothing was shown)."""
-
-
-class ConfigCheck:
-    """The full config load in a forked child, so it runs on another CPU while ``list`` dumps.
-
-    The parent shows nothing until :meth:`confirm` has compared the child's
-    result with the quick guess it worked from: the output is therefore what
-    the full load alone would have produced, errors (exit 2) included.
-    """
-
-    def __init__(self, ctx: Ctx) -> None:
-        self.ctx = ctx
-        r, w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # child: load, report, exit without running the parent's cleanup
-            code = 1
-            try:
-                os.close(r)
-                with os.fdopen(w, "wb") as pipe:
-                    pipe.write(json.dumps(ctx.verdict()).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        self.fd = r
-
-    def answered(self) -> bool:
-        import select
-
-        return bool(select.select([self.fd], [], [], 0)[0])
-
-    def confirm(self) -> None:
-        """Wait for the child; raise its config error, or :class:`_Guessed` if the guess was wrong."""
-        with os.fdopen(self.fd, "rb") as pipe:
-            data = pipe.read()
-        os.waitpid(self.pid, 0)
-        self.ctx.adopt(json.loads(data) if data else None)
-
-
-def _quick_isps(path: str) -> Isps | None:
-    """ISP marks read straight from the YAML: no validation, no pydantic.
-
-    A guess that :class:`ConfigCheck` verifies.  It follows ``wanlb.config``'s
-    rules (default mask 0xff00; a missing mark is the next free ``n << shift``);
-    should they ever part, the check notices and the listing is redone.
-    """
-    try:
-        data = _read_yaml(path)
-        mask = _as_int(data.get("mark_mask", 0xFF00))
-        shift = (mask & -mask).bit_length() - 1
-        given = [None if isp.get("mark") is None else _as_int(isp["mark"]) for isp in data["isps"]]
-        used, names, n = set(given), {}, 1
-        for isp, mark in zip(data["isps"], given, strict=True):
-            if mark is None:
-                while n << shift in used:
-                    n += 1
-                mark = n << shift
-                used.add(mark)
-            names[mark] = str(isp["name"])
-        return Isps(names, mask, "config")
-    except Exception:  # anything odd: let the full load decide, as without a guess
         return None
 
 
@@ -254,12 +152,6 @@ def _yaml_socket(path: str) -> str | None:
         return str(_read_yaml(path)["control"]["socket"])
     except (TypeError, KeyError):
         return None
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise TypeError(value)
-    return int(value, 0) if isinstance(value, str) else value
 
 
 # ---------------------------------------------------------------- option parsing
@@ -363,15 +255,10 @@ def _kernel_call(fn: Callable[[], Any]) -> Any:
 
 
 class _Out:
-    """Batched writes to stdout: one write per few thousand lines.
+    """Batched writes to stdout: one write per few thousand lines."""
 
-    With a pending :class:`ConfigCheck` nothing is written (lines pile up)
-    until the check has answered and confirmed; the last flush waits for it.
-    """
-
-    def __init__(self, check: ConfigCheck | None = None) -> None:
+    def __init__(self) -> None:
         self.lines: list[str] = []
-        self.check = check
         self.limit = _WRITE_BATCH
 
     def add(self, line: str) -> None:
@@ -384,18 +271,7 @@ class _Out:
         if len(self.lines) >= self.limit:
             self.flush()
 
-    def settle(self) -> None:
-        """Wait for a pending check (raising what it finds); before reporting any other error."""
-        if self.check is not None:
-            check, self.check = self.check, None
-            check.confirm()
-
-    def flush(self, final: bool = False) -> None:
-        if self.check is not None and not final and not self.check.answered():
-            self.limit = len(self.lines) + _WRITE_BATCH
-            return
-        self.settle()
-        self.limit = _WRITE_BATCH
+    def flush(self) -> None:
         sys.stdout.flush()
         if self.lines:
             lines, self.lines = self.lines, []  # dropped even if the write fails: never written twice
@@ -464,22 +340,7 @@ def conntrack(cctx: click.Context, config: str, socket_path: str | None) -> None
 @click.pass_obj
 def list_cmd(ctx: Ctx, output: str, **kw: Any) -> None:
     """List entries like ``conntrack -L`` (text keeps its field order; json: one object per line)."""
-    opts = _filter_opts(kw)
-    out = _Out(ctx.speculate())
-    try:
-        _config_errors_first(lambda: _list(ctx, opts, output, out), out)
-    except _Guessed:  # nothing was written; ctx now holds the full load's ISPs
-        _list(ctx, opts, output, _Out())
-
-
-def _config_errors_first(fn: Callable[[], None], out: _Out) -> None:
-    """Run ``fn``; if it fails while a config check is pending, the check's error (or verdict) wins,
-    as it would have without the quick read (the config was loaded before anything else)."""
-    try:
-        fn()
-    except click.ClickException:
-        out.settle()
-        raise
+    _list(ctx, _filter_opts(kw), output, _Out())
 
 
 def _list(ctx: Ctx, opts: dict[str, Any], output: str, out: _Out) -> None:
@@ -500,7 +361,7 @@ def _list(ctx: Ctx, opts: dict[str, Any], output: str, out: _Out) -> None:
                 line = fmt.line
                 for buf, items in ct.batches(flt):
                     out.extend([line(shape, buf, off) for off, shape in items])
-        out.flush(final=True)
+        out.flush()
 
     _kernel_call(run)
 

@@ -72,6 +72,11 @@ class ConnCounter:
         """Entries per ``mark & mark_mask`` (a copy)."""
         return {m: n for m, n in self._counts.items() if n}
 
+    def forget(self, mark: int | None) -> None:
+        """A flush emptied ``mark`` (None: a mark under another mask; nothing to adjust)."""
+        if mark is not None:
+            self._counts[mark] = 0
+
     def by_isp(self) -> dict[str, int]:
         """Counts keyed by ISP name; marks that are no ISP's are left out."""
         return {name: self._counts.get(mark, 0) for mark, name in self.marks.items()}

@@ -1,15 +1,16 @@
-"""``wanlb run``: the asyncio daemon that owns the decisions around the datapath.
+"""``wanlb run``: the asyncio daemon.  It executes effects; it decides nothing.
 
-It never sees a data packet.  It reconciles the kernel on start, on SIGHUP, on a
-timer (to repair what someone else removed, or routes the kernel dropped with a
-link) and whenever an ISP's status changes, and answers the control socket.
+Decisions live in :class:`wanlb.fleet.Fleet` (per-ISP state → effects) and in
+the pure plan/render/diff behind :class:`wanlb.reconcile.Reconciler`.  The
+daemon feeds the fleet its inputs — probe rounds, admin requests, link events,
+reloads, the resync timer — and carries out what comes back, in order:
+save the runtime state, reconcile the kernel (in a worker thread, one at a
+time), flush conntrack marks (only if that reconcile succeeded), record the
+event and start its hooks (never waited for).
 
-Failover (:meth:`Daemon.on_transition`): a health monitor's decision is applied
-in the same task that made it: record the status, reconcile (one atomic nft
-transaction takes the ISP out of or back into balancing), then on DOWN delete
-that ISP's conntrack entries with one kernel flush-by-mark so its clients
-reconnect at once through the others.  Hooks start afterwards and are never
-waited for.
+Nothing on the event loop waits for a file, a parse or a subprocess: config
+parsing, state writes, kernel work and flushes run in threads; hooks are
+asynchronous subprocesses.
 """
 
 from __future__ import annotations
@@ -20,21 +21,21 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from wanlb import control
+from wanlb import control, nftsync, runtime
 from wanlb.adapters.links import LinkWatcher
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
-from wanlb.ctnetlink.client import Conntrack
-from wanlb.ctnetlink.filters import Filter
-from wanlb.health.machine import HealthMachine, Transition
-from wanlb.health.monitor import IspMonitor, params_of
+from wanlb.fleet import Effect, Emit, Event, Fleet, Flush, Reconcile, SaveState
+from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.hooks import run_hooks
-from wanlb.plan import IspStatus
+from wanlb.kernel import Kernel, LinuxKernel
+from wanlb.plan import IspStatus, plan
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
+from wanlb.render import render
 
 log = logging.getLogger("wanlb.daemon")
 
@@ -43,44 +44,80 @@ EVENT_HISTORY = 200
 
 
 class Daemon:
-    def __init__(self, config_path: str, config: Config, cleanup_on_exit: bool = False):
+    def __init__(
+        self,
+        config_path: str,
+        config: Config,
+        kernel: Kernel,
+        store: runtime.StateStore,
+        cleanup_on_exit: bool = False,
+        counter: ConnCounter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         self.config_path = config_path
         self.config = config
+        self.kernel = kernel
+        self.store = store
         self.cleanup_on_exit = cleanup_on_exit
-        self.statuses: dict[str, IspStatus] = {i.name: IspStatus.UP for i in config.isps}
-        self.reconciler = Reconciler(config.state_path)
+        self.clock, self.wall = clock, wall
+        self.fleet = Fleet(config, store.state, kernel.links(), clock(), wall())
+        self.reconciler = Reconciler(kernel, store)
+        self.counter = counter if counter is not None else ConnCounter(store.state.names_by_mark(), config.mark_mask)
         self.last: ReconcileResult | None = None
-        self.started = time.time()
+        self.last_error: str | None = None
+        self.started = wall()
         self.reloads = 0
+        self.link_events = 0
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        self.monitors: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.counter = ConnCounter(self._isp_marks(config), config.mark_mask)
-        self.machines: dict[str, HealthMachine] = {}
-        self.monitors: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}
-        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
-        self._conntrack = Conntrack()  # opened once: a failover should not wait for a socket setup
         self._flush_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._hook_order: dict[str, asyncio.Lock] = {}
-        self.since: dict[str, float] = {i.name: time.time() for i in config.isps}
-        self.link_events = 0
 
-    @staticmethod
-    def _isp_marks(config: Config) -> dict[int, str]:
-        return {isp.mark or 0: isp.name for isp in config.isps}
+    # --- executing effects ---------------------------------------------------------------------
 
-    # --- the single reconcile path -------------------------------------------------
+    async def execute(self, effects: list[Effect]) -> str | None:
+        """Carry out one batch of effects in order; returns the reconcile error, if any.
+
+        A flush runs only after the batch's reconcile succeeded: until the kernel
+        has taken the ISP out of balancing, a flushed connection could return to it.
+        """
+        error: str | None = None
+        decided = self.wall()
+        applied = None
+        flushed: dict[str, int | None] = {}
+        for effect in effects:
+            if isinstance(effect, SaveState):
+                await asyncio.to_thread(self.store.set_allocation, effect.state)
+                self.counter.marks = self.store.state.names_by_mark()
+            elif isinstance(effect, Reconcile):
+                error = await self._reconcile_logged(effect.why) or error
+                applied = self.wall()
+            elif isinstance(effect, Flush):
+                if error is None:
+                    flushed[effect.isp] = await self._flush(effect)
+            elif isinstance(effect, Emit):
+                self._record(effect.event, error, flushed.get(effect.event.isp), decided, applied)
+        return error
+
+    def spawn_effects(self, effects: list[Effect]) -> None:
+        if effects:
+            self.spawn(self.execute(effects))
 
     async def reconcile(self, why: str) -> ReconcileResult:
-        """Converge the kernel to config + statuses.
+        """Converge the kernel to the fleet's current config, allocation and statuses.
 
-        The kernel calls block (pyroute2's sync API runs its own event loop), so
-        they run in a worker thread; the lock keeps two reconciles from
-        interleaving, and each one works from the state current when it starts.
+        The kernel calls block, so they run in a worker thread; the lock keeps two
+        reconciles from interleaving, and each works from the state current when it starts.
         """
         async with self._lock:
+            fleet = self.fleet
+            args = (fleet.config, fleet.state, fleet.statuses())
             # Shielded: a cancelled caller must not release the lock while the thread still works.
-            work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, self.config, dict(self.statuses)))
+            work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
             try:
                 result = await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -92,143 +129,154 @@ class Daemon:
             log.info("applied ruleset (%s): active %s", why, active)
         return result
 
-    def transition(self, name: str, transition: Transition) -> None:
-        """A monitor's decision: handled at once, in a task the monitor cannot cancel."""
-        self.spawn(self.on_transition(name, transition))
-
-    async def on_transition(self, name: str, transition: Transition) -> None:
-        """Apply a health or admin decision now: status, reconcile, flush on DOWN, event, hooks."""
-        isp = next((i for i in self.config.isps if i.name == name), None)
-        if isp is None or self.statuses.get(name) == transition.new:
-            return
-        decided = time.time()
-        log.warning("isp %s is %s (%s)", name, transition.new.value, transition.reason)
-        self.statuses[name] = transition.new
-        self.since[name] = decided
-        error = None
+    async def _reconcile_logged(self, why: str) -> str | None:
         try:
-            await self.reconcile(f"{name} {transition.new.value}")
-        except Exception as exc:  # the resync loop retries; the event is still recorded
-            log.error("reconcile after %s went %s failed: %s", name, transition.new.value, exc)
-            error = str(exc)
-        applied = time.time()
-        machine = self.machines.get(name)
-        flushed = None
-        if (
-            transition.new == IspStatus.DOWN
-            and self.config.failover.on_down == "flush"
-            and error is None  # the ISP may still be in `balance`: a flushed connection could return to it
-            and self.statuses.get(name) == IspStatus.DOWN  # not already back up while we waited
-            and not (transition.old == IspStatus.DISABLED and not (machine and machine.failing))
-        ):
-            flushed = await self._flush(name, isp.mark or 0)
-        quality = machine.quality() if machine else None
-        self.events.append(
-            {
-                "time": round(decided, 3),
-                "isp": name,
-                "event": transition.new.value,
-                "from": transition.old.value,
-                "reason": transition.reason,
-                "loss_percent": round(quality.loss_percent, 1) if quality else None,
-                "latency_ms": _ms(quality.latency) if quality else None,
-                "flushed": flushed,
-                "error": error,
-                "applied_ms": _ms(applied - decided),
-                "done_ms": _ms(time.time() - decided),
-            }
-        )
-        env = {"WANLB_ISP": name, "WANLB_EVENT": transition.new.value, "WANLB_INTERFACE": isp.interface}
-        if self.config.hooks:
-            order = self._hook_order.setdefault(name, asyncio.Lock())
-            self.spawn(run_hooks(self.config.hooks, env, self.config.hook_timeout, order))
+            await self.reconcile(why)
+        except Exception as exc:  # the resync retries; the error is shown in status and events
+            self.last_error = f"{why}: {exc}"
+            log.error("reconcile (%s) failed, retried at the next resync: %s", why, exc)
+            return str(exc)
+        self.last_error = None
+        return None
 
-    async def _flush(self, name: str, mark: int) -> int | None:
-        """Delete the ISP's connections (one kernel flush-by-mark); returns how many it held."""
-        held = self.counter.by_isp().get(name)
-        flt = Filter(mark=mark, mark_mask=self.config.mark_mask)
+    async def _flush(self, flush: Flush) -> int | None:
+        """Delete every conntrack entry with the mark; returns how many the kernel held just before."""
         start = time.monotonic()
         try:
-            async with self._flush_lock:  # one netlink socket: one request at a time
-                await asyncio.to_thread(self._conntrack.delete_matching, flt)
-        except Exception as exc:  # the failover itself is done; report, don't crash
-            log.error("could not flush %s's connections: %s", name, exc)
+            async with self._flush_lock:
+                count = await asyncio.to_thread(self._count_and_flush, flush.mark, flush.mask)
+        except Exception as exc:  # retried by the next resync
+            log.error("could not flush %s's connections (mark %#x): %s", flush.isp, flush.mark, exc)
             return None
-        took = (time.monotonic() - start) * 1000
-        log.warning("flushed %s connections of %s in %.0f ms", held if held is not None else "the", name, took)
-        return held
+        self.counter.forget(flush.mark & self.config.mark_mask if flush.mask == self.config.mark_mask else None)
+        log.warning(
+            "flushed %d connections of %s (%s) in %.0f ms",
+            count,
+            flush.isp,
+            flush.why,
+            (time.monotonic() - start) * 1000,
+        )
+        await self.execute(self.fleet.flushed(flush.mark, flush.mask))
+        return count
+
+    def _count_and_flush(self, mark: int, mask: int) -> int:
+        count = self.kernel.ct_count(mark, mask)
+        if count:
+            self.kernel.ct_flush(mark, mask)
+        return count
+
+    def _record(
+        self, event: Event, error: str | None, flushed: int | None, decided: float, applied: float | None
+    ) -> None:
+        level = logging.WARNING if event.event in ("down", "removed", "replaced") else logging.INFO
+        log.log(level, "isp %s %s → %s (%s)", event.isp, event.event, event.status, event.reason)
+        self.events.append(
+            {
+                "time": event.at,
+                "isp": event.isp,
+                "event": event.event,
+                "status": event.status,
+                "from": event.old,
+                "reason": event.reason,
+                "loss_percent": event.loss_percent,
+                "latency_ms": event.latency_ms,
+                "flushed": flushed,
+                "error": error,
+                "applied_ms": _ms(applied - decided) if applied is not None else None,
+                "done_ms": _ms(self.wall() - decided),
+            }
+        )
+        if self.config.hooks:
+            env = {
+                "WANLB_ISP": event.isp,
+                "WANLB_EVENT": event.event,
+                "WANLB_STATUS": event.status,
+                "WANLB_INTERFACE": event.interface,
+                "WANLB_REASON": event.reason[:1000],
+            }
+            order = self._hook_order.setdefault(event.isp, asyncio.Lock())
+            self.spawn(run_hooks(self.config.hooks, env, self.config.hook_timeout, order))
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def on_round(self, name: str, result: RoundResult) -> None:
+        """A monitor's finished round: the fleet decides, a task of the daemon's own carries it out."""
+        effects = self.fleet.round(
+            name, self.clock(), self.wall(), result.ok, result.latency, result.loss, result.describe_errors()
+        )
+        self.spawn_effects(effects)
 
     async def admin(self, name: str, enable: bool) -> dict[str, Any]:
         """Drain (disable) an ISP or hand it back to its probes (enable)."""
-        machine = self.machines.get(name)
-        if machine is None:
+        try:
+            do = self.fleet.enable if enable else self.fleet.disable
+            message, effects = do(name, self.clock(), self.wall())
+        except KeyError:
             return {"ok": False, "error": f"no ISP named {name!r}"}
-        now = time.monotonic()
-        transition = machine.enable(now, probed=name in self.monitors) if enable else machine.disable(now)
-        if transition is not None:
-            await self.on_transition(name, transition)
-        return {"ok": True, "message": f"{name} is {self.statuses[name].value}"}
+        error = await self.execute(effects)
+        return {"ok": True, "message": message} if error is None else {"ok": False, "error": f"{message}; {error}"}
+
+    def _link_changed(self, name: str, usable: bool) -> None:
+        interfaces = {*self.config.lan.interfaces, *(i.interface for i in self.config.isps)}
+        if name in interfaces:
+            self.link_events += 1
+            self.spawn_effects(self.fleet.link(name, usable, self.clock(), self.wall()))
 
     async def reload(self) -> tuple[bool, str]:
-        """Re-read the config; a bad one is reported and the running rules stay as they are."""
+        """Re-read the config off the loop; verify it; adopt it, or refuse and keep the running one."""
         try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            allocation = runtime.allocate(new, self.fleet.state, reload=True)
+            await asyncio.to_thread(self._verify, new, allocation.state)
+        except (ConfigError, runtime.AllocationRefused, VerifyError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return False, str(exc)
         if new.control.socket != self.config.control.socket:
             log.warning("control.socket changes take effect at the next start")
-        old = self.config
         self.config = new
-        self.counter.marks, self.counter.mark_mask = self._isp_marks(new), new.mark_mask
-        self.statuses = self._carried_statuses(new)
-        try:
-            await self.reconcile("reload")
-        except Exception as exc:
-            log.error("reload failed to apply (%s); restoring the previous configuration", exc)
-            self.config = old
-            self.counter.marks, self.counter.mark_mask = self._isp_marks(old), old.mark_mask
-            self.statuses = self._carried_statuses(old)
-            try:
-                await self.reconcile("rollback")
-            except Exception as again:
-                log.error("restoring the previous configuration failed too: %s", again)
-            return False, f"apply failed: {exc}"
+        self.counter.mark_mask = new.mark_mask
+        effects = self.fleet.reload(new, allocation, self.clock(), self.wall())
+        error = await self.execute(effects)
         self.reloads += 1
         self._start_monitors()
         self._warn_about_config()
+        if error is not None:
+            return False, f"reloaded, but applying it failed (retried every {RESYNC_INTERVAL:g}s): {error}"
         return True, "reloaded"
 
-    def _carried_statuses(self, config: Config) -> dict[str, IspStatus]:
-        """Statuses across a reload: kept, except that an ISP nothing probes any more cannot stay down."""
-        carried = {}
-        for isp in config.isps:
-            status = self.statuses.get(isp.name, IspStatus.UP)
-            if not isp.health.targets and status != IspStatus.DISABLED:
-                status = IspStatus.UP
-            carried[isp.name] = status
-        return carried
+    def _verify(self, config: Config, state: runtime.RuntimeState) -> None:
+        """Ask the kernel whether the new ruleset would be accepted, in a scratch table (changes nothing)."""
+        from wanlb.adapters import nft
+
+        desired = plan(config, state, self.fleet.statuses(), self.kernel.connected())
+        try:
+            nft.check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
+        except nft.NftError as exc:
+            raise VerifyError(f"{self.config_path}: the kernel refuses the ruleset: {exc}") from None
+
+    async def resync(self) -> None:
+        """Level-triggered repair: reconcile, then the flushes the live counts say are still missing."""
+        error = await self._reconcile_logged("resync")
+        if error is None:
+            await self.execute(self.fleet.resync(self.counter.counts()))
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_INTERVAL)
+            await self.resync()
 
     def _start_monitors(self) -> None:
-        """(Re)start one monitor per ISP that has targets, keeping a machine whose parameters did not change."""
+        """(Re)start one monitor per ISP that has targets (the fleet keeps the health state)."""
         for _monitor, task in self.monitors.values():
             task.cancel()
         self.monitors.clear()
-        machines: dict[str, HealthMachine] = {}
         for isp in self.config.isps:
-            params = params_of(isp.health)
-            machine = self.machines.get(isp.name)
-            status = self.statuses.get(isp.name, IspStatus.UP)
-            if machine is None or machine.params != params or machine.status != status:
-                machine = HealthMachine(params, status)
-            machines[isp.name] = machine
             if not isp.health.targets:
                 continue
-            monitor = IspMonitor(isp, machine, self.transition)
+            monitor = IspMonitor(isp, self.fleet.state.mark_of(isp.name), self.on_round)
             task = asyncio.create_task(monitor.run())
             task.add_done_callback(_log_crash)
             self.monitors[isp.name] = (monitor, task)
-        self.machines = machines
 
     def _warn_about_config(self) -> None:
         """What is valid but probably not what the operator meant (at start and after each reload)."""
@@ -246,25 +294,29 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_crash)
 
-    # --- control socket --------------------------------------------------------------
+    # --- control socket --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         desired = self.last.desired if self.last else None
         isps = []
         for isp in desired.isps if desired else ():
+            if isp.name not in self.fleet.machines:
+                continue
+            status = self.fleet.machines[isp.name].status
             isps.append(
                 {
                     "name": isp.name,
                     "interface": isp.interface,
                     "gateway": str(isp.gateway),
-                    "status": isp.status.value,
+                    "status": status.value,
                     "active": isp.active,
                     "weight": isp.weight,
                     "tier": isp.tier,
                     "share_percent": round(isp.share * 100, 2),
                     "mark": isp.mark,
                     "table": isp.table,
-                    "since": round(self.since.get(isp.name, self.started), 3),
+                    "since": round(self.fleet.since.get(isp.name, self.started), 3),
+                    "link_down": self.fleet.machines[isp.name].link_down,
                     "health": self._health(isp.name),
                 }
             )
@@ -272,25 +324,28 @@ class Daemon:
             "ok": True,
             "pid": os.getpid(),
             "config": self.config_path,
-            "uptime_seconds": round(time.time() - self.started, 1),
+            "uptime_seconds": round(self.wall() - self.started, 1),
             "mark_mask": self.config.mark_mask,
             "local_traffic": self.config.local_traffic,
             "nft_applies": self.reconciler.nft_applies,
             "reloads": self.reloads,
             "link_events": self.link_events,
+            "last_error": self.last_error,
+            "route_failures": list(self.last.failures) if self.last else [],
+            "retired": [{"mark": r.mark, "isp": r.name} for r in self.fleet.state.retired],
             "isps": isps,
             "conn_counts": self.counter.by_isp(),
             "events": list(self.events),
         }
 
     def _health(self, name: str) -> dict[str, Any]:
-        machine = self.machines.get(name)
+        machine = self.fleet.machines.get(name)
         entry = self.monitors.get(name)
         if machine is None or entry is None:
             return {"monitored": False}
         monitor = entry[0]
         quality = machine.quality()
-        held = machine.hold_until - time.monotonic()
+        held = machine.hold_until - self.clock()
         return {
             "monitored": True,
             "method": monitor.health.method,
@@ -321,66 +376,31 @@ class Daemon:
         if cmd in ("enable", "disable"):
             return await self.admin(str(message.get("isp")), cmd == "enable")
         if cmd == "flush":
-            return await self.flush_isp(str(message.get("isp")), message.get("config"))
+            return await self.flush_isp(str(message.get("isp")))
         if cmd == "stop":
-            self.cleanup_on_exit = self.cleanup_on_exit or bool(message.get("cleanup"))
+            cleanup_flag = message.get("cleanup", False)
+            if not isinstance(cleanup_flag, bool):
+                return {"ok": False, "error": "bad request: cleanup must be true or false"}
+            self.cleanup_on_exit = self.cleanup_on_exit or cleanup_flag
             self._stop.set()
             return {"ok": True, "message": "stopping"}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    async def flush_isp(self, name: str, config: str | None) -> dict[str, Any]:
-        """Delete an ISP's connections for ``wanlb conntrack delete --isp`` (the daemon has the marks loaded).
-
-        A CLI naming its config file (``config``: its real path) gets the flush only if
-        that is the file this daemon runs and it still gives the ISP the same mark and
-        mask (it may have been edited since the last load); else an error, and the CLI
-        resolves the name and flushes by itself.
-        """
-        cfg = self.config
-        isp = next((i for i in cfg.isps if i.name == name), None)
-        if isp is None:
+    async def flush_isp(self, name: str) -> dict[str, Any]:
+        """Delete an ISP's connections for ``wanlb conntrack delete --isp`` (same marks as the state file)."""
+        slot = self.fleet.state.isps.get(name)
+        if slot is None:
             return {"ok": False, "error": f"no ISP named {name!r}"}
-        mark = isp.mark or 0
-        if config is not None and (why := await self._not_as_on_disk(config, cfg, name, mark)):
-            return {"ok": False, "error": why}
+        mask = self.config.mark_mask
         try:
-            deleted = await asyncio.to_thread(_flush_now, Filter(mark=mark, mark_mask=cfg.mark_mask))
+            async with self._flush_lock:
+                deleted = await asyncio.to_thread(self._count_and_flush, slot.mark, mask)
         except OSError as exc:
             return {"ok": False, "error": f"flush failed: {exc.strerror or exc}"}
         log.info("flushed %d connections of %s (asked on the control socket)", deleted, name)
-        return {"ok": True, "isp": name, "mark": mark, "mark_mask": cfg.mark_mask, "deleted": deleted}
+        return {"ok": True, "isp": name, "mark": slot.mark, "mark_mask": mask, "deleted": deleted}
 
-    async def _not_as_on_disk(self, config: str, cfg: Config, name: str, mark: int) -> str | None:
-        """Why ``config`` may resolve ``name`` differently from the running ``cfg``; None if it cannot."""
-        running = os.path.realpath(self.config_path)
-        if config != running:
-            return f"this daemon runs {running}, not {config}"
-        try:
-            on_disk = await asyncio.to_thread(load_config, self.config_path)
-            same = on_disk.isp(name).mark == mark and on_disk.mark_mask == cfg.mark_mask
-        except (ConfigError, KeyError):
-            same = False
-        return None if same else f"{running} changed since it was loaded (`wanlb reload` applies it)"
-
-    # --- lifecycle -------------------------------------------------------------------
-
-    def _link_changed(self, name: str, usable: bool) -> None:
-        """A LAN or WAN link went up or down: routes through it may have come or gone; converge now."""
-        interfaces = {*self.config.lan.interfaces, *(i.interface for i in self.config.isps)}
-        if name in interfaces:
-            self.link_events += 1
-            self.spawn(self._reconcile_logged(f"link {name} {'up' if usable else 'down'}"))
-
-    async def _reconcile_logged(self, why: str) -> None:
-        try:
-            await self.reconcile(why)
-        except Exception as exc:  # the periodic resync retries
-            log.error("reconcile (%s) failed: %s", why, exc)
-
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RESYNC_INTERVAL)
-            await self._reconcile_logged("resync")
+    # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         socket_path = self.config.control.socket
@@ -406,15 +426,20 @@ class Daemon:
             links.close()
             for _monitor, task in self.monitors.values():
                 task.cancel()
-            self._conntrack.close()
             server.close()
             Path(socket_path).unlink(missing_ok=True)
             if self.cleanup_on_exit:
-                for change in await asyncio.to_thread(cleanup, self.config):
-                    log.info("cleanup %s", change)
+                async with self._lock:
+                    for change in await asyncio.to_thread(cleanup, self.kernel, self.config, self.store.state):
+                        log.info("cleanup %s", change)
+                    await asyncio.to_thread(runtime.remove, self.config.state_path)
                 log.info("removed everything wanlb added")
             else:
                 log.info("exiting; the datapath stays in place (connections keep flowing)")
+
+
+class VerifyError(Exception):
+    """The kernel would refuse the rendered ruleset."""
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:
@@ -423,17 +448,22 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
         log.error("background task %s crashed", task.get_coro(), exc_info=exc)
 
 
-def _flush_now(flt: Filter) -> int:
-    """One flush on a socket of its own: a control request never queues behind a failover's flush."""
-    with Conntrack() as ct:
-        return ct.delete_matching(flt)
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
 def run(config_path: str, cleanup_on_exit: bool) -> None:
     config = load_config(config_path)
-    preflight(config)
-    asyncio.run(Daemon(config_path, config, cleanup_on_exit).run())
+    kernel = LinuxKernel()
+    preflight(config, kernel)
+    path = config.state_path
+    previous = runtime.load(path)
+    allocation = runtime.allocate(config, previous, reload=False)
+    store = runtime.StateStore(path, previous or runtime.RuntimeState())
+    store.set_allocation(allocation.state)
+    for name in allocation.replaced + allocation.removed:
+        log.warning("ISP %s changed while wanlb was stopped: its old connections are flushed", name)
+    try:
+        asyncio.run(Daemon(config_path, config, kernel, store, cleanup_on_exit).run())
+    finally:
+        kernel.close()

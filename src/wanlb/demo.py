@@ -70,13 +70,15 @@ def _stream_isp(lab: Lab) -> str | None:
     return isps[0] if isps else None
 
 
-def _wait_state(lab: Lab, isp: str, state: str, timeout: float = 5.0) -> float:
-    """Seconds until the daemon reports ``isp`` in ``state`` (raises after ``timeout``)."""
+def _wait_state(lab: Lab, isp: str, state: str, timeout: float = 5.0) -> tuple[float, dict]:
+    """Seconds until the daemon has applied ``isp``'s change to ``state``, and that event (raises after ``timeout``)."""
     start = time.monotonic()
+    seen = len(request(str(lab.socket_path), {"cmd": "status"})["events"])
     while True:
-        status = request(str(lab.socket_path), {"cmd": "status"})
-        if any(i["name"] == isp and i["status"] == state for i in status["isps"]):
-            return time.monotonic() - start
+        events = request(str(lab.socket_path), {"cmd": "status"})["events"][seen:]
+        found = [e for e in events if e["isp"] == isp and e["status"] == state]
+        if found:
+            return time.monotonic() - start, found[-1]
         if time.monotonic() - start > timeout:
             raise RuntimeError(f"{isp} did not become {state} within {timeout} s")
         time.sleep(0.02)
@@ -143,15 +145,14 @@ def run_demo(console: Console) -> int:
         weights = PHASES[-1][1]
         victim = max((i for i in weights if i != _stream_isp(lab)), key=lambda i: weights[i])
         lab.fail(victim, "blackhole")
-        down_after = _wait_state(lab, victim, "down")
-        event = request(str(lab.socket_path), {"cmd": "status"})["events"][-1]
+        down_after, event = _wait_state(lab, victim, "down")
         console.print(
             f"[bold]{victim} blackholed[/]: declared down after {down_after:.2f} s "
             f"({event['reason']}), {event['flushed']} of its connections flushed"
         )
         phase(f"{victim} down", {i: (0 if i == victim else w) for i, w in weights.items()})
         lab.heal(victim)
-        up_after = _wait_state(lab, victim, "up")
+        up_after, _ = _wait_state(lab, victim, "up")
         console.print(f"[bold]{victim} healed[/]: back up after {up_after:.2f} s")
         summary.append(f"{victim} blackholed: down after {down_after:.2f} s, up {up_after:.2f} s after healing")
         stream.terminate()

@@ -1,9 +1,10 @@
-"""Planning: config + observed health (+ observed connected routes) → desired state.
+"""Planning: config + runtime allocation + ISP statuses + connected routes → desired state.
 
 This is where it is decided which ISPs take NEW connections: the best (lowest)
 tier that has at least one usable ISP, and within it every usable ISP by weight.
-Pure: no I/O, no clock.  The renderer turns the result into nft text and routing
-intent; the reconciler applies it.
+Marks and tables come from the runtime allocation (by ISP name), never from a
+position in the config.  Pure: no I/O, no clock.  The renderer turns the result
+into nft objects and routing intent; the reconciler makes the kernel match.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from wanlb.config import Config
+from wanlb.runtime import Retired, RuntimeState, mark_shift
 
 
 class IspStatus(StrEnum):
@@ -46,6 +48,7 @@ class IspPlan:
     gateway: ipaddress.IPv4Address
     mark: int
     table: int
+    slot: int  # rule priority offset, from the ISP's mark: independent of the config's order
     weight: int
     tier: int
     snat: str | ipaddress.IPv4Address
@@ -68,6 +71,9 @@ class Desired:
     rule_priority: int
     route_protocol: int
     weights: tuple[tuple[str, int], ...] = field(default=())  # reduced weights of active ISPs
+    helpers: tuple[str, ...] = ()
+    lan_nets: tuple[ipaddress.IPv4Network, ...] = ()  # connected LAN networks: never leave a WAN unNATed
+    retired: tuple[Retired, ...] = ()  # marks of removed ISPs: their packets are dropped until flushed
 
     @property
     def active(self) -> tuple[IspPlan, ...]:
@@ -91,11 +97,17 @@ def _best_tier(config: Config, statuses: Mapping[str, IspStatus]) -> tuple[int |
 
 def plan(
     config: Config,
+    state: RuntimeState,
     statuses: Mapping[str, IspStatus] | None = None,
     connected: tuple[ConnectedRoute, ...] = (),
 ) -> Desired:
-    """Compute the desired state.  ISPs missing from ``statuses`` count as UP."""
+    """Compute the desired state.  ISPs missing from ``statuses`` count as UP.
+
+    ``state`` must hold a slot for every ISP of ``config`` (see :func:`wanlb.runtime.allocate`).
+    """
     statuses = statuses or {}
+    shift = mark_shift(config.mark_mask)
+    slots = {name: ((slot.mark >> shift) - 1) % 256 for name, slot in state.isps.items()}
     tier, degraded_only = _best_tier(config, statuses)
     wanted = IspStatus.DEGRADED if degraded_only else IspStatus.UP
 
@@ -110,8 +122,9 @@ def plan(
             name=i.name,
             interface=i.interface,
             gateway=i.gateway,
-            mark=i.mark or 0,
-            table=i.table or 0,
+            mark=state.isps[i.name].mark,
+            table=state.isps[i.name].table,
+            slot=slots[i.name],
             weight=i.weight,
             tier=i.tier,
             snat=i.snat,
@@ -132,4 +145,7 @@ def plan(
         rule_priority=config.routing.rule_priority,
         route_protocol=config.routing.protocol,
         weights=tuple((i.name, i.weight // divisor) for i in active),
+        helpers=tuple(dict.fromkeys(config.helpers)),
+        lan_nets=tuple(sorted({r.dst for r in connected if r.dev in config.lan.interfaces})),
+        retired=state.retired,
     )

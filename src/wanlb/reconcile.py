@@ -1,23 +1,30 @@
-"""The one path that changes the kernel: observe → plan → render → diff → apply.
+"""The one path that changes the kernel: observe → plan → render → diff → apply, level-triggered.
 
-Start, reload, a health change and an admin action all call
-:meth:`Reconciler.reconcile`; it is idempotent, so calling it again with
-nothing changed touches nothing.  The nft table is replaced in a single
-transaction, so a refused ruleset leaves the previous one running.
+Start, reload, a health change, a link event and the periodic resync all call
+:meth:`Reconciler.reconcile`.  It compares what the kernel *has* — our nft
+table read back, every ip rule and route carrying one of our protocol tags at
+any priority and in any table, our sysctls — with what is desired, and changes
+only the difference, so drift and half-failed passes are repaired by the next
+pass.  Order matters for live traffic: new routes and rules go in first (a mark
+must have somewhere to go), then the nft transaction, then stale rules are
+removed from the highest priority down and stale routes last.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from wanlb.adapters import nft, routing
-from wanlb.adapters.sysctl import SysctlKeeper
+from wanlb import nftsync
+from wanlb.adapters.routing import RoutingError
 from wanlb.config import Config
+from wanlb.kernel import Kernel
 from wanlb.plan import Desired, IspStatus, plan
-from wanlb.render import PRIORITY_SPAN, render
+from wanlb.render import DYNAMIC_SETS, Route, RoutingIntent, Rule, render
+from wanlb.runtime import RuntimeState, StateStore
 
 log = logging.getLogger("wanlb.reconcile")
 
@@ -26,56 +33,157 @@ class PreflightError(RuntimeError):
     """The machine cannot run the datapath; the message is one sentence for the operator."""
 
 
-def preflight(config: Config) -> None:
+def preflight(config: Config, kernel: Kernel) -> None:
     """Refuse early, and clearly, instead of half-applying."""
     if os.geteuid() != 0:
         raise PreflightError("wanlb must run as root to change nftables, routing and sysctls")
+    from wanlb.adapters import nft
+
     nft.nft_path()
-    interfaces = [*config.lan.interfaces, *(i.interface for i in config.isps)]
-    missing = routing.missing_interfaces(interfaces)
+    present = kernel.links()
+    missing = [n for n in (*config.lan.interfaces, *(i.interface for i in config.isps)) if n not in present]
     if missing:
         raise PreflightError(f"interface(s) {', '.join(missing)} named in the config do not exist")
+
+
+@dataclass(frozen=True)
+class RoutingChanges:
+    """What converging the routing needs, in the order it is applied."""
+
+    add_routes: tuple[Route, ...]
+    add_rules: tuple[Rule, ...]
+    delete_rules: tuple[Rule, ...]  # highest priority first: a guard goes before the lookup it guards
+    delete_routes: tuple[Route, ...]
+
+
+def routing_changes(intent: RoutingIntent, rules: list[Rule], routes: list[Route]) -> RoutingChanges:
+    """Pure diff of wanted against present rules and routes (present = everything with our tags)."""
+    have = Counter(rules)
+    add_rules = tuple(r for r in intent.rules if have[r] == 0)
+    delete_rules: list[Rule] = []
+    for rule, count in have.items():
+        delete_rules += [rule] * (count - (1 if rule in intent.rules else 0))
+    present = set(routes)
+    add_routes = tuple(r for r in intent.routes if r not in present)
+    # `route replace` of a wanted route takes the place of any route with its table and destination:
+    # deleting that one afterwards (by table + destination) would remove the new route.
+    occupied = {(r.table, r.dst) for r in intent.routes}
+    delete_routes = tuple(dict.fromkeys(r for r in routes if (r.table, r.dst) not in occupied))
+    return RoutingChanges(add_routes, add_rules, tuple(sorted(delete_rules, reverse=True)), delete_routes)
 
 
 @dataclass(frozen=True)
 class ReconcileResult:
     desired: Desired
     nft_applied: bool
-    routing_changes: tuple[str, ...]
-    sysctls_changed: tuple[str, ...]
+    changes: tuple[str, ...]
+    failures: tuple[str, ...]  # routes the kernel refused (device down, …): retried next pass
 
 
 class Reconciler:
-    """Holds what was last applied so unchanged rulesets are not re-sent."""
+    """Converges the kernel; remembers what its nft applies produced (see :mod:`wanlb.nftsync`).
 
-    def __init__(self, state_path: str):
-        self.keeper = SysctlKeeper(state_path)
-        self._last_nft: str | None = None
+    Sysctl originals are written to the runtime state (``store``) *before* the
+    sysctl itself, so a ``kill -9`` never loses one.
+    """
+
+    def __init__(self, kernel: Kernel, store: StateStore):
+        self.kernel = kernel
+        self.store = store
+        self.record: nftsync.Record = {}
         self.nft_applies = 0
 
-    def reconcile(self, config: Config, statuses: Mapping[str, IspStatus]) -> ReconcileResult:
-        desired = plan(config, statuses, routing.read_connected())
+    def reconcile(self, config: Config, state: RuntimeState, statuses: Mapping[str, IspStatus]) -> ReconcileResult:
+        """Converge to ``config`` with the allocation in ``state`` and these statuses."""
+        kernel = self.kernel
+        desired = plan(config, state, statuses, kernel.connected())
         rendered = render(desired)
-        # Routes and rules first: a mark must have somewhere to go before nft hands it out.
-        changes = routing.apply(rendered.routing)
-        for change in changes:
-            (log.warning if change.startswith("!") else log.info)("routing %s", change)
-        sysctls = self.keeper.ensure(rendered.routing.sysctls)
+        protocols = set(state.protocols)
+        todo = routing_changes(rendered.routing, kernel.rules(protocols), kernel.routes(protocols))
+        changes: list[str] = []
+        failures: list[str] = []
+        for route in todo.add_routes:
+            try:
+                kernel.replace_route(route)
+                changes.append(f"+route {route.describe()}")
+            except RoutingError as exc:
+                failures.append(f"{route.describe()}: {exc}")
+        for rule in todo.add_rules:
+            kernel.add_rule(rule)
+            changes.append(f"+rule {rule.describe()}")
+        self._sysctls(rendered.routing.sysctls, changes)
+
         applied = False
-        if rendered.nft != self._last_nft or nft.table_text() is None:
-            nft.apply(rendered.nft)
-            self._last_nft = rendered.nft
+        observed = self._observe()
+        text = nftsync.transaction(rendered.nft, observed, self.record)
+        if text:
+            kernel.nft_apply(text)
             self.nft_applies += 1
             applied = True
-        return ReconcileResult(desired, applied, tuple(changes), tuple(sysctls))
+            after = self._observe()
+            self.record = nftsync.record_after(rendered.nft, after) if after else {}
+
+        for rule in todo.delete_rules:
+            kernel.delete_rule(rule)
+            changes.append(f"-rule {rule.describe()}")
+        for route in todo.delete_routes:
+            kernel.delete_route(route)
+            changes.append(f"-route {route.describe()}")
+        for change in changes:
+            log.info("routing %s", change)
+        for failure in failures:
+            log.warning("route not installed (retried at the next pass): %s", failure)
+        return ReconcileResult(desired, applied, tuple(changes), tuple(failures))
+
+    def _observe(self) -> nftsync.Observed | None:
+        listing = self.kernel.nft_read()
+        return None if listing is None else nftsync.observe(listing, DYNAMIC_SETS)
+
+    def _sysctls(self, wanted: tuple[tuple[str, str], ...], changes: list[str]) -> None:
+        """Set wanted sysctls (recording originals first); give back the ones no longer wanted."""
+        kernel = self.kernel
+        recorded = self.store.state.sysctls
+        originals = dict(recorded)
+        wanted_keys = {k for k, _ in wanted}
+        for key in [k for k in originals if k not in wanted_keys]:
+            if kernel.sysctl_read(key) is not None:
+                kernel.sysctl_write(key, originals[key])
+                changes.append(f"restored {key}={originals[key]}")
+            del originals[key]
+        to_write = []
+        for key, value in wanted:
+            current = kernel.sysctl_read(key)
+            if current is None or current == value:
+                continue
+            originals.setdefault(key, current)
+            to_write.append((key, value))
+        if originals != dict(recorded):
+            self.store.set_sysctls(originals)
+        for key, value in to_write:
+            kernel.sysctl_write(key, value)
+            changes.append(f"sysctl {key}={value}")
 
 
-def cleanup(config: Config) -> list[str]:
-    """Remove everything wanlb added and restore the sysctls it changed; nothing else."""
+def cleanup(kernel: Kernel, config: Config | None, state: RuntimeState | None) -> list[str]:
+    """Remove everything wanlb added and restore the sysctls it changed; nothing else.
+
+    What is "ours" comes from the runtime state (every protocol tag ever used)
+    and the config; the caller removes the state file afterwards.
+    """
     done = []
-    if nft.delete_table():
-        done.append("-nft table inet wanlb")
-    base = config.routing.rule_priority
-    done += routing.cleanup(config.routing.protocol, (base, base + PRIORITY_SPAN))
-    done += [f"restored {key}" for key in SysctlKeeper(config.state_path).restore()]
+    if kernel.nft_read() is not None:
+        kernel.nft_apply(f"delete table {nftsync.FAMILY} {nftsync.TABLE}\n")
+        done.append(f"-nft table {nftsync.FAMILY} {nftsync.TABLE}")
+    protocols = set(state.protocols if state else ()) | ({config.routing.protocol} if config else set())
+    if protocols:
+        for rule in sorted(kernel.rules(protocols), reverse=True):
+            kernel.delete_rule(rule)
+            done.append(f"-rule {rule.describe()}")
+        for route in dict.fromkeys(kernel.routes(protocols)):
+            kernel.delete_route(route)
+            done.append(f"-route {route.describe()}")
+    for key, value in (state.sysctls if state else {}).items():
+        if kernel.sysctl_read(key) is not None:
+            kernel.sysctl_write(key, value)
+            done.append(f"restored {key}={value}")
     return done

@@ -1,15 +1,20 @@
-"""Rendering: desired state → nft ruleset text and routing intent.  Pure.
+"""Rendering: desired state → nft objects and routing intent.  Pure.
 
 Where a packet's fate is decided (read this first):
 
-* ``prerouting`` (mangle priority) — packets from the LAN jump to ``from_lan``:
-  a connection that already carries an ISP mark in its ct mark has it copied
-  into the packet mark (``restore_<isp>``); a NEW IPv4 connection to a
-  non-local, non-connected destination goes to ``balance``, where a weighted
-  ``numgen`` map picks an ISP chain (``isp_<isp>``) that sets both the packet
-  mark and the ct mark.  Every packet arriving on a WAN gets that WAN's mark
-  (for the reverse-path check); a NEW connection arriving *inbound* on a WAN
-  also gets it as ct mark, so its replies leave the same way.
+* ``prerouting`` (mangle priority) — only IPv4 is touched (IPv6 passes
+  unmarked and untranslated until wanlb balances it).  A NEW connection to a
+  port with a conntrack helper (FTP by default) gets it, so its data
+  connections are RELATED and inherit its mark.  Packets of a removed ISP's
+  connections (``retired`` marks) are dropped until the flush catches them.
+  Packets from the LAN jump to ``from_lan``: a connection that already carries
+  an ISP mark in its ct mark has it copied into the packet mark
+  (``restore_<isp>``); a NEW connection to a non-local, non-connected
+  destination goes to ``balance``, where a weighted ``numgen`` map picks an ISP
+  chain (``isp_<isp>``) that sets both the packet mark and the ct mark.  Every
+  packet arriving on a WAN gets that WAN's mark (for the reverse-path check); a
+  NEW connection arriving *inbound* on a WAN also gets it as ct mark, so its
+  replies leave the same way.
 * ``output`` (type route) does the same for traffic the gateway originates.
 * ``ip rule fwmark MARK/MASK lookup TABLE`` sends each mark to its ISP table; a
   rule before them (``suppress_prefixlength 0``) lets more specific main-table
@@ -17,28 +22,51 @@ Where a packet's fate is decided (read this first):
   ever leaking out of another ISP when its table has no route.
 * ``postrouting`` (srcnat) applies each ISP's SNAT, matched on its mark and
   its egress interface.
+* ``egress`` (after srcnat) is the last word before a packet leaves a WAN:
+  LAN packets conntrack calls INVALID (say, the retransmitted FIN of a flushed
+  connection) and anything still carrying a LAN source are dropped and counted,
+  never sent un-NATed.
 
 Only the bits of ``mark_mask`` are read or written; other mark bits belong to
-whoever else uses them.
+whoever else uses them.  Named counters (``isp_<name>_rx/_tx/_new``,
+``invalid_dropped``, ``leak_dropped``) and the dynamic ``clients`` set are
+stable objects: :mod:`wanlb.nftsync` changes the table around them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from itertools import groupby
 
+from wanlb.nftsync import Chain, Counter, Helper, Object, Set, Table, full_text
 from wanlb.plan import Desired, IspPlan
 
-TABLE = "wanlb"
-FAMILY = "inet"
 ALL_BITS = 0xFFFFFFFF
+CLIENTS_SET = "clients"
+CLIENTS_TIMEOUT = 900  # seconds a LAN client counts as active after its last NEW connection
+DYNAMIC_SETS = (CLIENTS_SET,)
 
 # Rule priority offsets from config.routing.rule_priority.
 SUPPRESS_OFFSET = 0
-LOOKUP_OFFSET = 10
-GUARD_OFFSET = 100
-LAST_RESORT_OFFSET = 200
+LOOKUP_OFFSET = 10  # + the ISP's slot (0..255)
+GUARD_OFFSET = 300  # + the ISP's slot
+LAST_RESORT_OFFSET = 600
 PRIORITY_SPAN = 1000  # every rule wanlb owns lies in [rule_priority, rule_priority + PRIORITY_SPAN)
+
+# Conntrack helpers wanlb can assign: config name -> ((kernel helper type, protocol, port), ...).
+HELPERS: dict[str, tuple[tuple[str, str, int], ...]] = {
+    "ftp": (("ftp", "tcp", 21),),
+    "tftp": (("tftp", "udp", 69),),
+    "irc": (("irc", "tcp", 6667),),
+    "sip": (("sip", "udp", 5060),),
+    "pptp": (("pptp", "tcp", 1723),),
+    "h323": (("RAS", "udp", 1719), ("Q.931", "tcp", 1720)),
+    "amanda": (("amanda", "udp", 10080),),
+    "sane": (("sane", "tcp", 6566),),
+    "snmp": (("snmp", "udp", 161),),
+    "netbios-ns": (("netbios-ns", "udp", 137),),
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -51,6 +79,7 @@ class Rule:
     fwmark: int | None = None
     fwmask: int | None = None
     suppress_prefixlength: int | None = None
+    protocol: int = 0
 
     def describe(self) -> str:
         parts = [f"{self.priority}:", "from all"]
@@ -62,6 +91,7 @@ class Rule:
             parts.append(self.action)
         if self.suppress_prefixlength is not None:
             parts.append(f"suppress_prefixlength {self.suppress_prefixlength}")
+        parts.append(f"proto {self.protocol}")
         return " ".join(parts)
 
 
@@ -74,32 +104,32 @@ class Route:
     dev: str
     gateway: ipaddress.IPv4Address | None = None
     prefsrc: ipaddress.IPv4Address | None = None
+    protocol: int = 0
 
     def describe(self) -> str:
         dst = "default" if self.dst.prefixlen == 0 else str(self.dst)
         via = f" via {self.gateway}" if self.gateway else " scope link"
         src = f" src {self.prefsrc}" if self.prefsrc else ""
-        return f"{dst}{via} dev {self.dev}{src} table {self.table}"
+        return f"{dst}{via} dev {self.dev}{src} table {self.table} proto {self.protocol}"
 
 
 @dataclass(frozen=True)
 class RoutingIntent:
     rules: tuple[Rule, ...]
     routes: tuple[Route, ...]
-    tables: tuple[int, ...]
-    sysctls: tuple[tuple[str, str], ...]  # (/proc/sys path relative key, value)
+    sysctls: tuple[tuple[str, str], ...]  # (/proc/sys relative key, value)
     protocol: int
-    priority_range: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Rendered:
-    nft: str
+    nft: Table
     routing: RoutingIntent
 
     def describe(self) -> str:
         """Human-readable text of everything that would be applied (``wanlb render``)."""
-        out = ["# nft -f - (one atomic transaction)", self.nft.rstrip(), "", "# ip rules"]
+        out = ["# nft -f - (one atomic transaction; later changes touch only what differs)"]
+        out += [full_text(self.nft).rstrip(), "", "# ip rules"]
         out += [r.describe() for r in self.routing.rules]
         out += ["", "# routes"]
         out += [r.describe() for r in self.routing.routes]
@@ -115,6 +145,10 @@ def _hex(value: int) -> str:
 def _set_isp_mark(target: str, isp: IspPlan, mask: int) -> str:
     clear = ALL_BITS & ~mask
     return f"{target} mark set {target} mark & {_hex(clear)} | {_hex(isp.mark)}"
+
+
+def _names(names: tuple[str, ...] | list[str]) -> str:
+    return "{ " + ", ".join(f'"{n}"' for n in names) + " }"
 
 
 def _restore_vmap(desired: Desired) -> str:
@@ -139,16 +173,10 @@ def _balance_map(desired: Desired) -> str:
     return f"numgen inc mod {total} vmap {{ {', '.join(entries)} }}"
 
 
-def _bypass_elements(desired: Desired) -> str:
-    nets = ipaddress.collapse_addresses(desired.bypass)
-    return ", ".join(str(n) for n in nets)
-
-
 def _classify_new(desired: Desired) -> list[str]:
     """Rules shared by from_lan and output: which NEW connections get balanced."""
     lines = [
         "ct state != new return",
-        "meta nfproto != ipv4 return",
         "fib daddr type { local, broadcast, multicast } return",
     ]
     if desired.bypass:
@@ -158,40 +186,67 @@ def _classify_new(desired: Desired) -> list[str]:
     return lines
 
 
-def render_nft(desired: Desired) -> str:
-    """The whole ``inet wanlb`` table as one transaction that replaces any previous version."""
+def _helper_objects(desired: Desired) -> list[Helper]:
+    return [Helper(f"helper_{kind.lower().replace('.', '')}", kind, proto)
+            for name in desired.helpers for kind, proto, _port in HELPERS[name]]  # fmt: skip
+
+
+def _helper_rules(desired: Desired) -> list[str]:
+    rules = []
+    for name in desired.helpers:
+        for kind, proto, port in HELPERS[name]:
+            rules.append(f'ct state new {proto} dport {port} ct helper set "helper_{kind.lower().replace(".", "")}"')
+    return rules
+
+
+def _retired_rules(desired: Desired) -> list[str]:
+    """Drop packets of connections whose ISP is gone: the flush removes them; nothing may route them meanwhile."""
+    rules = []
+    for mask, group in groupby(sorted(desired.retired, key=lambda r: (r.mask, r.mark)), key=lambda r: r.mask):
+        marks = ", ".join(_hex(r.mark) for r in group)
+        rules.append(f"ct mark & {_hex(mask)} {{ {marks} }} drop")
+    return rules
+
+
+def render_nft(desired: Desired) -> Table:
+    """The ``inet wanlb`` table wanted for ``desired``."""
     mask = desired.mark_mask
-    out: list[str] = [
-        f"table {FAMILY} {TABLE} {{}}",
-        f"delete table {FAMILY} {TABLE}",
-        f"table {FAMILY} {TABLE} {{",
-    ]
-
-    def chain(name: str, body: list[str], hook: str | None = None) -> None:
-        out.append(f"\tchain {name} {{")
-        if hook:
-            out.append(f"\t\t{hook}")
-        out.extend(f"\t\t{line}" for line in body)
-        out.append("\t}")
-
-    if desired.bypass:
-        out += [
-            "\tset bypass {",
-            "\t\ttype ipv4_addr",
-            "\t\tflags interval",
-            f"\t\telements = {{ {_bypass_elements(desired)} }}",
-            "\t}",
-        ]
+    objects: list[Object] = [Counter("invalid_dropped"), Counter("leak_dropped")]
     for isp in desired.isps:
-        chain(f"restore_{isp.name}", [_set_isp_mark("meta", isp, mask)])
-        chain(f"isp_{isp.name}", [_set_isp_mark("meta", isp, mask), _set_isp_mark("ct", isp, mask)])
+        objects += [Counter(f"isp_{isp.name}_rx"), Counter(f"isp_{isp.name}_tx"), Counter(f"isp_{isp.name}_new")]
+    objects += _helper_objects(desired)
+    objects.append(Set(CLIENTS_SET, "ipv4_addr", ("dynamic", "timeout"), None, timeout=CLIENTS_TIMEOUT, size=65535))
+    if desired.bypass:
+        nets = tuple(str(n) for n in ipaddress.collapse_addresses(desired.bypass))
+        objects.append(Set("bypass", "ipv4_addr", ("interval",), nets))
+    if desired.lan_nets:
+        nets = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan_nets))
+        objects.append(Set("lan_nets", "ipv4_addr", ("interval",), nets))
+
+    for isp in desired.isps:
+        objects.append(Chain(f"restore_{isp.name}", (_set_isp_mark("meta", isp, mask),)))
+        objects.append(
+            Chain(
+                f"isp_{isp.name}",
+                (
+                    f'counter name "isp_{isp.name}_new"',
+                    _set_isp_mark("meta", isp, mask),
+                    _set_isp_mark("ct", isp, mask),
+                ),
+            )
+        )
     if desired.active:
-        chain("balance", [_balance_map(desired)])
+        objects.append(Chain("balance", (_balance_map(desired),)))
 
-    chain("from_lan", [_restore_vmap(desired), *_classify_new(desired)])
+    from_lan = [_restore_vmap(desired), *_classify_new(desired)]
+    if desired.active:  # a client that opened a balanced connection is active for CLIENTS_TIMEOUT
+        from_lan.insert(-1, f"update @{CLIENTS_SET} {{ ip saddr }}")
+    objects.append(Chain("from_lan", tuple(from_lan)))
 
-    lan = ", ".join(f'"{i}"' for i in desired.lan_interfaces)
-    prerouting = []
+    rx = ", ".join(f'"{i.interface}" : "isp_{i.name}_rx"' for i in desired.isps)
+    prerouting = [f"counter name iifname map {{ {rx} }}", "meta nfproto != ipv4 return"]
+    prerouting += _helper_rules(desired)
+    prerouting += _retired_rules(desired)
     for i in desired.isps:
         # Every packet from a WAN carries that WAN's mark, so the reverse-path check (src_valid_mark)
         # validates it against its own ISP table, not the main table: replies still pass when main
@@ -199,17 +254,19 @@ def render_nft(desired: Desired) -> str:
         prerouting.append(f'iifname "{i.interface}" {_set_isp_mark("meta", i, mask)}')
         new_inbound = f"ct state new ct mark & {_hex(mask)} == 0"
         prerouting.append(f'iifname "{i.interface}" {new_inbound} {_set_isp_mark("ct", i, mask)}')
-    prerouting.append(f"iifname {{ {lan} }} jump from_lan")
-    chain("prerouting", prerouting, "type filter hook prerouting priority mangle; policy accept;")
+    prerouting.append(f"iifname {_names(desired.lan_interfaces)} jump from_lan")
+    objects.append(Chain("prerouting", tuple(prerouting), ("filter", "prerouting", -150, "accept")))
 
-    output = ['oifname "lo" return', _restore_vmap(desired)]
+    output = ["meta nfproto != ipv4 return", 'oifname "lo" return', *_helper_rules(desired)]
+    output += _retired_rules(desired)
+    output.append(_restore_vmap(desired))
     if desired.local_traffic:
         # A socket that set its own mark in our bits (a health probe) keeps it.
         output.append(f"meta mark & {_hex(mask)} != 0 return")
         output += _classify_new(desired)
-    chain("output", output, "type route hook output priority mangle; policy accept;")
+    objects.append(Chain("output", tuple(output), ("route", "output", -150, "accept")))
 
-    postrouting = []
+    postrouting = ["meta nfproto != ipv4 return"]
     for isp in desired.isps:
         if isp.snat == "none":
             continue
@@ -218,28 +275,48 @@ def render_nft(desired: Desired) -> str:
         # Unmarked traffic that the main table sends out this WAN (last resort
         # "main", connections older than wanlb) still needs its address rewritten.
         postrouting.append(f'meta mark & {_hex(mask)} == 0 oifname "{isp.interface}" {action}')
-    chain("postrouting", postrouting, "type nat hook postrouting priority srcnat; policy accept;")
-    out.append("}")
-    return "\n".join(out) + "\n"
+    objects.append(Chain("postrouting", tuple(postrouting), ("nat", "postrouting", 100, "accept")))
+
+    wans = _names([i.interface for i in desired.isps])
+    nat_wans = [i.interface for i in desired.isps if i.snat != "none"]
+    egress = [
+        f"meta nfproto ipv4 iifname {_names(desired.lan_interfaces)} oifname {wans} ct state invalid "
+        'counter name "invalid_dropped" drop'
+    ]
+    if desired.lan_nets and nat_wans:
+        egress.append(
+            f'meta nfproto ipv4 oifname {_names(nat_wans)} ip saddr @lan_nets counter name "leak_dropped" drop'
+        )
+    tx = ", ".join(f'"{i.interface}" : "isp_{i.name}_tx"' for i in desired.isps)
+    egress.append(f"counter name oifname map {{ {tx} }}")
+    objects.append(Chain("egress", tuple(egress), ("filter", "postrouting", 110, "accept")))
+    return Table(tuple(objects))
 
 
 def render_routing(desired: Desired) -> RoutingIntent:
     """Rules, routes and sysctls for the desired state.
 
     Every ISP keeps its table and rules while it is down, so its probes still
-    leave through it and its recovery can be seen.
+    leave through it and its recovery can be seen.  Rule priorities follow the
+    ISP's slot (its rank by mark), not its place in the config.
     """
     base = desired.rule_priority
     mask = desired.mark_mask
-    rules = [Rule(base + SUPPRESS_OFFSET, "lookup", table=254, suppress_prefixlength=0)]
+    proto = desired.route_protocol
+    rules = [Rule(base + SUPPRESS_OFFSET, "lookup", table=254, suppress_prefixlength=0, protocol=proto)]
     routes: list[Route] = []
-    for index, isp in enumerate(desired.isps):
-        rules.append(Rule(base + LOOKUP_OFFSET + index, "lookup", table=isp.table, fwmark=isp.mark, fwmask=mask))
-        rules.append(Rule(base + GUARD_OFFSET + index, "unreachable", fwmark=isp.mark, fwmask=mask))
-        routes.append(Route(isp.table, ipaddress.IPv4Network("0.0.0.0/0"), isp.interface, gateway=isp.gateway))
-        routes += [Route(isp.table, c.dst, c.dev, prefsrc=c.prefsrc) for c in desired.connected]
+    for isp in desired.isps:
+        rules.append(
+            Rule(
+                base + LOOKUP_OFFSET + isp.slot, "lookup", table=isp.table, fwmark=isp.mark, fwmask=mask, protocol=proto
+            )
+        )
+        rules.append(Rule(base + GUARD_OFFSET + isp.slot, "unreachable", fwmark=isp.mark, fwmask=mask, protocol=proto))
+        default = ipaddress.IPv4Network("0.0.0.0/0")
+        routes.append(Route(isp.table, default, isp.interface, gateway=isp.gateway, protocol=proto))
+        routes += [Route(isp.table, c.dst, c.dev, prefsrc=c.prefsrc, protocol=proto) for c in desired.connected]
     if not desired.active and desired.last_resort != "main":
-        rules.append(Rule(base + LAST_RESORT_OFFSET, desired.last_resort))
+        rules.append(Rule(base + LAST_RESORT_OFFSET, desired.last_resort, protocol=proto))
     sysctls = [("net/ipv4/ip_forward", "1")]
     for isp in desired.isps:
         conf = f"net/ipv4/conf/{isp.interface}"
@@ -247,10 +324,8 @@ def render_routing(desired: Desired) -> RoutingIntent:
     return RoutingIntent(
         rules=tuple(sorted(rules)),
         routes=tuple(sorted(routes)),
-        tables=tuple(i.table for i in desired.isps),
         sysctls=tuple(sysctls),
-        protocol=desired.route_protocol,
-        priority_range=(base, base + PRIORITY_SPAN),
+        protocol=proto,
     )
 
 

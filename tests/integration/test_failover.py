@@ -150,15 +150,15 @@ def test_all_isps_down_uses_last_resort_then_recovers(lab: Lab, gw: LabGateway) 
     for isp in lab.isps:
         lab.fail(isp, "blackhole")
     gw.wait_for({"isp1": "down", "isp2": "down", "isp3": "down"}, timeout=5)
-    assert "10200:\tfrom all unreachable" in rules(lab)
+    assert "10600:\tfrom all unreachable" in rules(lab)
     route = ["ip", "route", "get", "203.0.113.10", "from", "192.168.77.10", "iif", "lan0"]
     refused = lab.run("gw", route, capture_output=True, text=True)
-    assert refused.returncode != 0 and "Network is unreachable" in refused.stderr, refused  # the 10200 rule
+    assert refused.returncode != 0 and "Network is unreachable" in refused.stderr, refused  # the 10600 rule
     assert lab.traffic(connections=10, timeout=2)["failed"] == 10
 
     lab.heal("isp2")
     gw.wait_for({"isp1": "down", "isp2": "up", "isp3": "down"}, timeout=5)
-    assert "10200:" not in rules(lab)
+    assert "10600:" not in rules(lab)
     assert lab.run("gw", route, capture_output=True, text=True).returncode == 0
     counts = lab.traffic(connections=30)
     assert counts["failed"] == 0 and counts["isp2"] == 30, counts
@@ -241,7 +241,9 @@ def test_disable_drains_and_enable_rejoins(lab: Lab, gw: LabGateway) -> None:
     # Draining kept every stream alive, the one on isp2 included.
     results = stop_streams(streams)
     assert all(r["ok"] for r in results), results
-    assert [e["event"] for e in gw.status()["events"]] == ["disabled", "down", "up"]
+    # One event per change, named for what happened: probes kept running while drained, so enable
+    # finds isp2 healthy and it is up at once (never a "down" event for a healthy ISP).
+    assert [(e["event"], e["status"]) for e in gw.status()["events"]] == [("disabled", "disabled"), ("enabled", "up")]
     bad = subprocess.run([*WANLB, "disable", "isp9", "--config", str(lab.config_path)], capture_output=True, text=True)
     assert bad.returncode == 1 and "no ISP named 'isp9'" in bad.stderr
 

@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 
-from wanlb.render import FAMILY, TABLE
+from wanlb.nftsync import FAMILY, TABLE
 
 
 class NftError(RuntimeError):
@@ -46,11 +46,15 @@ def table_text() -> str | None:
 
 
 def table_json() -> list[dict] | None:
-    """Our table in nft's JSON form (for inspection and tests), or None."""
-    try:
-        return json.loads(_run(["-j", "list", "table", FAMILY, TABLE]))["nftables"]
-    except NftError:
-        return None
+    """Our table in nft's JSON form (its ``nftables`` array), or None when it does not exist."""
+    proc = subprocess.run(
+        [nft_path(), "-j", "list", "table", FAMILY, TABLE], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        if "No such file or directory" in proc.stderr:
+            return None
+        raise NftError(proc.stderr.strip() or f"nft -j list table failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout)["nftables"]
 
 
 def delete_table() -> bool:

@@ -12,9 +12,14 @@ tests drive it with simulated time and the daemon with ``time.monotonic()``.
 * Flap damping: each DOWN within ``flap_window`` of the previous one doubles a
   hold-down period (from ``hold_base`` up to ``hold_max``) during which the ISP
   stays DOWN however good its rounds are.
-* Admin: ``disable`` drains an ISP (DISABLED) whatever its probes say;
-  ``enable`` hands it back to the probes, starting from DOWN so it must earn
-  ``up_after`` good rounds (an ISP nothing probes is UP at once).
+* Link: a WAN that loses carrier or is set down is DOWN at once (no need to
+  wait for probes); when it comes back, probes must prove it (an ISP nothing
+  probes is UP at once).
+* Admin: ``disable`` drains an ISP (DISABLED) whatever its probes say.
+  Probing goes on meanwhile, so ``enable`` decides at once from what the
+  probes saw: UP if the last ``up_after`` rounds passed, DOWN if it is failing
+  or its link is down, otherwise DOWN until it earns ``up_after`` good rounds
+  (an ISP nothing probes is UP at once).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class HealthMachine:
         self._hold = 0.0
         self.hold_until = 0.0
         self.disabled = initial == IspStatus.DISABLED
+        self.link_down = False
 
     # --- observations ------------------------------------------------------------------
 
@@ -116,7 +122,7 @@ class HealthMachine:
         else:
             self._fails += 1
             self._goods = 0
-        if self.disabled:
+        if self.disabled or self.link_down:
             return None
         p = self.params
         if self.status in (IspStatus.UP, IspStatus.DEGRADED) and self._fails >= p.down_after:
@@ -144,6 +150,25 @@ class HealthMachine:
         """The last ``down_after`` rounds failed (counted even while disabled)."""
         return self._fails >= self.params.down_after
 
+    @property
+    def broken(self) -> bool:
+        """Its link is down or its probes are failing: its connections cannot work (flush them)."""
+        return self.link_down or self.failing
+
+    def link(self, now: float, usable: bool, probed: bool) -> Transition | None:
+        """The WAN's link went down (DOWN at once) or came back (probes decide; unprobed: UP)."""
+        if usable == (not self.link_down):
+            return None
+        self.link_down = not usable
+        if self.disabled:
+            return None
+        if not usable:
+            return self._move(IspStatus.DOWN, now, "link down")
+        self._goods = 0
+        if not probed and self.status == IspStatus.DOWN:
+            return self._move(IspStatus.UP, now, "link up (not monitored)")
+        return None
+
     # --- admin -----------------------------------------------------------------------
 
     def disable(self, now: float) -> Transition | None:
@@ -151,12 +176,21 @@ class HealthMachine:
         return self._move(IspStatus.DISABLED, now, "disabled by admin")
 
     def enable(self, now: float, probed: bool = True) -> Transition | None:
-        """Back from a drain: down until good rounds prove it up, or up at once if nothing probes it."""
+        """Back from a drain, judged by what the probes saw meanwhile (see the module docstring)."""
         if not self.disabled:
             return None
         self.disabled = False
-        self._goods = 0
-        if not probed:
-            return self._move(IspStatus.UP, now, "enabled by admin (not monitored)")
-        old, self.status = self.status, IspStatus.DOWN
-        return Transition(old, IspStatus.DOWN, now, "enabled by admin; waiting for good rounds")
+        p = self.params
+        if self.link_down:
+            new, why = IspStatus.DOWN, "link down"
+        elif not probed:
+            new, why = IspStatus.UP, "not monitored"
+        elif self.failing:
+            new, why = IspStatus.DOWN, f"{self._fails} failed rounds"
+        elif self._goods >= p.up_after:
+            bad = self._quality_bad(self.quality(), p.max_loss, p.max_latency)
+            new, why = (IspStatus.DEGRADED, bad) if bad else (IspStatus.UP, f"{self._goods} good rounds")
+        else:
+            new, why = IspStatus.DOWN, f"waiting for {p.up_after - self._goods} more good rounds"
+        old, self.status = self.status, new
+        return Transition(old, new, now, f"enabled by admin; {why}")

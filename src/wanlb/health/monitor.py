@@ -1,4 +1,4 @@
-"""Per-ISP probing loop: rounds of probes in, :class:`Transition` decisions out.
+"""Per-ISP probing loop: rounds of probes out, each handed to the daemon as it finishes.
 
 A round starts every ``interval`` whether or not earlier rounds have finished,
 so a dead link is counted at the probing rate, not at the (longer) timeout
@@ -6,10 +6,10 @@ rate.  A round sends one probe to every target at once and waits for every
 answer or the timeout; it passes when at least ``quorum`` targets answered.
 (Waiting for all of them, rather than stopping at the quorum, is what makes
 the reported loss the real probe loss.)
-Each finished round is fed to the ISP's :class:`HealthMachine`; a transition
-is handed to ``on_transition`` at once.  That call is synchronous: the daemon
-starts the failover in a task of its own, so cancelling a monitor (a reload)
-can never cut a failover short.
+Each finished round goes to ``on_round`` at once, which feeds the ISP's
+health machine in :class:`wanlb.fleet.Fleet` (the monitor decides nothing).
+That call is synchronous: the daemon starts any failover in a task of its
+own, so cancelling a monitor (a reload) can never cut a failover short.
 """
 
 from __future__ import annotations
@@ -22,27 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wanlb.config import HealthConfig, IspConfig
-from wanlb.health.machine import HealthMachine, HealthParams, Transition
 from wanlb.health.probes import Egress, IcmpPinger, ProbeFailed, dns_probe, http_probe, tcp_probe
 
 log = logging.getLogger("wanlb.health")
 
 DEFAULT_PORTS = {"tcp": None, "http": 80, "https": 443, "dns": 53}
-
-
-def params_of(health: HealthConfig) -> HealthParams:
-    return HealthParams(
-        down_after=health.down_after,
-        up_after=health.up_after,
-        window=health.window,
-        max_loss=health.max_loss,
-        max_latency=health.max_latency,
-        recover_loss=health.recover_loss,
-        recover_latency=health.recover_latency,
-        flap_window=health.flap_window,
-        hold_base=health.hold_down,
-        hold_max=health.hold_down_max,
-    )
 
 
 class Prober:
@@ -78,26 +62,29 @@ class RoundResult:
     loss: float  # fraction of the probes that got no answer
     errors: dict[str, str]  # target → why it did not answer
 
+    def describe_errors(self) -> str:
+        return "; ".join(f"{t} {why}" for t, why in sorted(self.errors.items()))
 
-TransitionHandler = Callable[[str, Transition], None]
+
+RoundHandler = Callable[[str, RoundResult], None]
 
 
 class IspMonitor:
-    """Probes one ISP forever; owns its :class:`HealthMachine`."""
+    """Probes one ISP forever through its mark and interface."""
 
     def __init__(
         self,
         isp: IspConfig,
-        machine: HealthMachine,
-        on_transition: TransitionHandler,
+        mark: int,
+        on_round: RoundHandler,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.isp = isp
         self.health = isp.health
-        self.machine = machine
-        self.on_transition = on_transition
+        self.mark = mark
+        self.on_round = on_round
         self.clock = clock
-        self.prober = Prober(isp.health, Egress(isp.mark or 0, isp.interface))
+        self.prober = Prober(isp.health, Egress(mark, isp.interface))
         self.rounds = 0
         self.last: RoundResult | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -151,13 +138,4 @@ class IspMonitor:
         result = await self.probe_round()
         self.rounds += 1
         self.last = result
-        transition = self.machine.round(self.clock(), result.ok, result.latency, result.loss)
-        if transition is not None:
-            if not result.ok:
-                transition = Transition(
-                    transition.old,
-                    transition.new,
-                    transition.at,
-                    f"{transition.reason}: " + "; ".join(f"{t} {why}" for t, why in sorted(result.errors.items())),
-                )
-            self.on_transition(self.isp.name, transition)
+        self.on_round(self.isp.name, result)

@@ -1,4 +1,4 @@
-"""``delete --isp`` through a running daemon, only when it resolves ISPs as the CLI's config does.
+"""``delete --isp`` through a running daemon; ISP names resolved from its runtime state, never re-derived.
 
 A lab gateway runs ``wanlb run`` (no health probes: nothing adds entries behind the
 tests' backs); each test starts from a table of synthetic entries whose marks
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,28 +107,27 @@ def test_json_reports_the_daemon_and_without_a_config_the_daemons_isps_count(gat
     assert gateway.marks() == _without(before, MARKS["isp1"])
 
 
-def _edited(gateway: Gateway, path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+def test_an_edited_config_does_not_change_what_an_isp_name_means(gateway: Gateway, tmp_path: Path) -> None:
+    """The running wanlb's allocation (its runtime state) names the marks, whatever a config file now says."""
     data = yaml.safe_load(gateway.lab.config_path.read_text())
-    edit(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _swapped(data)  # not loaded by the daemon: isp2 still carries 0x200
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(data, sort_keys=False))
+    for options in (f"--config {other}", f"--config {other} --socket /nonexistent/x.sock"):
+        before = gateway.fresh_table()
+        out = gateway.delete(options.replace("/nonexistent/x.sock", gateway.socket), "--isp", "isp2")
+        assert out == {"deleted": ENTRIES // 4, "source": "daemon"}
+        assert gateway.marks() == _without(before, MARKS["isp2"])
 
 
-def test_a_daemon_running_another_config_is_not_used(gateway: Gateway, tmp_path: Path) -> None:
-    other = tmp_path / "other.yaml"  # same control.socket, so the CLI finds this daemon and must refuse it
-    _edited(gateway, other, _swapped)
+def test_without_a_daemon_names_come_from_the_state_it_left(gateway: Gateway) -> None:
+    """A stopped daemon's runtime state still names the marks (connections outlive it)."""
     before = gateway.fresh_table()
-    out = gateway.delete(f"--config {other}", "--isp", "isp2")
-    assert out == {"deleted": ENTRIES // 4, "source": "kernel"}
-    assert gateway.marks() == _without(before, MARKS["isp3"])  # the CLI's config: isp2 is 0x300
-
-
-def test_a_config_edited_since_the_daemon_loaded_it_is_resolved_from_the_file(gateway: Gateway) -> None:
-    before = gateway.fresh_table()
-    gateway.daemon.write(_swapped)  # not reloaded: the daemon still flushes 0x200 for isp2
-    try:
-        out = gateway.delete(f"--config {gateway.config}", "--isp", "isp2")
-    finally:
-        gateway.daemon.write(_no_probes)
+    sock = f"{gateway.lab.dir}/gone.sock"  # no daemon answers here, but a state file lies next to it
+    Path(f"{gateway.lab.dir}/gone.state.json").write_text(
+        Path(gateway.socket).with_suffix(".state.json").read_text()
+    )
+    out = gateway.delete(f"--config /nonexistent --socket {sock}", "--isp", "isp3")
     assert out == {"deleted": ENTRIES // 4, "source": "kernel"}
     assert gateway.marks() == _without(before, MARKS["isp3"])
 

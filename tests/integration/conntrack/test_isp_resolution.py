@@ -1,61 +1,48 @@
-"""``list`` works from a quick read of the config while the full load runs beside it: never shows a wrong guess."""
+"""How ``wanlb conntrack`` names ISPs: the running wanlb's runtime state first, else the config as a first start."""
 
 from __future__ import annotations
 
-import sys
-import textwrap
+import json
 from pathlib import Path
 
 import pytest
 from conftest import ISPS, Netns
 
+from wanlb import runtime
 from wanlb.config import load_config
-from wanlb.conntrack_cli import Isps, _quick_isps
-from wanlb.lab.topology import Topology
-
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-MIXED_MARKS = """
-lan: {interfaces: [lan0]}
-mark_mask: "0xf0"
-isps:
-  - {name: a, interface: wan0, gateway: 192.0.2.1}
-  - {name: b, interface: wan1, gateway: 192.0.2.2, mark: 0x10}
-  - {name: c, interface: wan2, gateway: 192.0.2.3}
-"""
+from wanlb.conntrack_cli import Ctx, Isps
 
 
-def _configs(tmp_path: Path, isp_config: str) -> list[Path]:
-    lab = tmp_path / "lab.yaml"
-    lab.write_text(Topology("x", 4, 2, ()).config_yaml("/run/x.sock"))
-    mixed = tmp_path / "mixed.yaml"
-    mixed.write_text(MIXED_MARKS)
-    return [*sorted(EXAMPLES.glob("*.yaml")), lab, mixed, Path(isp_config)]
+def _with_socket(isp_config: str, tmp_path: Path) -> tuple[str, Path]:
+    """The config with a control socket in tmp_path; returns (config, state file path)."""
+    sock = tmp_path / "run" / "wanlb.sock"
+    sock.parent.mkdir(mode=0o700)
+    path = Path(isp_config)
+    path.write_text(path.read_text() + f"control: {{socket: {sock}}}\n")
+    return str(path), sock.with_suffix(".state.json")
 
 
-def test_quick_read_resolves_like_the_full_load(tmp_path: Path, isp_config: str) -> None:
-    for path in _configs(tmp_path, isp_config):
-        cfg = load_config(path)
-        assert _quick_isps(str(path)) == Isps({i.mark: i.name for i in cfg.isps}, cfg.mark_mask, "config"), path
+def test_without_state_the_config_is_allocated_as_a_first_start(isp_config: str) -> None:
+    cfg = load_config(isp_config)
+    assert Ctx(isp_config, None).isps(required=True) == Isps({m: n for n, m in ISPS.items()}, cfg.mark_mask, "config")
 
 
-_WRONG_GUESS = textwrap.dedent(
-    """
-    import sys
-    import wanlb.conntrack_cli as cli
-    cli._quick_isps = lambda path: cli.Isps({0x100: "b", 0x200: "a"}, 0xFF00, "config")
-    cli.conntrack(sys.argv[1:])
-    """
-)
+def test_the_runtime_state_wins_over_the_config(isp_config: str, tmp_path: Path) -> None:
+    config, state_path = _with_socket(isp_config, tmp_path)
+    cfg = load_config(config)
+    state = runtime.allocate(cfg, None, reload=False).state
+    swapped = {"a": state.isps["b"], "b": state.isps["a"], "c": state.isps["c"], "d": state.isps["d"]}
+    runtime.save(state_path, runtime.RuntimeState(**{**state.__dict__, "isps": swapped}))
+    isps = Ctx(config, None).isps(required=True)
+    assert isps is not None and isps.source == "state"
+    assert isps.mark_of("a") == ISPS["b"] and isps.mark_of("b") == ISPS["a"]
 
 
-@pytest.mark.root
-def test_a_wrong_quick_guess_is_never_shown(netns: Netns, isp_config: str) -> None:
-    netns.fill(2000)
-    res = netns.run(sys.executable, "-c", _WRONG_GUESS, "--config", isp_config, "list", "--isp", "b")
-    lines = res.stdout.splitlines()
-    want = netns.run("conntrack", "-L", "-m", f"{ISPS['b']:#x}/0xff00").stdout.count("\n")
-    assert len(lines) == want > 0
-    assert all(line.endswith(" isp=b") and f" mark={ISPS['b']} " in line for line in lines)
+def test_an_untrustworthy_state_file_is_a_usage_error(isp_config: str, tmp_path: Path) -> None:
+    config, state_path = _with_socket(isp_config, tmp_path)
+    state_path.write_text(json.dumps({"version": 1, "sysctls": {"../../tmp/victim": "1"}}))
+    with pytest.raises(Exception, match="not one wanlb changes"):
+        Ctx(config, None).isps(required=True)
 
 
 @pytest.mark.root

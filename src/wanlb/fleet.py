@@ -1,0 +1,240 @@
+"""The one owner of per-ISP state: inputs in, effects out.  Pure (time is passed in), sans-I/O.
+
+Every input that can change an ISP — a probe round, an admin drain or enable,
+a WAN link going down or up, a reload, the periodic resync — is a method of
+:class:`Fleet`.  Each returns the effects to carry out, as data:
+
+* :class:`Reconcile` — make the kernel match (balancing, routes, rules);
+* :class:`Flush` — delete the conntrack entries carrying a mark, *only after*
+  the reconcile of the same batch succeeded (else a flushed connection could
+  come back to the ISP that is leaving);
+* :class:`Emit` — one event, correctly named, for history, logs and hooks;
+* :class:`SaveState` — persist the runtime state (allocations).
+
+The daemon executes effects and decides nothing.  What a dead ISP's
+connections should become is desired state here: "an ISP that is DOWN because
+it is broken (its link or its probes), with ``on_down: flush``, has no
+conntrack entries", and "a retired mark has no entries".  :meth:`Fleet.resync`
+turns the live counts into the flushes still missing, so a flush that failed
+(or never ran because nft failed) is retried at the next resync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from wanlb.config import Config, IspConfig
+from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transition
+from wanlb.plan import IspStatus
+from wanlb.runtime import Allocation, RuntimeState
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float  # wall-clock seconds
+    isp: str
+    event: str  # up, down, degraded, disabled, enabled, added, removed, replaced
+    status: str  # the ISP's status afterwards ("removed" once it is gone)
+    old: str | None
+    reason: str
+    interface: str
+    loss_percent: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    why: str
+
+
+@dataclass(frozen=True)
+class Flush:
+    isp: str
+    mark: int
+    mask: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Emit:
+    event: Event
+
+
+@dataclass(frozen=True)
+class SaveState:
+    state: RuntimeState
+
+
+Effect = Reconcile | Flush | Emit | SaveState
+
+
+def params_of(isp: IspConfig) -> HealthParams:
+    h = isp.health
+    return HealthParams(
+        down_after=h.down_after,
+        up_after=h.up_after,
+        window=h.window,
+        max_loss=h.max_loss,
+        max_latency=h.max_latency,
+        recover_loss=h.recover_loss,
+        recover_latency=h.recover_latency,
+        flap_window=h.flap_window,
+        hold_base=h.hold_down,
+        hold_max=h.hold_down_max,
+    )
+
+
+class Fleet:
+    """Per-ISP health machines, admin and link state, allocations; see the module docstring."""
+
+    def __init__(self, config: Config, state: RuntimeState, links: Mapping[str, bool], now: float, wall: float):
+        self.config = config
+        self.state = state
+        self.machines: dict[str, HealthMachine] = {}
+        self.since: dict[str, float] = {}
+        for isp in config.isps:
+            self._new_machine(isp, IspStatus.UP, now, wall)
+            if links.get(isp.interface) is False:
+                self.machines[isp.name].link(now, False, self.probed(isp.name))
+
+    # --- what the rest of wanlb reads -------------------------------------------------------
+
+    def statuses(self) -> dict[str, IspStatus]:
+        return {name: m.status for name, m in self.machines.items()}
+
+    def probed(self, name: str) -> bool:
+        return bool(self.config.isp(name).health.targets)
+
+    def quality(self, name: str) -> Quality:
+        return self.machines[name].quality()
+
+    def wants_empty(self, name: str) -> bool:
+        """Its connections cannot work and the config says flush them."""
+        m = self.machines[name]
+        return self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def round(
+        self, name: str, now: float, wall: float, ok: bool, latency: float | None, loss: float, errors: str = ""
+    ) -> list[Effect]:
+        """One finished probe round of ISP ``name``."""
+        machine = self.machines.get(name)
+        if machine is None:  # a round that finished after its ISP was removed by a reload
+            return []
+        t = machine.round(now, ok, latency, loss)
+        if t is None:
+            return []
+        if errors and not ok:
+            t = replace(t, reason=f"{t.reason}: {errors}")
+        return self._changed(name, t, t.new.value, wall)
+
+    def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
+        """A WAN link's usability changed (LAN links only need a reconcile)."""
+        effects: list[Effect] = []
+        for isp in self.config.isps:
+            if isp.interface != interface:
+                continue
+            t = self.machines[isp.name].link(now, usable, self.probed(isp.name))
+            if t is not None:
+                effects += self._changed(isp.name, replace(t, reason=f"{t.reason} ({interface})"), t.new.value, wall)
+        lan = interface in self.config.lan.interfaces
+        if (lan or any(i.interface == interface for i in self.config.isps)) and not effects:
+            effects.append(Reconcile(f"link {interface} {'up' if usable else 'down'}"))
+        return effects
+
+    def disable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
+        t = self._machine(name).disable(now)
+        effects = [] if t is None else self._changed(name, t, "disabled", wall)
+        return f"{name} is {self.machines[name].status.value}", effects
+
+    def enable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
+        t = self._machine(name).enable(now, self.probed(name))
+        effects = [] if t is None else self._changed(name, t, "enabled", wall)
+        return f"{name} is {self.machines[name].status.value}", effects
+
+    def reload(self, config: Config, allocation: Allocation, now: float, wall: float) -> list[Effect]:
+        """Adopt a new config and its allocation: carry each staying ISP's state, report every change."""
+        old_config, old_state = self.config, self.state
+        self.config, self.state = config, allocation.state
+        effects: list[Effect] = [SaveState(allocation.state), Reconcile("reload")]
+        events: list[Effect] = []
+        gone = set(allocation.removed) | set(allocation.replaced)
+        for name in gone:
+            old_isp = old_config.isp(name)
+            machine = self.machines.pop(name)
+            self.since.pop(name, None)
+            slot = old_state.isps[name]
+            effects.append(
+                Flush(name, slot.mark, old_state.mark_mask, "removed" if name in allocation.removed else "replaced")
+            )
+            if name in allocation.removed:
+                events.append(self._emit(name, "removed", "removed", machine.status.value, "removed from the config",
+                                         old_isp.interface, wall))  # fmt: skip
+        for isp in config.isps:
+            machine = self.machines.get(isp.name)
+            if machine is None:
+                self._new_machine(isp, IspStatus.UP, now, wall)
+                what = "replaced" if isp.name in allocation.replaced else "added"
+                why = "interface or mark changed: a new uplink" if what == "replaced" else "added to the config"
+                events.append(self._emit(isp.name, what, IspStatus.UP.value, None, why, isp.interface, wall))
+                continue
+            status = machine.status
+            if not isp.health.targets and status in (IspStatus.DOWN, IspStatus.DEGRADED) and not machine.link_down:
+                t = Transition(status, IspStatus.UP, now, "no health targets any more (reload)")
+                self._new_machine(isp, IspStatus.UP, now, wall)
+                events += [e for e in self._changed(isp.name, t, "up", wall) if isinstance(e, Emit)]
+            elif machine.params != params_of(isp):
+                fresh = HealthMachine(params_of(isp), status)
+                fresh.disabled, fresh.link_down = machine.disabled, machine.link_down
+                self.machines[isp.name] = fresh
+        return effects + events
+
+    def resync(self, counts: Mapping[int, int]) -> list[Effect]:
+        """Flushes still missing, from live per-mark counts (``mark & mark_mask`` → entries)."""
+        effects: list[Effect] = []
+        mask = self.config.mark_mask
+        for name, slot in self.state.isps.items():
+            if name in self.machines and self.wants_empty(name) and counts.get(slot.mark, 0) > 0:
+                effects.append(Flush(name, slot.mark, mask, "still has connections while down"))
+        # A retired mark is flushed (counted exactly by the kernel) and then released, whatever the counts say.
+        effects += [Flush(r.name, r.mark, r.mask, "its ISP was removed") for r in self.state.retired]
+        return effects
+
+    def flushed(self, mark: int, mask: int) -> list[Effect]:
+        """A flush of ``mark`` succeeded: a retired mark is free again."""
+        if not any(r.mark == mark and r.mask == mask for r in self.state.retired):
+            return []
+        kept = tuple(r for r in self.state.retired if not (r.mark == mark and r.mask == mask))
+        self.state = replace(self.state, retired=kept)
+        return [SaveState(self.state)]
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _machine(self, name: str) -> HealthMachine:
+        if name not in self.machines:
+            raise KeyError(f"no ISP named {name!r}")
+        return self.machines[name]
+
+    def _new_machine(self, isp: IspConfig, status: IspStatus, now: float, wall: float) -> None:
+        self.machines[isp.name] = HealthMachine(params_of(isp), status)
+        self.since[isp.name] = wall
+
+    def _changed(self, name: str, t: Transition, event: str, wall: float) -> list[Effect]:
+        """A status change: reconcile, flush if it is now broken and down, and one event."""
+        self.since[name] = wall
+        isp = self.config.isp(name)
+        effects: list[Effect] = [Reconcile(f"{name} {event}")]
+        if self.wants_empty(name):
+            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason))
+        effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall))
+        return effects
+
+    def _emit(
+        self, name: str, event: str, status: str, old: str | None, reason: str, interface: str, wall: float
+    ) -> Emit:
+        q = self.machines[name].quality() if name in self.machines else None
+        latency = None if q is None or q.latency is None else round(q.latency * 1000, 2)
+        loss = None if q is None else round(q.loss_percent, 1)
+        return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency))
