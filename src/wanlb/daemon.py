@@ -300,15 +300,18 @@ class Daemon:
         desired = self.last.desired if self.last else None
         isps = []
         for isp in desired.isps if desired else ():
-            if isp.name not in self.fleet.machines:
+            machine = self.fleet.machines.get(isp.name)
+            if machine is None:
                 continue
-            status = self.fleet.machines[isp.name].status
             isps.append(
                 {
                     "name": isp.name,
                     "interface": isp.interface,
                     "gateway": str(isp.gateway),
-                    "status": status.value,
+                    # What the kernel has (the last applied plan); "decided" differs only while a
+                    # change is being applied, or when applying it failed (see last_error).
+                    "status": isp.status.value,
+                    "decided": machine.status.value,
                     "active": isp.active,
                     "weight": isp.weight,
                     "tier": isp.tier,
@@ -316,7 +319,7 @@ class Daemon:
                     "mark": isp.mark,
                     "table": isp.table,
                     "since": round(self.fleet.since.get(isp.name, self.started), 3),
-                    "link_down": self.fleet.machines[isp.name].link_down,
+                    "link_down": machine.link_down,
                     "health": self._health(isp.name),
                 }
             )

@@ -124,9 +124,7 @@ def test_without_a_daemon_names_come_from_the_state_it_left(gateway: Gateway) ->
     """A stopped daemon's runtime state still names the marks (connections outlive it)."""
     before = gateway.fresh_table()
     sock = f"{gateway.lab.dir}/gone.sock"  # no daemon answers here, but a state file lies next to it
-    Path(f"{gateway.lab.dir}/gone.state.json").write_text(
-        Path(gateway.socket).with_suffix(".state.json").read_text()
-    )
+    Path(f"{gateway.lab.dir}/gone.state.json").write_text(Path(gateway.socket).with_suffix(".state.json").read_text())
     out = gateway.delete(f"--config /nonexistent --socket {sock}", "--isp", "isp3")
     assert out == {"deleted": ENTRIES // 4, "source": "kernel"}
     assert gateway.marks() == _without(before, MARKS["isp3"])
