@@ -95,7 +95,8 @@ class Daemon:
                 self.counter.marks = self.store.state.names_by_mark()
             elif isinstance(effect, Reconcile):
                 error = await self._reconcile_logged(effect.why) or error
-                applied = self.wall()
+                done = self.last.nft_done if self.last is not None and error is None else None
+                applied = done if done is not None else self.wall()
             elif isinstance(effect, Flush):
                 if error is None:
                     flushed[effect.isp] = await self._flush(effect)
@@ -124,7 +125,7 @@ class Daemon:
                 await work
                 raise
         self.last = result
-        if result.nft_applied:
+        if result.nft_done is not None:
             active = ", ".join(f"{i.name}={i.share:.0%}" for i in result.desired.active) or "none"
             log.info("applied ruleset (%s): active %s", why, active)
         return result

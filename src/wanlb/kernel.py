@@ -8,8 +8,12 @@ root; the real-kernel tests in the lab still cover the adapters.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
+
+from pyroute2 import IPRoute
 
 from wanlb.adapters import nft, routing, sysctl
 from wanlb.ctnetlink import codec
@@ -55,37 +59,67 @@ class Kernel(Protocol):
 
 
 class LinuxKernel:
-    """The real thing, in the current network namespace."""
+    """The real thing, in the current network namespace.
+
+    One rtnetlink socket (pyroute2's IPRoute costs ~4 ms to open) and one
+    ctnetlink socket are kept for the daemon's life; each is used by one
+    thread at a time.
+    """
 
     def __init__(self) -> None:
-        self._ct = Conntrack()  # opened once: a failover should not wait for a socket setup
+        self._ct = Conntrack()
+        self._ct_lock = threading.Lock()
+        self._ipr: IPRoute | None = None
+        self._ipr_lock = threading.Lock()
 
     def close(self) -> None:
         self._ct.close()
+        if self._ipr is not None:
+            self._ipr.close()
+
+    @contextmanager
+    def _rtnl(self) -> Iterator[IPRoute]:
+        with self._ipr_lock:
+            if self._ipr is None:
+                self._ipr = IPRoute()
+            try:
+                yield self._ipr
+            except OSError:  # a broken socket is replaced at the next use
+                self._ipr.close()
+                self._ipr = None
+                raise
 
     def links(self) -> dict[str, bool]:
-        return routing.links()
+        with self._rtnl() as ipr:
+            return routing.links(ipr)
 
     def connected(self) -> tuple[ConnectedRoute, ...]:
-        return routing.read_connected()
+        with self._rtnl() as ipr:
+            return routing.read_connected(ipr)
 
     def rules(self, protocols: Collection[int]) -> list[Rule]:
-        return routing.read_rules(protocols)
+        with self._rtnl() as ipr:
+            return routing.read_rules(ipr, protocols)
 
     def add_rule(self, rule: Rule) -> None:
-        routing.add_rule(rule)
+        with self._rtnl() as ipr:
+            routing.add_rule(ipr, rule)
 
     def delete_rule(self, rule: Rule) -> None:
-        routing.delete_rule(rule)
+        with self._rtnl() as ipr:
+            routing.delete_rule(ipr, rule)
 
     def routes(self, protocols: Collection[int]) -> list[Route]:
-        return routing.read_routes(protocols)
+        with self._rtnl() as ipr:
+            return routing.read_routes(ipr, protocols)
 
     def replace_route(self, route: Route) -> None:
-        routing.replace_route(route)
+        with self._rtnl() as ipr:
+            routing.replace_route(ipr, route)
 
     def delete_route(self, route: Route) -> None:
-        routing.delete_route(route)
+        with self._rtnl() as ipr:
+            routing.delete_route(ipr, route)
 
     def nft_read(self) -> Sequence[Any] | None:
         return nft.table_json()
@@ -100,7 +134,9 @@ class LinuxKernel:
         sysctl.write(key, value)
 
     def ct_count(self, mark: int, mask: int) -> int:
-        return sum(self._ct.count_by_mark(Filter(mark=mark, mark_mask=mask)).values())
+        with self._ct_lock:
+            return sum(self._ct.count_by_mark(Filter(mark=mark, mark_mask=mask)).values())
 
     def ct_flush(self, mark: int, mask: int) -> None:
-        self._ct.sock.request(codec.encode_flush(0, mark, mask))
+        with self._ct_lock:
+            self._ct.sock.request(codec.encode_flush(0, mark, mask))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def routing_changes(intent: RoutingIntent, rules: list[Rule], routes: list[Route
 @dataclass(frozen=True)
 class ReconcileResult:
     desired: Desired
-    nft_applied: bool
+    nft_done: float | None  # wall time the kernel accepted our nft change; None: nothing differed
     changes: tuple[str, ...]
     failures: tuple[str, ...]  # routes the kernel refused (device down, …): retried next pass
 
@@ -92,16 +93,26 @@ class Reconciler:
         self.store = store
         self.record: nftsync.Record = {}
         self.nft_applies = 0
+        self._last_routing: RoutingIntent | None = None
 
     def reconcile(self, config: Config, state: RuntimeState, statuses: Mapping[str, IspStatus]) -> ReconcileResult:
-        """Converge to ``config`` with the allocation in ``state`` and these statuses."""
+        """Converge to ``config`` with the allocation in ``state`` and these statuses.
+
+        When the routing wanted is what the last pass wanted (a failover, a weight
+        change), the nft transaction goes first — nothing new needs a route — and
+        the routing is checked and repaired right after; otherwise new routes and
+        rules go in before the nft transaction that may send marks to them.
+        """
         kernel = self.kernel
         desired = plan(config, state, statuses, kernel.connected())
         rendered = render(desired)
-        protocols = set(state.protocols)
-        todo = routing_changes(rendered.routing, kernel.rules(protocols), kernel.routes(protocols))
         changes: list[str] = []
         failures: list[str] = []
+        nft_first = rendered.routing == self._last_routing
+        nft_done = self._nft(rendered.nft) if nft_first else None
+
+        protocols = set(state.protocols)
+        todo = routing_changes(rendered.routing, kernel.rules(protocols), kernel.routes(protocols))
         for route in todo.add_routes:
             try:
                 kernel.replace_route(route)
@@ -112,16 +123,9 @@ class Reconciler:
             kernel.add_rule(rule)
             changes.append(f"+rule {rule.describe()}")
         self._sysctls(rendered.routing.sysctls, changes)
-
-        applied = False
-        observed = self._observe()
-        text = nftsync.transaction(rendered.nft, observed, self.record)
-        if text:
-            kernel.nft_apply(text)
-            self.nft_applies += 1
-            applied = True
-            after = self._observe()
-            self.record = nftsync.record_after(rendered.nft, after) if after else {}
+        if not nft_first:
+            nft_done = self._nft(rendered.nft)
+        self._last_routing = rendered.routing
 
         for rule in todo.delete_rules:
             kernel.delete_rule(rule)
@@ -133,7 +137,22 @@ class Reconciler:
             log.info("routing %s", change)
         for failure in failures:
             log.warning("route not installed (retried at the next pass): %s", failure)
-        return ReconcileResult(desired, applied, tuple(changes), tuple(failures))
+        if nft_done is not None:
+            self.record = self._record(rendered.nft)
+        return ReconcileResult(desired, nft_done, tuple(changes), tuple(failures))
+
+    def _nft(self, table: nftsync.Table) -> float | None:
+        """Apply what differs in our nft table; the wall time the kernel accepted it, None if nothing differed."""
+        text = nftsync.transaction(table, self._observe(), self.record)
+        if not text:
+            return None
+        self.kernel.nft_apply(text)
+        self.nft_applies += 1
+        return time.time()
+
+    def _record(self, table: nftsync.Table) -> nftsync.Record:
+        after = self._observe()
+        return nftsync.record_after(table, after) if after else {}
 
     def _observe(self) -> nftsync.Observed | None:
         listing = self.kernel.nft_read()

@@ -165,11 +165,17 @@ def allocate(config: Config, previous: RuntimeState | None, reload: bool) -> All
                 f"give {name!r} another mark or remove the explicit one"
             )
         elif mark in retired_marks and kept.get(name) != mark:
-            gone = next(r.name for r in retired if r.mark == mark)
-            reasons.append(
-                f"ISP {name!r} asks for mark {mark:#x}, still on connections of the removed ISP {gone!r}; "
-                "they are being flushed: reload again in a few seconds"
-            )
+            gone = next(r for r in retired if r.mark == mark)
+            if gone in prev.retired:
+                reasons.append(
+                    f"ISP {name!r} asks for mark {mark:#x}, still on connections of the removed ISP {gone.name!r}; "
+                    "they are being flushed: reload again in a few seconds"
+                )
+            else:
+                reasons.append(
+                    f"ISP {name!r} asks for mark {mark:#x}, the mark of {gone.name!r}, which this edit removes or "
+                    f"replaces: its connections must be flushed first; apply the edit in two reloads"
+                )
     if reasons:
         raise AllocationRefused("; ".join(reasons))
 

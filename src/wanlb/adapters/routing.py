@@ -35,63 +35,63 @@ def _ifnames(ipr: IPRoute) -> dict[int, str]:
     return {link["index"]: link.get("ifname") for link in ipr.get_links()}
 
 
-def links() -> dict[str, bool]:
+def links(ipr: IPRoute) -> dict[str, bool]:
     """Every interface → whether it is usable (administratively up with carrier)."""
-    with IPRoute() as ipr:
-        return {
-            link.get("ifname"): bool(link["flags"] & IFF_UP and link["flags"] & IFF_LOWER_UP)
-            for link in ipr.get_links()
-        }
+    return {
+        link.get("ifname"): bool(link["flags"] & IFF_UP and link["flags"] & IFF_LOWER_UP) for link in ipr.get_links()
+    }
 
 
 def missing_interfaces(names: Iterable[str]) -> list[str]:
-    present = links()
+    with IPRoute() as ipr:
+        present = links(ipr)
     return [n for n in names if n not in present]
 
 
-def read_connected() -> tuple[ConnectedRoute, ...]:
+def read_connected(ipr: IPRoute | None = None) -> tuple[ConnectedRoute, ...]:
     """Directly connected IPv4 networks of the main table (what ``ip route`` shows as proto kernel)."""
-    with IPRoute() as ipr:
-        names = _ifnames(ipr)
-        found = []
-        for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
-            if r["scope"] != RT_SCOPE_LINK or r["proto"] != RTPROT_KERNEL or r["dst_len"] == 0:
-                continue
-            dev = names.get(r.get("oif"))
-            if dev is None:
-                continue
-            prefsrc = r.get("prefsrc")
-            found.append(
-                ConnectedRoute(
-                    ipaddress.IPv4Network(f"{r.get('dst')}/{r['dst_len']}"),
-                    dev,
-                    ipaddress.IPv4Address(prefsrc) if prefsrc else None,
-                )
+    if ipr is None:
+        with IPRoute() as own:
+            return read_connected(own)
+    names = _ifnames(ipr)
+    found = []
+    for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
+        if r["scope"] != RT_SCOPE_LINK or r["proto"] != RTPROT_KERNEL or r["dst_len"] == 0:
+            continue
+        dev = names.get(r.get("oif"))
+        if dev is None:
+            continue
+        prefsrc = r.get("prefsrc")
+        found.append(
+            ConnectedRoute(
+                ipaddress.IPv4Network(f"{r.get('dst')}/{r['dst_len']}"),
+                dev,
+                ipaddress.IPv4Address(prefsrc) if prefsrc else None,
             )
+        )
     return tuple(sorted(set(found)))
 
 
-def read_rules(protocols: Collection[int]) -> list[Rule]:
+def read_rules(ipr: IPRoute, protocols: Collection[int]) -> list[Rule]:
     """IPv4 rules tagged with any of ``protocols``, at any priority (a rule twice is listed twice)."""
     ours: list[Rule] = []
-    with IPRoute() as ipr:
-        for r in ipr.get_rules(family=socket.AF_INET):
-            if r.get("protocol") not in protocols:
-                continue
-            action = _ACTIONS.get(r["action"], f"action{r['action']}")
-            suppress = r.get("suppress_prefixlen")
-            ours.append(
-                Rule(
-                    priority=r.get("priority") or 0,
-                    action=action,
-                    table=r.get("table") if action == "lookup" else 0,
-                    fwmark=r.get("fwmark"),
-                    fwmask=r.get("fwmask") if r.get("fwmark") is not None else None,
-                    # The kernel reports "no suppression" as 0xffffffff.
-                    suppress_prefixlength=None if suppress in (None, 0xFFFFFFFF) else suppress,
-                    protocol=r.get("protocol"),
-                )
+    for r in ipr.get_rules(family=socket.AF_INET):
+        if r.get("protocol") not in protocols:
+            continue
+        action = _ACTIONS.get(r["action"], f"action{r['action']}")
+        suppress = r.get("suppress_prefixlen")
+        ours.append(
+            Rule(
+                priority=r.get("priority") or 0,
+                action=action,
+                table=r.get("table") if action == "lookup" else 0,
+                fwmark=r.get("fwmark"),
+                fwmask=r.get("fwmask") if r.get("fwmark") is not None else None,
+                # The kernel reports "no suppression" as 0xffffffff.
+                suppress_prefixlength=None if suppress in (None, 0xFFFFFFFF) else suppress,
+                protocol=r.get("protocol"),
             )
+        )
     return ours
 
 
@@ -109,76 +109,71 @@ def _rule_args(rule: Rule) -> dict:
     return args
 
 
-def add_rule(rule: Rule) -> None:
-    with IPRoute() as ipr:
-        ipr.rule("add", **_rule_args(rule))
+def add_rule(ipr: IPRoute, rule: Rule) -> None:
+    ipr.rule("add", **_rule_args(rule))
 
 
-def delete_rule(rule: Rule) -> None:
-    with IPRoute() as ipr:
-        try:
-            ipr.rule("del", **_rule_args(rule))
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.ESRCH):
-                raise
+def delete_rule(ipr: IPRoute, rule: Rule) -> None:
+    try:
+        ipr.rule("del", **_rule_args(rule))
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENOENT, errno.ESRCH):
+            raise
 
 
-def read_routes(protocols: Collection[int]) -> list[Route]:
+def read_routes(ipr: IPRoute, protocols: Collection[int]) -> list[Route]:
     """IPv4 routes tagged with any of ``protocols``, in any table."""
     ours: list[Route] = []
-    with IPRoute() as ipr:
-        names = _ifnames(ipr)
-        for proto in protocols:
-            for r in ipr.route("dump", family=socket.AF_INET, proto=proto):
-                gw = r.get("gateway")
-                src = r.get("prefsrc")
-                dst = r.get("dst") or "0.0.0.0"
-                ours.append(
-                    Route(
-                        table=r.get("table"),
-                        dst=ipaddress.IPv4Network(f"{dst}/{r['dst_len']}"),
-                        dev=names.get(r.get("oif"), "?"),
-                        gateway=ipaddress.IPv4Address(gw) if gw else None,
-                        prefsrc=ipaddress.IPv4Address(src) if src else None,
-                        protocol=proto,
-                    )
+    names = _ifnames(ipr)
+    for proto in protocols:
+        for r in ipr.route("dump", family=socket.AF_INET, proto=proto):
+            gw = r.get("gateway")
+            src = r.get("prefsrc")
+            dst = r.get("dst") or "0.0.0.0"
+            ours.append(
+                Route(
+                    table=r.get("table"),
+                    dst=ipaddress.IPv4Network(f"{dst}/{r['dst_len']}"),
+                    dev=names.get(r.get("oif"), "?"),
+                    gateway=ipaddress.IPv4Address(gw) if gw else None,
+                    prefsrc=ipaddress.IPv4Address(src) if src else None,
+                    protocol=proto,
                 )
+            )
     return ours
 
 
-def replace_route(route: Route) -> None:
+def replace_route(ipr: IPRoute, route: Route) -> None:
     """Install ``route`` (replacing whatever route has its table and destination)."""
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=route.dev)
-        if not index:
-            raise RoutingError(f"device {route.dev} does not exist")
-        args: dict = {
-            "dst": str(route.dst),
-            "table": route.table,
-            "oif": index[0],
-            "proto": route.protocol,
-            "family": socket.AF_INET,
-        }
-        if route.gateway is not None:
-            args["gateway"] = str(route.gateway)
-        else:
-            args["scope"] = RT_SCOPE_LINK
-        if route.prefsrc is not None:
-            args["prefsrc"] = str(route.prefsrc)
-        try:
-            ipr.route("replace", **args)
-        except NetlinkError as exc:
-            raise RoutingError(exc.args[1] if len(exc.args) > 1 else str(exc)) from None
+    index = ipr.link_lookup(ifname=route.dev)
+    if not index:
+        raise RoutingError(f"device {route.dev} does not exist")
+    args: dict = {
+        "dst": str(route.dst),
+        "table": route.table,
+        "oif": index[0],
+        "proto": route.protocol,
+        "family": socket.AF_INET,
+    }
+    if route.gateway is not None:
+        args["gateway"] = str(route.gateway)
+    else:
+        args["scope"] = RT_SCOPE_LINK
+    if route.prefsrc is not None:
+        args["prefsrc"] = str(route.prefsrc)
+    try:
+        ipr.route("replace", **args)
+    except NetlinkError as exc:
+        raise RoutingError(exc.args[1] if len(exc.args) > 1 else str(exc)) from None
 
 
-def delete_route(route: Route) -> None:
+def delete_route(ipr: IPRoute, route: Route) -> None:
     """Remove the route with ``route``'s table, destination and protocol (gone already is fine)."""
     args: dict = {"family": socket.AF_INET, "table": route.table, "dst": str(route.dst), "proto": route.protocol}
     if route.gateway is None:
         args["scope"] = RT_SCOPE_LINK  # the kernel matches the scope: a link route is not deleted without it
-    with IPRoute() as ipr:
-        try:
-            ipr.route("del", **args)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ESRCH, errno.ENOENT):
-                raise
+    try:
+        ipr.route("del", **args)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ESRCH, errno.ENOENT):
+            raise
