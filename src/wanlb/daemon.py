@@ -247,12 +247,10 @@ class Daemon:
 
     def _verify(self, config: Config, state: runtime.RuntimeState) -> None:
         """Ask the kernel whether the new ruleset would be accepted, in a scratch table (changes nothing)."""
-        from wanlb.adapters import nft
-
         desired = plan(config, state, self.fleet.statuses(), self.kernel.connected())
         try:
-            nft.check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
-        except nft.NftError as exc:
+            self.kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
+        except Exception as exc:
             raise VerifyError(f"{self.config_path}: the kernel refuses the ruleset: {exc}") from None
 
     async def resync(self) -> None:

@@ -93,10 +93,9 @@ class Fleet:
         self.state = state
         self.machines: dict[str, HealthMachine] = {}
         self.since: dict[str, float] = {}
+        self.links = dict(links)  # interface -> usable, as last reported
         for isp in config.isps:
             self._new_machine(isp, IspStatus.UP, now, wall)
-            if links.get(isp.interface) is False:
-                self.machines[isp.name].link(now, False, self.probed(isp.name))
 
     # --- what the rest of wanlb reads -------------------------------------------------------
 
@@ -132,6 +131,7 @@ class Fleet:
 
     def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
         """A WAN link's usability changed (LAN links only need a reconcile)."""
+        self.links[interface] = usable
         effects: list[Effect] = []
         for isp in self.config.isps:
             if isp.interface != interface:
@@ -161,7 +161,7 @@ class Fleet:
         effects: list[Effect] = [SaveState(allocation.state), Reconcile("reload")]
         events: list[Effect] = []
         gone = set(allocation.removed) | set(allocation.replaced)
-        for name in gone:
+        for name in sorted(gone):
             old_isp = old_config.isp(name)
             machine = self.machines.pop(name)
             self.since.pop(name, None)
@@ -178,7 +178,8 @@ class Fleet:
                 self._new_machine(isp, IspStatus.UP, now, wall)
                 what = "replaced" if isp.name in allocation.replaced else "added"
                 why = "interface or mark changed: a new uplink" if what == "replaced" else "added to the config"
-                events.append(self._emit(isp.name, what, IspStatus.UP.value, None, why, isp.interface, wall))
+                status = self.machines[isp.name].status.value
+                events.append(self._emit(isp.name, what, status, None, why, isp.interface, wall))
                 continue
             status = machine.status
             if not isp.health.targets and status in (IspStatus.DOWN, IspStatus.DEGRADED) and not machine.link_down:
@@ -218,7 +219,11 @@ class Fleet:
         return self.machines[name]
 
     def _new_machine(self, isp: IspConfig, status: IspStatus, now: float, wall: float) -> None:
-        self.machines[isp.name] = HealthMachine(params_of(isp), status)
+        """A fresh health machine; an ISP whose WAN link is down starts down, at start as after a reload."""
+        machine = HealthMachine(params_of(isp), status)
+        if self.links.get(isp.interface) is False:
+            machine.link(now, False, bool(isp.health.targets))
+        self.machines[isp.name] = machine
         self.since[isp.name] = wall
 
     def _changed(self, name: str, t: Transition, event: str, wall: float) -> list[Effect]:

@@ -47,6 +47,9 @@ class Kernel(Protocol):
     def nft_apply(self, transaction: str) -> None:
         """Apply one ``nft -f`` transaction atomically (all or nothing); raise on refusal."""
 
+    def nft_check(self, transaction: str) -> None:
+        """Ask whether a transaction would be accepted (``nft -c``), changing nothing; raise if not."""
+
     def sysctl_read(self, key: str) -> str | None: ...
 
     def sysctl_write(self, key: str, value: str) -> None: ...
@@ -126,6 +129,9 @@ class LinuxKernel:
 
     def nft_apply(self, transaction: str) -> None:
         nft.apply(transaction)
+
+    def nft_check(self, transaction: str) -> None:
+        nft.check(transaction)
 
     def sysctl_read(self, key: str) -> str | None:
         return sysctl.read(key)

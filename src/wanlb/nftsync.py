@@ -220,8 +220,9 @@ def transaction(desired: Table, observed: Observed | None, record: Mapping[Key, 
         return ""
     lines: list[str] = []
     flush = [o.flush() for o in refill]
-    if rewrite_all:  # stale chains and maps may refer to each other: empty them before any delete
-        flush += [f"flush {kind} {FAMILY} {TABLE} {name}" for kind, name in stale if kind in ("chain", "map")]
+    if rewrite_all:  # stale and re-created chains and maps may refer to doomed objects: empty them first
+        doomed = [(kind, name) for kind, name in (*stale, *redefine) if kind in ("chain", "map")]
+        flush += [f"flush {kind} {FAMILY} {TABLE} {name}" for kind, name in doomed]
     deletions = [_delete(k) for k in (*stale, *redefine)]
     # Chains are deleted after everything that may jump to them (maps, other chains).
     deletions.sort(key=lambda line: line.startswith("delete chain"))

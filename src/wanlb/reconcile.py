@@ -94,21 +94,26 @@ class Reconciler:
         self.record: nftsync.Record = {}
         self.nft_applies = 0
         self._last_routing: RoutingIntent | None = None
+        self._last_active: set[str] = set()
 
     def reconcile(self, config: Config, state: RuntimeState, statuses: Mapping[str, IspStatus]) -> ReconcileResult:
         """Converge to ``config`` with the allocation in ``state`` and these statuses.
 
-        When the routing wanted is what the last pass wanted (a failover, a weight
-        change), the nft transaction goes first — nothing new needs a route — and
-        the routing is checked and repaired right after; otherwise new routes and
-        rules go in before the nft transaction that may send marks to them.
+        When the routing wanted is what the last pass wanted and no ISP joins
+        balancing (a failover, a weight change), the nft transaction goes first —
+        nothing new needs a route — and the routing is checked and repaired right
+        after; otherwise new routes and rules go in before the nft transaction that
+        may send marks to them.
         """
         kernel = self.kernel
         desired = plan(config, state, statuses, kernel.connected())
         rendered = render(desired)
         changes: list[str] = []
         failures: list[str] = []
-        nft_first = rendered.routing == self._last_routing
+        active = {i.name for i in desired.active}
+        # Safe only when nothing new needs a route: same routing wanted, and no ISP joins balancing
+        # (its routes may have gone with its link; they are checked below, after the nft change).
+        nft_first = rendered.routing == self._last_routing and active <= self._last_active
         nft_done = self._nft(rendered.nft) if nft_first else None
 
         protocols = set(state.protocols)
@@ -125,7 +130,7 @@ class Reconciler:
         self._sysctls(rendered.routing.sysctls, changes)
         if not nft_first:
             nft_done = self._nft(rendered.nft)
-        self._last_routing = rendered.routing
+        self._last_routing, self._last_active = rendered.routing, active
 
         for rule in todo.delete_rules:
             kernel.delete_rule(rule)

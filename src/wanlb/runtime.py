@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 VERSION = 1
 MAX_STATE_BYTES = 1 << 20
-MAX_SLOTS = 64  # rule priority slots per range, see render.LOOKUP_OFFSET
 
 _IFNAME = r"[A-Za-z0-9_.@:+-]{1,15}"
 _SYSCTL_KEY_RE = re.compile(rf"net/ipv4/ip_forward|net/ipv4/conf/(?!\.{{1,2}}/)({_IFNAME})/(rp_filter|src_valid_mark)")
@@ -180,6 +179,11 @@ def allocate(config: Config, previous: RuntimeState | None, reload: bool) -> All
         raise AllocationRefused("; ".join(reasons))
 
     used = set(explicit.values()) | set(kept.values()) | retired_marks
+
+    def free(mark: int) -> bool:
+        # A retired mark under another (older) mask still matches every mark that agrees on its bits.
+        return mark not in used and not any(mark & r.mask == r.mark for r in retired)
+
     marks: dict[str, int] = {}
     added: list[str] = []
     for isp in config.isps:
@@ -188,7 +192,7 @@ def allocate(config: Config, previous: RuntimeState | None, reload: bool) -> All
         elif isp.name in kept:
             marks[isp.name] = kept[isp.name]
         else:
-            index = next((n for n in range(1, capacity + 1) if (n << shift) not in used), None)
+            index = next((n for n in range(1, capacity + 1) if free(n << shift)), None)
             if index is None:
                 raise AllocationRefused(
                     f"no free mark in mark_mask {mask:#x} for ISP {isp.name!r} "
@@ -310,8 +314,15 @@ def parse(data: Any) -> RuntimeState:
             )
         )
     protocols = tuple(_int(p, 5, 255, "protocols[]") for p in _list(data.get("protocols", []), "protocols"))
+    mark_mask = _int(data.get("mark_mask", 0), 0, 0xFFFFFFFF, "mark_mask")
+    marks = [slot.mark for slot in isps.values()]
+    tables = [slot.table for slot in isps.values()]
+    if len(set(marks)) != len(marks) or len(set(tables)) != len(tables):
+        raise ValueError("two ISPs share a mark or a table")
+    if isps and any(m & ~mark_mask or not m & mark_mask for m in marks):
+        raise ValueError(f"an ISP mark lies outside mark_mask {mark_mask:#x}")
     return RuntimeState(
-        mark_mask=_int(data.get("mark_mask", 0), 0, 0xFFFFFFFF, "mark_mask"),
+        mark_mask=mark_mask,
         table_base=_int(data.get("table_base", 0), 0, 0xFFFFFFFF, "table_base"),
         isps=isps,
         retired=tuple(retired),
@@ -364,11 +375,15 @@ def save(path: Path, state: RuntimeState) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(to_json(state), indent=1, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, json.dumps(to_json(state), indent=1, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove(path: Path) -> None:

@@ -29,18 +29,27 @@ control:
 """
 
 
-def test_good_config_resolves_marks_and_tables() -> None:
+def test_good_config_leaves_marks_and_tables_to_the_runtime_allocation() -> None:
+    """Marks and tables left out stay None: wanlb.runtime.allocate gives them by ISP name (test_runtime.py)."""
     cfg = parse_config(GOOD, "good.yaml")
-    assert [(i.name, i.mark, i.table) for i in cfg.isps] == [("fiber", 0x100, 201), ("lte", 0x200, 202)]
+    assert [(i.name, i.mark, i.table) for i in cfg.isps] == [("fiber", None, None), ("lte", None, None)]
     assert cfg.isps[0].health.interval == pytest.approx(0.2)
     assert cfg.isps[0].health.timeout == pytest.approx(1.0)
     assert cfg.isps[1].weight == 1 and cfg.isps[1].tier == 1 and cfg.isps[1].snat == "masquerade"
+    assert cfg.helpers == ("ftp",)
 
 
-def test_explicit_marks_and_tables_are_avoided_by_auto_assignment() -> None:
+def test_explicit_marks_and_tables_are_kept_as_given() -> None:
     text = GOOD.replace("    weight: 3\n", "    weight: 3\n    mark: 0x200\n    table: 201\n")
     cfg = parse_config(text)
-    assert [(i.mark, i.table) for i in cfg.isps] == [(0x200, 201), (0x100, 202)]
+    assert [(i.mark, i.table) for i in cfg.isps] == [(0x200, 201), (None, None)]
+
+
+def test_helpers_are_validated() -> None:
+    cfg = parse_config(GOOD + "helpers: [ftp, sip, h323]\n")
+    assert cfg.helpers == ("ftp", "sip", "h323")
+    with pytest.raises(ConfigError, match=r"helpers\.0"):
+        parse_config(GOOD + "helpers: [telnet]\n", "h.yaml")
 
 
 @pytest.mark.parametrize(
@@ -110,6 +119,12 @@ BAD = [
     (_replace("    gateway: 100.64.2.1\n", ""), 9, "isps.1.gateway", "missing"),
     (_replace("down_after: 3", "down_after: -1"), 8, "isps.0.health.down_after", "greater"),
     (_replace("mark_mask: 0xff00\n", "mark_mask: 0x1\n"), 14, "mark_mask", "holds only"),
+    (
+        _replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    table: 254\n"),
+        12,
+        "isps.1.table",
+        "reserved",
+    ),
     (_replace("{ targets:", "{ method: tcp, targets:"), 8, "isps.0.health", "needs a port"),
     (_replace("{ targets:", "{ method: icmp, port: 80, targets:"), 8, "isps.0.health", "has no port"),
     (_replace("{ targets:", "{ method: ping, targets:"), 8, "isps.0.health.method", "icmp"),

@@ -155,3 +155,91 @@ def test_enable_without_probes_is_up_at_once() -> None:
     m.disable(0.0)
     tr = m.enable(1.0, probed=False)
     assert tr is not None and (tr.old, tr.new) == (DISABLED, UP) and m.status == UP
+
+
+# --- enable decides at once from the rounds seen while disabled (see the machine's docstring) ---------
+
+
+def test_enable_after_enough_good_rounds_is_up_at_once() -> None:
+    m = HealthMachine(HealthParams(down_after=3, up_after=5))
+    m.disable(0.0)
+    t, trs = feed(m, 0.2, "+++++")
+    assert trs == [] and m.status == DISABLED
+    tr = m.enable(t)
+    assert tr is not None and (tr.old, tr.new) == (DISABLED, UP) and m.status == UP
+    assert tr.reason == "enabled by admin; 5 good rounds"
+
+
+def test_enable_with_too_few_good_rounds_waits_for_the_rest() -> None:
+    m = HealthMachine(HealthParams(down_after=3, up_after=5))
+    m.disable(0.0)
+    t, _ = feed(m, 0.2, "---+++")
+    tr = m.enable(t)
+    assert tr is not None and tr.new == DOWN and tr.reason == "enabled by admin; waiting for 2 more good rounds"
+    assert not m.broken  # not failing: nothing to flush
+    t, trs = feed(m, t, "++")
+    assert [(x.old, x.new) for x in trs] == [(DOWN, UP)]
+
+
+def test_enable_when_the_probes_fail_is_down_and_broken() -> None:
+    m = HealthMachine(HealthParams(down_after=3, up_after=5))
+    m.disable(0.0)
+    t, _ = feed(m, 0.2, "+++++---")
+    tr = m.enable(t)
+    assert tr is not None and tr.new == DOWN and tr.reason == "enabled by admin; 3 failed rounds" and m.broken
+
+
+def test_enable_with_bad_quality_is_degraded() -> None:
+    m = HealthMachine(HealthParams(up_after=2, window=4, max_latency=0.05))
+    m.disable(0.0)
+    t, _ = feed(m, 0.2, "++++", latency=0.2)
+    tr = m.enable(t)
+    assert tr is not None and tr.new == DEGRADED and "latency" in tr.reason
+
+
+def test_enable_with_the_link_down_is_down_whatever_the_probes_or_their_absence() -> None:
+    for probed in (True, False):
+        m = HealthMachine(HealthParams(up_after=1))
+        m.disable(0.0)
+        assert m.link(0.1, usable=False, probed=probed) is None  # drained: no transition, but remembered
+        feed(m, 0.2, "+++")
+        tr = m.enable(1.0, probed=probed)
+        assert tr is not None and tr.new == DOWN and tr.reason == "enabled by admin; link down" and m.broken
+
+
+# --- link events --------------------------------------------------------------------------------------
+
+
+def test_link_down_is_down_at_once_and_rounds_cannot_lift_it() -> None:
+    m = HealthMachine(HealthParams(down_after=3, up_after=2))
+    tr = m.link(0.0, usable=False, probed=True)
+    assert tr is not None and (tr.old, tr.new, tr.reason) == (UP, DOWN, "link down") and m.broken
+    assert m.link(0.1, usable=False, probed=True) is None  # same state again: nothing
+    _, trs = feed(m, 0.2, "++++")
+    assert trs == [] and m.status == DOWN
+
+
+def test_link_up_of_a_probed_isp_waits_for_good_rounds_after_it() -> None:
+    m = HealthMachine(HealthParams(down_after=3, up_after=2))
+    m.link(0.0, usable=False, probed=True)
+    t, _ = feed(m, 0.2, "+")  # a round that passed while the link was down does not count
+    assert m.link(t, usable=True, probed=True) is None
+    assert m.status == DOWN and not m.broken
+    t, trs = feed(m, t, "+")
+    assert trs == []
+    t, trs = feed(m, t, "+")
+    assert [(x.old, x.new) for x in trs] == [(DOWN, UP)]
+
+
+def test_link_up_of_an_unprobed_isp_is_up_at_once() -> None:
+    m = HealthMachine(HealthParams())
+    m.link(0.0, usable=False, probed=False)
+    tr = m.link(1.0, usable=True, probed=False)
+    assert tr is not None and (tr.old, tr.new) == (DOWN, UP) and not m.broken
+
+
+def test_link_changes_while_disabled_do_not_move_the_status() -> None:
+    m = HealthMachine(HealthParams())
+    m.disable(0.0)
+    assert m.link(0.1, usable=False, probed=True) is None and m.status == DISABLED and m.link_down
+    assert m.link(0.2, usable=True, probed=True) is None and m.status == DISABLED and not m.link_down

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from wanlb.config import parse_config
-from wanlb.health.machine import HealthMachine, HealthParams, Transition
-from wanlb.health.monitor import IspMonitor
+from wanlb.health.machine import HealthMachine, HealthParams
+from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.health.probes import ProbeFailed
 from wanlb.plan import IspStatus
 
@@ -46,23 +46,18 @@ class ScriptedProber:
         pass
 
 
-def monitor(
-    script: dict[str, str | float], transitions: list[Transition] | None = None
-) -> tuple[IspMonitor, list[int]]:
-    """A monitor on a scripted prober; the list gets how many probes had started at each transition."""
+def monitor(script: dict[str, str | float]) -> tuple[IspMonitor, list[tuple[str, RoundResult, int]]]:
+    """A monitor on a scripted prober; the list gets (ISP, result, probes started so far) per finished round."""
     isp = parse_config(CONFIG).isps[0]
-
     prober = ScriptedProber(script)
+    rounds: list[tuple[str, RoundResult, int]] = []
 
-    def record(name: str, transition: Transition) -> None:
-        assert transitions is not None
-        transitions.append(transition)
-        probes_started.append(prober.started)
+    def record(name: str, result: RoundResult) -> None:
+        rounds.append((name, result, prober.started))
 
-    probes_started: list[int] = []
-    m = IspMonitor(isp, HealthMachine(HealthParams(down_after=2)), record)
+    m = IspMonitor(isp, 0x100, record)
     m.prober = prober  # type: ignore[assignment]
-    return m, probes_started
+    return m, rounds
 
 
 def test_round_passes_with_quorum_and_counts_every_lost_probe() -> None:
@@ -84,20 +79,31 @@ def test_round_fails_below_quorum_with_reasons() -> None:
 def test_rounds_overlap_so_a_dead_link_is_counted_at_the_probing_rate() -> None:
     """Rounds start every 50 ms although each waits 200 ms for its answers. When the 2nd failed round
     ends, about 5 rounds have started; one round at a time would have started exactly 2."""
-    transitions: list[Transition] = []
-    m, probes_started = monitor({t: "silent" for t in ("192.0.2.1", "192.0.2.2", "192.0.2.3")}, transitions)
+    m, rounds = monitor({t: "silent" for t in ("192.0.2.1", "192.0.2.2", "192.0.2.3")})
 
-    async def run_until_down() -> None:
+    async def run_two_rounds() -> None:
         task = asyncio.create_task(m.run())
         async with asyncio.timeout(5):
-            while not transitions:
+            while len(rounds) < 2:
                 await asyncio.sleep(0.01)
         task.cancel()
 
-    asyncio.run(run_until_down())
-    assert [t.new for t in transitions] == [IspStatus.DOWN]
-    assert "192.0.2.1 no answer in 200 ms" in transitions[0].reason
-    assert probes_started[0] >= 3 * 3, "rounds did not overlap"
+    asyncio.run(run_two_rounds())
+    assert [(name, result.ok, result.answered) for name, result, _ in rounds[:2]] == [("a", False, 0)] * 2
+    assert "192.0.2.1 no answer in 200 ms" in rounds[1][1].describe_errors()
+    assert rounds[1][1].loss == 1.0 and m.rounds >= 2 and m.last is not None
+    assert rounds[1][2] >= 3 * 3, "rounds did not overlap"
+    # The fleet's machine (down_after=2) turns those two rounds into DOWN.
+    machine = HealthMachine(HealthParams(down_after=2))
+    transitions = [machine.round(0.0, r.ok, r.latency, r.loss) for _, r, _ in rounds[:2]]
+    assert [t.new for t in transitions if t] == [IspStatus.DOWN]
+
+
+def test_the_monitor_probes_through_the_mark_it_is_given_and_the_isps_interface() -> None:
+    isp = parse_config(CONFIG).isps[0]
+    m = IspMonitor(isp, 0x4200, lambda name, result: None)  # the mark comes from the runtime allocation
+    assert (m.mark, m.prober.egress.mark, m.prober.egress.device) == (0x4200, 0x4200, "wan1")
+    m.prober.close()
 
 
 def test_a_crashing_probe_is_a_lost_probe_not_a_dead_monitor() -> None:
