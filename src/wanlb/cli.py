@@ -305,6 +305,42 @@ def reload(config_path: str, socket_path: str | None) -> None:
     click.echo(reply.get("message", "reloaded"))
 
 
+@main.command(name="try")
+@config_option
+@socket_option
+@click.option(
+    "--timeout",
+    "timeout",
+    default="60s",
+    show_default=True,
+    help="Roll back unless confirmed within this long (1s..1h).",
+)
+@click.option("--confirm", is_flag=True, help="Keep the configuration being tried.")
+def try_(config_path: str, socket_path: str | None, timeout: str, confirm: bool) -> None:
+    """Apply a config through the running daemon and roll back automatically unless confirmed in time.
+
+    For changes made through the gateway itself (SSH over one of its WANs): if the
+    new config cuts you off, the daemon returns to the configuration it ran before
+    when the timeout passes. The config is checked like `wanlb check`, and verified
+    against the kernel, before anything changes. `wanlb try --confirm` keeps it
+    (and makes it the file the daemon reloads from).
+    """
+    if confirm:
+        reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "confirm"})
+        click.echo(reply["message"])
+        return
+    from wanlb.config import parse_duration
+
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        fail(f"--timeout: {exc}", EXIT_CONFIG)
+    _load(config_path)  # the same verify step as `wanlb check`, with its FILE:LINE errors
+    message = {"cmd": "try", "config": os.path.abspath(config_path), "timeout": seconds}
+    reply = ask_daemon(resolve_socket(socket_path, config_path), message)
+    click.echo(reply["message"])
+
+
 @main.command()
 @config_option
 @socket_option
@@ -358,7 +394,13 @@ def _wait_gone(sock: str, timeout: float = 10.0) -> None:
 
 
 @main.command()
-def demo() -> None:
+@click.option(
+    "--name",
+    default=None,
+    help="Lab name (namespaces wlab-NAME-*); default: demo<pid><random>. A demo killed before it could clean "
+    "up is removed by `wanlb lab down --name NAME` or `wanlb lab down --all`.",
+)
+def demo(name: str | None) -> None:
     """Build the netns lab, run the gateway in it, show live per-ISP shares, tear everything down (< 60 s)."""
     from rich.console import Console
 
@@ -369,7 +411,7 @@ def demo() -> None:
     if os.geteuid() != 0:
         fail("the demo builds network namespaces and needs root")
     try:
-        sys.exit(run_demo(Console()))
+        sys.exit(run_demo(Console(), name))
     except (LabError, RuntimeError, ControlError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

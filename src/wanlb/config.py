@@ -12,8 +12,10 @@ editing the ISP list never renumbers an ISP that stays.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +27,35 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from wanlb.runtime import mark_shift
 
 DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 50
+MIN_INTERVAL = 0.01  # seconds between probe rounds, at least
+MAX_TIMEOUT = 60.0
+MAX_ROUNDS_IN_FLIGHT = 100
+MAX_NODES = 50_000
+MAX_ISSUES = 20
 DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|m|h)?\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
-_ISP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,14}$")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@:+-]{1,15}")
+_ISP_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,14}")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME_RE = re.compile(rf"\.|(?=.{{1,253}}\.?$)(?:{_LABEL}\.)*{_LABEL}\.?")
+_HTTP_PATH_RE = re.compile(r"/[\x21-\x7e]{0,1023}")
+MAX_DURATION = 86400.0  # a day: anything longer is a typo
 
 
 def parse_duration(value: Any) -> float:
@@ -47,28 +64,32 @@ def parse_duration(value: Any) -> float:
         raise ValueError("expected a duration like 200ms, 1s or 5m")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
-        raise ValueError(f"cannot parse duration {value!r}: use e.g. 200ms, 1s or 5m")
-    if seconds <= 0:
-        raise ValueError("duration must be positive")
+        raise ValueError(f"cannot parse duration {_clip(repr(value), 40)}: use e.g. 200ms, 1s or 5m")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("duration must be a positive, finite number")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration {seconds:g}s is longer than a day")
     return seconds
 
 
 def _parse_ifname(value: Any) -> str:
-    if not isinstance(value, str) or not _IFNAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid interface name (1-15 characters, no spaces or '/')")
+    if not isinstance(value, str) or not _IFNAME_RE.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"{_clip(repr(value), 40)} is not a valid interface name (1-15 characters, no spaces or '/')")
     return value
 
 
 def _parse_int(value: Any) -> Any:
-    """Accept hex strings like ``"0xff00"`` as well as YAML integers."""
-    if isinstance(value, str):
+    """Accept hex strings like ``"0xff00"`` as well as YAML integers (never booleans)."""
+    if isinstance(value, str) and len(value) <= 20:
         try:
             return int(value, 0)
         except ValueError:
             raise ValueError(f"{value!r} is not an integer") from None
+    if isinstance(value, str):
+        raise ValueError("not an integer")
     return value
 
 
@@ -82,7 +103,9 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Helper = Literal["ftp", "tftp", "irc", "sip", "pptp", "h323", "amanda", "sane", "snmp", "netbios-ns"]
 HookPath = Annotated[str, BeforeValidator(_absolute_path)]
 IfName = Annotated[str, BeforeValidator(_parse_ifname)]
-Int = Annotated[int, BeforeValidator(_parse_int)]
+Int = Annotated[int, BeforeValidator(_parse_int), Strict()]
+SInt = Annotated[int, Strict()]
+SFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
@@ -94,22 +117,22 @@ class HealthConfig(_Model):
 
     method: Literal["icmp", "tcp", "http", "https", "dns"] = "icmp"
     targets: tuple[ipaddress.IPv4Address, ...] = ()
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: SInt | None = Field(default=None, ge=1, le=65535)
     interval: Duration = 0.2
     timeout: Duration = 0.3
-    down_after: int = Field(default=3, ge=1, le=100)
-    up_after: int = Field(default=5, ge=1, le=1000)
-    quorum: int = Field(default=1, ge=1)
-    window: int = Field(default=20, ge=1, le=1000)
-    max_loss: float | None = Field(default=None, ge=0, le=100)
+    down_after: SInt = Field(default=3, ge=1, le=100)
+    up_after: SInt = Field(default=5, ge=1, le=1000)
+    quorum: SInt = Field(default=1, ge=1)
+    window: SInt = Field(default=20, ge=1, le=1000)
+    max_loss: SFloat | None = Field(default=None, ge=0, le=100)
     max_latency: Duration | None = None
-    recover_loss: float | None = Field(default=None, ge=0, le=100)
+    recover_loss: SFloat | None = Field(default=None, ge=0, le=100)
     recover_latency: Duration | None = None
     flap_window: Duration = 60.0
     hold_down: Duration = 5.0
     hold_down_max: Duration = 300.0
     http_path: str = "/"
-    http_status: int = Field(default=200, ge=100, le=599)
+    http_status: SInt = Field(default=200, ge=100, le=599)
     dns_name: str = "."
 
     @model_validator(mode="after")
@@ -119,6 +142,35 @@ class HealthConfig(_Model):
         if self.method == "icmp" and self.port is not None:
             raise ValueError("method icmp has no port")
         return self
+
+    @model_validator(mode="after")
+    def _timing_makes_sense(self) -> HealthConfig:
+        if self.interval < MIN_INTERVAL:
+            raise ValueError(f"interval must be at least {MIN_INTERVAL * 1000:g} ms")
+        if self.timeout > MAX_TIMEOUT:
+            raise ValueError(f"timeout must be at most {MAX_TIMEOUT:g}s")
+        if self.timeout > self.interval * MAX_ROUNDS_IN_FLIGHT:
+            raise ValueError(
+                f"timeout {self.timeout:g}s is more than {MAX_ROUNDS_IN_FLIGHT} intervals: rounds start every "
+                f"interval and wait up to timeout, so that many would be in flight at once"
+            )
+        if self.hold_down > self.hold_down_max:
+            raise ValueError("hold_down is longer than hold_down_max")
+        return self
+
+    @field_validator("http_path")
+    @classmethod
+    def _valid_path(cls, v: str) -> str:
+        if not _HTTP_PATH_RE.fullmatch(v):
+            raise ValueError("must start with / and hold only printable ASCII without spaces (≤ 1024 characters)")
+        return v
+
+    @field_validator("dns_name")
+    @classmethod
+    def _valid_dns_name(cls, v: str) -> str:
+        if not _DNS_NAME_RE.fullmatch(v):
+            raise ValueError(f"{_clip(repr(v), 40)} is not a DNS name (labels of 1-63 letters, digits, - or _)")
+        return v
 
     @field_validator("quorum")
     @classmethod
@@ -135,8 +187,8 @@ class IspConfig(_Model):
     name: str
     interface: IfName
     gateway: ipaddress.IPv4Address
-    weight: int = Field(default=1, ge=1, le=1000)
-    tier: int = Field(default=1, ge=1, le=100)
+    weight: SInt = Field(default=1, ge=1, le=1000)
+    tier: SInt = Field(default=1, ge=1, le=100)
     snat: Literal["masquerade", "none"] | ipaddress.IPv4Address = "masquerade"
     mark: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     table: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
@@ -145,8 +197,8 @@ class IspConfig(_Model):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, v: str) -> str:
-        if not _ISP_NAME_RE.match(v):
-            raise ValueError(f"{v!r} must match [a-z][a-z0-9_-]{{0,14}}")
+        if not _ISP_NAME_RE.fullmatch(v):
+            raise ValueError(f"{_clip(repr(v), 40)} must match [a-z][a-z0-9_-]{{0,14}}")
         return v
 
     @field_validator("table")
@@ -158,8 +210,8 @@ class IspConfig(_Model):
 
 
 class LanConfig(_Model):
-    interfaces: tuple[IfName, ...] = Field(min_length=1)
-    bypass: tuple[ipaddress.IPv4Network, ...] = ()
+    interfaces: tuple[IfName, ...] = Field(min_length=1, max_length=64)
+    bypass: tuple[ipaddress.IPv4Network, ...] = Field(default=(), max_length=10000)
     """Destinations never balanced (besides the connected networks, which are always bypassed)."""
 
 
@@ -183,17 +235,29 @@ class RoutingConfig(_Model):
 class ControlConfig(_Model):
     socket: str = DEFAULT_SOCKET
 
+    @field_validator("socket")
+    @classmethod
+    def _absolute_socket(cls, v: str) -> str:
+        path = Path(v)
+        if not v.startswith("/") or v.endswith("/") or "\0" in v or path.name in ("", ".", ".."):
+            raise ValueError("must be an absolute path of a socket file (e.g. /run/wanlb/wanlb.sock)")
+        if len(v.encode()) > 100:
+            raise ValueError("is too long for a unix socket (at most 100 bytes)")
+        if ".." in path.parts:
+            raise ValueError("must not contain '..'")
+        return v
+
 
 class Config(_Model):
     lan: LanConfig
     isps: tuple[IspConfig, ...] = Field(min_length=1, max_length=64)
     balance: BalanceConfig = BalanceConfig()
     mark_mask: Int = Field(default=0xFF00, ge=1, le=0xFFFFFFFF)
-    local_traffic: bool = True
+    local_traffic: Annotated[bool, Strict()] = True
     failover: FailoverConfig = FailoverConfig()
     helpers: tuple[Helper, ...] = ("ftp",)
     """Conntrack helpers assigned to NEW connections (see render.HELPERS): ``ftp`` by default."""
-    hooks: tuple[HookPath, ...] = ()
+    hooks: tuple[HookPath, ...] = Field(default=(), max_length=16)
     hook_timeout: Duration = 10.0
     routing: RoutingConfig = RoutingConfig()
     control: ControlConfig = ControlConfig()
@@ -234,11 +298,14 @@ class ConfigError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """One line per issue, each of bounded length, at most MAX_ISSUES of them."""
         lines = []
-        for issue in self.issues:
-            where = f"{self.filename}:{issue.line}" if issue.line else self.filename
-            field = f" {issue.path}:" if issue.path else ""
-            lines.append(f"{where}:{field} {issue.message}")
+        for issue in self.issues[:MAX_ISSUES]:
+            where = f"{_clip(self.filename)}:{issue.line}" if issue.line else _clip(self.filename)
+            field = f" {_clip(issue.path, 100)}:" if issue.path else ""
+            lines.append(f"{where}:{field} {_clip(issue.message, 300)}")
+        if len(self.issues) > MAX_ISSUES:
+            lines.append(f"{_clip(self.filename)}: … and {len(self.issues) - MAX_ISSUES} more errors")
         return "\n".join(lines)
 
 
@@ -279,23 +346,74 @@ class _LineMap:
             path = path[:-1]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of silently keeping the last."""
+try:  # libyaml's parser (C) under PyYAML's composer (Python), which the hooks below need
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser as _Parser  # type: ignore[assignment]
+
+
+class _UniqueKeyLoader(Composer, _Parser, SafeConstructor, Resolver):  # type: ignore[misc]
+    """A safe loader hardened for files anyone may hand wanlb.
+
+    Duplicate mapping keys are errors (not "last one wins"); aliases are
+    refused (an alias bomb expands a few hundred bytes into gigabytes);
+    nesting deeper than :data:`MAX_DEPTH` and more than :data:`MAX_NODES`
+    values are refused.  With the file size capped too, parse time and memory
+    are bounded (see docs/reliability.md for the measured worst case).
+    """
+
+    def __init__(self, stream: str) -> None:
+        _Parser.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not supported in a wanlb config", event.start_mark
+            )
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._nodes > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_NODES} values", self.peek_event().start_mark
+                )
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a list or mapping", key_node.start_mark
+            )
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
+                None, None, f"duplicate key {_clip(repr(key))} (first at line {seen[key]})", key_node.start_mark
             )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Error text quotes user input; keep each quote short."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _format_loc(loc: Iterable[Any]) -> str:
@@ -392,15 +510,24 @@ def _show(value: Any) -> str:
 
 
 def parse_config(text: str, filename: str = "<config>") -> Config:
-    """Validate YAML text into a resolved :class:`Config` or raise :class:`ConfigError`."""
+    """Validate YAML text into a :class:`Config` or raise :class:`ConfigError` — for any text at all."""
     try:
-        root = yaml.compose(text, Loader=_UniqueKeyLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        loader = _UniqueKeyLoader(text)
+        try:
+            root = loader.get_single_node()
+            data = None if root is None else loader.construct_document(root)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(filename, [ConfigIssue(line, "", f"YAML syntax error: {problem}")]) from None
+        problem = _clip(str(getattr(exc, "problem", None) or exc))
+        if isinstance(exc, yaml.scanner.ScannerError | yaml.parser.ParserError | yaml.reader.ReaderError):
+            problem = f"YAML syntax error: {problem}"
+        raise ConfigError(filename, [ConfigIssue(line, "", problem)]) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A value YAML recognises but Python cannot hold: a date like 2024-13-45, a 5,000-digit integer.
+        raise ConfigError(filename, [ConfigIssue(None, "", f"unusable value: {_clip(str(exc))}")]) from None
     lines = _LineMap(root)
     if data is None:
         raise ConfigError(filename, [ConfigIssue(1, "", "the file is empty")])
@@ -416,11 +543,45 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     return cfg
 
 
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; OSError/ValueError otherwise.
+
+    Opened non-blocking so a FIFO cannot hang the reader, checked to be a
+    regular file (not a device, FIFO or directory), read with a hard cap.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"larger than {limit // 1024} KiB")
+    return b"".join(chunks)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; a missing/unreadable file is a ConfigError too."""
+    """Read and validate a config file; anything wrong with it, the file itself included, is a ConfigError."""
     filename = str(path)
     try:
-        text = Path(path).read_text()
+        raw = read_bounded(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(filename, [ConfigIssue(None, "", f"cannot read config: {exc.strerror}")]) from None
+    except ValueError as exc:
+        raise ConfigError(filename, [ConfigIssue(None, "", f"cannot use config: {exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(filename, [ConfigIssue(line, "", f"not UTF-8 text (byte {exc.start})")]) from None
+    if "\0" in text:
+        raise ConfigError(filename, [ConfigIssue(text[: text.index("\0")].count("\n") + 1, "", "NUL byte")])
     return parse_config(text, filename)

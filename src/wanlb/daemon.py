@@ -76,6 +76,8 @@ class Daemon:
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hook_order: dict[str, asyncio.Lock] = {}
+        self._reload_lock = asyncio.Lock()
+        self._trial: asyncio.Task[None] | None = None
 
     # --- executing effects ---------------------------------------------------------------------
 
@@ -223,18 +225,25 @@ class Daemon:
             self.link_events += 1
             self.spawn_effects(self.fleet.link(name, usable, self.clock(), self.wall()))
 
-    async def reload(self) -> tuple[bool, str]:
-        """Re-read the config off the loop; verify it; adopt it, or refuse and keep the running one."""
+    async def reload(self, path: str | None = None) -> tuple[bool, str]:
+        """Re-read the config (or ``path``) off the loop; verify it; adopt it, or refuse and keep the running one.
+
+        Reloads run one at a time, each allocating from the state the previous one left.
+        """
+        async with self._reload_lock:
+            return await self._reload(path or self.config_path)
+
+    async def _reload(self, path: str, previous: Config | None = None) -> tuple[bool, str]:
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = previous or await asyncio.to_thread(load_config, path)
             allocation = runtime.allocate(new, self.fleet.state, reload=True)
-            await asyncio.to_thread(self._verify, new, allocation.state)
+            await asyncio.to_thread(self._verify, path, new, allocation.state)
         except (ConfigError, runtime.AllocationRefused, VerifyError) as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return False, str(exc)
         if new.control.socket != self.config.control.socket:
             log.warning("control.socket changes take effect at the next start")
-        self.config = new
+        self.config, self.config_path = new, path
         self.counter.mark_mask = new.mark_mask
         effects = self.fleet.reload(new, allocation, self.clock(), self.wall())
         error = await self.execute(effects)
@@ -245,13 +254,53 @@ class Daemon:
             return False, f"reloaded, but applying it failed (retried every {RESYNC_INTERVAL:g}s): {error}"
         return True, "reloaded"
 
-    def _verify(self, config: Config, state: runtime.RuntimeState) -> None:
+    async def try_config(self, path: str, timeout: float) -> dict[str, Any]:
+        """Apply ``path`` now and go back to the running configuration unless confirmed within ``timeout``.
+
+        For an admin working through the gateway itself: a config that cuts them
+        off undoes itself.  The same checks as a reload come first.
+        """
+        async with self._reload_lock:
+            if self._trial is not None:
+                return {"ok": False, "error": "a trial is already pending: `wanlb try --confirm` or wait for it"}
+            before = (self.config_path, self.config)
+            ok, text = await self._reload(path)
+            if not ok:
+                return {"ok": False, "error": text}
+            self._trial = asyncio.create_task(self._roll_back_after(timeout, *before))
+            self._trial.add_done_callback(_log_crash)
+        log.warning("trying %s: rolled back in %gs unless confirmed", path, timeout)
+        return {"ok": True, "message": f"applied {path}; confirm within {timeout:g}s (`wanlb try --confirm`)"}
+
+    async def confirm(self) -> dict[str, Any]:
+        trial, self._trial = self._trial, None
+        if trial is None:
+            return {"ok": False, "error": "no trial is pending"}
+        trial.cancel()
+        log.info("trial of %s confirmed", self.config_path)
+        return {"ok": True, "message": f"kept {self.config_path}; it is now the daemon's config"}
+
+    async def _roll_back_after(self, timeout: float, path: str, config: Config) -> None:
+        await asyncio.sleep(timeout)
+        tried, self._trial = self.config_path, None  # from here on a confirm comes too late
+        async with self._reload_lock:
+            _, text = await self._reload(path, previous=config)
+        log.warning(
+            "trial of %s not confirmed in %gs: rolled back to the configuration loaded from %s before it (%s)%s",
+            tried,
+            timeout,
+            path,
+            text,
+            "; that file now holds the tried version" if tried == path else "",
+        )
+
+    def _verify(self, path: str, config: Config, state: runtime.RuntimeState) -> None:
         """Ask the kernel whether the new ruleset would be accepted, in a scratch table (changes nothing)."""
         desired = plan(config, state, self.fleet.statuses(), self.kernel.connected())
         try:
             self.kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
         except Exception as exc:
-            raise VerifyError(f"{self.config_path}: the kernel refuses the ruleset: {exc}") from None
+            raise VerifyError(f"{path}: the kernel refuses the ruleset: {exc}") from None
 
     async def resync(self) -> None:
         """Level-triggered repair: reconcile, then the flushes the live counts say are still missing."""
@@ -375,6 +424,16 @@ class Daemon:
         if cmd == "reload":
             ok, text = await self.reload()
             return {"ok": ok, "message": text} if ok else {"ok": False, "error": text}
+        if cmd == "try":
+            timeout = message.get("timeout", 60)
+            if type(timeout) not in (int, float) or not 1 <= timeout <= 3600:
+                return {"ok": False, "error": "bad request: timeout must be a number of seconds in 1..3600"}
+            path = message.get("config")
+            if path is None or not os.path.isabs(path):
+                return {"ok": False, "error": "bad request: config must be an absolute path"}
+            return await self.try_config(path, float(timeout))
+        if cmd == "confirm":
+            return await self.confirm()
         if cmd in ("enable", "disable"):
             return await self.admin(str(message.get("isp")), cmd == "enable")
         if cmd == "flush":

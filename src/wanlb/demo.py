@@ -93,9 +93,9 @@ def _wait_for_daemon(lab: Lab, proc: subprocess.Popen, log_path: str) -> None:
         time.sleep(0.05)
 
 
-def run_demo(console: Console) -> int:
+def run_demo(console: Console, name: str | None = None) -> int:
     """Run the demo; returns the process exit code (0 when every check held)."""
-    name = f"demo{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
+    name = name or f"demo{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
     started = time.monotonic()
     console.print(f"[bold]wanlb demo[/] — building lab [cyan]{name}[/]: 2 clients, gateway, 3 ISPs, internet")
     with Lab.up(name=name, isps=3, clients=2, weights=list(PHASES[0][1].values())) as lab:

@@ -15,7 +15,16 @@ import pytest
 from click.testing import CliRunner
 
 from wanlb.lab.cli import lab as lab_cli
-from wanlb.lab.lab import RUN_DIR, Lab, LabError, down_all, lab_namespaces, module_env, python_module
+from wanlb.lab.lab import (
+    RUN_DIR,
+    Lab,
+    LabError,
+    down_all,
+    lab_namespaces,
+    module_env,
+    python_module,
+    remove_lab,
+)
 from wanlb.lab.topology import LAN_LEAK_COUNTER, Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("require_root")]
@@ -179,22 +188,25 @@ def test_the_context_manager_tears_down_on_signals(lab_name: str, sig: signal.Si
         down_all(name_prefix=lab_name)
 
 
-def test_down_all_removes_leftovers_of_crashed_runs(lab_name: str) -> None:
-    """`down --all` removes every wlab-* namespace; to stay clear of labs other runs use meanwhile, this
-    exercises it limited to this test's own name prefix."""
+def test_down_all_removes_leftovers_of_crashed_runs_and_only_its_own(lab_name: str) -> None:
+    """`down --all` removes every lab wanlb recorded (crashed ones too) and no other `wlab-*` namespace;
+    to stay clear of labs other runs use meanwhile, this exercises it limited to this test's own prefix."""
     try:
         crashed = Lab.up(f"{lab_name}a", isps=1, clients=1)
         crashed.popen("inet", ["sleep", "600"], label="orphan")
-        (crashed.dir / "lab.json").unlink()  # state lost, namespaces and a process left
-        stateless = Lab.up(f"{lab_name}b", isps=1, clients=1)
-        for path in stateless.dir.iterdir():
+        (crashed.dir / "lab.json").unlink()  # state lost, namespaces and a process left: still recorded
+        foreign = Lab.up(f"{lab_name}b", isps=1, clients=1)
+        for path in foreign.dir.iterdir():
             path.unlink()
-        stateless.dir.rmdir()
+        foreign.dir.rmdir()  # no record: namespaces someone else owns, as far as `--all` can tell
         removed = down_all(name_prefix=lab_name)
-        assert len(removed) == 8
-        assert gone(f"{lab_name}a") and gone(f"{lab_name}b")
+        assert len(removed) == 4 and all(ns.startswith(f"wlab-{lab_name}a-") for ns in removed), removed
+        assert gone(f"{lab_name}a") and not gone(f"{lab_name}b")
+        remove_lab(f"{lab_name}b")  # by name it goes
+        assert gone(f"{lab_name}b")
     finally:
         down_all(name_prefix=lab_name)
+        remove_lab(f"{lab_name}b")
 
 
 def test_cli(lab_name: str) -> None:

@@ -65,3 +65,40 @@ def test_one_isps_events_run_their_hooks_in_order(tmp_path: Path) -> None:
     asyncio.run(two_events())
     assert out.read_text().split() == ["down", "up"]
     assert os.environ.get("WANLB_ISP") is None  # the daemon's own environment is untouched
+
+
+def test_a_flood_of_output_is_bounded_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import resource
+
+    caplog.set_level(logging.INFO, "wanlb.hooks")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    path = hook(tmp_path, "flood.sh", "head -c 200000000 /dev/zero")
+    assert asyncio.run(run_hook(path, ENV, 30))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 20, f"the daemon grew by {grown_mb:.0f} MB reading 200 MB of hook output"
+    assert f"[{200_000_000 - 64 * 1024} more bytes of output dropped]" in caplog.text
+
+
+def test_exit_status_is_the_hooks_own_and_its_background_child_dies_at_the_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "wanlb.hooks")
+    pidfile = tmp_path / "child.pid"
+    path = hook(tmp_path, "bg.sh", f"sleep 60 & echo $! > {pidfile}; exit 0")
+    start = time.monotonic()
+    assert asyncio.run(run_hook(path, ENV, 1.0)), caplog.text  # judged by the hook itself: exit 0
+    assert time.monotonic() - start < 5
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the hook's background child outlived the timeout"
+    assert "killed" not in caplog.text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -70,7 +70,13 @@ def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat:
 
 @lab.command()
 @name_option
-@click.option("--all", "all_", is_flag=True, help="Remove every lab (wlab-* namespaces), also crashed ones.")
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Remove every lab wanlb built on this machine (recorded under /run/wanlb/lab), crashed ones too; "
+    "other wlab-* namespaces are left alone.",
+)
 def down(name: str, all_: bool) -> None:
     """Stop the lab's processes and remove its namespaces and state."""
     with _friendly_errors():

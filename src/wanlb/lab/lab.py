@@ -143,16 +143,20 @@ def remove_lab(name: str) -> list[str]:
 
 
 def down_all(name_prefix: str = "") -> list[str]:
-    """Remove every lab namespace (`wlab-*`), the processes in them and all lab state; return the
-    namespaces removed. This is the cleanup for crashed runs. `name_prefix` limits it to labs whose name
-    starts with it, so a test can exercise this without touching labs that other runs use meanwhile."""
+    """Remove every lab this machine's wanlb recorded as its own (a state directory under RUN_DIR, made
+    before any namespace): processes, namespaces and state; return the namespaces removed. This is the
+    cleanup for crashed runs and killed demos. A `wlab-*` namespace with no record is someone else's and
+    stays (`remove_lab(name)` removes one by name). `name_prefix` limits it to labs whose name starts
+    with it, so a test can exercise this without touching labs that other runs use meanwhile."""
     require_root()
-    namespaces = lab_namespaces(NS_PREFIX + name_prefix)
-    _remove_namespaces(namespaces)
-    if RUN_DIR.is_dir():
-        for path in RUN_DIR.glob(f"{name_prefix}*"):
-            shutil.rmtree(path, ignore_errors=True)
-    return namespaces
+    removed: list[str] = []
+    owned = sorted(p.name for p in RUN_DIR.glob(f"{name_prefix}*") if p.is_dir()) if RUN_DIR.is_dir() else []
+    for name in owned:
+        try:
+            removed += remove_lab(name)
+        except LabError:  # a directory that is no lab name: not ours to interpret
+            continue
+    return removed
 
 
 @contextlib.contextmanager
