@@ -47,21 +47,30 @@ async def run_hook(path: str, env: dict[str, str], timeout: float) -> bool:
     group — the whole group is killed; so is it when the daemon stops.
     """
     what = f"hook {path} ({env.get('WANLB_ISP')} {env.get('WANLB_EVENT')})"
+    # Our own pipe, not asyncio's: asyncio's Process.wait() also waits for its pipes to close,
+    # which a background child of the hook would hold open.
+    read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
             path,
             env={**os.environ, **env},
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdout=write_fd,
+            stderr=write_fd,
             start_new_session=True,
         )
     except OSError as exc:
+        os.close(read_fd)
         log.error("%s could not start: %s", what, exc)
         return False
-    assert proc.stdout is not None
+    finally:
+        os.close(write_fd)
+    stream = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
+    )
     output = _Output()
-    reading = asyncio.create_task(output.drain(proc.stdout))
+    reading = asyncio.create_task(output.drain(stream))
     try:
         try:
             async with asyncio.timeout(timeout):
@@ -82,6 +91,7 @@ async def run_hook(path: str, env: dict[str, str], timeout: float) -> bool:
         raise
     finally:
         reading.cancel()
+        transport.close()
     if proc.returncode != 0:
         log.error("%s failed with exit code %s%s", what, proc.returncode, output.describe())
         return False
