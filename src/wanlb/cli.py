@@ -149,7 +149,13 @@ def main() -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate a config file: exit 0 when valid, else 2 with FILE:LINE: field: message per error."""
+    from pathlib import Path
+
+    from wanlb.runtime import state_dir_problem
+
     cfg = _load(config_path)
+    if problem := state_dir_problem(Path(cfg.control.socket).parent):
+        fail(f"{config_path}: control.socket: {problem}: wanlb would refuse to start", EXIT_CONFIG)
     state, source = _allocation(cfg)
     isps = ", ".join(
         f"{i.name} (mark {state.isps[i.name].mark:#x}, table {state.isps[i.name].table})" for i in cfg.isps

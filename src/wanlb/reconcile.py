@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from wanlb import nftsync
 from wanlb.adapters.routing import RoutingError
@@ -25,7 +26,7 @@ from wanlb.config import Config
 from wanlb.kernel import Kernel
 from wanlb.plan import Desired, IspStatus, plan
 from wanlb.render import DYNAMIC_SETS, Route, RoutingIntent, Rule, render
-from wanlb.runtime import RuntimeState, StateStore
+from wanlb.runtime import RuntimeState, StateStore, state_dir_problem
 
 log = logging.getLogger("wanlb.reconcile")
 
@@ -41,6 +42,9 @@ def preflight(config: Config, kernel: Kernel) -> None:
     from wanlb.adapters import nft
 
     nft.nft_path()
+    problem = state_dir_problem(Path(config.control.socket).parent)
+    if problem:
+        raise PreflightError(f"control.socket: {problem}: only root may write where wanlb keeps its socket and state")
     present = kernel.links()
     missing = [n for n in (*config.lan.interfaces, *(i.interface for i in config.isps)) if n not in present]
     if missing:
