@@ -306,6 +306,12 @@ def test_control_commands_answer_from_the_fakes(tmp_path: Path, monkeypatch: pyt
         assert flushed == {"ok": True, "isp": "c", "mark": 0x300, "mark_mask": 0xFF00, "deleted": 1}
         assert (await d.handle({"cmd": "flush", "isp": "zz"}))["ok"] is False
         assert (await d.handle({"cmd": "nope"}))["error"] == "unknown command 'nope'"
+        # Strict types: the string "false" is an error, not a truthy value that cleans up.
+        refused = await d.handle({"cmd": "stop", "cleanup": "false"})
+        assert refused["ok"] is False and not d.cleanup_on_exit and not d._stop.is_set()
+        for bad in ({"cmd": "try", "config": "relative.yaml"}, {"cmd": "try", "config": "/x", "timeout": True}):
+            assert (await d.handle(bad))["ok"] is False
+        assert (await d.handle({"cmd": "confirm"}))["error"] == "no trial is pending"
 
     run(test)
 
