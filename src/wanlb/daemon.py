@@ -328,9 +328,7 @@ class Daemon:
 
     def _warn_about_config(self) -> None:
         """What is valid but probably not what the operator meant (at start and after each reload)."""
-        for hook in self.config.hooks:
-            if not os.access(hook, os.X_OK):
-                log.warning("hook %s is not an executable file: it will fail on every change", hook)
+        self.spawn(asyncio.to_thread(_check_hooks, self.config.hooks))  # a stat may hang (NFS)
         unmonitored = [i.name for i in self.config.isps if not i.health.targets]
         if unmonitored:
             log.warning("no health targets for %s: never declared down", ", ".join(unmonitored))
@@ -497,6 +495,12 @@ class Daemon:
                 log.info("removed everything wanlb added")
             else:
                 log.info("exiting; the datapath stays in place (connections keep flowing)")
+
+
+def _check_hooks(hooks: tuple[str, ...]) -> None:
+    for hook in hooks:
+        if not os.access(hook, os.X_OK):
+            log.warning("hook %s is not an executable file: it will fail on every change", hook)
 
 
 class VerifyError(Exception):
