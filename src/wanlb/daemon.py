@@ -68,6 +68,7 @@ class Daemon:
         self.last_error: str | None = None
         self.started = wall()
         self.reloads = 0
+        self.last_reload: dict[str, Any] | None = None  # outcome of the last reload request, for status
         self.link_events = 0
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self.monitors: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}
@@ -231,7 +232,9 @@ class Daemon:
         Reloads run one at a time, each allocating from the state the previous one left.
         """
         async with self._reload_lock:
-            return await self._reload(path or self.config_path)
+            ok, text = await self._reload(path or self.config_path)
+        self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
+        return ok, text
 
     async def _reload(self, path: str, previous: Config | None = None) -> tuple[bool, str]:
         try:
@@ -380,6 +383,7 @@ class Daemon:
             "reloads": self.reloads,
             "link_events": self.link_events,
             "last_error": self.last_error,
+            "last_reload": self.last_reload,
             "route_failures": list(self.last.failures) if self.last else [],
             "retired": [{"mark": r.mark, "isp": r.name} for r in self.fleet.state.retired],
             "isps": isps,
