@@ -157,6 +157,21 @@ def _yaml_socket(path: str) -> str | None:
 # ---------------------------------------------------------------- option parsing
 
 
+class _Key(click.ParamType):
+    """A GRE key, hexadecimal (0x…) or decimal, like conntrack's."""
+
+    name = "key"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            key = int(value, 0) if isinstance(value, str) else int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a key", param, ctx)
+        if not 0 <= key <= 0xFFFF:
+            self.fail(f"{value!r} is out of range", param, ctx)
+        return key
+
+
 def _network(value: str | None, opt: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     if value is None:
         return None
@@ -185,6 +200,8 @@ def _filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--isp", help="entries whose mark is this ISP's (needs config or daemon)"),
         click.option("--mark", "mark", help="MARK[/MASK]"),
         click.option("--zone", type=click.IntRange(0, 65535)),
+        click.option("--orig-zone", type=click.IntRange(0, 65535), help="zone of the original direction"),
+        click.option("--reply-zone", type=click.IntRange(0, 65535), help="zone of the reply direction"),
         click.option("-f", "--family", type=click.Choice(["ipv4", "ipv6"])),
     ]
     for opt in reversed(opts):
@@ -229,14 +246,16 @@ def build_filter(ctx: Ctx, opts: dict[str, Any]) -> Filter:
             mark=mark,
             mark_mask=mask,
             zone=opts["zone"],
+            orig_zone=opts["orig_zone"],
+            reply_zone=opts["reply_zone"],
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None
 
 
 def _filter_opts(kw: dict[str, Any]) -> dict[str, Any]:
-    keys = ("proto", "src", "dst", "sport", "dport", "state", "isp", "mark", "zone", "family")
-    return {k: kw.pop(k) for k in keys}
+    keys = ("proto", "src", "dst", "sport", "dport", "state", "isp", "mark", "zone", "orig_zone", "reply_zone")
+    return {k: kw.pop(k) for k in (*keys, "family")}
 
 
 def _kernel_call(fn: Callable[[], Any]) -> Any:
@@ -544,20 +563,46 @@ def _delete_here(ctx: Ctx, opts: dict[str, Any], everything: bool) -> int:
 @click.option("--sport", type=click.IntRange(0, 65535))
 @click.option("--dport", type=click.IntRange(0, 65535))
 @click.option("--zone", type=click.IntRange(0, 65535))
+@click.option("--orig-zone", type=click.IntRange(0, 65535), help="the original direction's own zone")
+@click.option("--icmp-type", type=click.IntRange(0, 255))
+@click.option("--icmp-code", type=click.IntRange(0, 255))
+@click.option("--icmp-id", type=click.IntRange(0, 65535))
+@click.option("--srckey", "--orig-key-src", "srckey", type=_Key(), help="GRE source key (hex or decimal)")
+@click.option("--dstkey", "--orig-key-dst", "dstkey", type=_Key(), help="GRE destination key (hex or decimal)")
 @click.option("-o", "--output", type=click.Choice(["text", "extended", "json"]), default="text")
 @click.pass_obj
-def get(ctx: Ctx, output: str, **kw: Any) -> None:
-    """Show the one entry with this original tuple (like ``conntrack -G``); exit 1 if absent."""
-    opts = {**kw, "state": None, "isp": None, "mark": None, "family": None}
-    flt = build_filter(ctx, opts)
+def get(
+    ctx: Ctx,
+    output: str,
+    orig_zone: int | None,
+    icmp_type: int | None,
+    icmp_code: int | None,
+    icmp_id: int | None,
+    srckey: int | None,
+    dstkey: int | None,
+    **kw: Any,
+) -> None:
+    """Show the one entry with this original tuple (like ``conntrack -G``); exit 1 if absent.
+
+    TCP/UDP/SCTP/DCCP need --sport and --dport; ICMP/ICMPv6 --icmp-type, --icmp-code
+    and --icmp-id; GRE --srckey and --dstkey.
+    """
+    unused = ("state", "isp", "mark", "family", "orig_zone", "reply_zone")
+    flt = build_filter(ctx, {**kw, **dict.fromkeys(unused)})
     if flt.proto in C.PORT_PROTOS and (flt.sport is None or flt.dport is None):
         raise click.UsageError("get needs --sport and --dport for this protocol")
+    if flt.proto in C.ICMP_PROTOS and None in (icmp_type, icmp_code, icmp_id):
+        raise click.UsageError("get needs --icmp-type, --icmp-code and --icmp-id for ICMP")
+    if flt.proto == C.IPPROTO_GRE and None in (srckey, dstkey):
+        raise click.UsageError("get needs --srckey and --dstkey for GRE")
     if flt.src is None or flt.dst is None or flt.src.num_addresses != 1 or flt.dst.num_addresses != 1:
         raise click.UsageError("get needs single addresses for -s and -d")
+    gre = flt.proto == C.IPPROTO_GRE
     key = Entry(
         family=flt.family or C.AF_INET, proto=flt.proto or 0,
         src=flt.src.network_address.packed, dst=flt.dst.network_address.packed,
-        sport=flt.sport, dport=flt.dport, zone=flt.zone,
+        sport=srckey if gre else flt.sport, dport=dstkey if gre else flt.dport, zone=flt.zone,
+        orig_zone=orig_zone, icmp_type=icmp_type, icmp_code=icmp_code, icmp_id=icmp_id,
     )  # fmt: skip
     isps = ctx.isps(required=False)
 

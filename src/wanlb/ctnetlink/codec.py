@@ -82,8 +82,12 @@ def encode_tuple(
     sport: int | None = None,
     dport: int | None = None,
     icmp: tuple[int | None, int | None, int | None] = (None, None, None),
+    zone: int | None = None,
 ) -> bytes:
-    """CTA_TUPLE_ORIG/REPLY; fields left ``None`` are omitted (for filters)."""
+    """CTA_TUPLE_ORIG/REPLY; fields left ``None`` are omitted (for filters).
+
+    ``zone`` is the tuple's own (directional) zone, ``--orig-zone``/``--reply-zone``.
+    """
     v6 = family == C.AF_INET6
     ips = b""
     if src is not None:
@@ -110,6 +114,8 @@ def encode_tuple(
         if icode is not None:
             pa.append(attr(code_t, be8(icode)))
         parts.append(nest(C.CTA_TUPLE_PROTO, *pa))
+    if zone is not None:
+        parts.append(attr(C.CTA_TUPLE_ZONE, be16(zone)))
     return nest(atype, *parts)
 
 
@@ -117,7 +123,7 @@ def entry_tuples(e: Entry) -> bytes:
     """Both tuples of an entry, as the kernel wants them to create it."""
     reply = encode_tuple(
         C.CTA_TUPLE_REPLY, e.family, e.reply_src, e.reply_dst, e.proto, e.reply_sport, e.reply_dport,
-        (e.reply_icmp_type, e.reply_icmp_code, e.reply_icmp_id),
+        (e.reply_icmp_type, e.reply_icmp_code, e.reply_icmp_id), e.reply_zone,
     )  # fmt: skip
     return _orig_only(e) + reply
 
@@ -173,9 +179,10 @@ def encode_delete(e: Entry, seq: int = 0) -> bytes:
 
 
 def _orig_only(e: Entry) -> bytes:
+    """The original tuple, with its directional zone: the kernel finds an entry by tuple *and* zone."""
     return encode_tuple(
         C.CTA_TUPLE_ORIG, e.family, e.src, e.dst, e.proto, e.sport, e.dport,
-        (e.icmp_type, e.icmp_code, e.icmp_id),
+        (e.icmp_type, e.icmp_code, e.icmp_id), e.orig_zone,
     )  # fmt: skip
 
 

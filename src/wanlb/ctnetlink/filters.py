@@ -24,7 +24,7 @@ from wanlb.ctnetlink.entry import Entry
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # What the kernel is asked to filter, from most to least.
-LEVEL_TUPLE = 2  # family, mark, status, CTA_FILTER tuple fields, zone
+LEVEL_TUPLE = 2  # family, mark, status, CTA_FILTER tuple fields
 LEVEL_MARK = 1  # family, mark, status
 LEVEL_FAMILY = 0
 
@@ -48,6 +48,8 @@ class Filter:
     mark: int | None = None
     mark_mask: int = 0xFFFFFFFF
     zone: int | None = None
+    orig_zone: int | None = None  # a direction's own zone (conntrack --orig-zone / --reply-zone)
+    reply_zone: int | None = None
     status: int | None = None
     status_mask: int | None = None
 
@@ -103,6 +105,10 @@ class Filter:
             return False
         if self.zone is not None and (e.zone or 0) != self.zone:
             return False
+        if self.orig_zone is not None and _zone(e.orig_zone, e.zone) != self.orig_zone:
+            return False
+        if self.reply_zone is not None and _zone(e.reply_zone, e.zone) != self.reply_zone:
+            return False
         if self.status is not None:
             mask = self.status if self.status_mask is None else self.status_mask
             if e.status & mask != self.status:
@@ -125,9 +131,7 @@ class Filter:
                 common += codec.attr(C.CTA_STATUS, codec.be32(self.status))
                 if self.status_mask is not None:
                     common += codec.attr(C.CTA_STATUS_MASK, codec.be32(self.status_mask))
-        tuple_wanted = level >= LEVEL_TUPLE and (
-            self.proto is not None or _exact(self.src) or _exact(self.dst) or self.zone is not None
-        )
+        tuple_wanted = level >= LEVEL_TUPLE and (self.proto is not None or _exact(self.src) or _exact(self.dst))
         if not tuple_wanted:
             yield codec.encode_dump(self.family or 0, common)
             return
@@ -149,11 +153,15 @@ class Filter:
                 flags |= C.CTA_FILTER_F_PROTO_SRC_PORT
             if self.dport is not None:
                 flags |= C.CTA_FILTER_F_PROTO_DST_PORT
-        out = b""
-        if self.zone is not None:
-            out += codec.attr(C.CTA_ZONE, codec.be16(self.zone))
-        out += codec.nest(C.CTA_FILTER, codec.attr(C.CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
+        # The zone is matched in userspace only, like conntrack -w: an entry whose zone is directional
+        # (zone-orig/zone-reply) has no CTA_ZONE and counts as zone 0, which the kernel's filter disagrees with.
+        out = codec.nest(C.CTA_FILTER, codec.attr(C.CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
         return out + codec.encode_tuple(C.CTA_TUPLE_ORIG, family, src, dst, self.proto, self.sport, self.dport)
+
+
+def _zone(directional: int | None, both: int | None) -> int:
+    """A direction's zone: its own if it has one, else the entry's, else 0."""
+    return directional if directional is not None else both or 0
 
 
 def _exact(net: Network | None) -> bool:

@@ -182,7 +182,12 @@ class TextFormatter:
             put("use=%d ", v("use"))
         if self.show_id and "id" in slot:
             put("id=%d ", v("id"))
-        text = "".join(fmt)[:-1] if fmt else ""
+        text = "".join(fmt)
+        # Every piece ends with its separating space, except a status flag ("%s"), whose value carries its
+        # own ("[ASSURED] " or ""): when one ends the line (an entry without mark or use, as DESTROY events
+        # have), the space is stripped once the line is formatted.
+        strip = bool(text) and not text.endswith(" ")
+        text = text[:-1] if text.endswith(" ") else text
         if self._isp and "mark" in slot:
             text += "%s"
             args.append(f"ISP.get({v('mark')} & {self.mark_mask}, '')")
@@ -197,7 +202,8 @@ class TextFormatter:
             "cstr": _cstr,
             "now": time.time,
         }
-        source = f"def line(buf, off):\n    v = unpack(buf, off)\n    return FMT % ({', '.join(args)},)\n"
+        result = f"(FMT % ({', '.join(args)},))" + (".rstrip(' ')" if strip else "")
+        source = f"def line(buf, off):\n    v = unpack(buf, off)\n    return {result}\n"
         exec(compile(source, f"<conntrack line {proto_name(proto)}>", "exec"), namespace)
         return namespace["line"]
 
