@@ -484,7 +484,7 @@ def test_50_sighups_in_10_s_half_changing_weights(
     assert [i["share_percent"] for i in final["isps"]] == [50.0, 16.67, 33.33]
     rendered = gw.cli("render", "--nft-only")
     assert rendered.returncode == 0, rendered.stderr
-    scratch = f"{lab.topology.prefix}scratch"
+    scratch = f"{lab.topology.prefix}scratch"  # the lab's prefix: lab.down removes it on any exit path too
     subprocess.run(["ip", "netns", "add", scratch], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", scratch, "nft", "-f", "-"], input=rendered.stdout, text=True, check=True)
@@ -619,6 +619,8 @@ def test_wan_deleted_and_recreated(traffic_lab: tuple[Lab, LabGateway, Streams],
     figures["down_after_delete_s"] = round(down["time"] - t0, 3)
     figures["down_event"] = {k: down[k] for k in ("reason", "flushed", "error", "applied_ms", "done_ms")}
     assert "wan2" in down["reason"] and down["error"] is None, down
+    # The down event's "flushed" is usually 0: deleting the device makes the kernel's masquerade code drop
+    # the entries NATed through it before the daemon counts them. Either way none may be left.
     assert poll(lambda: not marked(gw, mark, mask), 5.0), "isp2's connections were not flushed"
     figures["isp2_entries_gone_s"] = round(time.time() - t0, 3)
     assert {i["name"]: i["status"] for i in reply["isps"]} == {**ALL_UP, "isp2": "down"}
