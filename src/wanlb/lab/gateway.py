@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,14 @@ class LabGateway:
         edit(data)
         self.config.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    def start(self, timeout: float = 15.0, env: Mapping[str, str] | None = None) -> None:
+    def start(self, timeout: float = 15.0, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         """Start ``wanlb run`` in the gateway namespace; ``env`` is merged over the lab's module environment
-        (e.g. a ``PATH`` with a shim directory first)."""
+        (e.g. a ``PATH`` with a shim directory first). ``prefix`` goes before the command and must exec it
+        in place (e.g. ``["prlimit", "--nofile=1024:4096"]``), so ``proc`` stays the daemon itself."""
         with self.log.open("ab") as log:
             self.proc = self.lab.popen(
                 "gw",
-                [*WANLB, "run", "-c", str(self.config)],
+                [*prefix, *WANLB, "run", "-c", str(self.config)],
                 label="wanlb",
                 stderr=log,
                 env=module_env() | dict(env or {}),
