@@ -33,6 +33,7 @@ from wanlb.adapters.routing import RoutingError
 from wanlb.plan import ConnectedRoute
 from wanlb.render import DYNAMIC_SETS, Route, Rule
 from wanlb.runtime import sysctl_key_allowed
+from wanlb.tune import TableStats
 
 ENOENT = "No such file or directory"
 EBUSY = "Device or resource busy"
@@ -159,6 +160,8 @@ class FakeKernel:
         self.ip_routes: list[Route] = []
         self.sysctls: dict[str, str] = dict(sysctls or {})
         self.conntrack: list[int] = []  # the mark of each entry
+        self.ct_max = 262144
+        self.ct_trouble = {"drop": 0, "early_drop": 0, "insert_failed": 0}
         self.tables: dict[str, NftTable] = {}  # inet tables by name
         self.fail_nft: str | None = None
         self.calls: list[tuple[Any, ...]] = []
@@ -232,6 +235,9 @@ class FakeKernel:
     def ct_flush(self, mark: int, mask: int) -> None:
         self.calls.append(("ct_flush", mark, mask))
         self.conntrack = [m for m in self.conntrack if m & mask != mark]
+
+    def ct_stats(self) -> TableStats:
+        return TableStats(len(self.conntrack), self.ct_max, **self.ct_trouble)
 
     # --- nft -------------------------------------------------------------------------------------
 

@@ -311,6 +311,96 @@ def reload(config_path: str, socket_path: str | None) -> None:
     click.echo(reply.get("message", "reloaded"))
 
 
+@main.command()
+@click.option("--expect", type=click.IntRange(1, 100_000_000), help="Connections you expect at peak.")
+@click.option("--apply", "do_apply", is_flag=True, help="Write the recommended values now (root).")
+@click.option(
+    "--persist",
+    "persist",
+    is_flag=False,
+    flag_value="/etc/sysctl.d/90-wanlb.conf",
+    default=None,
+    metavar="[PATH]",
+    help="Write them to a sysctl.d file (default /etc/sysctl.d/90-wanlb.conf) after showing the diff.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask before --persist writes the file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def tune(expect: int | None, do_apply: bool, persist: str | None, yes: bool, as_json: bool) -> None:
+    """Report the conntrack table's size, usage and timeouts, and what a gateway should use.
+
+    Read-only unless --apply or --persist. The recommendation starts from the
+    values a multi-WAN gateway needs (max 262144 entries, TCP established
+    3600 s, UDP stream 60 s), grows the table to twice --expect, and keeps it
+    within 1/16 of RAM. Each value is explained. Inside a network namespace other
+    than the host's, nf_conntrack_max and nf_conntrack_buckets are read-only
+    (the table is shared): --apply says so and sets the rest.
+    """
+    import difflib
+
+    from wanlb import tune as t
+
+    reading = t.read()
+    rows, notes = t.recommend(reading, expect)
+    count, limit = reading.values.get("nf_conntrack_count"), reading.values.get("nf_conntrack_max")
+    usage = round(100 * count / limit, 1) if count is not None and limit else None
+    if as_json and not (do_apply or persist):
+        click.echo(
+            json.dumps(
+                {
+                    "usage_percent": usage,
+                    "entry_bytes": reading.entry_bytes,
+                    "entry_bytes_source": reading.entry_bytes_source,
+                    "ram_bytes": reading.ram_bytes,
+                    "rows": [
+                        {"key": r.key, "current": r.current, "recommended": r.recommended, "change": r.change,
+                         "note": r.note}
+                        for r in rows
+                    ],
+                    "notes": notes,
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+        return
+    if not as_json:
+        click.echo(f"conntrack table: {count:,} of {limit:,} entries ({usage}%)" if usage is not None else "")
+        for r in rows:
+            current = "?" if r.current is None else f"{r.current:,}"
+            rec = "" if r.recommended is None else (f" → {r.recommended:,}" if r.change else " (ok)")
+            click.echo(f"  net.netfilter.{r.key} = {current}{rec}\n      {r.note}")
+        click.echo(t.memory_line(reading, rows))
+        for note in notes:
+            click.echo(f"note: {note}")
+    if do_apply:
+        if os.geteuid() != 0:
+            fail("--apply needs root")
+        done, skipped = t.apply(rows, reading)
+        for line in done:
+            click.echo(f"set {line}")
+        for line in skipped:
+            click.echo(f"not set: {line}")
+    if persist:
+        new = t.sysctl_file(rows)
+        try:
+            old = open(persist).read()  # noqa: SIM115 - a small file read once
+        except FileNotFoundError:
+            old = ""
+        except OSError as exc:
+            fail(f"{persist}: {exc.strerror}")
+        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), persist, persist))
+        if not diff:
+            click.echo(f"{persist} already holds these values")
+            return
+        click.echo(diff, nl=False)
+        if not yes and not click.confirm(f"write {persist}?", default=False):
+            fail("not written", EXIT_RUNTIME)
+        tmp = f"{persist}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(new)
+        os.replace(tmp, persist)
+        click.echo(f"wrote {persist} (load it now with: sysctl -p {persist})")
+
+
 @main.command(name="try")
 @config_option
 @socket_option

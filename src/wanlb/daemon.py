@@ -36,6 +36,7 @@ from wanlb.kernel import Kernel, LinuxKernel
 from wanlb.plan import IspStatus, plan
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 from wanlb.render import render
+from wanlb.tune import TableStats, table_warnings
 
 log = logging.getLogger("wanlb.daemon")
 
@@ -69,6 +70,8 @@ class Daemon:
         self.started = wall()
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None  # outcome of the last reload request, for status
+        self.table_stats: TableStats | None = None
+        self.table_warnings: list[str] = []
         self.link_events = 0
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self.monitors: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}
@@ -78,6 +81,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hook_order: dict[str, asyncio.Lock] = {}
         self._reload_lock = asyncio.Lock()
+        self._hup_queued = False
         self._trial: asyncio.Task[None] | None = None
 
     # --- executing effects ---------------------------------------------------------------------
@@ -236,6 +240,18 @@ class Daemon:
         self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
         return ok, text
 
+    def _sighup(self) -> None:
+        """SIGHUPs coalesce: while one reload waits for its turn, more SIGHUPs add nothing to the queue."""
+        if not self._hup_queued:
+            self._hup_queued = True
+            self.spawn(self._hup())
+
+    async def _hup(self) -> None:
+        async with self._reload_lock:
+            self._hup_queued = False  # a SIGHUP from now on may follow a newer edit: it queues a new reload
+            ok, text = await self._reload(self.config_path)
+        self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
+
     async def _reload(self, path: str, previous: Config | None = None) -> tuple[bool, str]:
         try:
             new = previous or await asyncio.to_thread(load_config, path)
@@ -310,6 +326,20 @@ class Daemon:
         error = await self._reconcile_logged("resync")
         if error is None:
             await self.execute(self.fleet.resync(self.counter.counts()))
+        await self._watch_table()
+
+    async def _watch_table(self) -> None:
+        """Warn (log and status) while the table is near full or the kernel turns connections away."""
+        try:
+            stats = await asyncio.to_thread(self.kernel.ct_stats)
+        except Exception as exc:  # a monitoring read: never worth more than a debug line
+            log.debug("conntrack stats unavailable: %s", exc)
+            return
+        warnings = table_warnings(self.table_stats, stats)
+        for warning in warnings:
+            if warning not in self.table_warnings:
+                log.warning("%s", warning)
+        self.table_stats, self.table_warnings = stats, warnings
 
     async def _resync_loop(self) -> None:
         while True:
@@ -388,6 +418,11 @@ class Daemon:
             "retired": [{"mark": r.mark, "isp": r.name} for r in self.fleet.state.retired],
             "isps": isps,
             "conn_counts": self.counter.by_isp(),
+            "conntrack": {
+                "entries": self.table_stats.count if self.table_stats else None,
+                "max": self.table_stats.max if self.table_stats else None,
+                "warnings": self.table_warnings,
+            },
             "events": list(self.events),
         }
 
@@ -472,7 +507,7 @@ class Daemon:
         await self.reconcile("start")
         server = await control.serve(socket_path, self.handle)
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         resync = asyncio.create_task(self._resync_loop())

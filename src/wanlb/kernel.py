@@ -21,6 +21,7 @@ from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.filters import Filter
 from wanlb.plan import ConnectedRoute
 from wanlb.render import Route, Rule
+from wanlb.tune import TableStats
 
 
 class Kernel(Protocol):
@@ -59,6 +60,9 @@ class Kernel(Protocol):
 
     def ct_flush(self, mark: int, mask: int) -> None:
         """Delete every conntrack entry whose ``mark & mask == mark`` (one kernel flush)."""
+
+    def ct_stats(self) -> TableStats:
+        """The table's size, limit and trouble counters."""
 
 
 class LinuxKernel:
@@ -146,3 +150,9 @@ class LinuxKernel:
     def ct_flush(self, mark: int, mask: int) -> None:
         with self._ct_lock:
             self._ct.sock.request(codec.encode_flush(0, mark, mask))
+
+    def ct_stats(self) -> TableStats:
+        with self._ct_lock:
+            stats = self._ct.stats()
+        total = {k: sum(cpu.get(k, 0) for cpu in stats.cpus) for k in ("drop", "early_drop", "insert_failed")}
+        return TableStats(stats.count, stats.max, **total)

@@ -378,3 +378,20 @@ def test_an_isp_added_by_reload_on_a_down_link_is_down_as_it_would_be_at_start(
         assert "isp_c" not in h.balance()
 
     run(test)
+
+
+def test_resync_warns_when_the_table_fills_or_drops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path, monkeypatch)
+
+    async def test() -> None:
+        d = h.build()
+        await d.reconcile("start")
+        await d.resync()
+        assert d.status()["conntrack"]["warnings"] == []
+        h.kernel.ct_max = 10  # 10 entries in the fake table: 100 % full
+        h.kernel.ct_trouble["early_drop"] = 3
+        await d.resync()
+        warnings = d.status()["conntrack"]["warnings"]
+        assert any("100% full" in w for w in warnings) and any("early_drop rose by 3" in w for w in warnings)
+
+    run(test)
