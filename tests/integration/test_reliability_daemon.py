@@ -456,7 +456,15 @@ def test_50_sighups_in_10_s_half_changing_weights(
         sent = time.monotonic()
         figures["storm_s"] = round(sent - t0, 3)
         figures["weight_changes"] = changes
-        done = wait_status(gw, lambda r: r["reloads"] - reloads_before >= SIGHUPS, timeout=60)
+        # SIGHUPs that arrive while a reload waits for its turn coalesce into it: what must hold is that a
+        # reload ran after the last one, and that it applied the last config.
+        sent_wall = time.time()
+        wait_status(
+            gw,
+            lambda r: bool(r["last_reload"]) and r["last_reload"]["time"] >= sent_wall
+            and [i["weight"] for i in r["isps"]] == list(LAST_WEIGHTS),
+            timeout=60,
+        )  # fmt: skip
         figures["last_reload_done_after_last_sighup_s"] = round(time.monotonic() - sent, 3)
         time.sleep(AFTER)
         paced = pacers.stop()
@@ -471,7 +479,8 @@ def test_50_sighups_in_10_s_half_changing_weights(
     figures["last_error"] = final["last_error"]
 
     assert gw.proc.poll() is None, "the daemon died"
-    assert done["reloads"] - reloads_before == SIGHUPS == final["reloads"] - reloads_before
+    assert 1 <= final["reloads"] - reloads_before <= SIGHUPS
+    assert final["last_reload"]["ok"], final["last_reload"]
     assert [s.describe() for s in stopped if not s.ok] == []
     assert paced["failed"] == 0, paced
     assert final["last_error"] is None
