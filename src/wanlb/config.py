@@ -99,6 +99,18 @@ def _absolute_path(value: Any) -> Any:
     return value
 
 
+def _at_most(limit: int) -> BeforeValidator:
+    """A list longer than ``limit`` is refused before its items are validated: pydantic checks
+    ``max_length`` only after every item, and 50,000 bad items would be 50,000 errors (over 100 MB)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) > limit:
+            raise ValueError(f"at most {limit} items, not {len(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Helper = Literal["ftp", "tftp", "irc", "sip", "pptp", "h323", "amanda", "sane", "snmp", "netbios-ns"]
 HookPath = Annotated[str, BeforeValidator(_absolute_path)]
@@ -116,7 +128,7 @@ class HealthConfig(_Model):
     """How one ISP is probed.  Probes always leave through the probed ISP."""
 
     method: Literal["icmp", "tcp", "http", "https", "dns"] = "icmp"
-    targets: tuple[ipaddress.IPv4Address, ...] = ()
+    targets: Annotated[tuple[ipaddress.IPv4Address, ...], _at_most(64)] = Field(default=(), max_length=64)
     port: SInt | None = Field(default=None, ge=1, le=65535)
     interval: Duration = 0.2
     timeout: Duration = 0.3
@@ -210,8 +222,8 @@ class IspConfig(_Model):
 
 
 class LanConfig(_Model):
-    interfaces: tuple[IfName, ...] = Field(min_length=1, max_length=64)
-    bypass: tuple[ipaddress.IPv4Network, ...] = Field(default=(), max_length=10000)
+    interfaces: Annotated[tuple[IfName, ...], _at_most(64)] = Field(min_length=1, max_length=64)
+    bypass: Annotated[tuple[ipaddress.IPv4Network, ...], _at_most(10000)] = Field(default=(), max_length=10000)
     """Destinations never balanced (besides the connected networks, which are always bypassed)."""
 
 
@@ -250,14 +262,14 @@ class ControlConfig(_Model):
 
 class Config(_Model):
     lan: LanConfig
-    isps: tuple[IspConfig, ...] = Field(min_length=1, max_length=64)
+    isps: Annotated[tuple[IspConfig, ...], _at_most(64)] = Field(min_length=1, max_length=64)
     balance: BalanceConfig = BalanceConfig()
     mark_mask: Int = Field(default=0xFF00, ge=1, le=0xFFFFFFFF)
     local_traffic: Annotated[bool, Strict()] = True
     failover: FailoverConfig = FailoverConfig()
-    helpers: tuple[Helper, ...] = ("ftp",)
+    helpers: Annotated[tuple[Helper, ...], _at_most(16)] = Field(default=("ftp",), max_length=16)
     """Conntrack helpers assigned to NEW connections (see render.HELPERS): ``ftp`` by default."""
-    hooks: tuple[HookPath, ...] = Field(default=(), max_length=16)
+    hooks: Annotated[tuple[HookPath, ...], _at_most(16)] = Field(default=(), max_length=16)
     hook_timeout: Duration = 10.0
     routing: RoutingConfig = RoutingConfig()
     control: ControlConfig = ControlConfig()
@@ -292,9 +304,10 @@ class ConfigIssue:
 class ConfigError(Exception):
     """A config that cannot be used; ``str()`` is the operator-facing report."""
 
-    def __init__(self, filename: str, issues: list[ConfigIssue]):
+    def __init__(self, filename: str, issues: list[ConfigIssue], unlisted: int = 0):
         self.filename = filename
         self.issues = issues
+        self.unlisted = unlisted  # further errors, only counted: 50,000 bad values are not 50,000 issues
         super().__init__(self.render())
 
     def render(self) -> str:
@@ -304,8 +317,9 @@ class ConfigError(Exception):
             where = f"{_clip(self.filename)}:{issue.line}" if issue.line else _clip(self.filename)
             field = f" {_clip(issue.path, 100)}:" if issue.path else ""
             lines.append(f"{where}:{field} {_clip(issue.message, 300)}")
-        if len(self.issues) > MAX_ISSUES:
-            lines.append(f"{_clip(self.filename)}: … and {len(self.issues) - MAX_ISSUES} more errors")
+        more = len(self.issues) + self.unlisted - min(len(self.issues), MAX_ISSUES)
+        if more:
+            lines.append(f"{_clip(self.filename)}: … and {more} more errors")
         return "\n".join(lines)
 
 
@@ -425,22 +439,29 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
 
 
-def _pydantic_issues(err: ValidationError, lines: _LineMap) -> list[ConfigIssue]:
+def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[ConfigIssue], int]:
+    """The first MAX_ISSUES issues, and how many more there are (counted, never built: up to 50,000)."""
     issues: dict[tuple[Any, ...], ConfigIssue] = {}
-    errors = err.errors()
+    # Without input, context and URL: each error dict is then a third of the size.
+    errors = err.errors(include_url=False, include_context=False, include_input=False)
     locs = [_clean_loc(tuple(e["loc"])) for e in errors]
+    seen: set[tuple[Any, ...]] = set()
     for e, loc in zip(errors, locs, strict=True):
         if e["type"] == "too_short" and any(other[: len(loc)] == loc and other != loc for other in locs):
             continue  # "isps: at least 1 item" only because an item was invalid: that item's error says why
+        if loc in seen:
+            continue  # a union (snat: literal | address) reports once per member; keep the first
+        seen.add(loc)
+        if len(issues) == MAX_ISSUES:
+            continue
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required field is missing"
         msg = msg.removeprefix("Value error, ")
-        # A union (snat: literal | address) reports once per member; keep the first.
-        issues.setdefault(loc, ConfigIssue(lines.line_for(loc), _format_loc(loc), msg))
-    return list(issues.values())
+        issues[loc] = ConfigIssue(lines.line_for(loc), _format_loc(loc), msg)
+    return list(issues.values()), len(seen) - len(issues)
 
 
 def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
@@ -529,6 +550,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         # A value YAML recognises but Python cannot hold: a date like 2024-13-45, a 5,000-digit integer.
         raise ConfigError(filename, [ConfigIssue(None, "", f"unusable value: {_clip(str(exc))}")]) from None
     lines = _LineMap(root)
+    del root  # the node tree (two marks a value) is not needed past here: free it for what validation builds
     if data is None:
         raise ConfigError(filename, [ConfigIssue(1, "", "the file is empty")])
     if not isinstance(data, dict):
@@ -536,7 +558,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(filename, _pydantic_issues(exc, lines)) from None
+        raise ConfigError(filename, *_pydantic_issues(exc, lines)) from None
     issues = _cross_checks(cfg, lines)
     if issues:
         raise ConfigError(filename, issues)
