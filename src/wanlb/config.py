@@ -339,7 +339,7 @@ class _LineMap:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                k = key.value
+                k = _loc_key(key)
                 self.key_lines[(*path, k)] = key.start_mark.line + 1
                 self._walk(value, (*path, k))
         elif isinstance(node, yaml.SequenceNode):
@@ -358,6 +358,22 @@ class _LineMap:
             if not path:
                 return None
             path = path[:-1]
+
+
+_KEYS = SafeConstructor()
+
+
+def _loc_key(key: yaml.Node) -> Any:
+    """A mapping key as pydantic names it in an error location: a str or int as it is, anything else
+    by its repr (``5: x`` is at ``(5,)``, ``yes: x`` at ``(1,)``, ``1.5: x`` at ``('1.5',)``)."""
+    if key.tag == "tag:yaml.org,2002:str" or not isinstance(key, yaml.ScalarNode):
+        return key.value
+    construct = SafeConstructor.yaml_constructors.get(key.tag)
+    try:
+        value = construct(_KEYS, key) if construct else key.value
+    except Exception:  # it was constructed once already; this is only for the line number
+        return key.value
+    return value if isinstance(value, str) else int(value) if isinstance(value, int) else repr(value)
 
 
 try:  # libyaml's parser (C) under PyYAML's composer (Python), which the hooks below need
@@ -543,6 +559,11 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else None
         problem = _clip(str(getattr(exc, "problem", None) or exc))
+        if isinstance(exc, yaml.reader.ReaderError):
+            # A character YAML does not allow: no mark, only a byte offset into the text as UTF-8.
+            line = text.encode("utf-8", "surrogatepass")[: exc.position].count(b"\n") + 1
+            char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+            problem = f"unacceptable character {char}: {exc.reason}"
         if isinstance(exc, yaml.scanner.ScannerError | yaml.parser.ParserError | yaml.reader.ReaderError):
             problem = f"YAML syntax error: {problem}"
         raise ConfigError(filename, [ConfigIssue(line, "", problem)]) from None
