@@ -442,7 +442,10 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _clip(text: str, limit: int = 200) -> str:
-    """Error text quotes user input; keep each quote short."""
+    """Error text quotes user input: keep each quote short, on one line and free of terminal controls
+    (a key like ``"x\nFILE:1: ..."`` must not forge a line of the report)."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -450,9 +453,12 @@ def _format_loc(loc: Iterable[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union/function tags (``function-before[...]``, ``literal[...]``) from a location."""
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
+def _clean_loc(loc: tuple[Any, ...], error_type: str = "") -> tuple[Any, ...]:
+    """Drop pydantic's union/function tags (``function-before[...]``, ``literal[...]``) from a location;
+    the key an unknown-key error names is the user's own, whatever it looks like (``"a[0]": 1``)."""
+    key = loc[-1:] if error_type in ("extra_forbidden", "invalid_key") else ()
+    loc = loc[: len(loc) - len(key)]
+    return (*(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"function-after"}))), *key)
 
 
 def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[ConfigIssue], int]:
@@ -460,7 +466,7 @@ def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[Config
     issues: dict[tuple[Any, ...], ConfigIssue] = {}
     # Without input, context and URL: each error dict is then a third of the size.
     errors = err.errors(include_url=False, include_context=False, include_input=False)
-    locs = [_clean_loc(tuple(e["loc"])) for e in errors]
+    locs = [_clean_loc(tuple(e["loc"]), e["type"]) for e in errors]
     seen: set[tuple[Any, ...]] = set()
     for e, loc in zip(errors, locs, strict=True):
         if e["type"] == "too_short" and any(other[: len(loc)] == loc and other != loc for other in locs):
