@@ -99,6 +99,18 @@ def _absolute_path(value: Any) -> Any:
     return value
 
 
+def _at_most(limit: int) -> BeforeValidator:
+    """A list longer than ``limit`` is refused before its items are validated: pydantic checks
+    ``max_length`` only after every item, and 50,000 bad items would be 50,000 errors (over 100 MB)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) > limit:
+            raise ValueError(f"at most {limit} items, not {len(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Helper = Literal["ftp", "tftp", "irc", "sip", "pptp", "h323", "amanda", "sane", "snmp", "netbios-ns"]
 HookPath = Annotated[str, BeforeValidator(_absolute_path)]
@@ -116,7 +128,7 @@ class HealthConfig(_Model):
     """How one ISP is probed.  Probes always leave through the probed ISP."""
 
     method: Literal["icmp", "tcp", "http", "https", "dns"] = "icmp"
-    targets: tuple[ipaddress.IPv4Address, ...] = ()
+    targets: Annotated[tuple[ipaddress.IPv4Address, ...], _at_most(64)] = Field(default=(), max_length=64)
     port: SInt | None = Field(default=None, ge=1, le=65535)
     interval: Duration = 0.2
     timeout: Duration = 0.3
@@ -210,8 +222,8 @@ class IspConfig(_Model):
 
 
 class LanConfig(_Model):
-    interfaces: tuple[IfName, ...] = Field(min_length=1, max_length=64)
-    bypass: tuple[ipaddress.IPv4Network, ...] = Field(default=(), max_length=10000)
+    interfaces: Annotated[tuple[IfName, ...], _at_most(64)] = Field(min_length=1, max_length=64)
+    bypass: Annotated[tuple[ipaddress.IPv4Network, ...], _at_most(10000)] = Field(default=(), max_length=10000)
     """Destinations never balanced (besides the connected networks, which are always bypassed)."""
 
 
@@ -250,14 +262,14 @@ class ControlConfig(_Model):
 
 class Config(_Model):
     lan: LanConfig
-    isps: tuple[IspConfig, ...] = Field(min_length=1, max_length=64)
+    isps: Annotated[tuple[IspConfig, ...], _at_most(64)] = Field(min_length=1, max_length=64)
     balance: BalanceConfig = BalanceConfig()
     mark_mask: Int = Field(default=0xFF00, ge=1, le=0xFFFFFFFF)
     local_traffic: Annotated[bool, Strict()] = True
     failover: FailoverConfig = FailoverConfig()
-    helpers: tuple[Helper, ...] = ("ftp",)
+    helpers: Annotated[tuple[Helper, ...], _at_most(16)] = Field(default=("ftp",), max_length=16)
     """Conntrack helpers assigned to NEW connections (see render.HELPERS): ``ftp`` by default."""
-    hooks: tuple[HookPath, ...] = Field(default=(), max_length=16)
+    hooks: Annotated[tuple[HookPath, ...], _at_most(16)] = Field(default=(), max_length=16)
     hook_timeout: Duration = 10.0
     routing: RoutingConfig = RoutingConfig()
     control: ControlConfig = ControlConfig()
@@ -292,9 +304,10 @@ class ConfigIssue:
 class ConfigError(Exception):
     """A config that cannot be used; ``str()`` is the operator-facing report."""
 
-    def __init__(self, filename: str, issues: list[ConfigIssue]):
+    def __init__(self, filename: str, issues: list[ConfigIssue], unlisted: int = 0):
         self.filename = filename
         self.issues = issues
+        self.unlisted = unlisted  # further errors, only counted: 50,000 bad values are not 50,000 issues
         super().__init__(self.render())
 
     def render(self) -> str:
@@ -304,8 +317,9 @@ class ConfigError(Exception):
             where = f"{_clip(self.filename)}:{issue.line}" if issue.line else _clip(self.filename)
             field = f" {_clip(issue.path, 100)}:" if issue.path else ""
             lines.append(f"{where}:{field} {_clip(issue.message, 300)}")
-        if len(self.issues) > MAX_ISSUES:
-            lines.append(f"{_clip(self.filename)}: … and {len(self.issues) - MAX_ISSUES} more errors")
+        more = len(self.issues) + self.unlisted - min(len(self.issues), MAX_ISSUES)
+        if more:
+            lines.append(f"{_clip(self.filename)}: … and {more} more errors")
         return "\n".join(lines)
 
 
@@ -325,7 +339,7 @@ class _LineMap:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                k = key.value
+                k = _loc_key(key)
                 self.key_lines[(*path, k)] = key.start_mark.line + 1
                 self._walk(value, (*path, k))
         elif isinstance(node, yaml.SequenceNode):
@@ -344,6 +358,22 @@ class _LineMap:
             if not path:
                 return None
             path = path[:-1]
+
+
+_KEYS = SafeConstructor()
+
+
+def _loc_key(key: yaml.Node) -> Any:
+    """A mapping key as pydantic names it in an error location: a str or int as it is, anything else
+    by its repr (``5: x`` is at ``(5,)``, ``yes: x`` at ``(1,)``, ``1.5: x`` at ``('1.5',)``)."""
+    if key.tag == "tag:yaml.org,2002:str" or not isinstance(key, yaml.ScalarNode):
+        return key.value
+    construct = SafeConstructor.yaml_constructors.get(key.tag)
+    try:
+        value = construct(_KEYS, key) if construct else key.value
+    except Exception:  # it was constructed once already; this is only for the line number
+        return key.value
+    return value if isinstance(value, str) else int(value) if isinstance(value, int) else repr(value)
 
 
 try:  # libyaml's parser (C) under PyYAML's composer (Python), which the hooks below need
@@ -412,7 +442,10 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _clip(text: str, limit: int = 200) -> str:
-    """Error text quotes user input; keep each quote short."""
+    """Error text quotes user input: keep each quote short, on one line and free of terminal controls
+    (a key like ``"x\nFILE:1: ..."`` must not forge a line of the report)."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -420,27 +453,37 @@ def _format_loc(loc: Iterable[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's union/function tags (``function-before[...]``, ``literal[...]``) from a location."""
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
+def _clean_loc(loc: tuple[Any, ...], error_type: str = "") -> tuple[Any, ...]:
+    """Drop pydantic's union/function tags (``function-before[...]``, ``literal[...]``) from a location;
+    the key an unknown-key error names is the user's own, whatever it looks like (``"a[0]": 1``)."""
+    key = loc[-1:] if error_type in ("extra_forbidden", "invalid_key") else ()
+    loc = loc[: len(loc) - len(key)]
+    return (*(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"function-after"}))), *key)
 
 
-def _pydantic_issues(err: ValidationError, lines: _LineMap) -> list[ConfigIssue]:
+def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[ConfigIssue], int]:
+    """The first MAX_ISSUES issues, and how many more there are (counted, never built: up to 50,000)."""
     issues: dict[tuple[Any, ...], ConfigIssue] = {}
-    errors = err.errors()
-    locs = [_clean_loc(tuple(e["loc"])) for e in errors]
+    # Without input, context and URL: each error dict is then a third of the size.
+    errors = err.errors(include_url=False, include_context=False, include_input=False)
+    locs = [_clean_loc(tuple(e["loc"]), e["type"]) for e in errors]
+    seen: set[tuple[Any, ...]] = set()
     for e, loc in zip(errors, locs, strict=True):
         if e["type"] == "too_short" and any(other[: len(loc)] == loc and other != loc for other in locs):
             continue  # "isps: at least 1 item" only because an item was invalid: that item's error says why
+        if loc in seen:
+            continue  # a union (snat: literal | address) reports once per member; keep the first
+        seen.add(loc)
+        if len(issues) == MAX_ISSUES:
+            continue
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required field is missing"
         msg = msg.removeprefix("Value error, ")
-        # A union (snat: literal | address) reports once per member; keep the first.
-        issues.setdefault(loc, ConfigIssue(lines.line_for(loc), _format_loc(loc), msg))
-    return list(issues.values())
+        issues[loc] = ConfigIssue(lines.line_for(loc), _format_loc(loc), msg)
+    return list(issues.values()), len(seen) - len(issues)
 
 
 def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
@@ -522,6 +565,11 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else None
         problem = _clip(str(getattr(exc, "problem", None) or exc))
+        if isinstance(exc, yaml.reader.ReaderError):
+            # A character YAML does not allow: no mark, only a byte offset into the text as UTF-8.
+            line = text.encode("utf-8", "surrogatepass")[: exc.position].count(b"\n") + 1
+            char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+            problem = f"unacceptable character {char}: {exc.reason}"
         if isinstance(exc, yaml.scanner.ScannerError | yaml.parser.ParserError | yaml.reader.ReaderError):
             problem = f"YAML syntax error: {problem}"
         raise ConfigError(filename, [ConfigIssue(line, "", problem)]) from None
@@ -529,6 +577,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         # A value YAML recognises but Python cannot hold: a date like 2024-13-45, a 5,000-digit integer.
         raise ConfigError(filename, [ConfigIssue(None, "", f"unusable value: {_clip(str(exc))}")]) from None
     lines = _LineMap(root)
+    del root  # the node tree (two marks a value) is not needed past here: free it for what validation builds
     if data is None:
         raise ConfigError(filename, [ConfigIssue(1, "", "the file is empty")])
     if not isinstance(data, dict):
@@ -536,7 +585,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(filename, _pydantic_issues(exc, lines)) from None
+        raise ConfigError(filename, *_pydantic_issues(exc, lines)) from None
     issues = _cross_checks(cfg, lines)
     if issues:
         raise ConfigError(filename, issues)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wanlb.lab.lab import Lab
+
+TESTS = str(Path(__file__).resolve().parents[1])
+if TESTS not in sys.path:  # the shared test helpers in tests/ (badinputs) import as top-level modules
+    sys.path.insert(0, TESTS)
 
 
 @pytest.fixture
