@@ -1,11 +1,13 @@
 """wanlb conntrack vs conntrack-tools on a 262,144-entry table in a scratch namespace.
 
-Run as root:  python bench/conntrack_bench.py [--rounds 5] [--entries 262144]
+Run as root:  python bench/conntrack_bench.py [--rounds 5] [--entries 262144] [--busy]
 
 Each comparison runs the wanlb command and its conntrack-tools equivalent
 alternately, ``--rounds`` times, and prints medians and ratios (wanlb / tools)
-as a Markdown table.  Wall-clock time of the whole command, interpreter start
-included.  The namespace is deleted on every exit path.
+as a Markdown table: wall-clock time of the whole command (interpreter start
+included) and its CPU time (user + sys of the command and the processes it
+waited for).  ``--busy`` keeps one core spinning meanwhile, as on a gateway with
+no idle core.  The namespace is deleted on every exit path.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ class Bench:
         conf = self.config if config else "/nonexistent"
         return f"{PY} -m wanlb.cli conntrack --config {conf} --socket /nonexistent {args}"
 
-    def timed(self, script: str) -> tuple[float, int]:
-        """Wall time and peak RSS (KiB) of one run; ``ip netns exec`` execs, so wait4 sees the command."""
+    def timed(self, script: str) -> tuple[float, int, float]:
+        """Wall time, peak RSS (KiB) and CPU time (user+sys of the command and what it waited for, s) of one
+        run; ``ip netns exec`` execs, so wait4 sees the command."""
         t0 = time.perf_counter()
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "sh", "-c", f"exec {script}"], env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -55,7 +58,7 @@ class Bench:
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise RuntimeError(f"{script!r} exited {proc.returncode}")
-        return elapsed, usage.ru_maxrss
+        return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
     def refill_isp(self, mark: int) -> None:
         """Re-create the entries of one ISP (after a delete) so the next round sees a full table."""
@@ -71,15 +74,26 @@ class Bench:
 
 def compare(b: Bench, rounds: int, ours: str, theirs: str) -> dict:
     """Alternate the two commands ``rounds`` times; medians, ratio and wanlb's peak RSS."""
-    t_ours, t_theirs, rss = [], [], []
+    runs: dict[str, list[tuple[float, int, float]]] = {"ours": [], "theirs": []}
     for _ in range(rounds):
         for which in ("ours", "theirs"):
-            elapsed, maxrss = b.timed(ours if which == "ours" else theirs)
-            (t_ours if which == "ours" else t_theirs).append(elapsed)
-            if which == "ours":
-                rss.append(maxrss)
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
-    return {"ours": mo, "theirs": mt, "ratio": mo / mt, "rss_mb": max(rss) / 1024}
+            runs[which].append(b.timed(ours if which == "ours" else theirs))
+    return _summary(runs)
+
+
+def _summary(runs: dict[str, list[tuple[float, int, float]]]) -> dict:
+    """Medians of wall and CPU time, their ratios (wanlb / tools), wanlb's peak RSS."""
+    wall = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[2] for r in v) for k, v in runs.items()}
+    return {
+        "ours": wall["ours"],
+        "theirs": wall["theirs"],
+        "ratio": wall["ours"] / wall["theirs"],
+        "cpu_ours": cpu["ours"],
+        "cpu_theirs": cpu["theirs"],
+        "cpu_ratio": cpu["ours"] / cpu["theirs"] if cpu["theirs"] else float("nan"),
+        "rss_mb": max(r[1] for r in runs["ours"]) / 1024,
+    }
 
 
 DAEMON_LINKS = ("lan0", "wan0", "wan1", "wan2", "wan3")
@@ -233,7 +247,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--entries", type=int, default=262144)
     parser.add_argument("--events", type=int, default=100000)
+    parser.add_argument(
+        "--busy", action="store_true", help="keep one core busy with a spinning process (a busy gateway)"
+    )
     args = parser.parse_args()
+    hog = subprocess.Popen([PY, "-c", "while True: pass"]) if args.busy else None
+    try:
+        return _run(args)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+def _run(args: argparse.Namespace) -> int:
     ns = f"wlct-bench-{os.getpid()}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="wlct-bench-") as tmp:
         config = Path(tmp) / "wanlb.yaml"
@@ -267,8 +294,11 @@ def main() -> int:
                 ("delete --isp b (65,536), a DESTROY listener", *delete, "listener"),
                 ("delete --isp b (65,536), wanlb run running", by_daemon, delete[1], "daemon"),
             ]
-            print("| wanlb command | conntrack-tools | wanlb s | tools s | ratio | wanlb peak RSS MB |")
-            print("|---|---|---|---|---|---|")
+            print(
+                "| wanlb command | conntrack-tools | wanlb s | tools s | ratio | wanlb CPU s | tools CPU s "
+                "| CPU ratio | wanlb peak RSS MB |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|")
             for name, ours, theirs, kind in rows:
                 if kind == "daemon":
                     r = compare_delete_daemon(b, args.rounds, ours, theirs, Path(tmp))
@@ -278,7 +308,8 @@ def main() -> int:
                     r = compare(b, args.rounds, ours, theirs)
                 theirs_name = "seed: conntrack -L | grep -c mark=N, per ISP" if theirs is seed_count else theirs
                 print(f"| `{name}` | `{theirs_name}` | {r['ours']:.3f} | {r['theirs']:.3f} | "
-                      f"{r['ratio']:.2f}x | {r['rss_mb']:.1f} |", flush=True)  # fmt: skip
+                      f"{r['ratio']:.2f}x | {r['cpu_ours']:.3f} | {r['cpu_theirs']:.3f} | {r['cpu_ratio']:.2f}x | "
+                      f"{r['rss_mb']:.1f} |", flush=True)  # fmt: skip
         finally:
             subprocess.run(["ip", "netns", "del", ns], check=False)
         # the events burst needs room in the table: a fresh namespace
@@ -357,20 +388,16 @@ def _wait_counted(sock: str, mark: int, want: int, timeout: float = 60.0) -> Non
 
 
 def _alternate_deletes(b: Bench, rounds: int, ours: str, theirs: str, wait: Callable[[], None] | None = None) -> dict:
-    t_ours, t_theirs, rss = [], [], []
+    runs: dict[str, list[tuple[float, int, float]]] = {"ours": [], "theirs": []}
     for _ in range(rounds):
         for which in ("ours", "theirs"):
             b.refill_isp(ISPS["b"])
             if wait is not None:
                 wait()
-            elapsed, maxrss = b.timed(ours if which == "ours" else theirs)
-            (t_ours if which == "ours" else t_theirs).append(elapsed)
-            if which == "ours":
-                rss.append(maxrss)
+            runs[which].append(b.timed(ours if which == "ours" else theirs))
             left = int(b.sh("conntrack -L -m 0x200/0xff00 2>/dev/null | wc -l").stdout)
             assert left == 0, f"{which}: {left} entries of ISP b left"
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
-    return {"ours": mo, "theirs": mt, "ratio": mo / mt, "rss_mb": max(rss) / 1024}
+    return _summary(runs)
 
 
 if __name__ == "__main__":

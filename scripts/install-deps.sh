@@ -7,6 +7,7 @@ need=()
 for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
+[ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory of `wanlb check` in the bad-input tests
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null

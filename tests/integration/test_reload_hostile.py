@@ -25,7 +25,7 @@ from wanlb.control import ControlError, DaemonRefused, request
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
 # The slowest inputs to parse (each ~0.5-1.5 s in `wanlb check`), reloaded over and over while isp1 fails.

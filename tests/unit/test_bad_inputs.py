@@ -120,7 +120,6 @@ def run_check(path: Path, tmp_path: Path) -> tuple[int, str, float, int]:
     return proc.returncode, output, wall, peak_kib * 1024
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("item", INPUTS, ids=lambda i: i.name)
 def test_check_refuses(item: BadInput, tmp_path: Path, measured: list[dict[str, Any]]) -> None:
     if item.make is None:
