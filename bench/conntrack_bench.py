@@ -43,9 +43,14 @@ class Bench:
         )
 
     def wanlb(self, args: str, config: bool = True) -> str:
-        """The CLI as the ``wanlb`` script runs it, no daemon; without ``config`` as on a host with no config."""
-        conf = self.config if config else "/nonexistent"
-        return f"{PY} -m wanlb.cli conntrack --config {conf} --socket /nonexistent {args}"
+        """The CLI as the ``wanlb`` script runs it, no daemon.  With ``config``, as on a gateway where wanlb
+        runs: ISP names come from its runtime state (next to the socket path); without, as on a host with
+        neither config nor state."""
+        if not config:
+            return f"{PY} -m wanlb.cli conntrack --config /nonexistent --socket /nonexistent {args}"
+        return f"{PY} -m wanlb.cli conntrack --config {self.config} --socket {self.socket} {args}"
+
+    socket = "/nonexistent"
 
     def timed(self, script: str) -> tuple[float, int, float]:
         """Wall time, peak RSS (KiB) and CPU time (user+sys of the command and what it waited for, s) of one
@@ -70,6 +75,17 @@ class Bench:
         self.sh(f"{PY} -c '{code}'")
 
     entries = 0
+
+
+def _write_state(config: Path, tmp: Path) -> str:
+    """The runtime state a running wanlb would have written for ``config``; returns its socket path."""
+    from wanlb import runtime
+    from wanlb.config import load_config
+
+    run = tmp / "run"
+    run.mkdir(mode=0o700)
+    runtime.save(run / "wanlb.state.json", runtime.allocate(load_config(config), None, reload=False).state)
+    return str(run / "wanlb.sock")
 
 
 def compare(b: Bench, rounds: int, ours: str, theirs: str) -> dict:
@@ -272,6 +288,7 @@ def _run(args: argparse.Namespace) -> int:
         subprocess.run(["ip", "netns", "add", ns], check=True)
         try:
             b = Bench(ns, str(config))
+            b.socket = _write_state(config, Path(tmp))
             b.entries = args.entries
             t0 = time.perf_counter()
             b.sh(f"{PY} -m wanlb.ctnetlink.synth {args.entries}")
@@ -287,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
             rows = [
                 ("count --by isp", b.wanlb("count --by isp"), seed_count, ""),
                 ("list -o text > /dev/null", b.wanlb("list -o text", config=False), "conntrack -L", ""),
-                ("list -o text (config: isp= names)", b.wanlb("list -o text"), "conntrack -L", ""),
+                ("list -o text (runtime state: isp= names)", b.wanlb("list -o text"), "conntrack -L", ""),
                 ("list --isp b", b.wanlb("list --isp b"), "conntrack -L -m 0x200/0xff00", ""),
                 (f"list -s {client}", b.wanlb(f"list -s {client}", config=False), f"conntrack -L -s {client}", ""),
                 ("delete --isp b (65,536), no event listener", *delete, "quiet"),
