@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, whatever wanlb is installed
-python3 -m pytest -q -p no:cacheprovider -s -m slow tests/integration/test_soak.py "$@"
+# Its own pytest base temp dir, so soak.json (path printed at the end) is not pruned by other pytest runs.
+python3 -m pytest -q -p no:cacheprovider -s -m slow --basetemp "${WANLB_SOAK_TMP:-/tmp/wanlb-soak}" \
+  tests/integration/test_soak.py "$@"
