@@ -10,12 +10,14 @@ import difflib
 import json
 import re
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from wanlb.control import ControlError, request
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
 from wanlb.lab.topology import STREAM_PORT, isp_for_source
@@ -206,3 +208,33 @@ def normalize_nft(text: str) -> str:
 
 def diff(before: str, after: str, a: str = "before", b: str = "after") -> str:
     return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), a, b)) or "(no difference)"
+
+
+class StatusPoller(threading.Thread):
+    """Asks `status` on a fresh connection every `every` seconds until stopped; records each answer's
+    latency, and as a failure any error or an answer without ISPs."""
+
+    def __init__(self, socket_path: str, every: float = 0.05, timeout: float = 20.0):
+        super().__init__(daemon=True)
+        self.socket_path, self.every, self.timeout = socket_path, every, timeout
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            start = time.monotonic()
+            try:
+                reply = request(self.socket_path, {"cmd": "status"}, timeout=self.timeout)
+                if not reply.get("isps"):
+                    self.failures.append(f"status without ISPs: {reply}")
+            except ControlError as exc:
+                self.failures.append(f"{time.monotonic() - start:.3f} s: {exc}")
+            else:
+                self.latencies.append(time.monotonic() - start)
+            self.halt.wait(self.every)
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self.is_alive():
+            self.join(timeout=2 * self.timeout)

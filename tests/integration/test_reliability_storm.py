@@ -19,15 +19,14 @@ import os
 import statistics
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from acceptance import StatusPoller
 
-from wanlb.control import ControlError, request
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 
@@ -61,33 +60,6 @@ _STORM = textwrap.dedent(
         print(json.dumps({"done": done, "seconds": round(time.monotonic() - start, 3)}))
     """
 )
-
-
-class StatusPoller(threading.Thread):
-    """Asks `status` on a fresh connection every `every` seconds until stopped; records each answer's time."""
-
-    def __init__(self, socket_path: str, every: float = 0.02):
-        super().__init__(daemon=True)
-        self.socket_path, self.every = socket_path, every
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            start = time.monotonic()
-            try:
-                request(self.socket_path, {"cmd": "status"}, timeout=4 * HANG)
-            except ControlError as exc:
-                self.failures.append(f"{time.monotonic() - start:.3f}s: {exc}")
-            else:
-                self.latencies.append(time.monotonic() - start)
-            self.halt.wait(self.every)
-
-    def stop(self) -> None:
-        self.halt.set()
-        if self.is_alive():
-            self.join(timeout=8 * HANG)
 
 
 def kernel_counts(gw: LabGateway, marks: dict[str, int], mask: int) -> dict[str, int]:
@@ -134,7 +106,7 @@ def test_200k_event_storm_counts_stay_exact_and_status_answers(
     gw.write(no_probes)
     gw.run("sysctl", "-qw", f"net.netfilter.nf_conntrack_events={events_mode}")
     gw.start()
-    poller = StatusPoller(str(lab.socket_path))
+    poller = StatusPoller(str(lab.socket_path), every=0.02, timeout=4 * HANG)
     try:
         status = gw.wait_for(dict.fromkeys(lab.isps, "up"))
         marks = {i["name"]: i["mark"] for i in status["isps"]}

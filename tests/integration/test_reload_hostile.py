@@ -19,9 +19,10 @@ import uuid
 from typing import Any
 
 import pytest
+from acceptance import StatusPoller
 from badinputs import BadInput, all_inputs, remove
 
-from wanlb.control import ControlError, DaemonRefused, request
+from wanlb.control import DaemonRefused
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 
@@ -46,29 +47,6 @@ def assert_unchanged(before: dict[str, str], after: dict[str, str], item: BadInp
         if before[what] != after[what]:
             diff = "\n".join(difflib.unified_diff(before[what].splitlines(), after[what].splitlines(), lineterm=""))
             pytest.fail(f"{what} changed by the refused reload of {item.name} ({item.why}):\n{diff}")
-
-
-class StatusPoller(threading.Thread):
-    """Asks `status` from a fresh client every 50 ms until stopped; records each answer's latency."""
-
-    def __init__(self, socket_path: str):
-        super().__init__(daemon=True)
-        self.socket_path = socket_path
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            start = time.monotonic()
-            try:
-                reply = request(self.socket_path, {"cmd": "status"}, timeout=10.0)
-                if not reply.get("isps"):
-                    self.failures.append(f"status without ISPs: {reply}")
-            except ControlError as exc:
-                self.failures.append(f"{time.monotonic() - start:.2f} s: {exc}")
-            self.latencies.append(time.monotonic() - start)
-            self.halt.wait(0.05)
 
 
 def refused(gw: LabGateway, item: BadInput) -> float:
