@@ -101,6 +101,8 @@ class ConnCounter:
         pump = asyncio.create_task(self._pump(sock))
         try:
             while True:
+                while self._read_slice(sock):  # events from before the dump: applied to the counts it replaces
+                    await asyncio.sleep(0)
                 await self._resync()
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the timeout, and the daemon's shutdown would then hang here.
@@ -141,7 +143,8 @@ class ConnCounter:
                 kind, buf, off, shape = ev
                 pos = shape.offsets.get("mark")
                 mark = (unpack(buf, off + pos)[0] if pos is not None else 0) & mask
-                counts[mark] = counts.get(mark, 0) + (1 if kind == "new" else -1)
+                # Never below zero: a flush already zeroed the mark (forget) before its DESTROY events come.
+                counts[mark] = counts.get(mark, 0) + 1 if kind == "new" else max(0, counts.get(mark, 0) - 1)
             if not got:
                 return False
         return True

@@ -93,6 +93,8 @@ def test_blackhole_removes_only_the_dead_isps_connections(lab: Lab, gw: LabGatew
     after = conntrack(lab)
 
     assert [e for e in after if e["isp"] == "isp1"] == []
+    time.sleep(0.5)  # the flush's DESTROY events reach the live counter (read every 100 ms)
+    assert gw.status()["conn_counts"]["isp1"] == 0  # zeroed by the flush, never below by its events
     survivors = {e["id"]: e for e in after}
     missing = [e for i, e in healthy.items() if i not in survivors or survivors[i]["mark"] != e["mark"]]
     assert missing == [], f"{len(missing)} connections of healthy ISPs were touched"
