@@ -222,7 +222,7 @@ def build_filter(ctx: Ctx, opts: dict[str, Any]) -> Filter:
     states = None
     if opts["state"]:
         try:
-            states = frozenset(C.TCP_STATES.index(s.strip().upper()) for s in opts["state"].split(","))
+            states = frozenset(C.tcp_state_number(s) for s in opts["state"].split(","))
         except ValueError:
             raise click.UsageError(f"--state {opts['state']!r}: use {', '.join(C.TCP_STATES)}") from None
     mark, mask = (None, 0xFFFFFFFF)
@@ -320,6 +320,19 @@ class _Group(click.Group):
     SIGPIPE).  Like conntrack-tools, which SIGPIPE kills, the command stops at once
     without a message and exits 141 (128 + SIGPIPE, what a shell reports for them).
     """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A conntrack(8) command line (``-L -p tcp``, ``-D -m 0x200/0xff00``, …) runs as conntrack would."""
+        from wanlb import conntrack_compat
+
+        if conntrack_compat.is_compat(args):
+            try:
+                code = conntrack_compat.run(args)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _reader_left()
+            sys.exit(code)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

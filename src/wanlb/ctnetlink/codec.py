@@ -298,7 +298,10 @@ SCHEMA: _Schema = {
     C.CTA_TUPLE_ORIG: _tuple_schema("", "proto"),
     C.CTA_TUPLE_REPLY: _tuple_schema("reply_", None),
     C.CTA_STATUS: ("status", "I"),
-    C.CTA_PROTOINFO: {C.CTA_PROTOINFO_TCP: {C.CTA_PROTOINFO_TCP_STATE: ("tcp_state", "B")}},
+    C.CTA_PROTOINFO: {
+        C.CTA_PROTOINFO_TCP: {C.CTA_PROTOINFO_TCP_STATE: ("tcp_state", "B")},
+        C.CTA_PROTOINFO_SCTP: {C.CTA_PROTOINFO_SCTP_STATE: ("sctp_state", "B")},
+    },
     C.CTA_HELP: {C.CTA_HELP_NAME: ("helper", "str")},
     C.CTA_TIMEOUT: ("timeout", "I"),
     C.CTA_MARK: ("mark", "I"),

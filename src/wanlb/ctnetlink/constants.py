@@ -86,6 +86,8 @@ CTA_PROTO_ICMPV6_CODE = 9
 
 CTA_PROTOINFO_TCP = 1
 CTA_PROTOINFO_TCP_STATE = 1
+CTA_PROTOINFO_SCTP = 3
+CTA_PROTOINFO_SCTP_STATE = 1
 
 CTA_COUNTERS_PACKETS = 1
 CTA_COUNTERS_BYTES = 2
@@ -173,7 +175,27 @@ TCP_STATES: tuple[str, ...] = (
     "LAST_ACK",
     "TIME_WAIT",
     "CLOSE",
-    "LISTEN",
+    "SYN_SENT2",  # what conntrack-tools 1.4.7 prints for 9 (older names: LISTEN)
+)
+
+
+def tcp_state_number(name: str) -> int:
+    """A TCP state by name, as conntrack --state takes it (ValueError if unknown)."""
+    name = name.strip().upper()
+    return 9 if name == "LISTEN" else TCP_STATES.index(name)
+
+
+SCTP_STATES: tuple[str, ...] = (
+    "NONE",
+    "CLOSED",
+    "COOKIE_WAIT",
+    "COOKIE_ECHOED",
+    "ESTABLISHED",
+    "SHUTDOWN_SENT",
+    "SHUTDOWN_RECD",
+    "SHUTDOWN_ACK_SENT",
+    "HEARTBEAT_SENT",
+    "HEARTBEAT_ACKED",
 )
 
 IPPROTO_ICMP = socket.IPPROTO_ICMP

@@ -34,6 +34,7 @@ class Entry(NamedTuple):
     status: int = 0
     timeout: int | None = None
     tcp_state: int | None = None
+    sctp_state: int | None = None
     mark: int | None = None
     zone: int | None = None
     use: int | None = None

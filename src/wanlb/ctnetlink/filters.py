@@ -52,9 +52,18 @@ class Filter:
     reply_zone: int | None = None
     status: int | None = None
     status_mask: int | None = None
+    # matched in userspace only (conntrack -r/-q, --reply-port-*, --icmp-*, --src-nat/--dst-nat/--any-nat)
+    reply_src: Network | None = None
+    reply_dst: Network | None = None
+    reply_sport: int | None = None
+    reply_dport: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    icmp_id: int | None = None
+    nat: str | None = None  # "src", "dst" or "any"
 
     def __post_init__(self) -> None:
-        fams = {n.version for n in (self.src, self.dst) if n is not None}
+        fams = {n.version for n in (self.src, self.dst, self.reply_src, self.reply_dst) if n is not None}
         if len(fams) > 1:
             raise ValueError("source and destination are of different address families")
         if fams:
@@ -104,6 +113,19 @@ class Filter:
         if self.mark is not None and ((e.mark or 0) & self.mark_mask) != self.mark:
             return False
         if self.zone is not None and (e.zone or 0) != self.zone:
+            return False
+        if self.reply_src is not None and not _in(e.reply_src, self.reply_src):
+            return False
+        if self.reply_dst is not None and not _in(e.reply_dst, self.reply_dst):
+            return False
+        if self.reply_sport is not None and e.reply_sport != self.reply_sport:
+            return False
+        if self.reply_dport is not None and e.reply_dport != self.reply_dport:
+            return False
+        for want, got in ((self.icmp_type, e.icmp_type), (self.icmp_code, e.icmp_code), (self.icmp_id, e.icmp_id)):
+            if want is not None and got != want:
+                return False
+        if self.nat is not None and not _natted(e, self.nat):
             return False
         if self.orig_zone is not None and _zone(e.orig_zone, e.zone) != self.orig_zone:
             return False
@@ -157,6 +179,13 @@ class Filter:
         # (zone-orig/zone-reply) has no CTA_ZONE and counts as zone 0, which the kernel's filter disagrees with.
         out = codec.nest(C.CTA_FILTER, codec.attr(C.CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
         return out + codec.encode_tuple(C.CTA_TUPLE_ORIG, family, src, dst, self.proto, self.sport, self.dport)
+
+
+def _natted(e: Entry, kind: str) -> bool:
+    """Source/destination NAT as conntrack(8) sees it: the reply tuple does not mirror the original."""
+    snat = e.reply_dst != e.src or (e.reply_dport is not None and e.reply_dport != e.sport)
+    dnat = e.reply_src != e.dst or (e.reply_sport is not None and e.reply_sport != e.dport)
+    return snat if kind == "src" else dnat if kind == "dst" else snat or dnat
 
 
 def _zone(directional: int | None, both: int | None) -> int:

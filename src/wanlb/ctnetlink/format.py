@@ -53,12 +53,17 @@ class _StatusText(dict):
 
 
 class _StateText(dict):
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+
     def __missing__(self, state: int) -> str:
-        return C.TCP_STATES[state] if state < len(C.TCP_STATES) else "NONE"
+        return self.names[state] if state < len(self.names) else "NONE"
 
 
 _ASSURED = _StatusText()
-_TCP = _StateText()
+_TCP = _StateText(C.TCP_STATES)
+_SCTP = _StateText(C.SCTP_STATES)
 _UNREPLIED = ("[UNREPLIED] ", "")
 _ADDRESS_FIELDS = frozenset({"src", "dst", "reply_src", "reply_dst"})  # indexed by the SEEN_REPLY bit
 
@@ -151,6 +156,8 @@ class TextFormatter:
             put("%d ", v("timeout"))
         if "tcp_state" in slot:
             put("%s ", f"TCP[{v('tcp_state')}]")
+        if "sctp_state" in slot:
+            put("%s ", f"SCTP[{v('sctp_state')}]")
         addrs("")
         l4("")
         if "orig_zone" in slot:
@@ -195,6 +202,7 @@ class TextFormatter:
             "unpack": struct.Struct("".join(codes)).unpack_from,
             "FMT": text,
             "TCP": _TCP,
+            "SCTP": _SCTP,
             "UNREPLIED": _UNREPLIED,
             "ASSURED": _ASSURED,
             "ISP": self._isp,
@@ -206,6 +214,12 @@ class TextFormatter:
         source = f"def line(buf, off):\n    v = unpack(buf, off)\n    return {result}\n"
         exec(compile(source, f"<conntrack line {proto_name(proto)}>", "exec"), namespace)
         return namespace["line"]
+
+
+def _state_name(e: Entry) -> str | None:
+    if e.tcp_state is not None:
+        return _TCP[e.tcp_state]
+    return None if e.sctp_state is None else _SCTP[e.sctp_state]
 
 
 def status_names(status: int) -> list[str]:
@@ -241,7 +255,7 @@ def entry_json(e: Entry, isp: str | None = None) -> dict[str, Any]:
         "proto": proto_name(e.proto),
         "protonum": e.proto,
         "timeout": e.timeout,
-        "state": None if e.tcp_state is None else _TCP[e.tcp_state],
+        "state": _state_name(e),
         "orig": _tuple_json(e, ""),
         "reply": _tuple_json(e, "reply_"),
         "status": status_names(e.status),
