@@ -297,11 +297,12 @@ class Bench:
         seconds = seconds or args.seconds
         nodes = ["inet"] * len(self.lab.clients) if self.mode == "s" else self.lab.clients
         per_client = rate / len(nodes) if rate else 0.0
+        argv = [sys.executable, "-c", CLIENT, SERVER_ADDR, str(CONN_PORT), str(args.parallel), str(args.warmup),
+                str(seconds), str(per_client)]  # fmt: skip
         procs = [
-            self.lab._spawn(node, [sys.executable, "-c", CLIENT, SERVER_ADDR, str(CONN_PORT), str(args.parallel),
-                                   str(args.warmup), str(seconds), str(per_client)])
-            for node in nodes
-        ]  # fmt: skip
+            self.lab.popen(node, argv, label=f"generator{i}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, node in enumerate(nodes)
+        ]
         time.sleep(args.warmup)
         pids = [p.pid for p in procs]
         assert self.server is not None
