@@ -490,6 +490,14 @@ def med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def round_ratios(rounds: list[dict[str, Any]], x: str, y: str, key: str) -> list[float]:
+    """Mode x's figure over mode y's, within each round."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in rounds:
+        by_round.setdefault(r["round"], {})[r["mode"]] = r[key]
+    return [v[x] / v[y] for v in by_round.values() if x in v and y in v and v[y]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of c, b, a (interleaved)")
@@ -592,7 +600,16 @@ def report(
     print(f"\nNew conn/s (a)/(c) {ratio:.3f}× (target ≥ 0.97 {'✔' if ratio >= 0.97 else '✘'}), "
           f"(b)/(c) {conn['b'] / conn['c']:.3f}×, (a)/(b) {conn['a'] / conn['b']:.3f}×{extra}; "
           f"iperf3 (a)/(c) {gbit['a'] / gbit['c']:.3f}×, (b)/(c) {gbit['b'] / gbit['c']:.3f}×. "
-          "Ratios are of medians.")  # fmt: skip
+          "Ratios of the medians above.")  # fmt: skip
+    pairs = [("a", "c"), ("b", "c"), ("a", "b")] + ([("e", "b")] if "e" in conn else [])
+    per_round = {p: round_ratios(rounds, *p, "conn_s") for p in pairs}
+    per_iperf = {p: round_ratios(rounds, *p, "gbit_s") for p in pairs}
+    print("Medians of the ratios within each round (the modes of one round ran within a minute, so a change "
+          "in the machine's load hits them alike): new conn/s "
+          + ", ".join(f"({x})/({y}) {med(v):.3f}× [{min(v):.2f}–{max(v):.2f}]" for (x, y), v in per_round.items())
+          + "; iperf3 "
+          + ", ".join(f"({x})/({y}) {med(v):.3f}×" for (x, y), v in per_iperf.items())
+          + ".")  # fmt: skip
     print("\n| daemon running (mode a) | conn/s asked | conn/s done | daemon CPU, % of a core (user + sys) "
           "| per connection, ms | event-loop wake-ups/s | resyncs in window | failed |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
