@@ -18,6 +18,7 @@ from wanlb.ctnetlink import constants as C
 
 # The kernel caps one dump skb at 32 KiB; events are single small messages.
 _RECV_BUF = 256 * 1024
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: `flags | socket.MSG_TRUNC` built an enum per datagram
 _F_SETPIPE_SZ = 1031
 Buffer = memoryview | bytes
 Frame = tuple[Buffer, int, int, int]  # (buffer, offset, length, nlmsg type)
@@ -87,7 +88,7 @@ class NetlinkSocket:
 
     def recv(self, flags: int = 0) -> int:
         """Receive one datagram into the shared buffer; returns its length."""
-        n = self.sock.recv_into(self._buf, _RECV_BUF, flags | socket.MSG_TRUNC)
+        n = self.sock.recv_into(self._buf, _RECV_BUF, flags | _MSG_TRUNC)
         if n > _RECV_BUF:
             raise OSError(errno.EMSGSIZE, f"netlink message of {n} bytes exceeds the receive buffer")
         return n
