@@ -552,7 +552,7 @@ class FakeCounter:
         counts = self.counts()
         return {name: counts.get(mark, 0) for mark, name in self.marks.items()}
 
-    def forget(self, mark: int | None) -> None:
+    def forget(self, mark: int) -> None:
         self.forgotten.append(mark)
 
     async def run(self) -> None:  # pragma: no cover - the daemon's run() is not used in unit tests

@@ -78,10 +78,9 @@ class ConnCounter:
         """Entries per ``mark & mark_mask`` (a copy)."""
         return {m: n for m, n in self._counts.items() if n}
 
-    def forget(self, mark: int | None) -> None:
-        """A flush emptied ``mark`` (None: a mark under another mask; nothing to adjust)."""
-        if mark is not None:
-            self._counts[mark] = 0
+    def forget(self, mark: int) -> None:
+        """A flush emptied ``mark``: its DESTROY events (if any come) cannot take it below zero."""
+        self._counts[mark] = 0
 
     def by_isp(self) -> dict[str, int]:
         """Counts keyed by ISP name; marks that are no ISP's are left out."""

@@ -156,7 +156,8 @@ class Daemon:
         except Exception as exc:  # retried by the next resync
             log.error("could not flush %s's connections (mark %#x): %s", flush.isp, flush.mark, exc)
             return None
-        self.counter.forget(flush.mark & self.config.mark_mask if flush.mask == self.config.mark_mask else None)
+        if flush.mask == self.config.mark_mask:  # the counter keys marks under the current mask only
+            self.counter.forget(flush.mark)
         log.warning(
             "flushed %d connections of %s (%s) in %.0f ms",
             count,
@@ -236,9 +237,7 @@ class Daemon:
         Reloads run one at a time, each allocating from the state the previous one left.
         """
         async with self._reload_lock:
-            ok, text = await self._reload(path or self.config_path)
-        self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
-        return ok, text
+            return await self._reload(path or self.config_path)
 
     def _sighup(self) -> None:
         """SIGHUPs coalesce: while one reload waits for its turn, more SIGHUPs add nothing to the queue."""
@@ -249,10 +248,15 @@ class Daemon:
     async def _hup(self) -> None:
         async with self._reload_lock:
             self._hup_queued = False  # a SIGHUP from now on may follow a newer edit: it queues a new reload
-            ok, text = await self._reload(self.config_path)
-        self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
+            await self._reload(self.config_path)
 
     async def _reload(self, path: str, previous: Config | None = None) -> tuple[bool, str]:
+        """Every reload — a request, a SIGHUP, a try, a rollback — goes here and is recorded for status."""
+        ok, text = await self._adopt(path, previous)
+        self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
+        return ok, text
+
+    async def _adopt(self, path: str, previous: Config | None) -> tuple[bool, str]:
         try:
             new = previous or await asyncio.to_thread(load_config, path)
             allocation = runtime.allocate(new, self.fleet.state, reload=True)
