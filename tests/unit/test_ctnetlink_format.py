@@ -74,7 +74,11 @@ def test_text_matches_reference(batch: list[Entry], extended: bool) -> None:
     for e in batch:
         e = e._replace(stop=None)  # delta-time against "now" is checked separately
         msg = kernel_message(e)
-        assert fmt.line(dec.shape(msg, 0, len(msg)), msg, 0) == reference(e, extended)
+        # delta-time reads the clock: the reference is taken on both sides of the line, so a second
+        # boundary crossed in between cannot fail the comparison.
+        before = reference(e, extended)
+        line = fmt.line(dec.shape(msg, 0, len(msg)), msg, 0)
+        assert line in {before, reference(e, extended)}
 
 
 def test_isp_name_is_appended_only_when_known() -> None:
