@@ -18,10 +18,15 @@ them would stay counted forever.  We do not flip the sysctl behind the
 operator's back; with mode 2 the counter resyncs every ``auto_mode_interval``
 seconds instead, which bounds that drift to one interval.
 
-Events arriving while a resync dump runs are applied to the old counts, which
-the dump then replaces; the error is bounded by the churn during one dump and
-gone at the next resync.  The mark is read from NEW: a connection whose mark
-changes later is counted under its first mark until the next resync.
+A dump is not a snapshot: while it walks the table at 10,000 new connections a
+second, entries appear and vanish in buckets it has or has not visited yet.  So
+the dump also collects every entry's conntrack id, events read from its start
+until after its end are kept as (id, kind, mark), and each id's last event then
+decides whether the dump's count needs a correction: a DESTROY of an entry the
+dump saw takes one off, a NEW of an entry it did not see adds one.  Every event
+is in the socket by the time the dump returns, so after that drain the counts
+equal the table's.  The mark is read from NEW: a connection whose mark changes
+later is counted under its first mark until the next resync.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class ConnCounter:
         self.events_mode: int | None = None
         self._counts: dict[int, int] = {}
         self._resync_needed = asyncio.Event()
+        self._window: list[tuple[int, bool, int]] | None = None  # (id, is NEW, mark) while a dump runs
 
     def counts(self) -> dict[int, int]:
         """Entries per ``mark & mark_mask`` (a copy)."""
@@ -100,9 +106,7 @@ class ConnCounter:
         pump = asyncio.create_task(self._pump(sock))
         try:
             while True:
-                while self._read_slice(sock):  # events from before the dump: applied to the counts it replaces
-                    await asyncio.sleep(0)
-                await self._resync()
+                await self._resync(sock)
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the timeout, and the daemon's shutdown would then hang here.
                 with contextlib.suppress(TimeoutError):
@@ -130,7 +134,7 @@ class ConnCounter:
 
     def _read_slice(self, sock: EventSocket) -> bool:
         """Count the events of up to SLICE datagrams; True if more may be waiting."""
-        counts, mask, unpack = self._counts, self.mark_mask, _MARK.unpack_from
+        counts, mask, unpack, window = self._counts, self.mark_mask, _MARK.unpack_from, self._window
         for _ in range(SLICE):
             got = False
             for ev in sock.read():
@@ -144,18 +148,48 @@ class ConnCounter:
                 mark = (unpack(buf, off + pos)[0] if pos is not None else 0) & mask
                 # Never below zero: a flush already zeroed the mark (forget) before its DESTROY events come.
                 counts[mark] = counts.get(mark, 0) + 1 if kind == "new" else max(0, counts.get(mark, 0) - 1)
+                if window is not None:
+                    pos = shape.offsets.get("id")
+                    window.append((unpack(buf, off + pos)[0] if pos is not None else -1, kind == "new", mark))
             if not got:
                 return False
         return True
 
-    async def _resync(self) -> None:
-        fresh = await asyncio.to_thread(self._dump_counts)
-        self._counts = fresh
+    async def _resync(self, sock: EventSocket) -> None:
+        """Replace the counts by a dump, corrected by the events of the entries that changed while it ran."""
+        while self._read_slice(sock):  # events from before the dump: applied to the counts it replaces
+            await asyncio.sleep(0)
+        self._window = []
+        try:
+            fresh, seen = await asyncio.to_thread(self._dump)
+            while self._read_slice(sock):  # every event of the dump's time is queued by now
+                await asyncio.sleep(0)
+            self._counts = corrected(fresh, seen, self._window)
+        finally:
+            self._window = None
         self.resyncs += 1
 
-    def _dump_counts(self) -> dict[int, int]:
+    def _dump(self) -> tuple[dict[int, int], set[int]]:
         with Conntrack() as ct:
-            return ct.count_by_mark(Filter(), self.mark_mask)
+            return ct.count_by_mark_with_ids(Filter(), self.mark_mask)
+
+
+def corrected(counts: dict[int, int], seen: set[int], window: list[tuple[int, bool, int]]) -> dict[int, int]:
+    """A dump's per-mark ``counts`` (of the ids ``seen``) brought up to date by the events read meanwhile.
+
+    Only an id's last event matters: if it was DESTROY the entry is gone, so it is taken off if the dump
+    counted it; if NEW the entry exists, so it is added if the dump missed it.  An event without an id
+    (none that the kernel sends) cannot be matched and is left out.
+    """
+    last: dict[int, tuple[bool, int]] = {}
+    for conn_id, is_new, mark in window:
+        if conn_id >= 0:
+            last[conn_id] = (is_new, mark)
+    out = dict(counts)
+    for conn_id, (is_new, mark) in last.items():
+        if is_new != (conn_id in seen):
+            out[mark] = max(0, out.get(mark, 0) + (1 if is_new else -1))
+    return out
 
 
 def _read_events_mode() -> int | None:

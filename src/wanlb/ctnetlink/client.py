@@ -123,6 +123,29 @@ class Conntrack:
                     raise
         raise AssertionError("unreachable")
 
+    def count_by_mark_with_ids(
+        self, flt: Filter | None = None, mask: int = 0xFFFFFFFF
+    ) -> tuple[dict[int, int], set[int]]:
+        """:meth:`count_by_mark` plus the conntrack id of every entry counted (for the daemon's resync)."""
+        for attempt in range(_DUMP_RETRIES):
+            counts: Counter[int] = Counter()
+            ids: set[int] = set()
+            unpack, add = _MARK.unpack_from, ids.add
+            try:
+                for buf, items in self.batches(flt):
+                    for off, shape in items:
+                        offsets = shape.offsets
+                        pos = offsets.get("mark")
+                        counts[(unpack(buf, off + pos)[0] if pos is not None else 0) & mask] += 1
+                        pos = offsets.get("id")
+                        if pos is not None:
+                            add(unpack(buf, off + pos)[0])
+                return dict(counts), ids
+            except DumpInterrupted:
+                if attempt == _DUMP_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------ single entries
 
     def get_match(self, e: Entry) -> Match | None:

@@ -176,3 +176,65 @@ def test_list_into_a_closed_pipe_ends_quietly(netns: Netns, isp_config: str, out
         assert (json.loads(first)["isp"] if output == "json" else first.split(" isp=")[1].strip()) == "b"
     else:
         assert first.startswith(("tcp ", "udp ", "icmp", "ipv4 ", "ipv6 ", "{"))
+
+
+_CHURN = textwrap.dedent(
+    """
+    import asyncio, json, threading
+    from wanlb.ctcounts import ConnCounter
+    from wanlb.ctnetlink.client import Conntrack
+    from wanlb.ctnetlink.synth import entries, fill
+
+    BATCH = [e for e, nat in entries(200) if nat is None and e.family == 2]
+
+    def churn(stop):
+        # entries appear and vanish while dumps run: the dump sees some of them and misses others
+        with Conntrack() as ct:
+            n, previous = 0, []
+            while not stop.is_set():
+                n += 1
+                net = bytes([10, 200 + n % 2])
+                batch = [e._replace(src=net + e.src[2:], reply_dst=net + e.src[2:]) for e in BATCH]
+                made = ct.create(batch)
+                assert made == [0] * len(batch), made
+                ct.delete(previous)
+                previous = batch
+
+    async def main():
+        fill(40000)  # a dump that takes long enough for the churn to run inside it
+        # no periodic resync: only the ones requested below, all while the churn runs
+        counter = ConnCounter(mark_mask=0xFF00, resync_interval=3600, auto_mode_interval=3600)
+        task = asyncio.create_task(counter.run())
+        while counter.resyncs == 0:
+            await asyncio.sleep(0.01)
+        stop = threading.Event()
+        worker = threading.Thread(target=churn, args=(stop,))
+        worker.start()
+        for _ in range(12):
+            await asyncio.sleep(0.15)
+            before = counter.resyncs
+            counter._resync_needed.set()
+            while counter.resyncs == before:
+                await asyncio.sleep(0.01)
+        stop.set()
+        worker.join()
+        resyncs = counter.resyncs
+        await asyncio.sleep(1.0)  # the pump reads what is left; no resync runs after the churn
+        with Conntrack() as ct:
+            truth = {m: n for m, n in ct.count_by_mark(None, 0xFF00).items() if n}
+        print(json.dumps({"counts": {str(k): v for k, v in counter.counts().items()},
+                          "truth": {str(k): v for k, v in truth.items()},
+                          "resyncs_after": counter.resyncs - resyncs, "lost": counter.lost_events}))
+        task.cancel()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_conn_counter_resync_during_churn_is_exact(netns: Netns) -> None:
+    """Resyncs that run while entries come and go leave the counts equal to the table (no later resync)."""
+    netns.run("sysctl", "-qw", "net.netfilter.nf_conntrack_events=1")
+    out = json.loads(netns.run(sys.executable, "-c", _CHURN).stdout.splitlines()[-1])
+    assert (out["lost"], out["resyncs_after"]) == (0, 0)
+    assert out["counts"] == out["truth"]
