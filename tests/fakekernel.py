@@ -31,7 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from wanlb.adapters.nft import NftError
 from wanlb.adapters.routing import RoutingError
 from wanlb.plan import ConnectedRoute
-from wanlb.render import DYNAMIC_SETS, Route, Rule
+from wanlb.render import Route, Rule
 from wanlb.runtime import sysctl_key_allowed
 from wanlb.tune import TableStats
 
@@ -317,12 +317,14 @@ class FakeKernel:
         return list(self.tables["wanlb"].chains[chain].rules)
 
     def nft_objects(
-        self, table: str = "wanlb", dynamic: Collection[str] = DYNAMIC_SETS
+        self, table: str = "wanlb", dynamic: Collection[str] | None = None
     ) -> dict[tuple[str, str], tuple[Any, Any]]:
         """(kind, name) → (definition, content), comparable with :func:`table_objects` of a desired table.
 
         The elements of ``dynamic`` sets are the datapath's: left out, like the desired table leaves them."""
         t = self.tables[table]
+        if dynamic is None:  # wanlb's: sticky/clients sets (datapath) and domain sets (the daemon's resolver)
+            dynamic = {s.name for s in t.sets.values() if "dynamic" in s.flags or s.name.startswith("dom_")}
         objects: dict[tuple[str, str], tuple[Any, Any]] = {}
         for name in t.counters:
             objects[("counter", name)] = ((), ())

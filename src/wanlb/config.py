@@ -104,7 +104,7 @@ def _at_most(limit: int) -> BeforeValidator:
     ``max_length`` only after every item, and 50,000 bad items would be 50,000 errors (over 100 MB)."""
 
     def check(value: Any) -> Any:
-        if isinstance(value, list | tuple) and len(value) > limit:
+        if isinstance(value, list | tuple | dict) and len(value) > limit:
             raise ValueError(f"at most {limit} items, not {len(value)}")
         return value
 
@@ -227,13 +227,184 @@ class LanConfig(_Model):
     """Destinations never balanced (besides the connected networks, which are always bypassed)."""
 
 
+Algorithm = Literal["weighted", "hash", "least-conn", "latency", "failover"]
+HashField = Literal["src", "dst", "proto", "sport", "dport"]
+_RULE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,23}")
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "udplite": 136, "gre": 47, "esp": 50, "ah": 51}
+PORT_PROTOS = (6, 17, 132, 136)  # protocols with ports (th sport/dport)
+_DSCP = {"ef": 46, "va": 44, **{f"cs{i}": i * 8 for i in range(8)}}
+_DSCP.update({f"af{c}{d}": c * 8 + d * 2 for c in range(1, 5) for d in range(1, 4)})
+DSCP_NAMES = {v: k for k, v in _DSCP.items()}
+MAX_RULES = 10_000
+MAX_RULE_VALUES = 10_000  # addresses (or ports) in one rule
+
+
+def _parse_name(pattern: re.Pattern[str], what: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"{_clip(repr(value), 40)} is not a valid {what} name (must match {pattern.pattern})")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _parse_port(value: Any) -> tuple[int, int]:
+    """``443``, ``"443"`` or ``"27015-27030"`` → an inclusive range."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    elif isinstance(value, str) and (m := re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?", value)):
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    else:
+        raise ValueError(f"{_clip(repr(value), 40)} is not a port or a range like 27015-27030")
+    if not (1 <= lo <= hi <= 65535):
+        raise ValueError(f"port range {lo}-{hi} must lie within 1-65535, low end first")
+    return (lo, hi)
+
+
+def _parse_proto(value: Any) -> int:
+    if isinstance(value, str) and value.lower() in _PROTOS:
+        return _PROTOS[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
+    raise ValueError(f"{_clip(repr(value), 40)}: use tcp, udp, icmp, sctp, udplite, gre, esp, ah or a number 0-255")
+
+
+def _parse_dscp(value: Any) -> int:
+    if isinstance(value, str) and value.lower() in _DSCP:
+        return _DSCP[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 63:
+        return value
+    raise ValueError(f"{_clip(repr(value), 40)}: use a DSCP name (ef, cs0-cs7, af11-af43, va) or a number 0-63")
+
+
+def _parse_domain(value: Any) -> str:
+    if not isinstance(value, str) or not _DNS_NAME_RE.fullmatch(value) or value == "." or "." not in value.strip("."):
+        raise ValueError(f"{_clip(repr(value), 40)} is not a domain name like video.example.com")
+    return value.lower().rstrip(".")
+
+
+PolicyName = Annotated[str, _parse_name(_RULE_NAME_RE, "policy")]
+RuleName = Annotated[str, _parse_name(_RULE_NAME_RE, "rule")]
+Port = Annotated[tuple[int, int], BeforeValidator(_parse_port)]
+Proto = Annotated[int, BeforeValidator(_parse_proto)]
+Dscp = Annotated[int, BeforeValidator(_parse_dscp)]
+Domain = Annotated[str, BeforeValidator(_parse_domain)]
+Networks = Annotated[tuple[ipaddress.IPv4Network, ...], _at_most(MAX_RULE_VALUES)]
+Ports = Annotated[tuple[Port, ...], _at_most(1000)]
+
+
+class StickyConfig(_Model):
+    """A client (or client-destination pair) keeps the ISP of its first connection until idle for ``timeout``."""
+
+    by: Literal["source", "source-dest"] = "source"
+    timeout: Duration = 600.0
+
+
+class HashConfig(_Model):
+    fields: Annotated[tuple[HashField, ...], _at_most(5)] = Field(default=("src", "dst"), min_length=1)
+
+    @field_validator("fields")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("a field is listed twice")
+        return v
+
+
 class BalanceConfig(_Model):
-    algorithm: Literal["weighted"] = "weighted"
+    """How the default policy (every ISP, by its tier and weight) picks an ISP for a NEW connection."""
+
+    algorithm: Algorithm = "weighted"
+    hash: HashConfig = HashConfig()
+    sticky: StickyConfig | None = None
+    adjust_interval: Duration = 5.0
+    """least-conn and latency: how often the weights are recomputed (from the live counts, the probes)."""
+
+
+class PolicyMember(_Model):
+    isp: str
+    tier: SInt | None = Field(default=None, ge=1, le=100)  # None: the ISP's own tier
+    weight: SInt | None = Field(default=None, ge=1, le=1000)  # None: the ISP's own weight
+
+
+class PolicyConfig(_Model):
+    """A named group of ISPs that rules can send traffic to."""
+
+    members: Annotated[tuple[PolicyMember, ...], _at_most(64)] = Field(min_length=1, max_length=64)
+    algorithm: Algorithm | None = None  # None: balance.algorithm
+    on_unavailable: Literal["default", "drop", "unreachable"] = "default"
+    sticky: StickyConfig | None = None  # None: balance.sticky
+
+
+class RuleConfig(_Model):
+    """Match NEW connections from the LAN and send them to one ISP, a policy, the main table or nowhere.
+
+    Every listed field must match (values within one field are alternatives); ``src_not``/``dst_not``
+    (or ``!`` before an address) exclude.  Exactly one of ``via``, ``policy`` and ``action``.
+    """
+
+    name: RuleName
+    src: Networks = ()
+    src_not: Networks = ()
+    dst: Networks = ()
+    dst_not: Networks = ()
+    dst_domains: Annotated[tuple[Domain, ...], _at_most(64)] = ()
+    proto: Proto | None = None
+    sport: Ports = ()
+    dport: Ports = ()
+    iif: Annotated[tuple[IfName, ...], _at_most(64)] = ()
+    dscp: Annotated[tuple[Dscp, ...], _at_most(64)] = ()
+    via: str | None = None
+    policy: str | None = None
+    action: Literal["bypass", "drop"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _negations(cls, data: Any) -> Any:
+        """``src: [!10.0.0.0/8]`` is ``src_not: [10.0.0.0/8]``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("src", "dst"):
+            values = data.get(key)
+            if isinstance(values, str):
+                values = [values]
+            if isinstance(values, list | tuple) and len(values) <= MAX_RULE_VALUES:
+                neg = [v[1:].strip() for v in values if isinstance(v, str) and v.startswith("!")]
+                if neg:
+                    data[key] = [v for v in values if not (isinstance(v, str) and v.startswith("!"))]
+                    extra = data.get(f"{key}_not") or []
+                    data[f"{key}_not"] = [*(extra if isinstance(extra, list | tuple) else [extra]), *neg]
+        for key in ("sport", "dport", "iif", "dscp", "dst_domains", "src_not", "dst_not"):
+            if isinstance(data.get(key), str | int) and not isinstance(data.get(key), bool):
+                data[key] = [data[key]]
+        return data
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RuleConfig:
+        targets = [k for k in ("via", "policy", "action") if getattr(self, k) is not None]
+        if len(targets) != 1:
+            raise ValueError("give exactly one of via (an ISP), policy (a policy name) or action (bypass, drop)")
+        if (self.sport or self.dport) and self.proto is not None and self.proto not in PORT_PROTOS:
+            raise ValueError("ports need proto tcp, udp, sctp or udplite (or no proto: tcp and udp)")
+        return self
 
 
 class FailoverConfig(_Model):
     on_down: Literal["flush", "keep"] = "flush"
     last_resort: Literal["main", "unreachable", "blackhole"] = "main"
+    on_recover: Literal["keep", "move-lower-tier"] = "keep"
+    """move-lower-tier: when a better tier recovers, flush the connections on worse tiers so they come back."""
+
+
+class DnsConfig(_Model):
+    """The resolver for rules' ``dst_domains``."""
+
+    servers: Annotated[tuple[ipaddress.IPv4Address, ...], _at_most(8)] = Field(default=(), max_length=8)
+    """Empty: the system's (/etc/resolv.conf)."""
+    timeout: Duration = 2.0
+    min_ttl: Duration = 60.0
+    max_ttl: Duration = 3600.0
 
 
 class RoutingConfig(_Model):
@@ -273,6 +444,10 @@ class Config(_Model):
     hook_timeout: Duration = 10.0
     routing: RoutingConfig = RoutingConfig()
     control: ControlConfig = ControlConfig()
+    policies: Annotated[dict[PolicyName, PolicyConfig], _at_most(64)] = Field(default_factory=dict)
+    rules: Annotated[tuple[RuleConfig, ...], _at_most(MAX_RULES)] = Field(default=(), max_length=MAX_RULES)
+    """First match wins; unmatched traffic uses ``balance`` over every ISP (the ``default`` policy)."""
+    dns: DnsConfig = DnsConfig()
 
     @field_validator("mark_mask")
     @classmethod
@@ -529,6 +704,7 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
             issues.append(
                 ConfigIssue(lines.line_for(loc), _format_loc(loc), f"{isp.interface} is also a LAN interface")
             )
+    issues += _policy_checks(cfg, lines)
     capacity = cfg.mark_mask >> shift
     if len(cfg.isps) > capacity:
         loc = ("mark_mask",)
@@ -540,6 +716,44 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
             )
         )
     return issues
+
+
+def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """Policies and rules name ISPs and policies that exist; names are unique."""
+    issues: list[ConfigIssue] = []
+    isps = {i.name for i in cfg.isps}
+
+    def issue(loc: tuple[Any, ...], message: str) -> None:
+        issues.append(ConfigIssue(lines.line_for(loc), _format_loc(loc), message))
+
+    if "default" in cfg.policies:
+        issue(("policies", "default"), "'default' is the implicit policy of every ISP (balance); pick another name")
+    for name, pol in cfg.policies.items():
+        seen: set[str] = set()
+        for j, member in enumerate(pol.members):
+            if member.isp not in isps:
+                issue(("policies", name, "members", j, "isp"), f"no ISP named {_show(member.isp)}")
+            elif member.isp in seen:
+                issue(("policies", name, "members", j, "isp"), f"{_show(member.isp)} is listed twice")
+            seen.add(member.isp)
+    names: dict[str, int] = {}
+    for i, rule in enumerate(cfg.rules):
+        if rule.name in names:
+            issue(("rules", i, "name"), f"duplicate rule name {_show(rule.name)} (also rules.{names[rule.name]})")
+        names.setdefault(rule.name, i)
+        if rule.via is not None and rule.via not in isps:
+            issue(("rules", i, "via"), f"no ISP named {_show(rule.via)}")
+        if rule.policy is not None and rule.policy != "default" and rule.policy not in cfg.policies:
+            issue(("rules", i, "policy"), f"no policy named {_show(rule.policy)} (policies: {_known(cfg.policies)})")
+        for j, iif in enumerate(rule.iif):
+            if any(iif == isp.interface for isp in cfg.isps):
+                issue(("rules", i, "iif", j), f"{iif} is a WAN interface: rules match traffic from the LAN")
+    return issues
+
+
+def _known(names: Iterable[str]) -> str:
+    listed = sorted(names)
+    return ", ".join(listed[:10]) + (" …" if len(listed) > 10 else "") if listed else "none defined"
 
 
 def _show(value: Any) -> str:

@@ -29,19 +29,21 @@ from wanlb import control, nftsync, runtime
 from wanlb.adapters.links import LinkWatcher
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
-from wanlb.fleet import Effect, Emit, Event, Fleet, Flush, Reconcile, SaveState
+from wanlb.fleet import ClearSticky, Effect, Emit, Event, Fleet, Flush, Reconcile, SaveState
 from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.hooks import run_hooks
 from wanlb.kernel import Kernel, LinuxKernel
 from wanlb.plan import IspStatus, plan
+from wanlb.policy import latency_weights, least_conn_weights, shares_differ
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
-from wanlb.render import render
+from wanlb.render import render, sticky_sets
 from wanlb.tune import TableStats, table_warnings
 
 log = logging.getLogger("wanlb.daemon")
 
 RESYNC_INTERVAL = 5.0
 EVENT_HISTORY = 200
+COUNTER_READ_TIMEOUT = 2.0  # seconds status waits for nft to list our counters
 
 
 class Daemon:
@@ -83,6 +85,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._hup_queued = False
         self._trial: asyncio.Task[None] | None = None
+        self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency weights in force
 
     # --- executing effects ---------------------------------------------------------------------
 
@@ -107,6 +110,9 @@ class Daemon:
             elif isinstance(effect, Flush):
                 if error is None:
                     flushed[effect.isp] = await self._flush(effect)
+            elif isinstance(effect, ClearSticky):
+                if error is None:
+                    await self._clear_sticky(effect.isp)
             elif isinstance(effect, Emit):
                 self._record(effect.event, error, flushed.get(effect.event.isp), decided, applied)
         return error
@@ -123,7 +129,7 @@ class Daemon:
         """
         async with self._lock:
             fleet = self.fleet
-            args = (fleet.config, fleet.state, fleet.statuses())
+            args = (fleet.config, fleet.state, fleet.statuses(), dict(self.adjusted))
             # Shielded: a cancelled caller must not release the lock while the thread still works.
             work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
             try:
@@ -167,6 +173,39 @@ class Daemon:
         )
         await self.execute(self.fleet.flushed(flush.mark, flush.mask))
         return count
+
+    async def _clear_sticky(self, isp: str) -> None:
+        """Empty the sets that pin clients to ``isp``: their next connection is balanced afresh."""
+        names = sticky_sets(self.last.desired, isp) if self.last is not None else []
+        if not names:
+            return
+        try:
+            await asyncio.to_thread(self.kernel.nft_edit, "".join(f"flush set inet wanlb {n}\n" for n in names))
+        except Exception as exc:  # the entries expire on their own; the lookups skip an unusable ISP anyway
+            log.error("could not empty %s's sticky sets: %s", isp, exc)
+            return
+        log.info("forgot the clients pinned to %s (%s)", isp, ", ".join(names))
+
+    async def _adjust_loop(self) -> None:
+        """least-conn / latency: recompute the weights; reconcile when a share moves by more than 5 points."""
+        while True:
+            await asyncio.sleep(self.config.balance.adjust_interval)
+            algorithms = {self.config.balance.algorithm}
+            algorithms |= {p.algorithm for p in self.config.policies.values() if p.algorithm}
+            weights = {i.name: i.weight for i in self.config.isps}
+            fresh: dict[str, dict[str, int]] = {}
+            if "least-conn" in algorithms:
+                fresh["least-conn"] = least_conn_weights(weights, self.counter.by_isp())
+            if "latency" in algorithms:
+                qualities = {name: self.fleet.quality(name) for name in weights}
+                latency = {name: q.latency for name, q in qualities.items()}
+                loss = {name: q.loss_percent / 100 for name, q in qualities.items()}
+                fresh["latency"] = latency_weights(weights, latency, loss)
+            changed = [a for a, w in fresh.items() if shares_differ(self.adjusted.get(a, weights), w)]
+            if changed:
+                self.adjusted = fresh
+                log.info("adjusted weights (%s): %s", ", ".join(changed), fresh)
+                await self._reconcile_logged("weights adjusted")
 
     def _count_and_flush(self, mark: int, mask: int) -> int:
         count = self.kernel.ct_count(mark, mask)
@@ -379,7 +418,23 @@ class Daemon:
 
     # --- control socket --------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    async def _read_counters(self) -> dict[str, dict[str, int]]:
+        """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time."""
+        try:
+            async with asyncio.timeout(COUNTER_READ_TIMEOUT):
+                listing = await asyncio.to_thread(self.kernel.nft_read)
+        except Exception as exc:  # status still answers: the counters are extra
+            log.debug("cannot read nft counters: %s", exc)
+            return {}
+        return {
+            o["counter"]["name"]: {"packets": o["counter"].get("packets", 0), "bytes": o["counter"].get("bytes", 0)}
+            for o in listing or ()
+            if isinstance(o, dict) and "counter" in o
+        }
+
+    def status(self, counters: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+        """The daemon's view; ``counters`` (named nft counters) fill in the rules' hits."""
+        counters = counters or {}
         desired = self.last.desired if self.last else None
         isps = []
         for isp in desired.isps if desired else ():
@@ -421,6 +476,19 @@ class Daemon:
             "route_failures": list(self.last.failures) if self.last else [],
             "retired": [{"mark": r.mark, "isp": r.name} for r in self.fleet.state.retired],
             "isps": isps,
+            "policies": [
+                {"name": p.name, "algorithm": p.algorithm, "active": dict(p.active), "sticky": p.sticky is not None}
+                for p in (desired.policies if desired else ())
+            ],
+            "rules": [
+                {
+                    "name": r.name,
+                    "target": r.action or (f"via {r.via}" if r.via else f"policy {r.policy}"),
+                    "hits": counters.get(f"rule_{r.name}", {}).get("packets"),
+                }
+                for r in (desired.rules if desired else ())
+            ],
+            "adjusted_weights": self.adjusted,
             "conn_counts": self.counter.by_isp(),
             "conntrack": {
                 "entries": self.table_stats.count if self.table_stats else None,
@@ -453,7 +521,7 @@ class Daemon:
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         cmd = message.get("cmd")
         if cmd == "status":
-            return self.status()
+            return self.status(await self._read_counters())
         if cmd == "conn_counts":
             return {
                 "ok": True,
@@ -515,6 +583,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         resync = asyncio.create_task(self._resync_loop())
+        adjusting = asyncio.create_task(self._adjust_loop())
         counting = asyncio.create_task(self.counter.run())
         links = LinkWatcher(self._link_changed)
         self._start_monitors()
@@ -524,6 +593,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             resync.cancel()
+            adjusting.cancel()
             counting.cancel()
             links.close()
             for _monitor, task in self.monitors.values():

@@ -7,7 +7,9 @@ a WAN link going down or up, a reload, the periodic resync — is a method of
 * :class:`Reconcile` — make the kernel match (balancing, routes, rules);
 * :class:`Flush` — delete the conntrack entries carrying a mark, *only after*
   the reconcile of the same batch succeeded (else a flushed connection could
-  come back to the ISP that is leaving);
+  come back to the ISP that is leaving); also, with ``on_recover:
+  move-lower-tier``, those of the ISPs a recovery takes out of use;
+* :class:`ClearSticky` — empty an unusable ISP's sticky sets at once;
 * :class:`Emit` — one event, correctly named, for history, logs and hooks;
 * :class:`SaveState` — persist the runtime state (allocations).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 from wanlb.config import Config, IspConfig
 from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transition
 from wanlb.plan import IspStatus
+from wanlb.policy import policies
 from wanlb.runtime import Allocation, RuntimeState
 
 
@@ -57,6 +60,13 @@ class Flush:
 
 
 @dataclass(frozen=True)
+class ClearSticky:
+    """Forget every client pinned to ``isp`` (its sticky-set entries): it is no longer usable."""
+
+    isp: str
+
+
+@dataclass(frozen=True)
 class Emit:
     event: Event
 
@@ -66,7 +76,7 @@ class SaveState:
     state: RuntimeState
 
 
-Effect = Reconcile | Flush | Emit | SaveState
+Effect = Reconcile | Flush | ClearSticky | Emit | SaveState
 
 
 def params_of(isp: IspConfig) -> HealthParams:
@@ -233,8 +243,29 @@ class Fleet:
         effects: list[Effect] = [Reconcile(f"{name} {event}")]
         if self.wants_empty(name):
             effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason))
+        sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
+        if sticky and not t.new.usable:
+            effects.append(ClearSticky(name))
+        if t.new.usable and not t.old.usable and self.config.failover.on_recover == "move-lower-tier":
+            effects += self._move_back(name, t.old)
         effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall))
         return effects
+
+    def _move_back(self, name: str, old: IspStatus) -> list[Effect]:
+        """Flush the ISPs of a worse tier that this recovery takes out of use (they carried its traffic)."""
+        now = self.statuses()
+        before = {**now, name: old}
+
+        def in_use(statuses: Mapping[str, IspStatus]) -> set[str]:
+            return {isp for p in policies(self.config, statuses) for isp, _ in p.active}
+
+        tier = self.config.isp(name).tier
+        leaving = in_use(before) - in_use(now)
+        return [
+            Flush(i.name, self.state.isps[i.name].mark, self.config.mark_mask, f"{name} recovered (move-lower-tier)")
+            for i in self.config.isps
+            if i.name in leaving and i.tier > tier
+        ]
 
     def _emit(
         self, name: str, event: str, status: str, old: str | None, reason: str, interface: str, wall: float

@@ -252,6 +252,11 @@ def full_text(desired: Table, table: str = TABLE) -> str:
     return text if table == TABLE else re.sub(rf"\b{FAMILY} {TABLE}\b", f"{FAMILY} {table}", text)
 
 
+def unfilled(desired: Table) -> frozenset[str]:
+    """Sets whose elements the datapath or the daemon add (``elements`` None): not fingerprinted."""
+    return frozenset(o.name for o in desired.objects if isinstance(o, Set) and o.elements is None)
+
+
 def record_after(desired: Table, observed: Observed) -> Record:
     """What to remember after a successful apply: per desired object, its content hash and what the kernel shows."""
     seen = observed.objects

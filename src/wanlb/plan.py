@@ -1,7 +1,9 @@
 """Planning: config + runtime allocation + ISP statuses + connected routes → desired state.
 
-This is where it is decided which ISPs take NEW connections: the best (lowest)
-tier that has at least one usable ISP, and within it every usable ISP by weight.
+This is where it is decided which ISPs take NEW connections: per policy (the
+implicit ``default`` of every ISP, each configured policy, and one per ISP that
+a rule pins to), the best (lowest) tier that has at least one usable ISP, and
+within it the usable ISPs by the policy's algorithm (:mod:`wanlb.policy`).
 Marks and tables come from the runtime allocation (by ISP name), never from a
 position in the config.  Pure: no I/O, no clock.  The renderer turns the result
 into nft objects and routing intent; the reconciler makes the kernel match.
@@ -10,12 +12,12 @@ into nft objects and routing intent; the reconciler makes the kernel match.
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
-from wanlb.config import Config
+from wanlb.config import Config, RuleConfig
+from wanlb.policy import Adjusted, PolicyPlan, policies
 from wanlb.runtime import Retired, RuntimeState, mark_shift
 
 
@@ -70,29 +72,21 @@ class Desired:
     last_resort: str
     rule_priority: int
     route_protocol: int
-    weights: tuple[tuple[str, int], ...] = field(default=())  # reduced weights of active ISPs
+    policies: tuple[PolicyPlan, ...] = ()  # the default policy (chain "balance") first
+    rules: tuple[RuleConfig, ...] = ()
     helpers: tuple[str, ...] = ()
     lan_nets: tuple[ipaddress.IPv4Network, ...] = ()  # connected LAN networks: never leave a WAN unNATed
     retired: tuple[Retired, ...] = ()  # marks of removed ISPs: their packets are dropped until flushed
 
     @property
     def active(self) -> tuple[IspPlan, ...]:
+        """The ISPs the default policy balances over."""
         return tuple(i for i in self.isps if i.active)
 
-
-def _best_tier(config: Config, statuses: Mapping[str, IspStatus]) -> tuple[int | None, bool]:
-    """The lowest tier with an UP ISP; failing that, the lowest with a DEGRADED one.
-
-    Returns (tier, degraded_only).  Degraded ISPs are only used when nothing better
-    is left anywhere, so a lossy link never steals traffic from a clean one.
-    """
-    up = [i.tier for i in config.isps if statuses.get(i.name, IspStatus.UP) == IspStatus.UP]
-    if up:
-        return min(up), False
-    degraded = [i.tier for i in config.isps if statuses.get(i.name, IspStatus.UP) == IspStatus.DEGRADED]
-    if degraded:
-        return min(degraded), True
-    return None, False
+    @property
+    def in_use(self) -> frozenset[str]:
+        """Every ISP that some policy sends NEW connections to."""
+        return frozenset(isp for p in self.policies for isp, _ in p.active)
 
 
 def plan(
@@ -100,23 +94,21 @@ def plan(
     state: RuntimeState,
     statuses: Mapping[str, IspStatus] | None = None,
     connected: tuple[ConnectedRoute, ...] = (),
+    adjusted: Adjusted | None = None,
 ) -> Desired:
     """Compute the desired state.  ISPs missing from ``statuses`` count as UP.
+
+    ``adjusted``: the daemon's current weights per dynamic algorithm (``least-conn``, ``latency``).
 
     ``state`` must hold a slot for every ISP of ``config`` (see :func:`wanlb.runtime.allocate`).
     """
     statuses = statuses or {}
     shift = mark_shift(config.mark_mask)
     slots = {name: ((slot.mark >> shift) - 1) % 256 for name, slot in state.isps.items()}
-    tier, degraded_only = _best_tier(config, statuses)
-    wanted = IspStatus.DEGRADED if degraded_only else IspStatus.UP
-
-    def is_active(name: str, isp_tier: int) -> bool:
-        return tier is not None and isp_tier == tier and statuses.get(name, IspStatus.UP) == wanted
-
-    active = [i for i in config.isps if is_active(i.name, i.tier)]
-    divisor = math.gcd(*(i.weight for i in active)) if active else 1
-    total = sum(i.weight for i in active)
+    usable = {i.name: statuses.get(i.name, IspStatus.UP) for i in config.isps}
+    planned = policies(config, usable, adjusted)
+    default = dict(planned[0].active)
+    total = sum(default.values())
     isps = tuple(
         IspPlan(
             name=i.name,
@@ -128,9 +120,9 @@ def plan(
             weight=i.weight,
             tier=i.tier,
             snat=i.snat,
-            status=statuses.get(i.name, IspStatus.UP),
-            active=is_active(i.name, i.tier),
-            share=(i.weight / total) if is_active(i.name, i.tier) else 0.0,
+            status=usable[i.name],
+            active=i.name in default,
+            share=default.get(i.name, 0) / total if total else 0.0,
         )
         for i in config.isps
     )
@@ -144,7 +136,8 @@ def plan(
         last_resort=config.failover.last_resort,
         rule_priority=config.routing.rule_priority,
         route_protocol=config.routing.protocol,
-        weights=tuple((i.name, i.weight // divisor) for i in active),
+        policies=planned,
+        rules=config.rules,
         helpers=tuple(dict.fromkeys(config.helpers)),
         lan_nets=tuple(sorted({r.dst for r in connected if r.dev in config.lan.interfaces})),
         retired=state.retired,

@@ -25,7 +25,8 @@ from wanlb.adapters.routing import RoutingError
 from wanlb.config import Config
 from wanlb.kernel import Kernel
 from wanlb.plan import Desired, IspStatus, plan
-from wanlb.render import DYNAMIC_SETS, Route, RoutingIntent, Rule, render
+from wanlb.policy import Adjusted
+from wanlb.render import Route, RoutingIntent, Rule, render
 from wanlb.runtime import RuntimeState, StateStore, state_dir_problem
 
 log = logging.getLogger("wanlb.reconcile")
@@ -100,7 +101,13 @@ class Reconciler:
         self._last_routing: RoutingIntent | None = None
         self._last_active: set[str] = set()
 
-    def reconcile(self, config: Config, state: RuntimeState, statuses: Mapping[str, IspStatus]) -> ReconcileResult:
+    def reconcile(
+        self,
+        config: Config,
+        state: RuntimeState,
+        statuses: Mapping[str, IspStatus],
+        adjusted: Adjusted | None = None,
+    ) -> ReconcileResult:
         """Converge to ``config`` with the allocation in ``state`` and these statuses.
 
         When the routing wanted is what the last pass wanted and no ISP joins
@@ -110,11 +117,11 @@ class Reconciler:
         may send marks to them.
         """
         kernel = self.kernel
-        desired = plan(config, state, statuses, kernel.connected())
+        desired = plan(config, state, statuses, kernel.connected(), adjusted)
         rendered = render(desired)
         changes: list[str] = []
         failures: list[str] = []
-        active = {i.name for i in desired.active}
+        active = set(desired.in_use)
         # Safe only when nothing new needs a route: same routing wanted, and no ISP joins balancing
         # (its routes may have gone with its link; they are checked below, after the nft change).
         nft_first = rendered.routing == self._last_routing and active <= self._last_active
@@ -152,7 +159,7 @@ class Reconciler:
 
     def _nft(self, table: nftsync.Table) -> float | None:
         """Apply what differs in our nft table; the wall time the kernel accepted it, None if nothing differed."""
-        text = nftsync.transaction(table, self._observe(), self.record)
+        text = nftsync.transaction(table, self._observe(table), self.record)
         if not text:
             return None
         self.kernel.nft_apply(text)
@@ -160,12 +167,12 @@ class Reconciler:
         return time.time()
 
     def _record(self, table: nftsync.Table) -> nftsync.Record:
-        after = self._observe()
+        after = self._observe(table)
         return nftsync.record_after(table, after) if after else {}
 
-    def _observe(self) -> nftsync.Observed | None:
+    def _observe(self, table: nftsync.Table) -> nftsync.Observed | None:
         listing = self.kernel.nft_read()
-        return None if listing is None else nftsync.observe(listing, DYNAMIC_SETS)
+        return None if listing is None else nftsync.observe(listing, nftsync.unfilled(table))
 
     def _sysctls(self, wanted: tuple[tuple[str, str], ...], changes: list[str]) -> None:
         """Set wanted sysctls (recording originals first); give back the ones no longer wanted."""

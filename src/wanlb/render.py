@@ -36,16 +36,20 @@ stable objects: :mod:`wanlb.nftsync` changes the table around them.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
 
+from wanlb.config import RuleConfig
 from wanlb.nftsync import Chain, Counter, Helper, Object, Set, Table, full_text
 from wanlb.plan import Desired, IspPlan
+from wanlb.policy import DEFAULT, HASH_SEED, PolicyPlan
+from wanlb.rules import compile_rules
 
 ALL_BITS = 0xFFFFFFFF
 CLIENTS_SET = "clients"
 CLIENTS_TIMEOUT = 900  # seconds a LAN client counts as active after its last NEW connection
-DYNAMIC_SETS = (CLIENTS_SET,)
+HASH_KEYS = {"src": "ip saddr", "dst": "ip daddr", "proto": "meta l4proto", "sport": "th sport", "dport": "th dport"}
 
 # Rule priority offsets from config.routing.rule_priority.
 SUPPRESS_OFFSET = 0
@@ -156,31 +160,92 @@ def _restore_vmap(desired: Desired) -> str:
     return f"ct mark & {_hex(desired.mark_mask)} vmap {{ {entries} }}"
 
 
-def _balance_map(desired: Desired) -> str:
-    """A weighted map: ``numgen inc mod TOTAL`` → consecutive ranges per active ISP.
-
-    ``inc`` (not ``random``) makes the shares exact over any window of TOTAL
-    connections instead of only on average.
-    """
-    total = sum(w for _, w in desired.weights)
+def _ranges(owners: list[str], target: Callable[[str], str]) -> str:
+    """``0-2 : goto A, 3 : goto B`` for consecutive keys with the same owner."""
     entries = []
     start = 0
-    for name, weight in desired.weights:
-        end = start + weight - 1
-        key = str(start) if start == end else f"{start}-{end}"
-        entries.append(f"{key} : goto isp_{name}")
-        start = end + 1
-    return f"numgen inc mod {total} vmap {{ {', '.join(entries)} }}"
+    for end in range(len(owners)):
+        if end + 1 == len(owners) or owners[end + 1] != owners[start]:
+            key = str(start) if start == end else f"{start}-{end}"
+            entries.append(f"{key} : goto {target(owners[start])}")
+            start = end + 1
+    return ", ".join(entries)
 
 
-def _classify_new(desired: Desired) -> list[str]:
-    """Rules shared by from_lan and output: which NEW connections get balanced."""
+def sticky_set(policy: PolicyPlan, isp: str) -> str:
+    return f"sticky_{policy.chain}_{isp}"
+
+
+def sticky_sets(desired: Desired, isp: str) -> list[str]:
+    """The sticky sets that pin clients to ``isp`` (emptied when it goes down)."""
+    return [sticky_set(p, isp) for p in desired.policies if p.sticky and isp in p.members]
+
+
+def _policy_objects(desired: Desired, policy: PolicyPlan) -> list[Object]:
+    """A policy's chain: sticky lookups, then the algorithm's pick among its active ISPs.
+
+    ``numgen inc`` (not ``random``) makes weighted shares exact over any window
+    of TOTAL connections instead of only on average.  With ``sticky``, a NEW
+    connection from a client found in an active ISP's set goes there (and
+    refreshes the entry); any other is picked by the algorithm and recorded in
+    the set of the ISP it got (``pick_`` chains).
+    """
+    objects: list[Object] = []
+    sticky = policy.sticky
+    key = "ip saddr" if sticky is None or sticky.by == "source" else "ip saddr . ip daddr"
+    target = (lambda isp: f"isp_{isp}") if sticky is None else (lambda isp: f"pick_{policy.chain}_{isp}")
+    lines = []
+    if sticky is not None:
+        kind = "ipv4_addr" if sticky.by == "source" else "ipv4_addr . ipv4_addr"
+        timeout = max(1, round(sticky.timeout))
+        for isp in policy.members:
+            name = sticky_set(policy, isp)
+            objects.append(Set(name, kind, ("dynamic", "timeout"), None, timeout=timeout, size=65535))
+            objects.append(Chain(f"pick_{policy.chain}_{isp}", (f"update @{name} {{ {key} }}", f"goto isp_{isp}")))
+        for isp, _ in policy.active:
+            name = sticky_set(policy, isp)
+            lines.append(f"{key} @{name} update @{name} {{ {key} }} goto isp_{isp}")
+    if policy.algorithm == "hash" and policy.buckets:
+        fields = " . ".join(HASH_KEYS[f] for f in policy.hash_fields)
+        seed = _hex(HASH_SEED)
+        lines.append(
+            f"jhash {fields} mod {len(policy.buckets)} seed {seed} vmap {{ {_ranges(list(policy.buckets), target)} }}"
+        )
+    elif policy.active:
+        owners = [isp for isp, weight in policy.active for _ in range(weight)]
+        if len(policy.active) == 1:
+            lines.append(f"goto {target(policy.active[0][0])}")
+        else:
+            lines.append(f"numgen inc mod {len(owners)} vmap {{ {_ranges(owners, target)} }}")
+    elif policy.on_unavailable == "drop":
+        lines.append("drop")
+    elif policy.on_unavailable == "unreachable":
+        lines.append("reject with icmpx type host-unreachable")
+    elif policy.chain != "balance" and desired.active:
+        lines.append("goto balance")
+    objects.append(Chain(policy.chain, tuple(lines)))
+    return objects
+
+
+def _rule_verdict(rule: RuleConfig) -> str:
+    if rule.action == "bypass":
+        return "return"  # no mark: the main table routes it
+    if rule.action == "drop":
+        return "drop"
+    if rule.via is not None:
+        return f"goto via_{rule.via}"
+    return "goto balance" if rule.policy == DEFAULT else f"goto policy_{rule.policy}"
+
+
+def _classify_new(desired: Desired, rules: tuple[str, ...] = ()) -> list[str]:
+    """Rules shared by from_lan and output: which NEW connections get a rule's target or balance."""
     lines = [
         "ct state != new return",
         "fib daddr type { local, broadcast, multicast } return",
     ]
     if desired.bypass:
         lines.append("ip daddr @bypass return")
+    lines += rules
     if desired.active:
         lines.append("goto balance")
     return lines
@@ -235,10 +300,12 @@ def render_nft(desired: Desired) -> Table:
                 ),
             )
         )
-    if desired.active:
-        objects.append(Chain("balance", (_balance_map(desired),)))
+    for policy in desired.policies:
+        objects += _policy_objects(desired, policy)
+    compiled = compile_rules(desired.rules, _rule_verdict)
+    objects += compiled.objects
 
-    from_lan = [_restore_vmap(desired), *_classify_new(desired)]
+    from_lan = [_restore_vmap(desired), *_classify_new(desired, compiled.lookups)]
     if desired.active:  # a client that opened a balanced connection is active for CLIENTS_TIMEOUT
         from_lan.insert(-1, f"update @{CLIENTS_SET} {{ ip saddr }}")
     objects.append(Chain("from_lan", tuple(from_lan)))

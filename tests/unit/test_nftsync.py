@@ -23,7 +23,7 @@ from wanlb import nftsync, runtime
 from wanlb.config import Config, parse_config
 from wanlb.nftsync import Chain, Counter, Helper, Set, Table
 from wanlb.plan import ConnectedRoute, IspStatus, plan
-from wanlb.render import DYNAMIC_SETS, render_nft
+from wanlb.render import render_nft
 
 LAN = (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0", ipaddress.IPv4Address("192.168.77.1")),)
 ISPS = {"a": ("wan1", 3, 1), "b": ("wan2", 1, 1), "c": ("wan3", 2, 2)}  # interface, weight, tier
@@ -85,7 +85,7 @@ def listing(desired: Table, **drift: Any) -> list[dict[str, Any]]:
 
 
 def observed(desired: Table, **drift: Any) -> nftsync.Observed:
-    return nftsync.observe(listing(desired, **drift), DYNAMIC_SETS)
+    return nftsync.observe(listing(desired, **drift), {"clients"})
 
 
 def synced(desired: Table) -> tuple[nftsync.Observed, nftsync.Record]:
@@ -133,7 +133,7 @@ def test_a_failover_rewrites_only_the_chains_that_changed() -> None:
     text = nftsync.transaction(new, *synced(old))
     assert lines(text) == [
         "flush chain inet wanlb balance",
-        "add rule inet wanlb balance numgen inc mod 1 vmap { 0 : goto isp_b }",
+        "add rule inet wanlb balance goto isp_b",
     ]
 
 
@@ -256,13 +256,13 @@ def test_full_text_into_a_scratch_table_renames_every_line() -> None:
 def sync(kernel: FakeKernel, desired: Table, record: nftsync.Record) -> tuple[str, nftsync.Record]:
     """One reconciler step: observe, diff, apply, record."""
     listing = kernel.nft_read()
-    seen = None if listing is None else nftsync.observe(listing, DYNAMIC_SETS)
+    seen = None if listing is None else nftsync.observe(listing, {"clients"})
     text = nftsync.transaction(desired, seen, record)
     if text:
         kernel.nft_apply(text)
     after = kernel.nft_read()
     assert after is not None
-    return text, nftsync.record_after(desired, nftsync.observe(after, DYNAMIC_SETS))
+    return text, nftsync.record_after(desired, nftsync.observe(after, {"clients"}))
 
 
 def converge(kernel: FakeKernel, desired: Table, record: nftsync.Record) -> tuple[str, nftsync.Record]:
@@ -391,7 +391,7 @@ def test_real_nft_accepts_the_full_table_and_the_incremental_transactions() -> N
         def read() -> nftsync.Observed:
             import json
 
-            return nftsync.observe(json.loads(nft("-j", "list", "table", "inet", "wanlb"))["nftables"], DYNAMIC_SETS)
+            return nftsync.observe(json.loads(nft("-j", "list", "table", "inet", "wanlb"))["nftables"], {"clients"})
 
         cfg3 = config("abc", extra="helpers: [ftp, h323, sip]\n")
         state3 = runtime.allocate(cfg3, None, reload=False).state
@@ -439,7 +439,7 @@ def test_the_real_nft_json_shape_is_what_observe_reads() -> None:
             }
         },
     ]
-    seen = nftsync.observe(real, DYNAMIC_SETS).objects
+    seen = nftsync.observe(real, {"clients"}).objects
     t = table(config()).by_key()
     for key in (("counter", "isp_a_rx"), ("ct helper", "helper_ftp"), ("set", "clients"), ("chain", "prerouting")):
         assert seen[key].signature == t[key].signature, key

@@ -150,7 +150,7 @@ def test_a_failover_changes_the_balance_chain_and_no_rule_or_route() -> None:
     result = s.run({"a": IspStatus.DOWN})
     assert kinds(s.kernel.calls) == ["nft_apply"]
     assert s.kernel.calls[0][1].startswith("flush chain inet wanlb balance\n")
-    assert s.kernel.nft_rules("balance") == ["numgen inc mod 1 vmap { 0 : goto isp_b }"]
+    assert s.kernel.nft_rules("balance") == ["goto isp_b"]
     assert [i.name for i in result.desired.active] == ["b"]
 
 

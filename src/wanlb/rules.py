@@ -1,0 +1,233 @@
+"""Rules → nft: first match wins, at the cost of a few lookups however many rules there are.  Pure.
+
+Each rule gets a chain ``rule_<name>`` (its named counter, then its verdict:
+the policy chain, ``return`` for bypass, ``drop``).  How ``from_lan`` reaches
+those chains is the point of this module:
+
+* Consecutive rules that match on the same kinds of fields among source,
+  destination, protocol and ports — with no negation, interface, DSCP or
+  domain — are merged into one verdict map keyed by the concatenation of those
+  fields (``ip saddr . meta l4proto . th dport vmap @rules_3``), as long as no
+  element of one rule overlaps an element of another.  500 source pins are
+  then one hash/interval lookup, not 500 rules.  An overlap (a later rule
+  shadowed in part by an earlier one) starts a new map, which keeps the order.
+* Any other rule is one nft rule with anonymous sets (``ip saddr { … }``), so
+  its own thousands of addresses are still one lookup.
+
+Only NEW connections from the LAN reach them (``from_lan`` returns earlier for
+every other packet), and the order of the emitted lookups is the order of the
+rules.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from wanlb.config import DSCP_NAMES, RuleConfig
+from wanlb.nftsync import Chain, Counter, Object, Set
+
+# (field, nft key expression, nft type)
+FIELDS = (
+    ("src", "ip saddr", "ipv4_addr"),
+    ("dst", "ip daddr", "ipv4_addr"),
+    ("proto", "meta l4proto", "inet_proto"),
+    ("sport", "th sport", "inet_service"),
+    ("dport", "th dport", "inet_service"),
+)
+MAX_MAP_ELEMENTS = 4096  # a rule whose product of values is larger stays a rule of its own
+MAX_PAIRWISE = 2048  # elements of a multi-field map checked pairwise for overlaps before a new map starts
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp", 136: "udplite", 47: "gre", 50: "esp", 51: "ah"}
+Interval = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CompiledRules:
+    objects: tuple[Object, ...]  # counters, maps, domain sets, rule chains
+    lookups: tuple[str, ...]  # from_lan statements, in rule order
+
+
+def rule_chain(name: str) -> str:
+    return f"rule_{name}"
+
+
+def domain_set(name: str) -> str:
+    return f"dom_{name}"
+
+
+def _protos(rule: RuleConfig) -> list[int]:
+    if rule.proto is not None:
+        return [rule.proto]
+    return [6, 17] if (rule.sport or rule.dport) else []
+
+
+def _signature(rule: RuleConfig) -> tuple[str, ...] | None:
+    """The fields a map for this rule would be keyed by, or None if it must stay a rule of its own."""
+    if rule.src_not or rule.dst_not or rule.dst_domains or rule.iif or rule.dscp:
+        return None
+    used = {"src": bool(rule.src), "dst": bool(rule.dst), "proto": bool(_protos(rule)),
+            "sport": bool(rule.sport), "dport": bool(rule.dport)}  # fmt: skip
+    sig = tuple(f for f, _, _ in FIELDS if used[f])
+    return sig or None
+
+
+def _net_interval(net: ipaddress.IPv4Network) -> Interval:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def _merge(ranges: Sequence[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _values(rule: RuleConfig, field: str) -> list[Interval]:
+    """A field's values as disjoint integer intervals (addresses as integers)."""
+    if field in ("src", "dst"):
+        nets = ipaddress.collapse_addresses(getattr(rule, field))
+        return _merge([_net_interval(n) for n in nets])
+    if field == "proto":
+        return [(p, p) for p in _protos(rule)]
+    return _merge(getattr(rule, field))
+
+
+def _show(field: str, iv: Interval) -> str:
+    lo, hi = iv
+    if field in ("src", "dst"):
+        a, b = ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi)
+        return str(a) if lo == hi else f"{a}-{b}"
+    if field == "proto":
+        return PROTO_NAMES.get(lo, str(lo))
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _elements(rule: RuleConfig, sig: tuple[str, ...]) -> list[tuple[Interval, ...]] | None:
+    per_field = [_values(rule, f) for f in sig]
+    size = 1
+    for values in per_field:
+        size *= len(values)
+    if size > MAX_MAP_ELEMENTS:
+        return None
+    return [tuple(combo) for combo in itertools.product(*per_field)]
+
+
+def _overlaps(a: tuple[Interval, ...], b: tuple[Interval, ...]) -> bool:
+    return all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b, strict=True))
+
+
+class _Group:
+    """Consecutive rules merged into one verdict map."""
+
+    def __init__(self, sig: tuple[str, ...]) -> None:
+        self.sig = sig
+        self.elements: list[tuple[tuple[Interval, ...], str]] = []
+        self.starts: list[int] = []  # 1-field maps: sorted interval starts, for bisect
+        self.ends: list[int] = []
+
+    def accepts(self, elems: list[tuple[Interval, ...]]) -> bool:
+        if len(self.sig) == 1:
+            for (iv,) in elems:
+                i = bisect.bisect_right(self.starts, iv[1])
+                if i and self.ends[i - 1] >= iv[0]:
+                    return False
+            return True
+        if len(self.elements) + len(elems) > MAX_PAIRWISE:
+            return False
+        return not any(_overlaps(e, other) for e in elems for other, _ in self.elements)
+
+    def add(self, elems: list[tuple[Interval, ...]], chain: str) -> None:
+        for e in elems:
+            self.elements.append((e, chain))
+            if len(self.sig) == 1:
+                i = bisect.bisect_left(self.starts, e[0][0])
+                self.starts.insert(i, e[0][0])
+                self.ends.insert(i, e[0][1])
+
+
+def _linear(rule: RuleConfig) -> str:
+    """One nft rule matching ``rule``, each field one (anonymous set) lookup."""
+    parts = []
+
+    def nets(values: Sequence[ipaddress.IPv4Network]) -> str:
+        items = [str(n) if n.prefixlen < 32 else str(n.network_address) for n in ipaddress.collapse_addresses(values)]
+        return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+    def ports(values: Sequence[Interval]) -> str:
+        items = [_show("dport", iv) for iv in _merge(values)]
+        return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+    if rule.iif:
+        parts.append("iifname { " + ", ".join(f'"{i}"' for i in rule.iif) + " }")
+    if rule.src:
+        parts.append(f"ip saddr {nets(rule.src)}")
+    if rule.src_not:
+        parts.append(f"ip saddr != {nets(rule.src_not)}")
+    if rule.dst:
+        parts.append(f"ip daddr {nets(rule.dst)}")
+    if rule.dst_not:
+        parts.append(f"ip daddr != {nets(rule.dst_not)}")
+    if rule.dst_domains:
+        parts.append(f"ip daddr @{domain_set(rule.name)}")
+    protos = _protos(rule)
+    if len(protos) == 1:
+        parts.append(f"meta l4proto {PROTO_NAMES.get(protos[0], protos[0])}")
+    elif protos:
+        parts.append("meta l4proto { " + ", ".join(PROTO_NAMES[p] for p in protos) + " }")
+    if rule.sport:
+        parts.append(f"th sport {ports(rule.sport)}")
+    if rule.dport:
+        parts.append(f"th dport {ports(rule.dport)}")
+    if rule.dscp:
+        parts.append("ip dscp { " + ", ".join(DSCP_NAMES.get(d, str(d)) for d in sorted(set(rule.dscp))) + " }")
+    parts.append(f"goto {rule_chain(rule.name)}")
+    return " ".join(parts)
+
+
+def compile_rules(rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], str]) -> CompiledRules:
+    """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with."""
+    objects: list[Object] = []
+    lookups: list[str] = []
+    group: _Group | None = None
+    groups: list[_Group] = []
+
+    def close() -> None:
+        nonlocal group
+        if group is not None:
+            index = len(groups)
+            groups.append(group)
+            keys = " . ".join(expr for f, expr, _ in FIELDS if f in group.sig)
+            lookups.append(f"{keys} vmap @rules_{index}")
+        group = None
+
+    for rule in rules:
+        objects.append(Counter(rule_chain(rule.name)))
+        objects.append(Chain(rule_chain(rule.name), (f'counter name "{rule_chain(rule.name)}"', verdict(rule))))
+        if rule.dst_domains:
+            objects.append(Set(domain_set(rule.name), "ipv4_addr", ("timeout",), None))
+        sig = _signature(rule)
+        elems = _elements(rule, sig) if sig else None
+        if sig is None or elems is None:
+            close()
+            lookups.append(_linear(rule))
+            continue
+        if group is None or group.sig != sig or not group.accepts(elems):
+            close()
+            group = _Group(sig)
+        group.add(elems, rule_chain(rule.name))
+    close()
+    for index, g in enumerate(groups):
+        types = " . ".join(t for f, _, t in FIELDS if f in g.sig)
+        fields = [f for f, _, _ in FIELDS if f in g.sig]
+        elements = tuple(
+            " . ".join(_show(f, iv) for f, iv in zip(fields, e, strict=True)) + f" : goto {chain}"
+            for e, chain in g.elements
+        )
+        objects.append(Set(f"rules_{index}", types, ("interval",), elements, map_type="verdict"))
+    return CompiledRules(tuple(objects), tuple(lookups))
