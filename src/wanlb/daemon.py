@@ -180,7 +180,7 @@ class Daemon:
         if not names:
             return
         try:
-            await asyncio.to_thread(self.kernel.nft_edit, "".join(f"flush set inet wanlb {n}\n" for n in names))
+            await asyncio.to_thread(self.kernel.nft_apply, "".join(f"flush set inet wanlb {n}\n" for n in names))
         except Exception as exc:  # the entries expire on their own; the lookups skip an unusable ISP anyway
             log.error("could not empty %s's sticky sets: %s", isp, exc)
             return

@@ -241,11 +241,11 @@ class Fleet:
         self.since[name] = wall
         isp = self.config.isp(name)
         effects: list[Effect] = [Reconcile(f"{name} {event}")]
-        if self.wants_empty(name):
-            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason))
         sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
         if sticky and not t.new.usable:
             effects.append(ClearSticky(name))
+        if self.wants_empty(name):
+            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason))
         if t.new.usable and not t.old.usable and self.config.failover.on_recover == "move-lower-tier":
             effects += self._move_back(name, t.old)
         effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall))
