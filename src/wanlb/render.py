@@ -185,7 +185,8 @@ def _policy_objects(desired: Desired, policy: PolicyPlan) -> list[Object]:
     """A policy's chain: sticky lookups, then the algorithm's pick among its active ISPs.
 
     ``numgen inc`` (not ``random``) makes weighted shares exact over any window
-    of TOTAL connections instead of only on average.  With ``sticky``, a NEW
+    of TOTAL connections instead of only on average (not for the weights the
+    daemon keeps adjusting, see below).  With ``sticky``, a NEW
     connection from a client found in an active ISP's set goes there (and
     refreshes the entry); any other is picked by the algorithm and recorded in
     the set of the ISP it got (``pick_`` chains).
@@ -216,7 +217,10 @@ def _policy_objects(desired: Desired, policy: PolicyPlan) -> list[Object]:
         if len(policy.active) == 1:
             lines.append(f"goto {target(policy.active[0][0])}")
         else:
-            lines.append(f"numgen inc mod {len(owners)} vmap {{ {_ranges(owners, target)} }}")
+            # The daemon rewrites least-conn/latency weights every few seconds, and each rewrite restarts an
+            # ``inc`` counter at 0, which would favour the first ISPs of the map: those draw at random.
+            gen = "random" if policy.algorithm in ("least-conn", "latency") else "inc"
+            lines.append(f"numgen {gen} mod {len(owners)} vmap {{ {_ranges(owners, target)} }}")
     elif policy.on_unavailable == "drop":
         lines.append("drop")
     elif policy.on_unavailable == "unreachable":

@@ -61,6 +61,11 @@ def gw(lab: Lab) -> Iterator[LabGateway]:
         g.stop(cleanup=True)
 
 
+@pytest.fixture(scope="module")
+def ftp_log(lab: Lab) -> Path:
+    return lab.start_ftp()
+
+
 def new_records(log: Path, seen: int, timeout: float = 5.0) -> list[dict[str, Any]]:
     """Transfer records after the first `seen`, once at least one more is there (the server writes its line
     right after it answers 226, so curl may exit a moment before it) or after `timeout`."""
@@ -95,8 +100,8 @@ def check_transfer(mode: str, command: str, rc: int, body: bytes, err: str, reco
     return ""
 
 
-def test_passive_and_active_ftp_keep_each_session_on_one_isp(lab: Lab, gw: LabGateway) -> None:
-    log = lab.start_ftp()
+def test_passive_and_active_ftp_keep_each_session_on_one_isp(lab: Lab, gw: LabGateway, ftp_log: Path) -> None:
+    log = ftp_log
     leaks = {isp: lab.counter(isp, LAN_LEAK_COUNTER) for isp in lab.isps}
     problems: list[str] = []
     isps_used: dict[str, set[str]] = {mode: set() for mode in VARIANTS}
@@ -118,3 +123,43 @@ def test_passive_and_active_ftp_keep_each_session_on_one_isp(lab: Lab, gw: LabGa
     # The balancer hands consecutive new connections to the ISPs in turn: 10 sessions use more than one.
     assert all(len(used) > 1 for used in isps_used.values()), isps_used
     assert {isp: lab.counter(isp, LAN_LEAK_COUNTER) for isp in lab.isps} == leaks, "un-NATed LAN packets reached an ISP"
+
+
+@pytest.mark.parametrize(
+    "balance",
+    [
+        {"algorithm": "weighted"},
+        {"algorithm": "hash", "hash": {"fields": ["src", "dst"]}},
+        {"algorithm": "weighted", "sticky": {"by": "source"}},
+    ],
+    ids=["weighted", "hash", "sticky"],
+)
+def test_passive_ftp_without_a_helper_needs_hash_or_sticky(lab: Lab, ftp_log: Path, balance: dict[str, Any]) -> None:
+    """No conntrack helper: the data connection is a NEW connection of its own. Round-robin sends it out
+    through another ISP than the control connection, and the server refuses it; ``hash`` (same client,
+    same server) and ``sticky`` (same client) keep both on one ISP. This is why they exist."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["helpers"] = []
+        cfg["balance"] = balance
+
+    g = LabGateway(lab)
+    g.write(edit)
+    try:
+        g.start()
+        g.wait_for(ALL_UP)
+        seen = len(ftp_log.read_text().splitlines())
+        results = []
+        for n in range(6):
+            command, options = VARIANTS["passive"][n % 2]
+            proc = lab.run("c1", ["curl", "-svS", "--max-time", "10", *options, URL], capture_output=True)
+            records = new_records(ftp_log, seen, timeout=3.0 if proc.returncode == 0 else 0.5)
+            seen += len(records)
+            err = proc.stderr.decode(errors="replace")
+            results.append(check_transfer("passive", command, proc.returncode, proc.stdout, err, records))
+    finally:
+        g.stop(cleanup=True)
+    if balance == {"algorithm": "weighted"}:
+        assert sum(1 for r in results if r) >= 3, results  # most sessions split across two ISPs
+    else:
+        assert results == [""] * 6, results

@@ -295,3 +295,42 @@ def test_on_recover_moves_connections_back_from_a_lower_tier(lab: Lab, on_recove
         lab.heal("isp1")
         lab.heal("isp2")
         gw.stop(cleanup=True)
+
+
+_HOLD = """
+import socket, sys, time
+socks = [socket.create_connection((sys.argv[1], 5001), timeout=5) for _ in range(int(sys.argv[2]))]
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_least_conn_sends_new_connections_away_from_a_loaded_isp(lab: Lab) -> None:
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["balance"] = {"algorithm": "least-conn", "adjust_interval": "300ms"}
+        cfg["rules"] = [{"name": "pin", "src": [client_addr(1)], "dst": [f"{STREAM_ADDR}/32"], "via": "isp1"}]
+
+    gw = start(lab, edit)
+    holder = None
+    try:
+        holder = lab.popen("c1", ["python3", "-c", _HOLD, STREAM_ADDR, "60"], label="hold", stdout=-1, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        deadline = time.monotonic() + 10
+        while (gw.status()["adjusted_weights"].get("least-conn") or {}).get("isp1", 1) != 0:
+            assert time.monotonic() < deadline, gw.status()["adjusted_weights"]
+            time.sleep(0.1)
+        first = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 30))
+        assert first["isp1"] == 0 and first["isp2"] + first["isp3"] == 30, first  # away from the loaded ISP
+        # 60 on isp1: once isp2 and isp3 hold about as many (closed entries linger in conntrack), isp1 is
+        # back in the mix
+        for _ in range(10):
+            connect(lab, "c2", HTTP_ADDR, 8080, 10)
+            time.sleep(0.4)
+        counts = gw.request("conn_counts")["by_isp"]
+        assert min(counts["isp2"], counts["isp3"]) >= 40, counts
+        assert gw.status()["adjusted_weights"]["least-conn"]["isp1"] > 0
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(10)
+        gw.stop(cleanup=True)
