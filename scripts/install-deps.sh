@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl; do
+# dnsmasq-base: the binary alone (the dnsmasq package would also start a system DNS service)
+for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl dnsmasq:dnsmasq-base; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory of `wanlb check` in the bad-input tests
