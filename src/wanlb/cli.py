@@ -237,7 +237,11 @@ def run(config_path: str, cleanup_on_exit: bool, verbose: bool) -> None:
 @socket_option
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
-    """Show each ISP's state, weight, share of NEW connections, mark, table and interface."""
+    """Show each ISP's state, weight, share of NEW connections, mark, table and interface.
+
+    Then the policies (algorithm and the ISPs in use), the rules with their hits (NEW packets matched),
+    the resolved destination domains, and recent events.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -271,6 +275,23 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
     # Piped output is not cut to 80 columns: the table keeps its natural width.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
+    policies = [p for p in reply.get("policies", []) if p["name"] != "default" or p["algorithm"] != "weighted"]
+    for p in policies:
+        using = ", ".join(f"{isp}×{w}" for isp, w in p["active"].items()) or "no usable member"
+        sticky = ", sticky" if p["sticky"] else ""
+        console.print(f"policy {p['name']}: {p['algorithm']}{sticky}: {using}", markup=False)
+    rules = reply.get("rules", [])
+    if rules:
+        rt = Table(title="rules (first match wins)")
+        for col in ("rule", "target", "hits"):
+            rt.add_column(col)
+        for r in rules:
+            rt.add_row(r["name"], r["target"], "-" if r["hits"] is None else str(r["hits"]))
+        console.print(rt)
+    for name, d in reply.get("domains", {}).items():
+        addrs = ", ".join(d["addresses"]) or "none yet"
+        problem = f" ({d['state']}: {d['error']})" if d.get("error") else ""
+        console.print(f"domain {name}: {addrs}{problem}", markup=False)
     events = reply.get("events", [])[-EVENTS_SHOWN:]
     if events:
         console.print("recent events:")

@@ -29,6 +29,7 @@ from wanlb import control, nftsync, runtime
 from wanlb.adapters.links import LinkWatcher
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
+from wanlb.domains import DomainWatcher, ResolverSettings
 from wanlb.fleet import ClearSticky, Effect, Emit, Event, Fleet, Flush, Reconcile, SaveState
 from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.hooks import run_hooks
@@ -86,6 +87,7 @@ class Daemon:
         self._hup_queued = False
         self._trial: asyncio.Task[None] | None = None
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency weights in force
+        self._domains: tuple[DomainWatcher, asyncio.Task[None], ResolverSettings] | None = None
 
     # --- executing effects ---------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class Daemon:
         if result.nft_done is not None:
             active = ", ".join(f"{i.name}={i.share:.0%}" for i in result.desired.active) or "none"
             log.info("applied ruleset (%s): active %s", why, active)
+            self._push_domains()  # a domain set the transaction (re)created starts empty
         return result
 
     async def _reconcile_logged(self, why: str) -> str | None:
@@ -311,6 +314,7 @@ class Daemon:
         error = await self.execute(effects)
         self.reloads += 1
         self._start_monitors()
+        self._start_domains()
         self._warn_about_config()
         if error is not None:
             return False, f"reloaded, but applying it failed (retried every {RESYNC_INTERVAL:g}s): {error}"
@@ -418,6 +422,52 @@ class Daemon:
 
     # --- control socket --------------------------------------------------------------------------
 
+    # --- destination domains ----------------------------------------------------------------------
+
+    def _domain_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for r in self.config.rules for n in r.dst_domains))
+
+    def _start_domains(self) -> None:
+        """(Re)start the resolver of the rules' ``dst_domains`` when the names or the resolver changed."""
+        names = self._domain_names()
+        dns = self.config.dns
+        settings = ResolverSettings(dns.servers, timeout=dns.timeout, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl)
+        if self._domains is not None and (self._domains[0].table.names, self._domains[2]) == (names, settings):
+            return
+        if self._domains is not None:
+            self._domains[1].cancel()
+            self._domains = None
+        if names:
+            watcher = DomainWatcher(names, settings, lambda _elements: self._push_domains())
+            task = asyncio.create_task(watcher.run())
+            task.add_done_callback(_log_crash)
+            self._domains = (watcher, task, settings)
+
+    def _push_domains(self) -> None:
+        """Rewrite each domain rule's set with its names' addresses (after every change and reconcile)."""
+        if self._domains is None:
+            return
+        watcher = self._domains[0]
+        elements = watcher.table.elements(time.monotonic())
+        lines = []
+        for rule in self.config.rules:
+            if not rule.dst_domains:
+                continue
+            wanted = {a for name in rule.dst_domains for a in watcher.table.addresses(name)}
+            lines.append(f"flush set inet wanlb dom_{rule.name}")
+            items = [f"{a} timeout {elements[a]}s" for a in sorted(wanted) if a in elements]
+            if items:
+                lines.append(f"add element inet wanlb dom_{rule.name} {{ {', '.join(items)} }}")
+        if lines:
+            self.spawn(self._apply_domains("\n".join(lines) + "\n"))
+
+    async def _apply_domains(self, text: str) -> None:
+        async with self._lock:  # not while a reconcile may be re-creating the sets
+            try:
+                await asyncio.to_thread(self.kernel.nft_apply, text)
+            except Exception as exc:  # the next push (change, reconcile, resync) tries again
+                log.error("could not update the domain sets: %s", exc)
+
     async def _read_counters(self) -> dict[str, dict[str, int]]:
         """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time."""
         try:
@@ -489,6 +539,7 @@ class Daemon:
                 for r in (desired.rules if desired else ())
             ],
             "adjusted_weights": self.adjusted,
+            "domains": self._domains[0].status() if self._domains else {},
             "conn_counts": self.counter.by_isp(),
             "conntrack": {
                 "entries": self.table_stats.count if self.table_stats else None,
@@ -587,6 +638,7 @@ class Daemon:
         counting = asyncio.create_task(self.counter.run())
         links = LinkWatcher(self._link_changed)
         self._start_monitors()
+        self._start_domains()
         self._warn_about_config()
         log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
         try:
@@ -598,6 +650,8 @@ class Daemon:
             links.close()
             for _monitor, task in self.monitors.values():
                 task.cancel()
+            if self._domains is not None:
+                self._domains[1].cancel()
             server.close()
             Path(socket_path).unlink(missing_ok=True)
             if self.cleanup_on_exit:
