@@ -390,3 +390,56 @@ def test_dst_domains_follow_a_real_dns_server_and_keep_the_last_good_addresses(l
         dnsmasq.kill()
         if gw is not None:
             gw.stop(cleanup=True)
+
+
+_SLOW_FOR = """
+import asyncio, sys
+slow = sys.argv[2]
+
+async def handle(reader, writer):
+    try:
+        await reader.readuntil(b"\\r\\n\\r\\n")
+        if writer.get_extra_info("peername")[0] == slow:
+            await asyncio.sleep(0.15)  # this ISP's probes see a slow line
+        writer.write(b"HTTP/1.0 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n")
+        await writer.drain()
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        pass
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, sys.argv[1], 8090)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_latency_gives_a_slow_isp_a_smaller_share(lab: Lab) -> None:
+    slow = lab.popen("inet", ["python3", "-c", _SLOW_FOR, HTTP_ADDR, "100.64.2.2"], label="slowhttp", stdout=-1,
+                     text=True)  # fmt: skip
+    assert slow.stdout is not None and slow.stdout.readline().strip() == "ready"
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["balance"] = {"algorithm": "latency", "adjust_interval": "300ms"}
+        for isp in cfg["isps"]:
+            isp["health"] = {"method": "http", "port": 8090, "targets": [HTTP_ADDR], "interval": "200ms",
+                             "timeout": "1s"}  # fmt: skip
+
+    gw = None
+    try:
+        gw = start(lab, edit)
+        _until(
+            "latency weights favouring the fast lines",
+            lambda: (gw.status()["adjusted_weights"].get("latency") or {}).get("isp2", 100) <= 5,
+            timeout=15,
+        )
+        weights = gw.status()["adjusted_weights"]["latency"]
+        assert weights["isp1"] >= 40 and weights["isp3"] >= 40, weights
+        shares = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 100))
+        assert shares["isp2"] <= 10 and shares["isp1"] + shares["isp3"] >= 90, shares
+    finally:
+        slow.kill()
+        if gw is not None:
+            gw.stop(cleanup=True)

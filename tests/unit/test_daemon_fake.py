@@ -395,3 +395,49 @@ def test_resync_warns_when_the_table_fills_or_drops(tmp_path: Path, monkeypatch:
         assert any("100% full" in w for w in warnings) and any("early_drop rose by 3" in w for w in warnings)
 
     run(test)
+
+
+# --- policies ---------------------------------------------------------------------------------------
+
+
+def test_a_dead_isps_sticky_clients_are_forgotten_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path, monkeypatch, CONFIG + "balance: {sticky: {by: source, timeout: 10m}}\n")
+
+    async def test() -> None:
+        d = h.build()
+        await d.reconcile("start")
+        h.kernel.nft_add_dynamic("sticky_balance_b", "192.168.77.11")
+        h.kernel.nft_add_dynamic("sticky_balance_a", "192.168.77.12")
+        assert "@sticky_balance_b" in h.balance()
+        h.kernel.set_link("wan2", False, drop_routes=True)
+        d._link_changed("wan2", False)
+        await settle(d)
+        assert "@sticky_balance_b" not in h.balance()  # its lookup left with it
+        sets = h.kernel.tables["wanlb"].sets
+        assert list(sets["sticky_balance_b"].elements) == []  # and its entries are gone, not left to time out
+        assert list(sets["sticky_balance_a"].elements) == ["192.168.77.12"]
+        calls = [c[0] for c in h.kernel.calls]
+        assert calls.index("ct_flush") > max(i for i, c in enumerate(h.kernel.calls) if "flush set" in str(c))
+
+    run(test)
+
+
+def test_status_shows_rules_with_their_hits_and_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = "rules:\n  - {name: pin, src: [192.168.77.11], via: b}\n  - {name: vpn, dst: [10.8.0.0/16], action: bypass}\n"
+    h = Harness(tmp_path, monkeypatch, CONFIG + rules)
+
+    async def test() -> None:
+        d = h.build()
+        await d.reconcile("start")
+        h.kernel.nft_bump("rule_pin", 7)
+        status = await d.handle({"cmd": "status"})
+        assert [(r["name"], r["target"], r["hits"]) for r in status["rules"]] == [
+            ("pin", "via b", 7),
+            ("vpn", "bypass", 0),
+        ]
+        assert [(p["name"], p["active"]) for p in status["policies"]] == [
+            ("default", {"a": 1, "b": 1}),
+            ("via_b", {"b": 1}),
+        ]
+
+    run(test)
