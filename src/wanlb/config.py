@@ -405,6 +405,9 @@ class DnsConfig(_Model):
     timeout: Duration = 2.0
     min_ttl: Duration = 60.0
     max_ttl: Duration = 3600.0
+    """Also the default timeout of an element that something else (dnsmasq's ``nftset=``) adds."""
+    resolve: Annotated[bool, Strict()] = True
+    """False: the daemon never resolves; the ``dom_<rule>`` sets are fed by dnsmasq (``nftset=``)."""
 
 
 class RoutingConfig(_Model):

@@ -429,8 +429,8 @@ class Daemon:
 
     def _start_domains(self) -> None:
         """(Re)start the resolver of the rules' ``dst_domains`` when the names or the resolver changed."""
-        names = self._domain_names()
         dns = self.config.dns
+        names = self._domain_names() if dns.resolve else ()
         settings = ResolverSettings(dns.servers, timeout=dns.timeout, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl)
         if self._domains is not None and (self._domains[0].table.names, self._domains[2]) == (names, settings):
             return

@@ -77,6 +77,7 @@ class Desired:
     helpers: tuple[str, ...] = ()
     lan_nets: tuple[ipaddress.IPv4Network, ...] = ()  # connected LAN networks: never leave a WAN unNATed
     retired: tuple[Retired, ...] = ()  # marks of removed ISPs: their packets are dropped until flushed
+    domain_timeout: int = 3600  # default life of a dom_ set element (dns.max_ttl)
 
     @property
     def active(self) -> tuple[IspPlan, ...]:
@@ -141,4 +142,5 @@ def plan(
         helpers=tuple(dict.fromkeys(config.helpers)),
         lan_nets=tuple(sorted({r.dst for r in connected if r.dev in config.lan.interfaces})),
         retired=state.retired,
+        domain_timeout=max(1, round(config.dns.max_ttl)),
     )

@@ -306,7 +306,7 @@ def render_nft(desired: Desired) -> Table:
         )
     for policy in desired.policies:
         objects += _policy_objects(desired, policy)
-    compiled = compile_rules(desired.rules, _rule_verdict)
+    compiled = compile_rules(desired.rules, _rule_verdict, desired.domain_timeout)
     objects += compiled.objects
 
     from_lan = [_restore_vmap(desired), *_classify_new(desired, compiled.lookups)]

@@ -190,8 +190,13 @@ def _linear(rule: RuleConfig) -> str:
     return " ".join(parts)
 
 
-def compile_rules(rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], str]) -> CompiledRules:
-    """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with."""
+def compile_rules(
+    rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], str], domain_timeout: int = 3600
+) -> CompiledRules:
+    """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with.
+
+    ``domain_timeout`` (seconds) is the default life of an element added to a ``dom_`` set without one.
+    """
     objects: list[Object] = []
     lookups: list[str] = []
     group: _Group | None = None
@@ -210,7 +215,7 @@ def compile_rules(rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], s
         objects.append(Counter(rule_chain(rule.name)))
         objects.append(Chain(rule_chain(rule.name), (f'counter name "{rule_chain(rule.name)}"', verdict(rule))))
         if rule.dst_domains:
-            objects.append(Set(domain_set(rule.name), "ipv4_addr", ("timeout",), None))
+            objects.append(Set(domain_set(rule.name), "ipv4_addr", ("timeout",), None, timeout=domain_timeout))
         sig = _signature(rule)
         elems = _elements(rule, sig) if sig else None
         if sig is None or elems is None:

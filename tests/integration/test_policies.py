@@ -443,3 +443,42 @@ def test_latency_gives_a_slow_isp_a_smaller_share(lab: Lab) -> None:
         slow.kill()
         if gw is not None:
             gw.stop(cleanup=True)
+
+
+def test_dnsmasq_on_the_gateway_can_feed_a_domain_rule_instead_of_the_daemon(lab: Lab) -> None:
+    """``dns.resolve: false``: dnsmasq in the gateway answers the clients (forwarding to a server in inet)
+    and puts each answer's addresses into the rule's set with ``nftset=``; the daemon never queries."""
+    upstream, hosts = "203.0.113.54", lab.dir / "dns-hosts-2"
+    hosts.write_text(f"{EXTRA[3]} video.wanlb.test\n")
+    sh(lab, "inet", "ip", "addr", "add", f"{upstream}/32", "dev", "lo")
+    common = ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-hosts", "--bind-interfaces", "--pid-file="]
+    procs = [
+        lab.popen("inet", [*common, "--no-resolv", f"--addn-hosts={hosts}", "--local=/wanlb.test/",
+                           f"--listen-address={upstream}"], label="dns-upstream", stdout=-3, stderr=-3),
+        lab.popen("gw", [*common, "--no-resolv", f"--server={upstream}", "--listen-address=192.168.77.1",
+                         "--nftset=/wanlb.test/4#inet#wanlb#dom_video"], label="dns-gw", stdout=-3, stderr=-3),
+    ]  # fmt: skip
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["dns"] = {"resolve": False}
+        cfg["rules"] = [{"name": "video", "dst_domains": ["video.wanlb.test"], "via": "isp2"}]
+
+    gw = None
+    try:
+        gw = start(lab, edit)
+        assert _domain_set(lab) == set() and gw.status()["domains"] == {}  # nothing until a client asks
+        query = (
+            "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3);"
+            "q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x05video\\x05wanlb\\x04test\\x00\\x00\\x01\\x00\\x01';"
+            "s.sendto(q,('192.168.77.1',53));print(len(s.recv(512)))"
+        )
+        sh(lab, "c1", "python3", "-c", query)
+        _until("dnsmasq's answer in the set", lambda: _domain_set(lab) == {EXTRA[3]}, timeout=5)
+        assert set(connect(lab, "c1", EXTRA[3], 8080, 6)) == {"isp2"}
+        listing = sh(lab, "gw", "nft", "list", "set", "inet", "wanlb", "dom_video")
+        assert "expires" in listing  # the set's default timeout applies to what dnsmasq adds
+    finally:
+        for p in procs:
+            p.kill()
+        if gw is not None:
+            gw.stop(cleanup=True)
