@@ -254,6 +254,10 @@ def test_sticky_source_keeps_a_client_on_one_isp_and_moves_it_at_once_when_that_
         gw.write(lambda cfg: (edit(cfg), cfg["isps"][1].update(weight=3)))
         assert gw.reload()["ok"]
         assert set(connect(lab, "c1", HTTP_ADDR, 8080, 10)) == {moved[0]}  # entries survived the reload
+        gw.kill9()
+        gw.start()
+        gw.wait_for(ALL_UP)
+        assert set(connect(lab, "c1", HTTP_ADDR, 8080, 10)) == {moved[0]}  # and a restart after kill -9
     finally:
         for isp in ALL_UP:
             lab.heal(isp)
