@@ -161,6 +161,15 @@ def check(config_path: str) -> None:
         f"{i.name} (mark {state.isps[i.name].mark:#x}, table {state.isps[i.name].table})" for i in cfg.isps
     )
     click.echo(f"{config_path}: ok — {len(cfg.isps)} ISP(s): {isps} [{source}]")
+    if cfg.rules or cfg.policies:
+        from wanlb.render import rule_lookups
+
+        maps, single = rule_lookups(cfg.rules)
+        click.echo(
+            f"  {len(cfg.rules)} rule(s) in {maps + single} lookup(s) per NEW connection "
+            f"({maps} verdict map(s), {single} single rule(s)); {len(cfg.policies)} policy(ies); "
+            f"balance {cfg.balance.algorithm}{', sticky' if cfg.balance.sticky else ''}"
+        )
 
 
 def _allocation(cfg: Config) -> tuple[Any, str]:

@@ -241,6 +241,13 @@ def _rule_verdict(rule: RuleConfig) -> str:
     return "goto balance" if rule.policy == DEFAULT else f"goto policy_{rule.policy}"
 
 
+def rule_lookups(rules: tuple[RuleConfig, ...]) -> tuple[int, int]:
+    """(verdict maps, single rules) that ``rules`` compile to: what a NEW connection walks (``wanlb check``)."""
+    lookups = compile_rules(rules, _rule_verdict).lookups
+    maps = sum(1 for line in lookups if " vmap @rules_" in line)
+    return maps, len(lookups) - maps
+
+
 def _classify_new(desired: Desired, rules: tuple[str, ...] = ()) -> list[str]:
     """Rules shared by from_lan and output: which NEW connections get a rule's target or balance."""
     lines = [
