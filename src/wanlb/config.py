@@ -397,6 +397,47 @@ class FailoverConfig(_Model):
     """move-lower-tier: when a better tier recovers, flush the connections on worse tiers so they come back."""
 
 
+def _parse_listen(value: Any) -> str:
+    """``127.0.0.1:9180`` or ``[::1]:9180``: an address literal (never a name) and a port."""
+    if isinstance(value, str) and (m := re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})", value)):
+        host = m.group(1) or m.group(2)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            if 1 <= int(m.group(3)) <= 65535:
+                return value
+    raise ValueError(f"{_clip(repr(value), 40)}: use ADDRESS:PORT, e.g. 127.0.0.1:9180 or [::1]:9180")
+
+
+Listen = Annotated[str, BeforeValidator(_parse_listen)]
+
+
+class ApiConfig(_Model):
+    """The HTTP API, /metrics and the dashboard (off unless this section is present)."""
+
+    listen: Annotated[tuple[Listen, ...], _at_most(8)] = Field(default=("127.0.0.1:9180",), min_length=1)
+    """Where to listen; 0.0.0.0 only if written so."""
+    token_file: str | None = None
+    """A file (mode 0600) holding the bearer token that writes (disable, enable, reload) need."""
+    public_read: Annotated[bool, Strict()] = False
+    """True: reads need no token."""
+
+    @field_validator("token_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or "\0" in v):
+            raise ValueError("must be an absolute path")
+        return v
+
+    @model_validator(mode="after")
+    def _someone_can_read(self) -> ApiConfig:
+        if self.token_file is None and not self.public_read:
+            raise ValueError("give token_file (reads and writes need its token) or public_read: true")
+        return self
+
+
 class DnsConfig(_Model):
     """The resolver for rules' ``dst_domains``."""
 
@@ -451,6 +492,7 @@ class Config(_Model):
     rules: Annotated[tuple[RuleConfig, ...], _at_most(MAX_RULES)] = Field(default=(), max_length=MAX_RULES)
     """First match wins; unmatched traffic uses ``balance`` over every ISP (the ``default`` policy)."""
     dns: DnsConfig = DnsConfig()
+    api: ApiConfig | None = None
 
     @field_validator("mark_mask")
     @classmethod

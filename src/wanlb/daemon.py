@@ -27,6 +27,7 @@ from typing import Any
 
 from wanlb import control, nftsync, runtime
 from wanlb.adapters.links import LinkWatcher
+from wanlb.api import Api, TokenError
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
 from wanlb.domains import DomainWatcher, ResolverSettings
@@ -34,6 +35,7 @@ from wanlb.fleet import ClearSticky, Effect, Emit, Event, Fleet, Flush, Reconcil
 from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.hooks import run_hooks
 from wanlb.kernel import Kernel, LinuxKernel
+from wanlb.metrics import Metrics
 from wanlb.plan import IspStatus, plan
 from wanlb.policy import latency_weights, least_conn_weights, shares_differ
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
@@ -88,6 +90,8 @@ class Daemon:
         self._trial: asyncio.Task[None] | None = None
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency weights in force
         self._domains: tuple[DomainWatcher, asyncio.Task[None], ResolverSettings] | None = None
+        self.metrics = Metrics()
+        self.api: Api | None = None
 
     # --- executing effects ---------------------------------------------------------------------
 
@@ -133,12 +137,15 @@ class Daemon:
             fleet = self.fleet
             args = (fleet.config, fleet.state, fleet.statuses(), dict(self.adjusted))
             # Shielded: a cancelled caller must not release the lock while the thread still works.
+            started = time.monotonic()
             work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
             try:
                 result = await asyncio.shield(work)
             except asyncio.CancelledError:
                 await work
                 raise
+            finally:
+                self.metrics.apply_seconds.observe(time.monotonic() - started)
         self.last = result
         if result.nft_done is not None:
             active = ", ".join(f"{i.name}={i.share:.0%}" for i in result.desired.active) or "none"
@@ -221,6 +228,10 @@ class Daemon:
     ) -> None:
         level = logging.WARNING if event.event in ("down", "removed", "replaced") else logging.INFO
         log.log(level, "isp %s %s → %s (%s)", event.isp, event.event, event.status, event.reason)
+        if event.status != event.old:
+            self.metrics.transitions.labels(event.isp, event.status).inc()
+        if event.status in ("down", "disabled") and event.old in ("up", "degraded"):
+            self.metrics.failovers.inc()
         self.events.append(
             {
                 "time": event.at,
@@ -237,6 +248,8 @@ class Daemon:
                 "done_ms": _ms(self.wall() - decided),
             }
         )
+        if self.api is not None:
+            self.api.hub.publish("event", self.events[-1])
         if self.config.hooks:
             env = {
                 "WANLB_ISP": event.isp,
@@ -255,6 +268,8 @@ class Daemon:
         effects = self.fleet.round(
             name, self.clock(), self.wall(), result.ok, result.latency, result.loss, result.describe_errors()
         )
+        if result.latency is not None:
+            self.metrics.probe_rtt.labels(name).observe(result.latency)
         self.spawn_effects(effects)
 
     async def admin(self, name: str, enable: bool) -> dict[str, Any]:
@@ -296,6 +311,10 @@ class Daemon:
         """Every reload — a request, a SIGHUP, a try, a rollback — goes here and is recorded for status."""
         ok, text = await self._adopt(path, previous)
         self.last_reload = {"time": round(self.wall(), 3), "ok": ok, "message": text[:2000]}
+        result = "ok" if ok else "failed" if text.startswith("reloaded, but") else "refused"
+        self.metrics.reloads.labels(result).inc()
+        if self.api is not None:
+            self.api.hub.publish("reload", {**self.last_reload, "result": result})
         return ok, text
 
     async def _adopt(self, path: str, previous: Config | None) -> tuple[bool, str]:
@@ -315,6 +334,10 @@ class Daemon:
         self.reloads += 1
         self._start_monitors()
         self._start_domains()
+        if self.api is not None and new.api is not None:
+            self.api.reconfigure(new.api)
+        elif (self.api is None) != (new.api is None):
+            log.warning("adding or removing the api section takes effect at the next start")
         self._warn_about_config()
         if error is not None:
             return False, f"reloaded, but applying it failed (retried every {RESYNC_INTERVAL:g}s): {error}"
@@ -541,6 +564,7 @@ class Daemon:
             "adjusted_weights": self.adjusted,
             "domains": self._domains[0].status() if self._domains else {},
             "conn_counts": self.counter.by_isp(),
+            "events_lost": self.counter.lost_events,
             "conntrack": {
                 "entries": self.table_stats.count if self.table_stats else None,
                 "max": self.table_stats.max if self.table_stats else None,
@@ -640,6 +664,13 @@ class Daemon:
         self._start_monitors()
         self._start_domains()
         self._warn_about_config()
+        if self.config.api is not None:
+            try:
+                self.api = Api(self, self.config.api)
+                await self.api.start()
+            except (TokenError, OSError, RuntimeError) as exc:
+                self._stop.set()
+                raise RuntimeError(f"api: {exc}") from None
         log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
         try:
             await self._stop.wait()
@@ -652,6 +683,8 @@ class Daemon:
                 task.cancel()
             if self._domains is not None:
                 self._domains[1].cancel()
+            if self.api is not None:
+                await self.api.stop()
             server.close()
             Path(socket_path).unlink(missing_ok=True)
             if self.cleanup_on_exit:

@@ -1,0 +1,387 @@
+"""The HTTP API, ``/metrics`` and the dashboard, served by the daemon in its own event loop (off by default).
+
+Reads answer from the daemon's memory (the same ``status`` the unix socket gives) plus, where a figure
+lives in the kernel, one bounded read in a worker thread (our nft counters; a filtered conntrack dump
+for ``/connections``).  No handler waits on the kernel in the loop, so probing and failover never wait
+for a client.  Writes (disable, enable, reload) need the bearer token from ``api.token_file``; reads
+need it too unless ``api.public_read``.  A wrong or missing token is 401 and changes nothing.
+
+``/api/v1/stream`` is Server-Sent Events: every ISP event and reload as it happens, and once a second
+while anyone listens a ``stats`` message (per ISP: connections, new connections/s, bytes/s in and out,
+from the nft counters).  Each client has a bounded queue; one that does not keep up is disconnected
+rather than let the daemon buffer for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from wanlb.config import ApiConfig, read_bounded
+
+if TYPE_CHECKING:
+    from wanlb.daemon import Daemon
+
+log = logging.getLogger("wanlb.api")
+
+MAX_STREAM_CLIENTS = 32
+STREAM_QUEUE = 256  # messages buffered per SSE client before it is dropped as too slow
+STATS_INTERVAL = 1.0
+KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream
+MAX_TOKEN_BYTES = 4096
+MAX_CONNECTIONS = 10_000
+CONNECTIONS_TIMEOUT = 10.0
+PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "gre": 47}
+
+
+class TokenError(Exception):
+    """The token file cannot be used."""
+
+
+def read_token(path: str) -> str:
+    """The bearer token: the file's first line, from a regular file no one but its owner may read."""
+    try:
+        st = os.stat(path)
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise TokenError(f"{path}: mode {stat.S_IMODE(st.st_mode):o}: group and others must have no access "
+                             "(chmod 600)")  # fmt: skip
+        raw = read_bounded(path, MAX_TOKEN_BYTES)
+    except OSError as exc:
+        raise TokenError(f"{path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise TokenError(f"{path}: {exc}") from None
+    token = raw.decode("utf-8", "replace").strip().splitlines()[0].strip() if raw.strip() else ""
+    if len(token) < 16:
+        raise TokenError(f"{path}: the token must be at least 16 characters")
+    return token
+
+
+class Hub:
+    """Fan-out of SSE messages to bounded per-client queues."""
+
+    def __init__(self) -> None:
+        self.clients: set[asyncio.Queue[str | None]] = set()
+
+    def publish(self, kind: str, data: Any) -> None:
+        message = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        for queue in list(self.clients):
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:  # too slow: end its stream instead of buffering without bound
+                self.clients.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
+
+    def subscribe(self) -> asyncio.Queue[str | None]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue(STREAM_QUEUE)
+        self.clients.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
+        self.clients.discard(queue)
+
+
+@dataclass
+class _Rates:
+    at: float
+    counters: dict[str, dict[str, int]]
+
+
+def stats_message(status: dict[str, Any], counters: dict[str, dict[str, int]], before: _Rates | None,
+                  now: float) -> dict[str, Any]:  # fmt: skip
+    """Per ISP: connections, new connections per second, bytes per second in and out (since ``before``)."""
+    dt = now - before.at if before is not None else 0.0
+    out = {}
+    for isp in status.get("isps", []):
+        name = isp["name"]
+
+        def rate(counter: str, field: str, name: str = name) -> float | None:
+            if before is None or dt <= 0:
+                return None
+            new = counters.get(counter, {}).get(field)
+            old = before.counters.get(counter, {}).get(field)
+            return None if new is None or old is None or new < old else round((new - old) / dt, 1)
+
+        out[name] = {
+            "status": isp["status"],
+            "connections": status.get("conn_counts", {}).get(name, 0),
+            "new_per_second": rate(f"isp_{name}_new", "packets"),
+            "rx_bytes_per_second": rate(f"isp_{name}_rx", "bytes"),
+            "tx_bytes_per_second": rate(f"isp_{name}_tx", "bytes"),
+        }
+    return {"time": round(time.time(), 3), "isps": out}
+
+
+class Api:
+    """The FastAPI app bound to a daemon, its SSE hub and its servers."""
+
+    def __init__(self, daemon: Daemon, config: ApiConfig) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.token: str | None = read_token(config.token_file) if config.token_file else None
+        self.hub = Hub()
+        self.app = self._build()
+        self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self.rates: _Rates | None = None  # the last stats tick's counters (for the next one's rates)
+
+    def reconfigure(self, config: ApiConfig) -> None:
+        """A reload: a new token file or read policy applies at once; new listen addresses at the next start."""
+        if config.listen != self.config.listen:
+            log.warning("api.listen changes take effect at the next start")
+        try:
+            self.token = read_token(config.token_file) if config.token_file else None
+        except TokenError as exc:
+            log.error("api token not reloaded, keeping the previous one: %s", exc)
+            return
+        self.config = config
+
+    # --- serving --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on every configured address; raises if one cannot be bound."""
+        for listen in self.config.listen:
+            host, _, port = listen.rpartition(":")
+            host = host.strip("[]")
+            server = _Server(uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
+                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))  # fmt: skip
+            task = asyncio.create_task(server.serve())
+            while not server.started:
+                if task.done():
+                    task.result()  # the bind error
+                    raise RuntimeError(f"api: could not listen on {listen}")
+                await asyncio.sleep(0.01)
+            self._servers.append((server, task))
+            log.info("api listening on http://%s/", listen)
+
+    async def stop(self) -> None:
+        for server, _task in self._servers:
+            server.should_exit = True
+        for _server, task in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 3)
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    # --- auth -----------------------------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return (
+            self.token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.strip().encode(), self.token.encode())
+        )
+
+    def _read(self, request: Request) -> None:
+        if not self.config.public_read and not self._authorised(request):
+            raise HTTPException(401, "a bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
+
+    def _write(self, request: Request) -> None:
+        if not self._authorised(request):
+            raise HTTPException(401, "a valid bearer token is needed for changes",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    # --- the app --------------------------------------------------------------------------------
+
+    def _build(self) -> FastAPI:
+        app = FastAPI(
+            title="wanlb",
+            version="1",
+            summary="Multi-WAN gateway: status, events, connections, metrics, drain/enable, reload.",
+            openapi_url="/api/v1/openapi.json",
+            docs_url=None,
+            redoc_url=None,
+        )
+        d = self.daemon
+        read, write = Depends(self._read), Depends(self._write)
+
+        async def status() -> dict[str, Any]:
+            return d.status(await d._read_counters())
+
+        @app.get("/healthz", summary="Liveness: the daemon's loop answers")
+        async def healthz() -> dict[str, Any]:
+            return {"ok": True}
+
+        @app.get("/api/v1/status", summary="Everything `wanlb status --json` shows", dependencies=[read])
+        async def get_status() -> dict[str, Any]:
+            return await status()
+
+        @app.get("/api/v1/isps", summary="Every ISP", dependencies=[read])
+        async def get_isps() -> list[dict[str, Any]]:
+            return (await status())["isps"]
+
+        @app.get("/api/v1/isps/{name}", summary="One ISP", dependencies=[read],
+                 responses={404: {"description": "No such ISP"}})  # fmt: skip
+        async def get_isp(name: str) -> dict[str, Any]:
+            for isp in (await status())["isps"]:
+                if isp["name"] == name:
+                    return isp
+            raise HTTPException(404, f"no ISP named {name!r}")
+
+        @app.get("/api/v1/events", summary="Recent ISP events, oldest first", dependencies=[read])
+        async def get_events(limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
+            return list(d.events)[-limit:]
+
+        @app.get("/api/v1/connections", summary="Conntrack entries, filtered", dependencies=[read],
+                 responses={400: {"description": "Bad filter"}})  # fmt: skip
+        async def get_connections(
+            isp: str | None = None,
+            proto: str | None = None,
+            src: str | None = None,
+            dst: str | None = None,
+            limit: int = Query(100, ge=1, le=MAX_CONNECTIONS),
+        ) -> dict[str, Any]:
+            return await self._connections(isp, proto, src, dst, limit)
+
+        @app.get("/api/v1/stream", summary="Server-Sent Events: events, reloads, stats every second",
+                 dependencies=[read], response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "Too many"}})  # fmt: skip
+        async def stream(request: Request) -> StreamingResponse:
+            if len(self.hub.clients) >= MAX_STREAM_CLIENTS:
+                raise HTTPException(503, "too many stream clients")
+            queue = self.hub.subscribe()
+            self._ensure_ticker()
+            return StreamingResponse(self._events(queue, request), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+
+        @app.post("/api/v1/isps/{name}/disable", summary="Drain an ISP", dependencies=[write],
+                  responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
+        async def disable(name: str) -> dict[str, Any]:
+            return _answer(await d.admin(name, enable=False))
+
+        @app.post("/api/v1/isps/{name}/enable", summary="Hand an ISP back to its probes", dependencies=[write],
+                  responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
+        async def enable(name: str) -> dict[str, Any]:
+            return _answer(await d.admin(name, enable=True))
+
+        @app.post("/api/v1/reload", summary="Reload the config file", dependencies=[write],
+                  responses={409: {"description": "Refused or not applied"}})  # fmt: skip
+        async def reload() -> JSONResponse:
+            ok, text = await d.reload()
+            return JSONResponse({"ok": ok, "message": text}, status_code=200 if ok else 409)
+
+        @app.get("/metrics", summary="Prometheus text exposition", dependencies=[read],
+                 response_class=Response, responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
+        async def metrics() -> Response:
+            body = d.metrics.render(await status(), await d._read_counters())
+            return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        web = resources.files("wanlb") / "web"
+
+        @app.get("/", summary="The dashboard", response_class=HTMLResponse)
+        async def index() -> HTMLResponse:
+            return HTMLResponse((web / "index.html").read_text(encoding="utf-8"))
+
+        app.mount("/static", StaticFiles(directory=str(web)), name="static")
+        return app
+
+    async def _events(self, queue: asyncio.Queue[str | None], request: Request) -> AsyncIterator[str]:
+        try:
+            yield ": wanlb stream\n\n"
+            while True:
+                try:
+                    message = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keepalive\n\n"
+                    continue
+                if message is None:
+                    return
+                yield message
+        finally:
+            self.hub.unsubscribe(queue)
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Once a second while anyone listens: per-ISP connections and rates."""
+        while self.hub.clients:
+            counters = await self.daemon._read_counters()
+            now = time.monotonic()
+            status = self.daemon.status(counters)
+            self.hub.publish("stats", stats_message(status, counters, self.rates, now))
+            self.rates = _Rates(now, counters)
+            await asyncio.sleep(STATS_INTERVAL)
+        self.rates = None
+
+    async def _connections(
+        self, isp: str | None, proto: str | None, src: str | None, dst: str | None, limit: int
+    ) -> dict[str, Any]:
+        from wanlb.ctnetlink.client import Conntrack
+        from wanlb.ctnetlink.filters import Filter
+        from wanlb.ctnetlink.format import entry_json
+
+        d = self.daemon
+        kwargs: dict[str, Any] = {}
+        try:
+            if isp is not None:
+                slot = d.fleet.state.isps.get(isp)
+                if slot is None:
+                    raise ValueError(f"no ISP named {isp!r}")
+                kwargs.update(mark=slot.mark, mark_mask=d.config.mark_mask)
+            if proto is not None:
+                kwargs["proto"] = PROTOS[proto] if proto in PROTOS else int(proto)
+            if src is not None:
+                kwargs["src"] = ipaddress.ip_network(src)
+            if dst is not None:
+                kwargs["dst"] = ipaddress.ip_network(dst)
+            flt = Filter(**kwargs)
+        except (ValueError, KeyError) as exc:
+            raise HTTPException(400, f"bad filter: {exc}") from None
+        names = {slot.mark: name for name, slot in d.fleet.state.isps.items()}
+        mask = d.config.mark_mask
+
+        def dump() -> tuple[list[dict[str, Any]], bool]:
+            out, more = [], False
+            with Conntrack() as ct:
+                for entry in ct.dump(flt):
+                    if len(out) == limit:
+                        more = True
+                        break
+                    out.append(entry_json(entry, names.get((entry.mark or 0) & mask)))
+            return out, more
+
+        try:
+            async with asyncio.timeout(CONNECTIONS_TIMEOUT):
+                entries, more = await asyncio.to_thread(dump)
+        except TimeoutError:
+            raise HTTPException(503, "the conntrack dump took too long") from None
+        return {"connections": entries, "count": len(entries), "truncated": more}
+
+
+def _answer(reply: dict[str, Any]) -> dict[str, Any]:
+    if not reply.get("ok"):
+        error = reply.get("error", "refused")
+        raise HTTPException(404 if error.startswith("no ISP named") else 409, error)
+    return reply
+
+
+class _Server(uvicorn.Server):
+    """uvicorn in the daemon's loop: the daemon owns the signals (SIGTERM, SIGHUP)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+

@@ -1,0 +1,111 @@
+"""Prometheus metrics: what ``wanlb status`` shows, as series a monitoring system can keep and alert on.
+
+Two kinds.  Histograms and event counters (probe RTTs, apply times, transitions, failovers, reloads)
+are observed when they happen, by the daemon.  Everything else is read at scrape time from the same
+data ``status`` answers with — the daemon's view and our nft table's named counters — so a scrape
+and ``wanlb status --json`` taken together agree.  Byte and new-connection totals come from the nft
+counters ``isp_<name>_rx/_tx/_new``, which survive reloads and daemon restarts (a counter reset is only
+a removal of the ISP or ``stop --cleanup``, which Prometheus' ``rate`` handles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+STATES = ("up", "degraded", "down", "disabled")
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+disable_created_metrics()  # no *_created series: they double the output and nobody alerts on them
+
+
+class Metrics:
+    """The daemon's registry: observe events as they happen, ``render`` at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.probe_rtt = Histogram(
+            "wanlb_isp_probe_rtt_seconds", "Round-trip time of answered health probes.", ["isp"],
+            buckets=RTT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.apply_seconds = Histogram(
+            "wanlb_apply_seconds", "Time to converge the kernel (one reconcile pass).",
+            buckets=APPLY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.transitions = Counter(
+            "wanlb_isp_transitions", "ISP state changes, by the state entered.", ["isp", "to"], registry=self.registry
+        )
+        self.failovers = Counter(
+            "wanlb_failovers", "ISPs taken out of service (down or disabled).", registry=self.registry
+        )
+        self.reloads = Counter("wanlb_reloads", "Configuration reloads, by result.", ["result"], registry=self.registry)
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+
+    def render(self, status: Mapping[str, Any], counters: Mapping[str, Mapping[str, int]]) -> bytes:
+        """The text exposition for one scrape, from a ``status`` answer and our named nft counters."""
+        self._state.status, self._state.counters = status, counters
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._state.status, self._state.counters = {}, {}
+
+
+class _StateCollector(Collector):
+    """Gauges and totals read from a status snapshot (set by :meth:`Metrics.render` around each scrape)."""
+
+    def __init__(self) -> None:
+        self.status: Mapping[str, Any] = {}
+        self.counters: Mapping[str, Mapping[str, int]] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the names are known only at scrape time; nothing to check against at register
+
+    def collect(self) -> Iterator[Metric]:
+        status, counters = self.status, self.counters
+        isps = status.get("isps", [])
+        conns = status.get("conn_counts", {})
+        up = GaugeMetricFamily("wanlb_isp_up", "1 if the ISP takes new connections' traffic (up or degraded).",
+                               labels=["isp"])  # fmt: skip
+        state = GaugeMetricFamily("wanlb_isp_state", "1 for the ISP's current state.", labels=["isp", "state"])
+        weight = GaugeMetricFamily("wanlb_isp_weight", "Configured weight.", labels=["isp"])
+        share = GaugeMetricFamily("wanlb_isp_share_ratio", "Share of new connections (0-1).", labels=["isp"])
+        connections = GaugeMetricFamily("wanlb_isp_connections", "Conntrack entries with the ISP's mark.",
+                                        labels=["isp"])  # fmt: skip
+        new = CounterMetricFamily("wanlb_isp_new_connections", "New connections balanced to the ISP.", labels=["isp"])
+        traffic = CounterMetricFamily("wanlb_isp_bytes", "Bytes through the ISP's WAN interface.",
+                                      labels=["isp", "direction"])  # fmt: skip
+        loss = GaugeMetricFamily("wanlb_isp_probe_loss_ratio", "Probe loss over the health window (0-1).",
+                                 labels=["isp"])  # fmt: skip
+        for isp in isps:
+            name = isp["name"]
+            up.add_metric([name], 1.0 if isp["status"] in ("up", "degraded") else 0.0)
+            for s in STATES:
+                state.add_metric([name, s], 1.0 if isp["status"] == s else 0.0)
+            weight.add_metric([name], isp["weight"])
+            share.add_metric([name], isp["share_percent"] / 100)
+            connections.add_metric([name], conns.get(name, 0))
+            new.add_metric([name], counters.get(f"isp_{name}_new", {}).get("packets", 0))
+            traffic.add_metric([name, "rx"], counters.get(f"isp_{name}_rx", {}).get("bytes", 0))
+            traffic.add_metric([name, "tx"], counters.get(f"isp_{name}_tx", {}).get("bytes", 0))
+            health = isp.get("health", {})
+            if health.get("monitored"):
+                loss.add_metric([name], health["loss_percent"] / 100)
+        yield from (up, state, weight, share, connections, new, traffic, loss)
+        table = status.get("conntrack", {})
+        if table.get("entries") is not None:
+            yield GaugeMetricFamily("wanlb_conntrack_entries", "Entries in the conntrack table.", table["entries"])
+        if table.get("max") is not None:
+            yield GaugeMetricFamily("wanlb_conntrack_max", "nf_conntrack_max.", table["max"])
+        yield CounterMetricFamily(
+            "wanlb_events_lost", "Conntrack event losses the kernel reported (ENOBUFS).", status.get("events_lost", 0)
+        )
+        hits = CounterMetricFamily("wanlb_rule_hits", "NEW packets matched by each rule.", labels=["rule"])
+        for rule in status.get("rules", []):
+            hits.add_metric([rule["name"]], rule["hits"] or 0)
+        yield hits
