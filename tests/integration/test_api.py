@@ -208,3 +208,54 @@ def test_the_api_listens_only_where_configured(lab: Lab, gw: LabGateway) -> None
 
     assert state("gw", "127.0.0.1") == "closed"  # not configured there
     assert state("c1", LAN_GW) == "open"
+
+
+def test_a_real_prometheus_scrapes_the_daemon_and_answers_promql(lab: Lab, gw: LabGateway) -> None:
+    """Debian's prometheus on a LAN client scrapes /metrics with the token every second."""
+    work = lab.dir / f"prometheus-{uuid.uuid4().hex[:6]}"
+    work.mkdir()
+    token = work / "token"
+    token.write_text(TOKEN)
+    (work / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: wanlb\n"
+        f"    authorization: {{credentials_file: {token}}}\n"
+        f"    static_configs: [{{targets: ['{LAN_GW}:{PORT}']}}]\n"
+    )
+    prom = lab.popen("c1", ["prometheus", f"--config.file={work / 'prometheus.yml'}",
+                            f"--storage.tsdb.path={work / 'data'}", "--web.listen-address=127.0.0.1:19090"],
+                     label="prometheus", stdout=-3, stderr=-3)  # fmt: skip
+    query = (
+        "import json,sys,urllib.request,urllib.parse\n"
+        "q=urllib.parse.quote(sys.argv[1])\n"
+        "try:\n"
+        " r=urllib.request.urlopen('http://127.0.0.1:19090/api/v1/query?query='+q,timeout=5)\n"
+        " print(json.dumps(json.load(r)['data']['result']))\n"
+        "except OSError:\n"
+        " print('[]')\n"
+    )
+    try:
+        hold = (
+            "import socket,time\n"
+            "s=[socket.create_connection(('203.0.113.20',5001)) for _ in range(12)]\n"
+            "print('open',flush=True)\ntime.sleep(60)"
+        )
+        held = lab.popen("c2", ["python3", "-c", hold], label="hold", stdout=-1, text=True)
+        assert held.stdout is not None and held.stdout.readline().strip() == "open"
+        deadline = time.monotonic() + 40
+        while True:
+            out = lab.run("c1", ["python3", "-c", query, "wanlb_isp_connections"], capture_output=True, text=True)
+            result = {r["metric"]["isp"]: float(r["value"][1]) for r in json.loads(out.stdout or "[]")}
+            want = {k: float(v) for k, v in gw.status()["conn_counts"].items()}
+            if result == want and result.get("isp2", 0) >= 12:
+                break
+            assert time.monotonic() < deadline, (result, want)
+            time.sleep(0.5)
+        assert result["isp2"] >= 12  # the rule pins the held streams to isp2
+        up = lab.run("c1", ["python3", "-c", query, "up{job='wanlb'}"], capture_output=True, text=True).stdout
+        assert json.loads(up)[0]["value"][1] == "1"
+        held.kill()
+    finally:
+        prom.kill()
+        prom.wait(10)
