@@ -9,6 +9,10 @@ for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:o
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory of `wanlb check` in the bad-input tests
+# The API tests: a real Prometheus scrapes the daemon; the dashboard test drives Debian's chromium.
+for tool in prometheus:prometheus chromium:chromium tmux:tmux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
