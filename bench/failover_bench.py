@@ -20,6 +20,10 @@ at t0 and ``lab.heal(isp1)`` at t1 = t0 + 3 s.  Reported per trial (seconds):
 
 t0 is taken just before the fault command starts, so every figure includes that command's own
 latency (a few ms): the numbers err on the slow side.
+
+``--api-load``: the daemon also serves its HTTP API on the gateway's LAN address, and during every
+trial c2 keeps 10 SSE clients on ``/api/v1/stream`` and scrapes ``/metrics`` once a second (with the
+token), so the failover is measured with the observability surface busy.
 """
 
 from __future__ import annotations
@@ -41,10 +45,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
-from wanlb.lab.topology import isp_for_source
+from wanlb.lab.topology import LAN_GW, isp_for_source
 
 FAULT_SECONDS = 3.0
 AFTER_HEAL_SECONDS = 3.0
+API_PORT = 9180
+API_TOKEN = "failover-bench-token-0123456789"
+SSE_CLIENTS = 10
+SCRAPER = """
+import sys, time, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+while True:
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+    except OSError:
+        pass
+    time.sleep(1.0)
+"""
 TARGETS = {"last_fail": ("≤ 1.0 s median, ≤ 1.5 s max", 1.0, 1.5), "rejoin": ("≤ 2 s", 2.0, 2.0)}
 
 POLLER = """
@@ -114,10 +131,25 @@ def start_stream(lab: Lab) -> subprocess.Popen[str]:
     raise RuntimeError("could not place the stream on isp2/isp3")
 
 
-def trial(lab: Lab, gw: LabGateway, mode: str) -> dict[str, Any]:
+def api_load(lab: Lab) -> list[subprocess.Popen[Any]]:
+    """10 SSE clients and a scraper (once a second) on c2, against the daemon's API."""
+    base = f"http://{LAN_GW}:{API_PORT}"
+    auth = f"Authorization: Bearer {API_TOKEN}"
+    sse = ["curl", "-sN", "-H", auth, "-o", "/dev/null", f"{base}/api/v1/stream"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [lab.popen("c2", sse, **quiet) for _ in range(SSE_CLIENTS)]
+    procs.append(lab.popen("c2", [sys.executable, "-c", SCRAPER, f"{base}/metrics", API_TOKEN],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+    return procs
+
+
+def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False) -> dict[str, Any]:
     gw.start()
+    load: list[subprocess.Popen[Any]] = []
     try:
         gw.wait_for({"isp1": "up", "isp2": "up", "isp3": "up"}, timeout=10)
+        if with_api:
+            load = api_load(lab)
         isp1 = next(i for i in gw.status()["isps"] if i["name"] == "isp1")
         pace = lab.popen(
             "c1",
@@ -142,6 +174,9 @@ def trial(lab: Lab, gw: LabGateway, mode: str) -> dict[str, Any]:
         records = stop_json(pace)["connections"]
         zeros = stop_json(poller)
     finally:
+        for proc in load:
+            proc.kill()
+            proc.wait()
         lab.heal("isp1")
         gw.stop(cleanup=False)
     down = find_event(status, "isp1", "down", t0)
@@ -189,19 +224,25 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--modes", default="blackhole,link,loss:100")
     parser.add_argument("--json", action="store_true", help="print every trial as JSON too")
+    parser.add_argument("--api-load", action="store_true", help="API on, 10 SSE clients and a scrape per second")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
     results: dict[str, list[dict[str, Any]]] = {}
     with Lab.up(name=f"fo{os.getpid()}{uuid.uuid4().hex[:3]}", isps=3, clients=2) as lab:
         gw = LabGateway(lab)
+        if args.api_load:
+            token = lab.dir / "api.token"
+            token.write_text(API_TOKEN)
+            token.chmod(0o600)
+            gw.write(lambda cfg: cfg.update(api={"listen": [f"{LAN_GW}:{API_PORT}"], "token_file": str(token)}))
         gw.start()
         stream = start_stream(lab)
         gw.stop(cleanup=False)
         for mode in args.modes.split(","):
             results[mode] = []
             for n in range(args.trials):
-                row = trial(lab, gw, mode)
+                row = trial(lab, gw, mode, args.api_load)
                 results[mode].append(row)
                 print(
                     f"{mode} trial {n + 1}: "
