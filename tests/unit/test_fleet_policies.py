@@ -174,3 +174,24 @@ def test_an_admin_enable_is_a_recovery_too() -> None:
     _, effects = fleet.enable("a", *clock.tick())
     assert fleet.statuses()["a"] == "up"
     assert [f.isp for f in flushes(effects)] == ["c"]
+
+
+def test_a_better_tier_leaving_degraded_moves_the_backups_connections_back() -> None:
+    """Degraded ISPs take connections only when nothing is up: a degraded tier 1 leaves them to an up tier 2.
+
+    Its recovery (DEGRADED → UP, "quality recovered") takes tier 2 out of use like a recovery from DOWN.
+    """
+    fleet, clock = make(config(MOVE))
+    rounds(fleet, clock, "a", "s")
+    rounds(fleet, clock, "b", "s")
+    assert fleet.statuses() == {"a": "degraded", "b": "degraded", "c": "up"}  # c carries everything
+    effects = rounds(fleet, clock, "a", "+" * 10)  # the window's mean latency falls under 50 ms
+    assert fleet.statuses()["a"] == "up"
+    assert summary(effects) == [("reconcile",), ("flush", "c"), ("emit", "a", "up")]
+    # the same from DOWN through DEGRADED: only the step to UP takes c out of use
+    fleet, clock = make(config(MOVE))
+    down(fleet, clock, "a", "b")
+    effects = rounds(fleet, clock, "a", "sssss")
+    assert fleet.statuses()["a"] == "degraded" and flushes(effects) == []  # c, up, still beats it
+    effects = rounds(fleet, clock, "a", "+" * 10)
+    assert [f.isp for f in flushes(effects)] == ["c"]
