@@ -246,7 +246,10 @@ class Fleet:
             effects.append(ClearSticky(name))
         if self.wants_empty(name):
             effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason))
-        if t.new.usable and not t.old.usable and self.config.failover.on_recover == "move-lower-tier":
+        # A recovery: back in use from down or disabled, or up again after degraded (a degraded ISP takes
+        # connections only while nothing is up, so an up worse tier carried its traffic meanwhile).
+        recovered = not t.old.usable or (t.old == IspStatus.DEGRADED and t.new == IspStatus.UP)
+        if t.new.usable and recovered and self.config.failover.on_recover == "move-lower-tier":
             effects += self._move_back(name, t.old)
         effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall))
         return effects
