@@ -37,7 +37,7 @@ from wanlb.hooks import run_hooks
 from wanlb.kernel import Kernel, LinuxKernel
 from wanlb.metrics import Metrics
 from wanlb.plan import IspStatus, plan
-from wanlb.policy import latency_weights, least_conn_weights, shares_differ
+from wanlb.policy import adjust, shares_differ
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 from wanlb.render import render, sticky_sets
 from wanlb.tune import TableStats, table_warnings
@@ -200,19 +200,13 @@ class Daemon:
         """least-conn / latency: recompute the weights; reconcile when a share moves by more than 5 points."""
         while True:
             await asyncio.sleep(self.config.balance.adjust_interval)
-            algorithms = {self.config.balance.algorithm}
-            algorithms |= {p.algorithm for p in self.config.policies.values() if p.algorithm}
-            weights = {i.name: i.weight for i in self.config.isps}
-            fresh: dict[str, dict[str, int]] = {}
-            if "least-conn" in algorithms:
-                fresh["least-conn"] = least_conn_weights(weights, self.counter.by_isp())
-            if "latency" in algorithms:
-                qualities = {name: self.fleet.quality(name) for name in weights}
-                latency = {name: q.latency for name, q in qualities.items()}
-                loss = {name: q.loss_percent / 100 for name, q in qualities.items()}
-                fresh["latency"] = latency_weights(weights, latency, loss)
-            changed = [a for a, w in fresh.items() if shares_differ(self.adjusted.get(a, weights), w)]
-            if changed:
+            qualities = {i.name: self.fleet.quality(i.name) for i in self.config.isps}
+            latency = {name: q.latency for name, q in qualities.items()}
+            loss = {name: q.loss_percent / 100 for name, q in qualities.items()}
+            statuses = self.fleet.statuses()
+            fresh, base = adjust(self.config, statuses, self.counter.by_isp(), latency, loss)
+            changed = [p for p, w in fresh.items() if shares_differ(self.adjusted.get(p, base[p]), w)]
+            if changed or set(fresh) != set(self.adjusted):
                 self.adjusted = fresh
                 log.info("adjusted weights (%s): %s", ", ".join(changed), fresh)
                 await self._reconcile_logged("weights adjusted")

@@ -147,7 +147,7 @@ def plan_policy(
     )
 
 
-Adjusted = Mapping[str, Mapping[str, int]]  # algorithm ("least-conn", "latency") -> ISP -> weight
+Adjusted = Mapping[str, Mapping[str, int]]  # policy name -> ISP -> weight (least-conn, latency)
 
 
 def policies(config: Config, usable: Mapping[str, str], adjusted: Adjusted | None = None) -> tuple[PolicyPlan, ...]:
@@ -157,9 +157,7 @@ def policies(config: Config, usable: Mapping[str, str], adjusted: Adjusted | Non
     default = [Member(i.name, i.tier, i.weight) for i in config.isps]
     algorithm = bal.algorithm
     out = [
-        plan_policy(
-            DEFAULT, "balance", default, algorithm, usable, adjusted.get(algorithm), bal.hash.fields, bal.sticky
-        ),
+        plan_policy(DEFAULT, "balance", default, algorithm, usable, adjusted.get(DEFAULT), bal.hash.fields, bal.sticky),
     ]
     for name, pol in config.policies.items():
         members = []
@@ -170,11 +168,36 @@ def policies(config: Config, usable: Mapping[str, str], adjusted: Adjusted | Non
         sticky = pol.sticky or bal.sticky
         chain = f"policy_{name}"
         fields = bal.hash.fields
-        weights = adjusted.get(algorithm)
+        weights = adjusted.get(name)
         out.append(plan_policy(name, chain, members, algorithm, usable, weights, fields, sticky, pol.on_unavailable))
     for isp in dict.fromkeys(r.via for r in config.rules if r.via is not None):
         out.append(plan_policy(f"via_{isp}", f"via_{isp}", [Member(isp, 1, 1)], "weighted", usable))
     return tuple(out)
+
+
+def adjust(
+    config: Config,
+    usable: Mapping[str, str],
+    counts: Mapping[str, int],
+    latency: Mapping[str, float | None],
+    loss: Mapping[str, float],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(new weights, configured weights) of every policy that uses ``least-conn`` or ``latency``.
+
+    Per policy, over the members it would use now (the best tier's usable ones): an idle backup
+    tier or a dead ISP takes no share of the target, so it cannot stall the steering.
+    """
+    fresh: dict[str, dict[str, int]] = {}
+    base: dict[str, dict[str, int]] = {}
+    for p in policies(config, usable):
+        if not p.active or p.algorithm not in ("least-conn", "latency"):
+            continue
+        base[p.name] = dict(p.active)
+        if p.algorithm == "least-conn":
+            fresh[p.name] = least_conn_weights(base[p.name], counts)
+        else:
+            fresh[p.name] = latency_weights(base[p.name], latency, loss)
+    return fresh, base
 
 
 def least_conn_weights(weights: Mapping[str, int], counts: Mapping[str, int], headroom: float = 0.1) -> dict[str, int]:

@@ -320,7 +320,7 @@ def test_least_conn_sends_new_connections_away_from_a_loaded_isp(lab: Lab) -> No
         holder = lab.popen("c1", ["python3", "-c", _HOLD, STREAM_ADDR, "60"], label="hold", stdout=-1, text=True)
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         deadline = time.monotonic() + 10
-        while (gw.status()["adjusted_weights"].get("least-conn") or {}).get("isp1", 1) != 0:
+        while (gw.status()["adjusted_weights"].get("default") or {}).get("isp1", 1) != 0:
             assert time.monotonic() < deadline, gw.status()["adjusted_weights"]
             time.sleep(0.1)
         first = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 30))
@@ -436,10 +436,10 @@ def test_latency_gives_a_slow_isp_a_smaller_share(lab: Lab) -> None:
         gw = start(lab, edit)
         _until(
             "latency weights favouring the fast lines",
-            lambda: (gw.status()["adjusted_weights"].get("latency") or {}).get("isp2", 100) <= 5,
+            lambda: (gw.status()["adjusted_weights"].get("default") or {}).get("isp2", 100) <= 5,
             timeout=15,
         )
-        weights = gw.status()["adjusted_weights"]["latency"]
+        weights = gw.status()["adjusted_weights"]["default"]
         assert weights["isp1"] >= 40 and weights["isp3"] >= 40, weights
         shares = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 100))
         assert shares["isp2"] <= 10 and shares["isp1"] + shares["isp3"] >= 90, shares

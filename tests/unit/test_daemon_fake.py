@@ -423,7 +423,9 @@ def test_a_dead_isps_sticky_clients_are_forgotten_at_once(tmp_path: Path, monkey
 
 
 def test_status_shows_rules_with_their_hits_and_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rules = "rules:\n  - {name: pin, src: [192.168.77.11], via: b}\n  - {name: vpn, dst: [10.8.0.0/16], action: bypass}\n"
+    rules = (
+        "rules:\n  - {name: pin, src: [192.168.77.11], via: b}\n  - {name: vpn, dst: [10.8.0.0/16], action: bypass}\n"
+    )
     h = Harness(tmp_path, monkeypatch, CONFIG + rules)
 
     async def test() -> None:

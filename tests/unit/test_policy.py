@@ -15,6 +15,7 @@ from wanlb.policy import (
     HASH_BUCKETS,
     WEIGHT_SCALE,
     Member,
+    adjust,
     best_members,
     hash_buckets,
     latency_weights,
@@ -225,7 +226,7 @@ def test_policies_follow_their_members_states() -> None:
     assert none["cheap_first"].on_unavailable == "drop"  # carried: render drops instead of falling back
 
 
-def test_adjusted_weights_reach_every_policy_of_that_algorithm() -> None:
+def test_adjusted_weights_are_each_policys_own() -> None:
     cfg = parse_config(
         """
 lan: {interfaces: [lan0]}
@@ -242,12 +243,37 @@ rules: [{name: pin, src: [10.0.0.1], via: a}]
 """
     )
     usable = {"a": UP, "b": UP, "c": UP}
-    plans = {p.name: p for p in policies(cfg, usable, {"least-conn": {"a": 0, "b": 30}, "latency": {"b": 0}})}
+    adjusted = {"default": {"a": 0, "b": 30}, "inherits": {"a": 2, "b": 6}, "quick": {"b": 0}, "plain": {"a": 0}}
+    plans = {p.name: p for p in policies(cfg, usable, adjusted)}
     assert plans["default"].active == (("b", 30), ("c", 1))  # a at its target takes nothing; c keeps its weight
-    assert plans["inherits"].active == (("b", 1),)
+    assert plans["inherits"].active == (("a", 1), ("b", 3))  # each policy its own weights
     assert plans["plain"].active == (("a", 1), ("b", 1))  # weighted: not adjusted
-    assert plans["quick"].active == (("a", 1),)  # its own algorithm's weights, not balance's
+    assert plans["quick"].active == (("a", 1),)
     assert plans["via_a"].active == (("a", 1),)  # a rule's one ISP is never adjusted away
+
+
+def test_adjust_steers_each_policy_over_the_members_it_uses_now() -> None:
+    """An idle backup tier or a dead ISP takes no share of the target (it would stall the steering)."""
+    cfg = parse_config(
+        """
+lan: {interfaces: [lan0]}
+isps:
+  - {name: a, interface: wan1, gateway: 100.64.1.1}
+  - {name: b, interface: wan2, gateway: 100.64.2.1}
+  - {name: c, interface: wan3, gateway: 100.64.3.1, tier: 2}
+balance: {algorithm: least-conn}
+policies:
+  quick: {members: [{isp: a}, {isp: b}], algorithm: latency}
+  plain: {members: [{isp: a}, {isp: c}], algorithm: weighted}
+"""
+    )
+    usable = {"a": UP, "b": UP, "c": UP}
+    fresh, base = adjust(cfg, usable, {"a": 600, "b": 400, "c": 0}, {"a": 0.01, "b": 0.04}, {})
+    assert set(fresh) == {"default", "quick"} and base["default"] == {"a": 1, "b": 1}
+    assert fresh["default"]["a"] < fresh["default"]["b"] and "c" not in fresh["default"]  # c: idle tier 2
+    assert fresh["quick"]["a"] > fresh["quick"]["b"]
+    fresh, _ = adjust(cfg, {"a": UP, "b": "down", "c": UP}, {"a": 600, "b": 0, "c": 0}, {}, {})
+    assert fresh["default"] == {"a": 100}  # only a is in use: nothing to steer to
 
 
 # --- least-conn ---------------------------------------------------------------------------------------------
