@@ -29,6 +29,7 @@ HASH_BUCKETS = 256
 HASH_SEED = 0x57A1B  # fixed: a restart must not move every pair
 DEFAULT = "default"
 WEIGHT_SCALE = 100  # least-conn / latency weights are shares out of this
+LATENCY_FLOOR = 0.005  # seconds added to every latency before comparing (see latency_weights)
 
 
 @dataclass(frozen=True)
@@ -219,18 +220,20 @@ def least_conn_weights(weights: Mapping[str, int], counts: Mapping[str, int], he
 def latency_weights(
     weights: Mapping[str, int], latency: Mapping[str, float | None], loss: Mapping[str, float]
 ) -> dict[str, int]:
-    """Weights scaled by each ISP's probe quality: ``weight × (best latency / its latency) × (1 − loss)``.
+    """Weights scaled by probe quality: ``weight × (best + F) / (its latency + F) × (1 − loss)``.
 
-    An ISP without a latency figure (no successful probe yet) keeps its
-    configured share.  Results are out of :data:`WEIGHT_SCALE` (at least 1,
-    so a slow line still takes a trickle and its figures stay fresh).
+    ``F`` (:data:`LATENCY_FLOOR`, 5 ms) keeps sub-millisecond noise between two good lines from
+    deciding the split: 0.5 ms against 1 ms is 0.92, not 0.5; 1 ms against 150 ms is still 0.04.
+    ``best`` is the lowest latency among ``weights``' ISPs.  An ISP without a latency figure (no
+    answered probe yet) counts as the best.  Results are out of :data:`WEIGHT_SCALE`, at least 1, so
+    a slow line still takes a trickle and its figures stay fresh.
     """
-    known = [v for v in latency.values() if v]
-    best = min(known) if known else None
+    known = [lat for isp in weights if (lat := latency.get(isp))]
+    best = min(known) if known else 0.0
     score = {}
     for isp, w in weights.items():
-        lat = latency.get(isp)
-        quality = (best / lat) if (best and lat) else 1.0
+        lat = latency.get(isp) or best
+        quality = (best + LATENCY_FLOOR) / (lat + LATENCY_FLOOR)
         score[isp] = w * quality * max(0.0, 1.0 - loss.get(isp, 0.0))
     total = sum(score.values()) or 1.0
     return {isp: max(1, round(WEIGHT_SCALE * s / total)) for isp, s in score.items()}

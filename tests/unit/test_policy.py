@@ -335,12 +335,15 @@ def test_least_conn_evens_out_a_loaded_isp_over_a_few_rounds() -> None:
 
 
 def test_latency_weights_scale_by_speed_and_loss() -> None:
-    assert latency_weights({"a": 1, "b": 1}, {"a": 0.010, "b": 0.020}, {}) == {"a": 67, "b": 33}
+    # (10 + 5) / (20 + 5) ms: the 5 ms floor keeps sub-millisecond noise from deciding the split
+    assert latency_weights({"a": 1, "b": 1}, {"a": 0.010, "b": 0.020}, {}) == {"a": 62, "b": 38}
+    assert latency_weights({"a": 1, "b": 1}, {"a": 0.0005, "b": 0.001}, {}) == {"a": 52, "b": 48}
+    assert latency_weights({"a": 1, "b": 1, "c": 1}, {"a": 0.001, "b": 0.15, "c": 0.0006}, {})["b"] == 2
     assert latency_weights({"a": 1, "b": 1}, {"a": 0.010, "b": 0.010}, {"b": 0.5}) == {"a": 67, "b": 33}
     assert latency_weights({"a": 3, "b": 1}, {"a": 0.010, "b": 0.010}, {}) == {"a": 75, "b": 25}
     # without a latency figure yet: quality 1, like the fastest
     unknown = latency_weights({"a": 1, "b": 1, "c": 1}, {"a": None, "b": 0.01, "c": 0.02}, {})
-    assert unknown == {"a": 40, "b": 40, "c": 20}
+    assert unknown == {"a": 38, "b": 38, "c": 23}
     assert latency_weights({"a": 2, "b": 1}, {}, {}) == {"a": 67, "b": 33}  # nothing measured: configured
     # a slow or lossy line still gets a trickle, so its figures stay fresh
     assert latency_weights({"a": 1, "b": 1}, {"a": 0.001, "b": 5.0}, {})["b"] == 1
