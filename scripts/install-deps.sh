@@ -13,6 +13,11 @@ done
 for tool in prometheus:prometheus chromium:chromium tmux:tmux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
+# scripts/install.sh builds its venv with Debian's python3 (python3 -m venv needs python3-venv's ensurepip);
+# tests/integration/test_install.py checks the unit with systemd-analyze (from the systemd package; it
+# runs without systemd as init) and runs the daemon under setpriv (util-linux, always there).
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null

@@ -212,26 +212,80 @@ def render(config_path: str, nft_only: bool) -> None:
     click.echo(full_text(rendered.nft) if nft_only else rendered.describe(), nl=False)
 
 
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Attributes every LogRecord has (a unit test keeps this equal to Python's); anything else on a record
+# came from `extra=` and goes into the JSON. Spelled out so `import logging` stays out of other commands.
+_RECORD_ATTRS = frozenset(
+    {
+        *("name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module", "exc_info"),
+        *("exc_text", "stack_info", "lineno", "funcName", "created", "msecs", "relativeCreated", "thread"),
+        *("threadName", "processName", "process", "taskName", "message", "asctime"),
+    }
+)
+
+
+class JsonLogFormatter:
+    """One JSON object per line for log collectors: ``ts`` (ISO 8601, UTC, milliseconds), ``level``,
+    ``logger``, ``message``, then every ``extra=`` field of the record (values JSON cannot encode are
+    given as their ``str``), and ``exc``/``stack`` with the formatted traceback when there is one.
+    Newlines in a message are escaped, so a record is always one line. A ``logging.Handler`` only calls
+    ``format``, so this needs no ``logging.Formatter`` base (and ``logging`` is not imported for it)."""
+
+    def format(self, record: Any) -> str:
+        import traceback
+        from datetime import UTC, datetime
+
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def setup_run_logging(log_format: str, verbose: bool, stream: Any = None) -> None:
+    """The daemon's logging: one line per record on ``stream`` (stderr; journald under systemd), as the
+    plain text it always was (``text``) or as JSON objects (``json``)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 @main.command()
 @config_option
 @click.option("--cleanup-on-exit", is_flag=True, help="On SIGTERM/SIGINT remove everything wanlb added.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def run(config_path: str, cleanup_on_exit: bool, verbose: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="WANLB_LOG_FORMAT",
+    show_default=True,
+    help="text: plain lines; json: one JSON object per line (ts, level, logger, message, extra fields) for "
+    "log collectors (env WANLB_LOG_FORMAT).",
+)
+def run(config_path: str, cleanup_on_exit: bool, verbose: bool, log_format: str) -> None:
     """Apply the config and keep the gateway converged (foreground; logs to stderr).
 
     SIGHUP re-reads the config (a bad one is logged, the running rules stay).
     SIGTERM/SIGINT exit leaving the datapath in place unless --cleanup-on-exit.
     """
-    import logging
-
     from wanlb.daemon import run as run_daemon
     from wanlb.reconcile import PreflightError
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_run_logging(log_format, verbose)
     _load(config_path)
     try:
         run_daemon(config_path, cleanup_on_exit)
