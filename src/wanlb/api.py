@@ -215,7 +215,7 @@ class Api:
         read, write = Depends(self._read), Depends(self._write)
 
         async def status() -> dict[str, Any]:
-            return d.status(await d._read_counters())
+            return d.status(await d.read_counters())
 
         @app.get("/healthz", summary="Liveness: the daemon's loop answers")
         async def healthz() -> dict[str, Any]:
@@ -282,7 +282,8 @@ class Api:
         @app.get("/metrics", summary="Prometheus text exposition", dependencies=[read],
                  response_class=Response, responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
         async def metrics() -> Response:
-            body = d.metrics.render(await status(), await d._read_counters())
+            counters = await d.read_counters()
+            body = d.metrics.render(d.status(counters), counters)
             return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
         web = resources.files("wanlb") / "web"
@@ -318,7 +319,7 @@ class Api:
     async def _tick(self) -> None:
         """Once a second while anyone listens: per-ISP connections and rates."""
         while self.hub.clients:
-            counters = await self.daemon._read_counters()
+            counters = await self.daemon.read_counters()
             now = time.monotonic()
             status = self.daemon.status(counters)
             self.hub.publish("stats", stats_message(status, counters, self.rates, now))

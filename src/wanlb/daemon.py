@@ -485,7 +485,7 @@ class Daemon:
             except Exception as exc:  # the next push (change, reconcile, resync) tries again
                 log.error("could not update the domain sets: %s", exc)
 
-    async def _read_counters(self) -> dict[str, dict[str, int]]:
+    async def read_counters(self) -> dict[str, dict[str, int]]:
         """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time."""
         try:
             async with asyncio.timeout(COUNTER_READ_TIMEOUT):
@@ -590,7 +590,7 @@ class Daemon:
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         cmd = message.get("cmd")
         if cmd == "status":
-            return self.status(await self._read_counters())
+            return self.status(await self.read_counters())
         if cmd == "conn_counts":
             return {
                 "ok": True,
