@@ -25,4 +25,6 @@ fi
 python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq python3-pip python3-venv >/dev/null; }
 # Debian's own python3 refuses system-wide pip installs (PEP 668); wanlb is a system daemon, so we
 # accept that for this host. Older pips ignore the variable.
+# The test extra includes playwright (the Python package and its bundled driver only): the dashboard test
+# points it at Debian's /usr/bin/chromium, so never run `playwright install` (it would download browsers).
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,281 @@
+"""The web dashboard in a real browser (Debian's chromium, driven by Playwright) against the daemon in the lab.
+
+How the browser reaches the API: the daemon listens on the gateway's LAN address (192.168.77.1:9180), which
+exists only inside the lab's namespaces. Playwright (sync API, in this test process) launches the browser
+through a two-line wrapper given as ``executable_path``::
+
+    #!/bin/sh
+    exec ip netns exec <LAN client c1's namespace> /usr/bin/chromium "$@"
+
+``ip netns exec`` only switches namespaces and execs, so the browser is Debian's ``/usr/bin/chromium`` itself
+and keeps the pipes Playwright drives it through (``--remote-debugging-pipe``), while all its network is
+c1's: it loads the page as an operator's browser on the LAN would, and the host gets no route into the lab.
+Every chromium process lives in c1's namespace, so the lab's teardown kills any that a failed test left.
+No browser is downloaded (no ``playwright install``).
+
+The API runs with ``public_read: false``: the page must ask for the token before it can show anything.
+The screenshots go to the test's tmp dir and to ``test-artifacts/`` in the checkout (ignored by git).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wanlb.lab.gateway import LabGateway
+from wanlb.lab.lab import Lab, python_module
+from wanlb.lab.topology import HTTP_ADDR, HTTP_PORT, LAN_GW, client_addr
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+]
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]' (no browser download needed)"
+)
+
+ISPS = ("isp1", "isp2", "isp3")
+PORT = 9180
+BASE = f"http://{LAN_GW}:{PORT}"
+TOKEN = "dashboard-token-for-the-lab-0123456789"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab.up(name=f"dash{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def gw(lab: Lab) -> Iterator[LabGateway]:
+    token = lab.dir / "api.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["api"] = {"listen": [f"{LAN_GW}:{PORT}"], "token_file": str(token), "public_read": False}
+
+    g = LabGateway(lab)
+    g.write(edit)
+    g.start()
+    g.wait_for(dict.fromkeys(ISPS, "up"))
+    try:
+        yield g
+    finally:
+        g.stop(cleanup=True)
+
+
+@pytest.fixture(scope="module")
+def browser(lab: Lab, gw: LabGateway) -> Iterator[Any]:
+    wrapper = lab.dir / "chromium-in-c1"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.ns("c1")} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o700)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(wrapper), args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Dashboard:
+    """One browser tab on the dashboard, recording what it asked the network for and any script errors."""
+
+    def __init__(self, browser: Any, width: int, height: int) -> None:
+        self.context = browser.new_context(viewport={"width": width, "height": height}, color_scheme="light")
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def open_and_sign_in(self, wrong_first: bool = False) -> None:
+        """Load the page: the first read gets 401 and the token dialog opens (a wrong token is refused
+        there); with the right one every ISP's card appears and the stream goes live."""
+        page = self.page
+        page.goto(BASE + "/")
+        page.wait_for_selector("#auth-dialog[open]")
+        if wrong_first:
+            page.fill("#auth-token", "not-the-token-not-the-token")
+            page.click("#auth-submit")
+            page.wait_for_function("document.querySelector('#auth-error').textContent.includes('401')")
+            assert page.is_visible("#auth-dialog[open]")
+            assert page.locator("article.card").count() == 0  # nothing shown without the token
+        page.fill("#auth-token", TOKEN)
+        page.click("#auth-submit")
+        page.wait_for_selector("#auth-dialog:not([open])", state="attached")
+        for isp in ISPS:
+            page.wait_for_selector(f"article[data-isp='{isp}'][data-status]")
+        page.wait_for_function("document.querySelector('#conn').dataset.state === 'live'")
+
+    def card(self, isp: str) -> dict[str, Any]:
+        """What the ISP's card shows: status, its colour and the raw numbers behind the text."""
+        result: dict[str, Any] = self.page.evaluate(
+            """isp => {
+                const card = document.querySelector(`article[data-isp="${isp}"]`);
+                const out = {status: card.dataset.status, colour: getComputedStyle(card, '::before').backgroundColor,
+                             badge: card.querySelector('[data-field=status]').textContent,
+                             button: card.querySelector('button').textContent,
+                             error: card.querySelector('[data-field=error]').textContent,
+                             since: card.querySelector('.since').textContent, text: {}};
+                for (const el of card.querySelectorAll('[data-field][data-value]')) {
+                    out[el.dataset.field] = el.dataset.value === '' ? null : Number(el.dataset.value);
+                    out.text[el.dataset.field] = el.textContent;
+                }
+                return out;
+            }""",
+            isp,
+        )
+        return result
+
+    def wait_status(self, isp: str, status: str, timeout: float = 15.0) -> float:
+        """Wait (polling the DOM in the page every 20 ms) until the card shows ``status``; the wall time then."""
+        self.page.wait_for_function(
+            "([isp, s]) => document.querySelector(`article[data-isp='${isp}']`)?.dataset.status === s",
+            arg=[isp, status],
+            polling=20,
+            timeout=timeout * 1000,
+        )
+        return time.time()
+
+    def screenshot(self, name: str, tmp: Path) -> Path:
+        path = tmp / name
+        self.page.screenshot(path=str(path), full_page=True)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(path, ARTIFACTS / name)
+        print(f"\ndashboard screenshot: {path} (copy: {ARTIFACTS / name})")
+        return path
+
+
+@pytest.fixture(scope="module")
+def dash(browser: Any) -> Iterator[Dashboard]:
+    d = Dashboard(browser, 1280, 900)
+    yield d
+    d.context.close()
+
+
+RED, GREY, GREEN = "rgb(220, 38, 38)", "rgb(107, 114, 128)", "rgb(21, 128, 61)"
+
+
+def test_the_page_asks_for_the_token_and_shows_every_isp(dash: Dashboard) -> None:
+    dash.open_and_sign_in(wrong_first=True)
+    for isp in ISPS:
+        card = dash.card(isp)
+        assert card["status"] == "up" and card["badge"] == "up" and card["colour"] == GREEN, card
+        assert card["weight"] == 1 and card["share"] == pytest.approx(33.33, abs=0.01), card
+        assert card["latency"] is not None and card["loss"] == 0 and card["button"] == "Drain", card
+        assert card["since"].startswith("Up since ") and card["since"].endswith(" ago"), card
+    # Works offline: everything comes from the daemon (no CDN, no web fonts).
+    assert dash.requests and all(u.startswith((BASE + "/", "data:")) for u in dash.requests), dash.requests
+    assert dash.page.evaluate("sessionStorage.getItem('wanlb.token')") == TOKEN
+
+
+def test_traffic_raises_connections_and_throughput_on_the_cards(lab: Lab, dash: Dashboard) -> None:
+    before = {isp: dash.card(isp) for isp in ISPS}
+    # Short connections at 50/s from c1 (every ISP gets new ones), and three long streams of 256 KiB/s from c2.
+    lab.popen("c1", python_module("wanlb.lab.traffic", "pace", "--every", "0.02", "--duration", "120",
+                                  "--target", f"{HTTP_ADDR}:{HTTP_PORT}"), label="pace", stdout=-3)  # fmt: skip
+    for k in range(3):
+        lab.popen("c2", python_module("wanlb.lab.traffic", "stream", "--duration", "120", "--stall", "120"),
+                  label=f"stream{k}", stdout=-3)  # fmt: skip
+    deadline = time.monotonic() + 15
+    while True:
+        now = {isp: dash.card(isp) for isp in ISPS}
+        rising = all(
+            now[i]["connections"] >= before[i]["connections"] + 20
+            and (now[i]["new"] or 0) > 5
+            and (now[i]["rx"] or 0) > (before[i]["rx"] or 0)
+            and (now[i]["tx"] or 0) > 0
+            for i in ISPS
+        )
+        streams = sum(now[i]["rx"] or 0 for i in ISPS) > 3 * 200_000  # bytes/s: the three streams arrive
+        if rising and streams:
+            break
+        assert time.monotonic() < deadline, (before, now)
+        time.sleep(0.25)
+    for i in ISPS:
+        assert now[i]["text"]["rx"].endswith("bit/s") and now[i]["text"]["connections"] != "—", now[i]
+    total = dash.page.evaluate("Number(document.querySelector('#sum-connections').dataset.value)")
+    assert total >= sum(now[i]["connections"] for i in ISPS) - 100
+    # The charts keep the 1 s samples; the top clients table finds c1 (the paced client) first.
+    dash.page.wait_for_function(
+        "[...document.querySelectorAll('figure.chart')].filter(f => Number(f.dataset.samples) >= 5).length === 3"
+    )
+    dash.page.wait_for_function(
+        "a => { const r = document.querySelector('#clients tbody tr');"
+        " return r && r.dataset.client === a && Number(r.dataset.count) >= 100; }",
+        arg=client_addr(1),
+        timeout=12_000,
+    )
+
+
+def test_a_blackholed_isp_turns_red_within_2s_of_the_daemon(lab: Lab, gw: LabGateway, dash: Dashboard) -> None:
+    lab.fail("isp2", "blackhole")
+    seen = dash.wait_status("isp2", "down")
+    event = gw.wait_event("isp2", "down")
+    lag = seen - event["time"]
+    print(
+        f"\nisp2 down: the daemon decided at {event['time']:.3f} (applied after {event['applied_ms']} ms, "
+        f"recorded after {event['done_ms']} ms); the card turned red {lag:.3f} s after the decision"
+    )
+    assert lag <= 2.0, lag
+    card = dash.card("isp2")
+    assert card["colour"] == RED and card["badge"] == "down", card
+    dash.page.wait_for_function(
+        "Number(document.querySelector(\"article[data-isp='isp2'] [data-field=loss]\").dataset.value) > 0"
+    )  # the probes' loss, from the status after the event
+    assert gw.isp_status() == {"isp1": "up", "isp2": "down", "isp3": "up"}
+    # The timeline has the failover, with the daemon's reason.
+    item = dash.page.wait_for_selector("#timeline li[data-isp='isp2'][data-status='down']")
+    text = item.inner_text()
+    assert "failover" in text.lower() and event["reason"][:40] in text, text
+
+
+def test_the_drain_button_needs_the_token_and_disables_the_isp(gw: LabGateway, dash: Dashboard, tmp_path: Path) -> None:
+    page = dash.page
+    page.click("article[data-isp='isp3'] button[data-action='toggle']")
+    page.wait_for_selector("#action-dialog[open]")
+    assert page.input_value("#action-token") == TOKEN  # remembered from the sign-in (sessionStorage)
+    page.fill("#action-token", "wrong-token-wrong-token")
+    page.click("#action-submit")
+    page.wait_for_function("document.querySelector('#action-error').textContent.includes('401')")
+    assert "401" in dash.card("isp3")["error"]
+    assert gw.isp_status()["isp3"] == "up"  # refused: nothing changed
+    page.fill("#action-token", TOKEN)
+    page.click("#action-submit")
+    page.wait_for_selector("#action-dialog:not([open])", state="attached")
+    dash.wait_status("isp3", "disabled", timeout=5)
+    assert gw.isp_status()["isp3"] == "disabled"
+    card = dash.card("isp3")
+    assert card["colour"] == GREY and card["button"] == "Enable" and card["error"] == "", card
+    page.wait_for_selector("#timeline li[data-isp='isp3'][data-status='disabled']")
+    time.sleep(1.5)  # one more stats tick on the charts for the picture
+    dash.screenshot("dashboard.png", tmp_path)
+    assert not dash.errors, dash.errors
+
+
+def test_a_phone_sized_window_shows_everything_without_sideways_scrolling(browser: Any, tmp_path: Path) -> None:
+    phone = Dashboard(browser, 360, 780)
+    phone.open_and_sign_in()  # its own session: sessionStorage is per tab
+    page = phone.page
+    page.wait_for_selector("#clients tbody tr[data-client]")
+    page.wait_for_function("Number(document.querySelector('figure.chart').dataset.samples) >= 3")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    widths = page.evaluate("[...document.querySelectorAll('article.card')].map(c => c.getBoundingClientRect().right)")
+    assert max(widths) <= 360, widths
+    phone.screenshot("dashboard-phone.png", tmp_path)
+    assert not phone.errors, phone.errors
+    phone.context.close()
