@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import errno
 import re
+import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,15 @@ class FakeKernel:
     def routes(self, protocols: Collection[int]) -> list[Route]:
         return [r for r in self.ip_routes if r.protocol in protocols]
 
+    def replace_routes(self, routes: Sequence[Route]) -> list[tuple[Route, str]]:
+        failed = []
+        for route in routes:
+            try:
+                self.replace_route(route)
+            except RoutingError as exc:
+                failed.append((route, str(exc)))
+        return failed
+
     def replace_route(self, route: Route) -> None:
         if route.dev not in self.link_state:
             raise RoutingError(f"device {route.dev} does not exist")
@@ -240,6 +250,12 @@ class FakeKernel:
         return TableStats(len(self.conntrack), self.ct_max, **self.ct_trouble)
 
     # --- nft -------------------------------------------------------------------------------------
+
+    def nft_generation(self) -> int | None:
+        """Like the kernel's ruleset generation: moves with any change of a table's definition or static content
+        (here a fingerprint of them, so a test that edits the tables directly moves it too)."""
+        state = repr([(name, sorted(self.nft_objects(name).items(), key=repr)) for name in sorted(self.tables)])
+        return zlib.crc32(state.encode())
 
     def nft_read(self, table: str = "wanlb") -> list[dict[str, Any]] | None:
         t = self.tables.get(table)

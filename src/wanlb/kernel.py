@@ -38,12 +38,16 @@ class Kernel(Protocol):
 
     def routes(self, protocols: Collection[int]) -> list[Route]: ...
 
-    def replace_route(self, route: Route) -> None: ...
+    def replace_routes(self, routes: Sequence[Route]) -> list[tuple[Route, str]]:
+        """Install each route (replacing its table and destination); the ones that failed, and why."""
 
     def delete_route(self, route: Route) -> None: ...
 
     def nft_read(self) -> Sequence[Any] | None:
         """``nft -j list table inet wanlb`` (the ``nftables`` array), or None when the table is missing."""
+
+    def nft_generation(self) -> int | None:
+        """The ruleset generation (changes with every committed transaction), None if unknown."""
 
     def nft_apply(self, transaction: str) -> None:
         """Apply one ``nft -f`` transaction atomically (all or nothing); raise on refusal."""
@@ -120,9 +124,16 @@ class LinuxKernel:
         with self._rtnl() as ipr:
             return routing.read_routes(ipr, protocols)
 
-    def replace_route(self, route: Route) -> None:
+    def replace_routes(self, routes: Sequence[Route]) -> list[tuple[Route, str]]:
         with self._rtnl() as ipr:
-            routing.replace_route(ipr, route)
+            indexes = routing.link_indexes(ipr) if routes else {}
+            failed = []
+            for route in routes:
+                try:
+                    routing.replace_route(ipr, route, indexes)
+                except routing.RoutingError as exc:
+                    failed.append((route, str(exc)))
+            return failed
 
     def delete_route(self, route: Route) -> None:
         with self._rtnl() as ipr:
@@ -130,6 +141,9 @@ class LinuxKernel:
 
     def nft_read(self) -> Sequence[Any] | None:
         return nft.table_json()
+
+    def nft_generation(self) -> int | None:
+        return nft.generation()
 
     def nft_apply(self, transaction: str) -> None:
         nft.apply(transaction)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wanlb import nftsync
-from wanlb.adapters.routing import RoutingError
 from wanlb.config import Config
 from wanlb.kernel import Kernel
 from wanlb.plan import Desired, IspStatus, plan
@@ -98,6 +97,13 @@ class Reconciler:
         self.store = store
         self.record: nftsync.Record = {}
         self.nft_applies = 0
+        self.nft_reads = 0
+        # The last read of our table, kept while the kernel's ruleset generation says nothing changed:
+        # (generation, unfilled sets it was observed with, what it showed).
+        self._seen: tuple[int, frozenset[str], nftsync.Observed | None] | None = None
+        # An apply whose record (the kernel's fingerprints of it) is taken at the next read, off the
+        # path of the change: (the table applied, the generation right after the apply).
+        self._pending: tuple[nftsync.Table, int | None] | None = None
         self._last_routing: RoutingIntent | None = None
         self._last_active: set[str] = set()
 
@@ -129,12 +135,12 @@ class Reconciler:
 
         protocols = set(state.protocols)
         todo = routing_changes(rendered.routing, kernel.rules(protocols), kernel.routes(protocols))
+        refused = dict(kernel.replace_routes(todo.add_routes))
         for route in todo.add_routes:
-            try:
-                kernel.replace_route(route)
+            if route in refused:
+                failures.append(f"{route.describe()}: {refused[route]}")
+            else:
                 changes.append(f"+route {route.describe()}")
-            except RoutingError as exc:
-                failures.append(f"{route.describe()}: {exc}")
         for rule in todo.add_rules:
             kernel.add_rule(rule)
             changes.append(f"+rule {rule.describe()}")
@@ -154,7 +160,7 @@ class Reconciler:
         for failure in failures:
             log.warning("route not installed (retried at the next pass): %s", failure)
         if nft_done is not None:
-            self.record = self._record(rendered.nft)
+            self._pending = (rendered.nft, self.kernel.nft_generation())
         return ReconcileResult(desired, nft_done, tuple(changes), tuple(failures))
 
     def _nft(self, table: nftsync.Table) -> float | None:
@@ -166,13 +172,29 @@ class Reconciler:
         self.nft_applies += 1
         return time.time()
 
-    def _record(self, table: nftsync.Table) -> nftsync.Record:
-        after = self._observe(table)
-        return nftsync.record_after(table, after) if after else {}
-
     def _observe(self, table: nftsync.Table) -> nftsync.Observed | None:
+        """What the kernel holds of our table, read only when the ruleset generation moved.
+
+        After an apply, the first read also yields the apply's record: its fingerprints are the
+        applied table's only if no other transaction came in between (the generation is still the
+        one right after the apply); otherwise nothing is attributable and every object is rewritten
+        once, as after a restart.
+        """
+        generation = self.kernel.nft_generation()
+        unfilled = nftsync.unfilled(table)
+        seen = self._seen
+        if self._pending is None and seen is not None and generation is not None and seen[:2] == (generation, unfilled):
+            return seen[2]
         listing = self.kernel.nft_read()
-        return None if listing is None else nftsync.observe(listing, nftsync.unfilled(table))
+        self.nft_reads += 1
+        observed = None if listing is None else nftsync.observe(listing, unfilled)
+        if self._pending is not None:
+            applied, after = self._pending
+            self._pending = None
+            same = generation is not None and generation == after
+            self.record = nftsync.record_after(applied, observed) if observed and same else {}
+        self._seen = None if generation is None else (generation, unfilled, observed)
+        return observed
 
     def _sysctls(self, wanted: tuple[tuple[str, str], ...], changes: list[str]) -> None:
         """Set wanted sysctls (recording originals first); give back the ones no longer wanted."""

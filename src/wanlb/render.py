@@ -35,6 +35,7 @@ stable objects: :mod:`wanlb.nftsync` changes the table around them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from wanlb.config import RuleConfig
 from wanlb.nftsync import Chain, Counter, Helper, Object, Set, Table, full_text
 from wanlb.plan import Desired, IspPlan
 from wanlb.policy import DEFAULT, HASH_SEED, PolicyPlan
-from wanlb.rules import compile_rules
+from wanlb.rules import CompiledRules, compile_rules
 
 ALL_BITS = 0xFFFFFFFF
 CLIENTS_SET = "clients"
@@ -241,9 +242,15 @@ def _rule_verdict(rule: RuleConfig) -> str:
     return "goto balance" if rule.policy == DEFAULT else f"goto policy_{rule.policy}"
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(rules: tuple[RuleConfig, ...], domain_timeout: int) -> CompiledRules:
+    """The rules compiled once per config (models are immutable): every resync and verify renders them."""
+    return compile_rules(rules, _rule_verdict, domain_timeout)
+
+
 def rule_lookups(rules: tuple[RuleConfig, ...]) -> tuple[int, int]:
     """(verdict maps, single rules) that ``rules`` compile to: what a NEW connection walks (``wanlb check``)."""
-    lookups = compile_rules(rules, _rule_verdict).lookups
+    lookups = _compiled(rules, 3600).lookups
     maps = sum(1 for line in lookups if " vmap @rules_" in line)
     return maps, len(lookups) - maps
 
@@ -313,7 +320,7 @@ def render_nft(desired: Desired) -> Table:
         )
     for policy in desired.policies:
         objects += _policy_objects(desired, policy)
-    compiled = compile_rules(desired.rules, _rule_verdict, desired.domain_timeout)
+    compiled = _compiled(desired.rules, desired.domain_timeout)
     objects += compiled.objects
 
     from_lan = [_restore_vmap(desired), *_classify_new(desired, compiled.lookups)]

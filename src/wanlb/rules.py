@@ -39,7 +39,7 @@ FIELDS = (
     ("dport", "th dport", "inet_service"),
 )
 MAX_MAP_ELEMENTS = 4096  # a rule whose product of values is larger stays a rule of its own
-MAX_PAIRWISE = 2048  # elements of a multi-field map checked pairwise for overlaps before a new map starts
+MAX_PARTS = 256  # distinct leading-field values in one map (bounds the overlap checks) before a new map starts
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp", 136: "udplite", 47: "gre", 50: "esp", 51: "ah"}
 Interval = tuple[int, int]
 
@@ -123,32 +123,39 @@ def _overlaps(a: tuple[Interval, ...], b: tuple[Interval, ...]) -> bool:
 
 
 class _Group:
-    """Consecutive rules merged into one verdict map."""
+    """Consecutive rules merged into one verdict map.
+
+    Overlaps are found per partition: elements with equal values in every field but the last share
+    a sorted list of their (disjoint) last-field intervals, checked by bisection; only partitions
+    whose leading values overlap the new element's are looked at.  A map stops taking rules at
+    :data:`MAX_PARTS` partitions, which bounds the work per element.
+    """
 
     def __init__(self, sig: tuple[str, ...]) -> None:
         self.sig = sig
         self.elements: list[tuple[tuple[Interval, ...], str]] = []
-        self.starts: list[int] = []  # 1-field maps: sorted interval starts, for bisect
-        self.ends: list[int] = []
+        self.parts: dict[tuple[Interval, ...], tuple[list[int], list[int]]] = {}  # leading values -> starts, ends
 
     def accepts(self, elems: list[tuple[Interval, ...]]) -> bool:
-        if len(self.sig) == 1:
-            for (iv,) in elems:
-                i = bisect.bisect_right(self.starts, iv[1])
-                if i and self.ends[i - 1] >= iv[0]:
-                    return False
-            return True
-        if len(self.elements) + len(elems) > MAX_PAIRWISE:
+        if len(self.parts) + len({e[:-1] for e in elems} - set(self.parts)) > MAX_PARTS:
             return False
-        return not any(_overlaps(e, other) for e in elems for other, _ in self.elements)
+        for e in elems:
+            lead, (lo, hi) = e[:-1], e[-1]
+            for key, (starts, ends) in self.parts.items():
+                if key != lead and not _overlaps(key, lead):
+                    continue
+                i = bisect.bisect_right(starts, hi)
+                if i and ends[i - 1] >= lo:  # disjoint and sorted within a partition: ends are sorted too
+                    return False
+        return True
 
     def add(self, elems: list[tuple[Interval, ...]], chain: str) -> None:
         for e in elems:
             self.elements.append((e, chain))
-            if len(self.sig) == 1:
-                i = bisect.bisect_left(self.starts, e[0][0])
-                self.starts.insert(i, e[0][0])
-                self.ends.insert(i, e[0][1])
+            starts, ends = self.parts.setdefault(e[:-1], ([], []))
+            i = bisect.bisect_left(starts, e[-1][0])
+            starts.insert(i, e[-1][0])
+            ends.insert(i, e[-1][1])
 
 
 def _linear(rule: RuleConfig) -> str:

@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wanlb import rules as rules_module
 from wanlb.config import RuleConfig
 from wanlb.nftsync import Chain, Counter, Set
-from wanlb.rules import MAX_MAP_ELEMENTS, MAX_PAIRWISE, CompiledRules, compile_rules, domain_set, rule_chain
+from wanlb.rules import MAX_MAP_ELEMENTS, MAX_PARTS, CompiledRules, compile_rules, domain_set, rule_chain
 
 # Written out here, not imported: the evaluator must not share the compiler's tables.
 PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "udplite": 136, "gre": 47, "esp": 50, "ah": 51}
@@ -545,23 +546,46 @@ def test_a_product_larger_than_a_map_may_hold_stays_one_linear_rule() -> None:
     assert ev.target(Packet(hit.src + 1, 1, UDP, 5, 99, "lan0", 0)) is None
 
 
-def test_multi_field_maps_stop_at_the_pairwise_limit_and_keep_the_order() -> None:
-    ports = [2 * i + 1 for i in range(50)]
-    rules = [  # disjoint rules of 20 x 2 x 50 = 2,000, 24 x 2 x 1 = 48 and 1 element(s)
-        RuleConfig(name="big", src=pins(20, "10.0.0.0", 2), dport=ports, via="a"),
-        RuleConfig(name="mid", src=pins(24, "10.1.0.0", 2), dport=[7], via="b"),
+def test_multi_field_maps_stop_at_the_partition_limit_and_keep_the_order() -> None:
+    ports = [2 * i + 1 for i in range(20)]
+    rules = [  # leading values (src . proto): 100 x 2 = 200, then 28 x 2 = 56 (256 in all), then 1 more
+        RuleConfig(name="big", src=pins(100, "10.0.0.0", 2), dport=ports, via="a"),
+        RuleConfig(name="mid", src=pins(28, "10.1.0.0", 2), dport=[7], via="b"),
         RuleConfig(name="one", src=["10.2.0.0"], proto="tcp", dport=[7], via="a"),
     ]
-    assert MAX_PAIRWISE == 2000 + 48
+    assert MAX_PARTS == 200 + 56
     compiled = compile_rules(rules, verdict)
     assert compiled.lookups == (
         "ip saddr . meta l4proto . th dport vmap @rules_0",
         "ip saddr . meta l4proto . th dport vmap @rules_1",
     )
-    assert [len(m.elements) for m in maps_of(compiled).values()] == [MAX_PAIRWISE, 1]
+    assert [len(m.elements) for m in maps_of(compiled).values()] == [100 * 2 * 20 + 28 * 2, 1]
     ev = evaluator(compiled, rules, {})
     for src, rule in (("10.0.0.38", "big"), ("10.1.0.46", "mid"), ("10.2.0.0", "one")):
         assert ev.target(Packet(int(ipaddress.IPv4Address(src)), 1, TCP, 1000, 7, "lan0", 0)) == f"rule_{rule}"
+
+
+def test_many_port_rules_compile_fast_enough_to_run_every_resync() -> None:
+    """1,000 port rules: the overlap checks bisect per (proto) partition instead of comparing every pair.
+
+    Counted, not timed: at most a few checks per element."""
+    rules = [RuleConfig(name=f"p{i}", proto="tcp" if i % 2 else "udp", dport=[1000 + i], via="a")
+             for i in range(1000)]  # fmt: skip
+    calls = 0
+    real = rules_module._overlaps
+
+    def counting(a: object, b: object) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(a, b)  # type: ignore[arg-type]
+
+    rules_module._overlaps = counting
+    try:
+        compiled = compile_rules(rules, verdict)
+    finally:
+        rules_module._overlaps = real
+    assert compiled.lookups == ("meta l4proto . th dport vmap @rules_0",)
+    assert calls <= 2 * len(rules)  # two partitions (tcp, udp): one comparison of leading values each
 
 
 def test_an_empty_rule_list_compiles_to_nothing() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -143,15 +143,23 @@ def read_routes(ipr: IPRoute, protocols: Collection[int]) -> list[Route]:
     return ours
 
 
-def replace_route(ipr: IPRoute, route: Route) -> None:
-    """Install ``route`` (replacing whatever route has its table and destination)."""
-    index = ipr.link_lookup(ifname=route.dev)
-    if not index:
+def link_indexes(ipr: IPRoute) -> dict[str, int]:
+    """Interface name → index, from one dump (a lookup per route dumps every link each time)."""
+    return {link.get("ifname"): link["index"] for link in ipr.get_links()}
+
+
+def replace_route(ipr: IPRoute, route: Route, indexes: Mapping[str, int] | None = None) -> None:
+    """Install ``route`` (replacing whatever route has its table and destination).
+
+    ``indexes`` (from :func:`link_indexes`, taken just before) saves a link dump per route.
+    """
+    index = indexes.get(route.dev) if indexes is not None else next(iter(ipr.link_lookup(ifname=route.dev)), None)
+    if index is None:
         raise RoutingError(f"device {route.dev} does not exist")
     args: dict = {
         "dst": str(route.dst),
         "table": route.table,
-        "oif": index[0],
+        "oif": index,
         "proto": route.protocol,
         "family": socket.AF_INET,
     }
