@@ -298,23 +298,43 @@ def run(config_path: str, cleanup_on_exit: bool, verbose: bool, log_format: str)
 @main.command()
 @config_option
 @socket_option
-@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
-def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
-    """Show each ISP's state, weight, share of NEW connections, mark, table and interface.
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON (fields: docs/operations.md).")
+@click.option(
+    "--rates",
+    is_flag=True,
+    help="Ask twice, a second apart, and add new connections, bytes and rule hits per second.",
+)
+def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool) -> None:
+    """Show each ISP's state, weight, share of NEW connections, mark, table, interface and traffic.
 
-    Then the policies (algorithm and the ISPs in use), the rules with their hits (NEW packets matched),
-    the resolved destination domains, and recent events.
+    Traffic is the totals of the ISP's nft counters (new connections, bytes in and out); --rates adds
+    their rate over one second.  Then the policies (algorithm and the ISPs in use), the rules with their
+    hits (NEW packets matched), the resolved destination domains, and recent events.  `wanlb top` shows
+    the same live.
     """
     from rich.console import Console
     from rich.table import Table
 
-    reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "status"})
+    from wanlb.top import Sample, event_line, human_bytes, human_count_rate, human_rate, rates_json
+
+    sock = resolve_socket(socket_path, config_path)
+    reply = ask_daemon(sock, {"cmd": "status"})
+    if rates:
+        first = Sample(time.monotonic(), reply)
+        time.sleep(max(0.0, first.at + 1.0 - time.monotonic()))
+        reply = ask_daemon(sock, {"cmd": "status"})
+        rated = rates_json(first, Sample(time.monotonic(), reply))
     if as_json:
-        click.echo(json.dumps(reply, indent=2))
+        click.echo(json.dumps({**reply, "rates": rated} if rates else reply, indent=2))
         return
     table = Table(title=f"wanlb (pid {reply['pid']}, up {reply['uptime_seconds']}s)")
-    for col in ("isp", "status", "tier", "weight", "share", "mark", "table", "interface", "conns", "loss", "rtt"):
-        table.add_column(col)
+    columns = ["isp", "status", "tier", "weight", "share", "mark", "table", "interface", "conns", "loss", "rtt",
+               "new", "rx", "tx"]  # fmt: skip
+    if rates:
+        columns += ["new/s", "rx/s", "tx/s"]
+    numeric = {"conns", "new", "rx", "tx", "new/s", "rx/s", "tx/s"}
+    for col in columns:
+        table.add_column(col, justify="right" if col in numeric else "left")
     counts = reply.get("conn_counts", {})
     for isp in reply["isps"]:
         health = isp.get("health", {})
@@ -322,7 +342,8 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
         if health.get("held_down_seconds"):
             status += f" (held {health['held_down_seconds']}s)"
         monitored = health.get("monitored")
-        table.add_row(
+        new = isp.get("new_connections")
+        row = [
             isp["name"],
             status,
             str(isp["tier"]),
@@ -334,10 +355,20 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
             str(counts.get(isp["name"], "-")),
             f"{health['loss_percent']:g}%" if monitored else "unmonitored",
             f"{health['latency_ms']:.1f} ms" if monitored and health.get("latency_ms") is not None else "-",
-        )
+            "-" if new is None else str(new),
+            human_bytes(isp.get("bytes_rx")),
+            human_bytes(isp.get("bytes_tx")),
+        ]
+        if rates:
+            r = rated["isps"].get(isp["name"], {})
+            row += [human_count_rate(r.get("new_per_second")), human_rate(r.get("rx_bytes_per_second")),
+                    human_rate(r.get("tx_bytes_per_second"))]  # fmt: skip
+        table.add_row(*row)
     # Piped output is not cut to 80 columns: the table keeps its natural width.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
+    if rates:
+        console.print(f"rates over the last {rated['interval_seconds']:.1f} s", markup=False)
     policies = [p for p in reply.get("policies", []) if p["name"] != "default" or p["algorithm"] != "weighted"]
     for p in policies:
         using = ", ".join(f"{isp}×{w}" for isp, w in p["active"].items()) or "no usable member"
@@ -346,10 +377,13 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
     rules = reply.get("rules", [])
     if rules:
         rt = Table(title="rules (first match wins)")
-        for col in ("rule", "target", "hits"):
+        for col in ("rule", "target", "hits", *(("hits/s",) if rates else ())):
             rt.add_column(col)
         for r in rules:
-            rt.add_row(r["name"], r["target"], "-" if r["hits"] is None else str(r["hits"]))
+            cells = [r["name"], r["target"], "-" if r["hits"] is None else str(r["hits"])]
+            if rates:
+                cells.append(human_count_rate(rated["rules"].get(r["name"])))
+            rt.add_row(*cells)
         console.print(rt)
     for name, d in reply.get("domains", {}).items():
         addrs = ", ".join(d["addresses"]) or "none yet"
@@ -359,11 +393,32 @@ def status(config_path: str, socket_path: str | None, as_json: bool) -> None:
     if events:
         console.print("recent events:")
         for ev in events:
-            when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
-            flushed = f", flushed {ev['flushed']} connections" if ev.get("flushed") is not None else ""
-            change = f"{ev['from']} → {ev['status']}" if ev.get("from") else ev["status"]
-            line = f"  {when} {ev['isp']} {ev['event']} ({change}): {ev['reason']}{flushed}"
-            console.print(line + (f" [apply failed: {ev['error']}]" if ev.get("error") else ""), markup=False)
+            console.print(f"  {event_line(ev)}", markup=False)
+
+
+@main.command()
+@config_option
+@socket_option
+@click.option(
+    "--interval",
+    "-i",
+    type=click.FloatRange(0.2, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+def top(config_path: str, socket_path: str | None, interval: float) -> None:
+    """Live full-screen view: ISPs with rates and sparklines, rules, events; q or Ctrl-C quits.
+
+    Per ISP: state, time in it, weight, share, connections, new connections, bytes in and out per
+    second, probe loss and round-trip time, and a minute of connections and throughput as sparklines.
+    Reads the daemon's control socket; when the daemon does not answer it says so and keeps asking.
+    """
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        fail("top needs a terminal (for scripts: wanlb status --json [--rates])", EXIT_CONFIG)
+    from wanlb.top import run_top
+
+    sys.exit(run_top(resolve_socket(socket_path, config_path), interval))
 
 
 @main.command()

@@ -500,7 +500,7 @@ class Daemon:
         }
 
     def status(self, counters: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
-        """The daemon's view; ``counters`` (named nft counters) fill in the rules' hits."""
+        """The daemon's view; ``counters`` (named nft counters) fill in the rules' hits and the ISPs' traffic."""
         counters = counters or {}
         desired = self.last.desired if self.last else None
         isps = []
@@ -526,6 +526,13 @@ class Daemon:
                     "since": round(self.fleet.since.get(isp.name, self.started), 3),
                     "link_down": machine.link_down,
                     "health": self._health(isp.name),
+                    # Totals of the ISP's named nft counters (they survive reloads and restarts of the
+                    # daemon); None when nft could not be read or has no such counter yet.
+                    "packets_rx": counters.get(f"isp_{isp.name}_rx", {}).get("packets"),
+                    "packets_tx": counters.get(f"isp_{isp.name}_tx", {}).get("packets"),
+                    "bytes_rx": counters.get(f"isp_{isp.name}_rx", {}).get("bytes"),
+                    "bytes_tx": counters.get(f"isp_{isp.name}_tx", {}).get("bytes"),
+                    "new_connections": counters.get(f"isp_{isp.name}_new", {}).get("packets"),
                 }
             )
         return {

@@ -65,7 +65,7 @@ def test_help_lists_every_command_once() -> None:
     out = CliRunner().invoke(cli.main, ["--help"], terminal_width=80).output
     listed = [line.split()[0] for line in out.split("Commands:\n")[1].splitlines()]
     assert listed == sorted(["check", "conntrack", "demo", "disable", "enable", "lab", "reload", "render", "run",
-                             "status", "stop", "try", "tune"])  # fmt: skip
+                             "status", "stop", "top", "try", "tune"])  # fmt: skip
 
 
 def test_defaults_equal_the_configs() -> None:

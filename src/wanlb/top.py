@@ -1,0 +1,601 @@
+"""``wanlb top``: a live full-screen view of the daemon, read over the control socket once a second.
+
+The pure parts — rates from two ``status`` answers, sparklines, number formatting and the screen built
+from the answers (:class:`TopModel` → :func:`build_screen`) — are apart from the terminal handling
+(:func:`run_top`: cbreak mode, keys read with ``select``, rich's alternate screen, signals), so they are
+tested without a terminal.  ``wanlb status --rates`` uses the same rate arithmetic.
+
+Rates are differences of the daemon's nft counter totals (``isps[].bytes_rx`` …) between two answers,
+divided by the time between the answers as this process measured it (monotonic clock).  A counter
+that went down (the table was recreated: ``wanlb stop --cleanup`` and a new start) gives no rate for
+that interval rather than a negative one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import queue
+import select
+import signal
+import sys
+import termios
+import threading
+import time
+import tty
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.layout import Layout
+from rich.live import Live
+from rich.padding import Padding
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+HISTORY = 60  # samples kept per ISP for the sparklines (a minute at the default interval)
+REQUEST_TIMEOUT = 5.0  # the daemon may take up to 2 s for the nft counters; more than this is "not answering"
+STATE_STYLES = {
+    "up": "bold green",
+    "degraded": "bold yellow",
+    "down": "bold red",
+    "disabled": "bold magenta",
+    "removed": "dim",
+    "added": "cyan",
+    "replaced": "cyan",
+}
+QUIT_KEYS = frozenset("qQ")
+
+
+# --- rates ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One ``status`` answer and when it arrived (``time.monotonic()``)."""
+
+    at: float
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class IspRates:
+    """Per second over the interval between two samples; None where it cannot be known."""
+
+    new_per_second: float | None = None
+    rx_bytes_per_second: float | None = None
+    tx_bytes_per_second: float | None = None
+
+    @property
+    def throughput(self) -> float | None:
+        """Bytes per second in and out together."""
+        if self.rx_bytes_per_second is None or self.tx_bytes_per_second is None:
+            return None
+        return self.rx_bytes_per_second + self.tx_bytes_per_second
+
+
+def per_second(old: float | None, new: float | None, seconds: float) -> float | None:
+    """(new - old) / seconds; None if a value is missing, no time passed, or the counter went down (reset)."""
+    if old is None or new is None or seconds <= 0 or new < old:
+        return None
+    return (new - old) / seconds
+
+
+def _isps(sample: Sample) -> dict[str, Mapping[str, Any]]:
+    return {isp["name"]: isp for isp in sample.status.get("isps", [])}
+
+
+def isp_rates(before: Sample | None, after: Sample) -> dict[str, IspRates]:
+    """Per ISP of ``after``: new connections, bytes in and bytes out per second since ``before``."""
+    old = _isps(before) if before is not None else {}
+    dt = after.at - before.at if before is not None else 0.0
+    out = {}
+    for name, isp in _isps(after).items():
+        prev = old.get(name, {})
+        out[name] = IspRates(
+            per_second(prev.get("new_connections"), isp.get("new_connections"), dt),
+            per_second(prev.get("bytes_rx"), isp.get("bytes_rx"), dt),
+            per_second(prev.get("bytes_tx"), isp.get("bytes_tx"), dt),
+        )
+    return out
+
+
+def rule_rates(before: Sample | None, after: Sample) -> dict[str, float | None]:
+    """Per rule of ``after``: hits (NEW packets matched) per second since ``before``."""
+    old = {r["name"]: r.get("hits") for r in before.status.get("rules", [])} if before is not None else {}
+    dt = after.at - before.at if before is not None else 0.0
+    return {r["name"]: per_second(old.get(r["name"]), r.get("hits"), dt) for r in after.status.get("rules", [])}
+
+
+def rates_json(before: Sample, after: Sample) -> dict[str, Any]:
+    """The ``rates`` object of ``wanlb status --json --rates`` (documented in docs/operations.md)."""
+
+    def r(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return {
+        "interval_seconds": round(after.at - before.at, 3),
+        "isps": {
+            name: {
+                "new_per_second": r(v.new_per_second),
+                "rx_bytes_per_second": r(v.rx_bytes_per_second),
+                "tx_bytes_per_second": r(v.tx_bytes_per_second),
+            }
+            for name, v in isp_rates(before, after).items()
+        },
+        "rules": {name: r(v) for name, v in rule_rates(before, after).items()},
+    }
+
+
+# --- formatting -------------------------------------------------------------------------------------
+
+
+def human_bytes(n: float | None) -> str:
+    """Decimal units, as network rates are quoted: 999 B, 1.2 kB, 3.4 MB …"""
+    if n is None:
+        return "-"
+    if abs(n) < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        n /= 1000
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def human_rate(bytes_per_second: float | None) -> str:
+    return "-" if bytes_per_second is None else f"{human_bytes(bytes_per_second)}/s"
+
+
+def human_count_rate(per_sec: float | None) -> str:
+    if per_sec is None:
+        return "-"
+    return f"{per_sec:.1f}" if per_sec < 10 else f"{per_sec:.0f}"
+
+
+def human_duration(seconds: float | None) -> str:
+    """45s, 3m05s, 2h03m, 4d02h."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def sparkline(values: Iterable[float | None], width: int, top: float | None = None) -> str:
+    """The last ``width`` values as block characters, newest on the right, padded on the left.
+
+    Scaled to ``top`` (default: the largest value shown).  Zero is the lowest block and any positive
+    value at least the second, so a trickle is visible; a missing value (no answer, no rate yet) is a
+    space.
+    """
+    shown = list(values)[-width:] if width > 0 else []
+    if top is None:
+        top = max((v for v in shown if v is not None), default=0.0)
+    chars = []
+    for v in shown:
+        if v is None:
+            chars.append(" ")
+        elif v <= 0 or top <= 0:
+            chars.append(BLOCKS[0])
+        else:
+            chars.append(BLOCKS[1 + min(len(BLOCKS) - 2, int(v / top * (len(BLOCKS) - 2)))])
+    return "".join(chars).rjust(width)
+
+
+def event_line(ev: Mapping[str, Any]) -> str:
+    """``14:02:11 isp1 down (up → down): 3 failed rounds: …, flushed 48 connections``."""
+    when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
+    flushed = f", flushed {ev['flushed']} connections" if ev.get("flushed") is not None else ""
+    change = f"{ev['from']} → {ev['status']}" if ev.get("from") else ev["status"]
+    line = f"{when} {ev['isp']} {ev['event']} ({change}): {ev['reason']}{flushed}"
+    return line + (f" [apply failed: {ev['error']}]" if ev.get("error") else "")
+
+
+def state_text(isp: Mapping[str, Any]) -> Text:
+    """The ISP's state, coloured, with what qualifies it (standby, held down, link down)."""
+    status = str(isp["status"])
+    label = status
+    if status == "up" and not isp.get("active", True):
+        label += " (standby)"
+    held = isp.get("health", {}).get("held_down_seconds")
+    if held:
+        label += f" (held {held:g}s)"
+    if isp.get("link_down"):
+        label += " (link down)"
+    return Text(label, style=STATE_STYLES.get(status, ""))
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Per ISP, the last ``size`` connection counts and throughputs (None: no answer or no rate then)."""
+
+    size: int = HISTORY
+    connections: dict[str, deque[float | None]] = field(default_factory=dict)
+    throughput: dict[str, deque[float | None]] = field(default_factory=dict)
+
+    def add(self, conns: Mapping[str, float | None], throughput: Mapping[str, float | None]) -> None:
+        """One sample for the ISPs named in ``conns`` (ISPs no longer there are forgotten)."""
+        for series, values in ((self.connections, conns), (self.throughput, throughput)):
+            for name in list(series):
+                if name not in conns:
+                    del series[name]
+            for name in conns:
+                series.setdefault(name, deque(maxlen=self.size)).append(values.get(name))
+
+    def gap(self) -> None:
+        """No answer this time: every series moves on by a missing value."""
+        for series in (self.connections, self.throughput):
+            for values in series.values():
+                values.append(None)
+
+
+@dataclass
+class TopModel:
+    """What the screen shows: the latest answer, the rates since the one before, the history."""
+
+    history: History = field(default_factory=History)
+    current: Sample | None = None
+    previous: Sample | None = None
+    rates: dict[str, IspRates] = field(default_factory=dict)
+    rule_rates: dict[str, float | None] = field(default_factory=dict)
+    error: str | None = None
+    failing_since: float | None = None  # monotonic time of the first failure of the current run of them
+    answers: int = 0
+
+    def update(self, sample: Sample) -> None:
+        self.previous, self.current = self.current, sample
+        self.rates = isp_rates(self.previous, sample)
+        self.rule_rates = rule_rates(self.previous, sample)
+        self.error = self.failing_since = None
+        self.answers += 1
+        counts = sample.status.get("conn_counts", {})
+        names = [isp["name"] for isp in sample.status.get("isps", [])]
+        self.history.add(
+            {name: counts.get(name) for name in names},
+            {name: self.rates[name].throughput for name in names},
+        )
+
+    def fail(self, error: str, at: float) -> None:
+        self.error = error
+        if self.failing_since is None:
+            self.failing_since = at
+        self.history.gap()
+
+
+# --- the screen -------------------------------------------------------------------------------------
+
+
+def _header(model: TopModel, now_wall: float, now_mono: float, interval: float, target: str) -> Text:
+    text = Text()
+    text.append("wanlb top", style="bold")
+    status = model.current.status if model.current else None
+    if status is not None:
+        text.append(f"  pid {status.get('pid')}  up {human_duration(status.get('uptime_seconds'))}")
+        text.append(f"  reloads {status.get('reloads', 0)}  nft applies {status.get('nft_applies', 0)}")
+        ct = status.get("conntrack", {})
+        if ct.get("entries") is not None:
+            text.append(f"  conntrack {ct['entries']}" + (f"/{ct['max']}" if ct.get("max") else ""))
+    text.append(f"  {time.strftime('%H:%M:%S', time.localtime(now_wall))}  every {interval:g}s  q quits", style="dim")
+    if model.error is not None:
+        since = now_mono - model.failing_since if model.failing_since is not None else 0.0
+        text.append(f"\ndaemon not answering ({human_duration(since)}): {model.error} — still trying",
+                    style="bold white on red")  # fmt: skip
+    elif status is None:
+        text.append(f"\nwaiting for the daemon at {target} …", style="yellow")
+    elif model.current is not None and now_mono - model.current.at > max(3.0, 3 * interval):
+        text.append(f"\nlast answer {human_duration(now_mono - model.current.at)} ago", style="yellow")
+    elif status.get("last_error"):
+        text.append(f"\nlast apply failed: {status['last_error']}", style="red")
+    return text
+
+
+def isp_table(model: TopModel, now_wall: float) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
+    for col, justify in (("isp", "left"), ("state", "left"), ("since", "right"), ("weight", "right"),
+                         ("share", "right"), ("conns", "right"), ("new/s", "right"), ("rx/s", "right"),
+                         ("tx/s", "right"), ("loss", "right"), ("rtt", "right")):  # fmt: skip
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    status = model.current.status if model.current else {}
+    counts = status.get("conn_counts", {})
+    for isp in status.get("isps", []):
+        name = isp["name"]
+        health = isp.get("health", {})
+        monitored = health.get("monitored")
+        rates = model.rates.get(name, IspRates())
+        since = isp.get("since")
+        table.add_row(
+            name,
+            state_text(isp),
+            human_duration(now_wall - since) if since is not None else "-",
+            str(isp.get("weight", "-")),
+            f"{isp['share_percent']:.1f}%" if isp.get("share_percent") is not None else "-",
+            str(counts.get(name, "-")),
+            human_count_rate(rates.new_per_second),
+            human_rate(rates.rx_bytes_per_second),
+            human_rate(rates.tx_bytes_per_second),
+            f"{health['loss_percent']:g}%" if monitored and health.get("loss_percent") is not None else "-",
+            f"{health['latency_ms']:.1f} ms" if monitored and health.get("latency_ms") is not None else "-",
+        )
+    return table
+
+
+def history_table(model: TopModel, width: int) -> Table:
+    """Per ISP, a sparkline of connections and one of throughput over the kept samples, on one scale per
+    column (so the ISPs compare), with the scale's top in the heading."""
+    spark = max(8, min(model.history.size, (width - 40) // 2))
+    conns, through = model.history.connections, model.history.throughput
+
+    def peak(series: Mapping[str, deque[float | None]]) -> float:
+        return max((v for values in series.values() for v in list(values)[-spark:] if v is not None), default=0.0)
+
+    conn_top, through_top = peak(conns), peak(through)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
+    table.add_column("history", no_wrap=True)
+    table.add_column(f"connections (top {conn_top:g})", no_wrap=True, style="cyan")
+    table.add_column(f"rx+tx (top {human_rate(through_top)})", no_wrap=True, style="green")
+    for name in conns:
+        table.add_row(
+            name,
+            sparkline(conns[name], spark, conn_top),
+            sparkline(through.get(name, ()), spark, through_top),
+        )
+    return table
+
+
+def rules_table(model: TopModel) -> Table | None:
+    rules = model.current.status.get("rules", []) if model.current else []
+    if not rules:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
+    for col, justify in (("rule", "left"), ("target", "left"), ("hits", "right"), ("hits/s", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rules:
+        hits = r.get("hits")
+        table.add_row(r["name"], r["target"], "-" if hits is None else str(hits),
+                      human_count_rate(model.rule_rates.get(r["name"])))  # fmt: skip
+    return table
+
+
+def events_panel(model: TopModel, lines: int) -> Panel:
+    """The latest events that fit in ``lines``, newest at the bottom."""
+    events = list(model.current.status.get("events", [])) if model.current else []
+    shown = events[-lines:] if lines > 0 else []
+    body = Text(no_wrap=True, overflow="ellipsis")
+    for i, ev in enumerate(shown):
+        if i:
+            body.append("\n")
+        body.append(event_line(ev), style=STATE_STYLES.get(str(ev.get("status")), ""))
+    if not shown:
+        body.append("no events yet", style="dim")
+    return Panel(body, title=f"events ({len(events)})", title_align="left", box=box.ROUNDED)
+
+
+def _height(renderable: RenderableType, width: int) -> int:
+    """Lines ``renderable`` takes at ``width``."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    return len(console.render_lines(renderable, console.options.update(width=width)))
+
+
+def build_screen(model: TopModel, width: int, height: int, *, now_wall: float | None = None,
+                 now_mono: float | None = None, interval: float = 1.0, target: str = "") -> Layout:  # fmt: skip
+    """The whole screen for a terminal of ``width`` × ``height``: header, ISPs, history, rules, events."""
+    now_wall = time.time() if now_wall is None else now_wall
+    now_mono = time.monotonic() if now_mono is None else now_mono
+    parts: list[tuple[str, RenderableType]] = [
+        ("header", _header(model, now_wall, now_mono, interval, target)),
+        ("isps", isp_table(model, now_wall)),
+        ("history", Padding(history_table(model, width), (1, 0, 0, 0))),
+    ]
+    if (rules := rules_table(model)) is not None:
+        parts.append(("rules", Padding(rules, (1, 0, 0, 0))))
+    layout = Layout(name="root")
+    children = []
+    used = 0
+    for name, renderable in parts:
+        size = _height(renderable, width)
+        used += size
+        children.append(Layout(renderable, name=name, size=size))
+    lines = max(1, height - used - 2)
+    children.append(Layout(events_panel(model, lines), name="events", minimum_size=3, ratio=1))
+    layout.split_column(*children)
+    return layout
+
+
+# --- the terminal -----------------------------------------------------------------------------------
+
+
+class Keyboard:
+    """stdin in cbreak mode (keys arrive one by one, unechoed; Ctrl-C still interrupts), read with
+    ``select`` so the loop never blocks on it.  :meth:`restore` puts the saved settings back; it is safe
+    to call more than once."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.saved: list[Any] | None = None
+        self.eof = False
+
+    def cbreak(self) -> None:
+        if self.fd is None or not os.isatty(self.fd):
+            return
+        if self.saved is None:
+            self.saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd, termios.TCSANOW)
+
+    def restore(self) -> None:
+        if self.saved is not None and self.fd is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def readable(self) -> list[int]:
+        return [] if self.fd is None or self.eof else [self.fd]
+
+    def read(self) -> str:
+        assert self.fd is not None
+        try:
+            data = os.read(self.fd, 1024)
+        except BlockingIOError:
+            return ""
+        if not data:
+            self.eof = True  # stdin closed: only Ctrl-C (or a signal) ends top now
+        return data.decode(errors="ignore")
+
+
+class _Poller(threading.Thread):
+    """Asks the daemon for ``status`` every ``interval`` seconds and hands each answer (or the reason
+    there is none) to the main loop, waking it through a pipe.  A daemon thread: a request stuck on a
+    hung daemon never delays quitting."""
+
+    def __init__(self, socket_path: str, interval: float) -> None:
+        super().__init__(name="wanlb-top-poller", daemon=True)
+        self.socket_path, self.interval = socket_path, interval
+        self.results: queue.SimpleQueue[tuple[float, dict[str, Any] | None, str | None]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        finally:  # the thread owns the pipe: closing it here, never under a request still writing to it
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _loop(self) -> None:
+        from wanlb.control import ControlError, request
+
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                reply: dict[str, Any] | None = request(self.socket_path, {"cmd": "status"}, timeout=REQUEST_TIMEOUT)
+                error = None
+            except ControlError as exc:
+                reply, error = None, str(exc)
+            except Exception as exc:  # never die silently: the screen says what went wrong
+                reply, error = None, f"{type(exc).__name__}: {exc}"
+            if self.stopping.is_set():
+                return
+            self.results.put((time.monotonic(), reply, error))
+            self.wake()
+            next_at += self.interval
+            now = time.monotonic()
+            if next_at < now:  # a slow answer: do not try to catch up with a burst
+                next_at = now + self.interval
+            self.stopping.wait(next_at - now)
+
+    def drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self.wake_r, 4096)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"w")
+
+    def close(self) -> None:
+        """Stop asking (the thread ends after its current request, and closes the pipe)."""
+        self.stopping.set()
+        if self.ident is None:  # never started: nobody else will close the pipe
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+@contextlib.contextmanager
+def _signals(handlers: Mapping[int, Any]) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_top(socket_path: str, interval: float = 1.0, console: Console | None = None,
+            stdin_fd: int | None = None) -> int:  # fmt: skip
+    """The interactive loop; returns the exit code (0 after ``q`` or Ctrl-C, 128 + the signal after
+    SIGTERM or SIGHUP).
+
+    Whatever ends it — ``q``, Ctrl-C, SIGTERM, SIGHUP, an exception — the alternate screen is left,
+    the cursor shown and the terminal settings restored.  Ctrl-Z gives the terminal back before
+    stopping and takes it again on ``fg``.  Signal handlers only note the signal and wake the loop,
+    which acts on it between two frames: nothing is written to the terminal from inside a handler,
+    so a frame is never cut by an escape sequence.
+    """
+    console = console or Console()
+    if stdin_fd is None:
+        stdin_fd = sys.stdin.fileno() if sys.stdin is not None and not sys.stdin.closed else None
+    keyboard = Keyboard(stdin_fd)
+    model = TopModel()
+    poller = _Poller(socket_path, interval)
+    pending: list[int] = []
+
+    def note(signum: int, _frame: Any) -> None:
+        pending.append(signum)
+        poller.wake()
+
+    def suspend(live: Live) -> None:
+        keyboard.restore()
+        console.set_alt_screen(False)
+        console.show_cursor(True)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT (`fg`)
+        signal.signal(signal.SIGTSTP, note)
+        keyboard.cbreak()
+        console.set_alt_screen(True)
+        console.show_cursor(False)
+
+    def frame() -> Layout:
+        size = console.size
+        return build_screen(model, size.width, size.height, interval=interval, target=socket_path)
+
+    handlers = dict.fromkeys((signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGWINCH), note)
+    try:
+        with _signals(handlers):
+            keyboard.cbreak()
+            poller.start()
+            with Live(frame(), console=console, screen=True, auto_refresh=False, redirect_stdout=False,
+                      redirect_stderr=False) as live:  # fmt: skip
+                while True:
+                    ready, _, _ = select.select([*keyboard.readable(), poller.wake_r], [], [], interval)
+                    if keyboard.fd in ready and QUIT_KEYS & set(keyboard.read()):
+                        return 0
+                    if poller.wake_r in ready:
+                        poller.drain_wakeups()
+                    while pending:
+                        signum = pending.pop(0)
+                        if signum in (signal.SIGTERM, signal.SIGHUP):
+                            return 128 + signum
+                        if signum == signal.SIGTSTP:
+                            suspend(live)
+                        # SIGWINCH: the frame below is drawn at the new size
+                    while True:
+                        try:
+                            at, reply, error = poller.results.get_nowait()
+                        except queue.Empty:
+                            break
+                        if reply is not None:
+                            model.update(Sample(at, reply))
+                        else:
+                            model.fail(error or "no answer", at)
+                    live.update(frame(), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        poller.close()
+        keyboard.restore()
