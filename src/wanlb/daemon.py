@@ -653,6 +653,7 @@ class Daemon:
         if control.socket_in_use(socket_path):
             raise RuntimeError(f"another wanlb daemon already answers at {socket_path}")
         await self.reconcile("start")
+        await self._watch_table()  # the table's size and limit are in status (and /metrics) from the start
         server = await control.serve(socket_path, self.handle)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
