@@ -33,12 +33,12 @@ _CLIENT = """
 import json, socket, sys
 out = []
 for line in sys.stdin.read().splitlines():
-    src, dst, port, tos = line.split()
+    src, dst, port, tos, *sport = line.split()
     try:
         s = socket.socket()
         s.settimeout(2)
-        if src != "-":
-            s.bind((src, 0))
+        if src != "-" or sport:
+            s.bind(("" if src == "-" else src, int(sport[0]) if sport else 0))
         if int(tos):
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, int(tos))
         s.connect((dst, int(port)))
@@ -84,8 +84,9 @@ def connect(lab: Lab, client: str, dst: str, port: int, count: int = 1, src: str
     return connect_many(lab, client, [(src, dst, port, tos)] * count)
 
 
-def connect_many(lab: Lab, client: str, conns: list[tuple[str, str, int, int]]) -> list[str]:
-    lines = "".join(f"{s} {d} {p} {t}\n" for s, d, p, t in conns)
+def connect_many(lab: Lab, client: str, conns: list[tuple[Any, ...]]) -> list[str]:
+    """(src or "-", dst, dport, tos[, sport]) per connection."""
+    lines = "".join(" ".join(str(x) for x in c) + "\n" for c in conns)
     out = sh(lab, client, "python3", "-c", _CLIENT, stdin=lines)
     return [(isp_for_source(a) or a) if not a.startswith("error:") else a for a in json.loads(out)]
 
@@ -130,6 +131,7 @@ def test_each_match_kind_first_match_wins_bypass_drop_and_counters_survive_a_rel
             {"name": "blocked", "iif": ["lan0"], "dport": ["9090-9091"], "action": "drop"},
             {"name": "direct", "dport": [8081], "action": "bypass"},
             {"name": "not-c2", "src": ["!" + client_addr(2)], "dport": [8082], "via": "isp1"},
+            {"name": "sport", "proto": "tcp", "sport": ["40100-40199"], "via": "isp1"},
         ]
 
     gw = start(lab, edit)
@@ -155,6 +157,9 @@ def test_each_match_kind_first_match_wins_bypass_drop_and_counters_survive_a_rel
         assert hits["not-c2"] == 0
         assert set(connect(lab, "c1", HTTP_ADDR, 8082, 4)) == {"error:ConnectionRefusedError"}  # no server
         assert {r["name"]: r["hits"] for r in gw.status()["rules"]}["not-c2"] == 4  # c1 is not c2: matched
+        by_sport = connect_many(lab, "c2", [("-", HTTP_ADDR, 80, 0, 40150 + i) for i in range(6)])
+        assert set(by_sport) == {"isp1"}, by_sport  # sport
+        assert {r["name"]: r["hits"] for r in gw.status()["rules"]}["sport"] == 6
 
         gw.write(lambda cfg: (edit(cfg), cfg["isps"][0].update(weight=2)))  # a reload that changes the ruleset
         assert gw.reload()["ok"]
