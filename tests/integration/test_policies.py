@@ -491,3 +491,23 @@ def test_dnsmasq_on_the_gateway_can_feed_a_domain_rule_instead_of_the_daemon(lab
             p.kill()
         if gw is not None:
             gw.stop(cleanup=True)
+
+
+@pytest.mark.slow
+def test_sticky_holds_a_client_on_one_isp_for_two_minutes(lab: Lab) -> None:
+    """The acceptance's timing: 100 connections spread over 2 minutes (``scripts/slow.sh``)."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["balance"] = {"algorithm": "weighted", "sticky": {"by": "source", "timeout": "10m"}}
+
+    gw = start(lab, edit)
+    try:
+        got: list[str] = []
+        for _ in range(50):
+            got += connect(lab, "c1", HTTP_ADDR, 8080, 2)
+            time.sleep(2.4)
+        assert len(got) == 100 and len(set(got)) == 1 and not got[0].startswith("error"), Counter(got)
+        others = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 30))
+        assert len(others) == 1  # c2 is sticky too (on whichever ISP its first connection got)
+    finally:
+        gw.stop(cleanup=True)
