@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 EVENTS_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_events")
 _MARK = struct.Struct(">I")
 SLICE = 64  # datagrams read before the loop is let go
+DRAIN_LIMIT = 2.0  # seconds a resync reads the events of its dump's time before it gives up on seeing the end
+RETRY_GAP = 5.0  # seconds before a resync that could not finish its reading is tried again
 
 
 class ConnCounter:
@@ -79,6 +82,7 @@ class ConnCounter:
         self._counts: dict[int, int] = {}
         self._resync_needed = asyncio.Event()
         self._window: list[tuple[int, bool, int]] | None = None  # (id, is NEW, mark) while a dump runs
+        self._retry = False  # the last resync could not read every event of its time
 
     def counts(self) -> dict[int, int]:
         """Entries per ``mark & mark_mask`` (a copy)."""
@@ -107,10 +111,12 @@ class ConnCounter:
         try:
             while True:
                 await self._resync(sock)
+                wait = RETRY_GAP if self._retry else interval
+                self._retry = False
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the timeout, and the daemon's shutdown would then hang here.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
+                    async with asyncio.timeout(wait):
                         await self._resync_needed.wait()
                 self._resync_needed.clear()
         finally:
@@ -156,13 +162,23 @@ class ConnCounter:
         return True
 
     async def _resync(self, sock: EventSocket) -> None:
-        """Replace the counts by a dump, corrected by the events of the entries that changed while it ran."""
-        while self._read_slice(sock):  # events from before the dump: applied to the counts it replaces
-            await asyncio.sleep(0)
+        """Replace the counts by a dump, corrected by the events of the entries that changed while it ran.
+
+        Events still queued from before the dump need no draining first: an id's last event decides,
+        whichever side of the dump's start it came from.  After the dump, every event of its time is
+        queued; they are read until the socket is seen empty, for at most :data:`DRAIN_LIMIT` seconds
+        (under churn faster than we read, the queue may never empty): then the counts take what was
+        read and another resync is asked for, :data:`RETRY_GAP` later.
+        """
         self._window = []
         try:
             fresh, seen = await asyncio.to_thread(self._dump)
-            while self._read_slice(sock):  # every event of the dump's time is queued by now
+            deadline = time.monotonic() + DRAIN_LIMIT
+            while self._read_slice(sock):
+                if time.monotonic() > deadline:
+                    log.info("events kept coming while the resync read them: counts approximate until the next")
+                    self._retry = True
+                    break
                 await asyncio.sleep(0)
             self._counts = corrected(fresh, seen, self._window)
         finally:

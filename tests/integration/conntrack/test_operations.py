@@ -180,7 +180,7 @@ def test_list_into_a_closed_pipe_ends_quietly(netns: Netns, isp_config: str, out
 
 _CHURN = textwrap.dedent(
     """
-    import asyncio, json, threading
+    import asyncio, json, threading, time
     from wanlb.ctcounts import ConnCounter
     from wanlb.ctnetlink.client import Conntrack
     from wanlb.ctnetlink.synth import entries, fill
@@ -199,6 +199,7 @@ _CHURN = textwrap.dedent(
                 assert made == [0] * len(batch), made
                 ct.delete(previous)
                 previous = batch
+                time.sleep(0.002)  # a busy gateway, not a flood: the counter's reads can catch up
 
     async def main():
         fill(40000)  # a dump that takes long enough for the churn to run inside it
@@ -210,11 +211,13 @@ _CHURN = textwrap.dedent(
         stop = threading.Event()
         worker = threading.Thread(target=churn, args=(stop,))
         worker.start()
+        deadline = time.monotonic() + 120  # fail, never hang
         for _ in range(12):
             await asyncio.sleep(0.15)
             before = counter.resyncs
             counter._resync_needed.set()
             while counter.resyncs == before:
+                assert time.monotonic() < deadline, "a resync did not finish"
                 await asyncio.sleep(0.01)
         stop.set()
         worker.join()
