@@ -195,6 +195,7 @@ def events(b: Bench, count: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="wlct-events-") as tmp:
         path_w, path_e = Path(tmp) / "watch.jsonl", Path(tmp) / "conntrack-E.txt"
         daemon, sock, _config = _start_daemon(b, Path(tmp))
+        watch = ctev = None
         try:
             with path_w.open("w") as out_w, path_e.open("w") as out_e:
                 watch = subprocess.Popen(["ip", "netns", "exec", b.ns, *b.wanlb("watch --json -e new,destroy").split()],
@@ -218,10 +219,14 @@ def events(b: Bench, count: int) -> dict:
                 b.sh(f"{PY} -c '{flush}'")
                 _wait_quiet([path_w, path_e])
                 after_destroy = _daemon_vs_dump(b, sock)
-                for p in (watch, ctev):
-                    p.send_signal(signal.SIGINT)
+                for p in (watch, ctev):  # SIGTERM: SIGINT is ignored by processes started in the background
+                    p.send_signal(signal.SIGTERM)
                     p.wait(10)
         finally:
+            for p in (watch, ctev):  # never left behind, whatever failed above
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
             daemon.terminate()
             daemon.wait(15)
         lines = path_w.read_text().splitlines()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -481,6 +482,8 @@ def watch(ctx: Ctx, events: str, as_json: bool, **kw: Any) -> None:
     seen: Counter[str] = Counter()
     sock = _kernel_call(lambda: EventSocket(kinds))
     sock.setblocking(False)
+    # SIGTERM ends the watch like Ctrl-C (conntrack -E does the same): what was read is written, then the summary.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for ev in _event_stream(sock):
             if ev is LOST:
@@ -663,3 +666,7 @@ def stats(as_json: bool) -> None:
 
 if __name__ == "__main__":
     conntrack()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt

@@ -88,8 +88,12 @@ def test_watch_shows_new_and_destroy_of_a_real_connection(netns: Netns) -> None:
                 seen[obj["event"]] = obj
         assert seen["new"]["orig"] == seen["destroy"]["orig"]
         assert seen["new"]["orig"]["dst"] == "127.0.0.1"
+        watch.terminate()  # SIGTERM ends it like Ctrl-C: status 0 and the summary, as conntrack -E
+        assert watch.wait(10) == 0
+        assert watch.stderr is not None and "wanlb: events new " in watch.stderr.read()
     finally:
-        watch.terminate()
+        if watch.poll() is None:
+            watch.kill()
         watch.wait(10)
 
 
