@@ -445,7 +445,8 @@ def test_latency_gives_a_slow_isp_a_smaller_share(lab: Lab) -> None:
             timeout=15,
         )
         weights = gw.status()["adjusted_weights"]["default"]
-        assert weights["isp1"] >= 40 and weights["isp3"] >= 40, weights
+        # isp1 and isp3 share the rest by their own (unslowed, but on a busy machine noisy) probe latencies
+        assert weights["isp1"] + weights["isp3"] >= 90, weights
         shares = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 100))
         assert shares["isp2"] <= 10 and shares["isp1"] + shares["isp3"] >= 90, shares
     finally:
