@@ -185,17 +185,23 @@ class ConnCounter:
             self._window = None
         self.resyncs += 1
 
-    def _dump(self) -> tuple[dict[int, int], set[int]]:
+    def _dump(self) -> tuple[dict[int, int], dict[int, int]]:
         with Conntrack() as ct:
             return ct.count_by_mark_with_ids(Filter(), self.mark_mask)
 
 
-def corrected(counts: dict[int, int], seen: set[int], window: list[tuple[int, bool, int]]) -> dict[int, int]:
-    """A dump's per-mark ``counts`` (of the ids ``seen``) brought up to date by the events read meanwhile.
+def corrected(
+    counts: dict[int, int], seen: Mapping[int, int], window: list[tuple[int, bool, int]]
+) -> dict[int, int]:
+    """A dump's per-mark ``counts`` brought up to date by the events read meanwhile.
 
-    Only an id's last event matters: if it was DESTROY the entry is gone, so it is taken off if the dump
-    counted it; if NEW the entry exists, so it is added if the dump missed it.  An event without an id
-    (none that the kernel sends) cannot be matched and is left out.
+    ``seen`` maps each id the dump counted to the mark it counted it under.  Only an id's last event
+    matters: after a DESTROY the entry is gone, after a NEW it exists with that event's mark.  Where
+    that differs from what the dump counted, the dump's count moves.  The id of a new connection can be
+    an old one's (the kernel derives it from the entry's address and tuple, and a SYN that reopens a
+    closed connection's tuple often gets the freed entry back), with another ISP's mark: so a NEW of
+    an id the dump saw moves it to the new mark.  An event without an id (none that the kernel sends)
+    cannot be matched and is left out.
     """
     last: dict[int, tuple[bool, int]] = {}
     for conn_id, is_new, mark in window:
@@ -203,8 +209,13 @@ def corrected(counts: dict[int, int], seen: set[int], window: list[tuple[int, bo
             last[conn_id] = (is_new, mark)
     out = dict(counts)
     for conn_id, (is_new, mark) in last.items():
-        if is_new != (conn_id in seen):
-            out[mark] = max(0, out.get(mark, 0) + (1 if is_new else -1))
+        before, after = seen.get(conn_id), mark if is_new else None
+        if before == after:
+            continue
+        if before is not None:
+            out[before] = max(0, out.get(before, 0) - 1)
+        if after is not None:
+            out[after] = out.get(after, 0) + 1
     return out
 
 

@@ -7,39 +7,61 @@ from hypothesis import strategies as st
 
 from wanlb.ctcounts import corrected
 
+A, B = 0x100, 0x200
+
 
 def test_each_ids_last_event_decides() -> None:
-    counts = {0x100: 10, 0x200: 5}
-    seen = {1, 2, 3}
+    counts = {A: 10, B: 5}
+    seen = {1: A, 2: A, 3: A}
     window = [
-        (1, False, 0x100),  # seen by the dump, destroyed after: one fewer
-        (7, True, 0x200),  # created after the dump passed its bucket: one more
-        (8, True, 0x100),  # created and destroyed within the dump: no change
-        (8, False, 0x100),
-        (2, True, 0x100),  # the dump already counted it: no change
-        (9, False, 0x200),  # destroyed before the dump reached it: no change
-        (-1, True, 0x200),  # no id: cannot be matched, left out
+        (1, False, A),  # seen by the dump, destroyed after: one fewer
+        (7, True, B),  # created after the dump passed its bucket: one more
+        (8, True, A),  # created and destroyed within the dump: no change
+        (8, False, A),
+        (2, True, A),  # the dump already counted it: no change
+        (9, False, B),  # destroyed before the dump reached it: no change
+        (-1, True, B),  # no id: cannot be matched, left out
     ]
-    assert corrected(counts, seen, window) == {0x100: 9, 0x200: 6}
-    assert counts == {0x100: 10, 0x200: 5}  # not changed in place
+    assert corrected(counts, seen, window) == {A: 9, B: 6}
+    assert counts == {A: 10, B: 5}  # not changed in place
+
+
+def test_a_reused_id_with_another_mark_moves_to_the_new_mark() -> None:
+    """A SYN that reopens a closed connection's tuple may get the freed entry, and so the same id, on
+    another ISP: the dump counted the old one under A, the new one is B."""
+    assert corrected({A: 1}, {5: A}, [(5, False, A), (5, True, B)]) == {A: 0, B: 1}
+    assert corrected({A: 1}, {5: A}, [(5, True, B)]) == {A: 0, B: 1}  # its DESTROY read before the dump
+    assert corrected({B: 1}, {5: B}, [(5, False, A), (5, True, B)]) == {B: 1}  # the dump saw the new one
 
 
 @given(
-    st.sets(st.integers(0, 40)),
-    st.lists(st.tuples(st.integers(0, 40), st.booleans())),
+    st.dictionaries(st.integers(0, 40), st.sampled_from([A, B])),
+    st.lists(st.tuples(st.integers(0, 40), st.booleans(), st.sampled_from([A, B]))),
     st.sets(st.integers(0, 40)),
 )
-def test_matches_the_table_after_the_events(before: set[int], changes: list[tuple[int, bool]], early: set[int]) -> None:
-    """Whatever part of the changes the dump saw, the corrected count equals the table after all events.
+def test_matches_the_table_after_the_events(
+    before: dict[int, int], changes: list[tuple[int, bool, int]], early: set[int]
+) -> None:
+    """Whatever part of the changes the dump saw, the corrected counts equal the table after all events.
 
-    The table starts as ``before``; the changes (id, create?) happen while the dump walks it and each
-    sends its event; the dump saw the ids in ``early`` as they were before the changes (their buckets were
-    visited first) and the others as they are after.
+    The table starts as ``before`` (id → mark); the changes happen while the dump walks it and each
+    sends its event (a NEW may reuse an id that was destroyed, with any mark); the dump saw the ids in
+    ``early`` as they were before the changes (their buckets were visited first) and the others as they
+    are after.
     """
-    window, table = [], set(before)
-    for conn_id, create in changes:
-        if create != (conn_id in table):  # the kernel sends NEW only for an absent id, DESTROY for a present one
-            window.append((conn_id, create, 0x100))
-            (table.add if create else table.discard)(conn_id)
-    seen = {i for i in before if i in early} | {i for i in table if i not in early}
-    assert corrected({0x100: len(seen)}, seen, window).get(0x100, 0) == len(table)
+    window, table = [], dict(before)
+    for conn_id, create, mark in changes:
+        if create and conn_id not in table:
+            table[conn_id] = mark
+            window.append((conn_id, True, mark))
+        elif not create and conn_id in table:
+            window.append((conn_id, False, table.pop(conn_id)))
+    seen = {i: m for i, m in before.items() if i in early} | {i: m for i, m in table.items() if i not in early}
+    counts: dict[int, int] = {}
+    for mark in seen.values():
+        counts[mark] = counts.get(mark, 0) + 1
+    want: dict[int, int] = {}
+    for mark in table.values():
+        want[mark] = want.get(mark, 0) + 1
+    got = {m: n for m, n in corrected(counts, seen, window).items() if n}
+    assert got == want

@@ -125,21 +125,23 @@ class Conntrack:
 
     def count_by_mark_with_ids(
         self, flt: Filter | None = None, mask: int = 0xFFFFFFFF
-    ) -> tuple[dict[int, int], set[int]]:
-        """:meth:`count_by_mark` plus the conntrack id of every entry counted (for the daemon's resync)."""
+    ) -> tuple[dict[int, int], dict[int, int]]:
+        """:meth:`count_by_mark` plus, per conntrack id, the ``mark & mask`` it was counted under (for the
+        daemon's resync)."""
         for attempt in range(_DUMP_RETRIES):
             counts: Counter[int] = Counter()
-            ids: set[int] = set()
-            unpack, add = _MARK.unpack_from, ids.add
+            ids: dict[int, int] = {}
+            unpack = _MARK.unpack_from
             try:
                 for buf, items in self.batches(flt):
                     for off, shape in items:
                         offsets = shape.offsets
                         pos = offsets.get("mark")
-                        counts[(unpack(buf, off + pos)[0] if pos is not None else 0) & mask] += 1
+                        mark = (unpack(buf, off + pos)[0] if pos is not None else 0) & mask
+                        counts[mark] += 1
                         pos = offsets.get("id")
                         if pos is not None:
-                            add(unpack(buf, off + pos)[0])
+                            ids[unpack(buf, off + pos)[0]] = mark
                 return dict(counts), ids
             except DumpInterrupted:
                 if attempt == _DUMP_RETRIES - 1:
