@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wanlb.api")
 
 MAX_STREAM_CLIENTS = 32
+MAX_HTTP_CONNECTIONS = 100
 STREAM_QUEUE = 256  # messages buffered per SSE client before it is dropped as too slow
 STATS_INTERVAL = 1.0
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream
@@ -142,12 +143,14 @@ class Api:
         self._ticker: asyncio.Task[None] | None = None
         self.rates: _Rates | None = None  # the last stats tick's counters (for the next one's rates)
 
-    def reconfigure(self, config: ApiConfig) -> None:
-        """A reload: a new token file or read policy applies at once; new listen addresses at the next start."""
+    async def reconfigure(self, config: ApiConfig) -> None:
+        """A reload: a new token file or read policy applies at once; new listen addresses at the next start.
+
+        The token file is read in a worker: a file on a hung mount must not stall probing."""
         if config.listen != self.config.listen:
             log.warning("api.listen changes take effect at the next start")
         try:
-            self.token = read_token(config.token_file) if config.token_file else None
+            self.token = await asyncio.to_thread(read_token, config.token_file) if config.token_file else None
         except TokenError as exc:
             log.error("api token not reloaded, keeping the previous one: %s", exc)
             return
@@ -160,8 +163,10 @@ class Api:
         for listen in self.config.listen:
             host, _, port = listen.rpartition(":")
             host = host.strip("[]")
+            # At most MAX_HTTP_CONNECTIONS at once (503 beyond): idle clients cannot take the daemon's fds.
             server = _Server(uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
-                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))  # fmt: skip
+                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1,
+                                            limit_concurrency=MAX_HTTP_CONNECTIONS))  # fmt: skip
             task = asyncio.create_task(server.serve())
             while not server.started:
                 if task.done():

@@ -190,9 +190,7 @@ class ConnCounter:
             return ct.count_by_mark_with_ids(Filter(), self.mark_mask)
 
 
-def corrected(
-    counts: dict[int, int], seen: Mapping[int, int], window: list[tuple[int, bool, int]]
-) -> dict[int, int]:
+def corrected(counts: dict[int, int], seen: Mapping[int, int], window: list[tuple[int, bool, int]]) -> dict[int, int]:
     """A dump's per-mark ``counts`` brought up to date by the events read meanwhile.
 
     ``seen`` maps each id the dump counted to the mark it counted it under.  Only an id's last event

@@ -329,7 +329,7 @@ class Daemon:
         self._start_monitors()
         self._start_domains()
         if self.api is not None and new.api is not None:
-            self.api.reconfigure(new.api)
+            await self.api.reconfigure(new.api)
         elif (self.api is None) != (new.api is None):
             log.warning("adding or removing the api section takes effect at the next start")
         self._warn_about_config()
