@@ -142,6 +142,7 @@ class Api:
         self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self._ticker: asyncio.Task[None] | None = None
         self.rates: _Rates | None = None  # the last stats tick's counters (for the next one's rates)
+        self._dumps = asyncio.Semaphore(1)
 
     async def reconfigure(self, config: ApiConfig) -> None:
         """A reload: a new token file or read policy applies at once; new listen addresses at the next start.
@@ -370,7 +371,9 @@ class Api:
             return out, more
 
         try:
-            async with asyncio.timeout(CONNECTIONS_TIMEOUT):
+            # One dump at a time: a burst of requests must not fill the worker threads the daemon's
+            # reconciles and flushes need (a dump that timed out keeps its thread until it ends).
+            async with asyncio.timeout(CONNECTIONS_TIMEOUT), self._dumps:
                 entries, more = await asyncio.to_thread(dump)
         except TimeoutError:
             raise HTTPException(503, "the conntrack dump took too long") from None

@@ -91,6 +91,7 @@ class Daemon:
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency weights in force
         self._domains: tuple[DomainWatcher, asyncio.Task[None], ResolverSettings] | None = None
         self.metrics = Metrics()
+        self._counter_reads = asyncio.Semaphore(2)
         self.api: Api | None = None
 
     # --- executing effects ---------------------------------------------------------------------
@@ -486,9 +487,12 @@ class Daemon:
                 log.error("could not update the domain sets: %s", exc)
 
     async def read_counters(self) -> dict[str, dict[str, int]]:
-        """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time."""
+        """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time.
+
+        At most two reads at once: clients (status, scrapes, streams) must not fill the worker threads
+        that reconciles and flushes need (a timed-out read keeps its thread until nft returns)."""
         try:
-            async with asyncio.timeout(COUNTER_READ_TIMEOUT):
+            async with asyncio.timeout(COUNTER_READ_TIMEOUT), self._counter_reads:
                 listing = await asyncio.to_thread(self.kernel.nft_read)
         except Exception as exc:  # status still answers: the counters are extra
             log.debug("cannot read nft counters: %s", exc)
