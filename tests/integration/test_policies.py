@@ -338,7 +338,8 @@ def test_least_conn_sends_new_connections_away_from_a_loaded_isp(lab: Lab) -> No
             time.sleep(0.4)
         counts = gw.request("conn_counts")["by_isp"]
         assert min(counts["isp2"], counts["isp3"]) >= 40, (counts, later)
-        assert later["isp1"] <= 15 and later["isp2"] + later["isp3"] >= 85, later
+        # isp1 comes back into the mix as the others catch up, but takes less than either of them
+        assert later["isp1"] < min(later["isp2"], later["isp3"]), later
     finally:
         if holder is not None:
             holder.kill()
