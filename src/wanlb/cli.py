@@ -195,8 +195,8 @@ def _allocation(cfg: Config) -> tuple[Any, str]:
 def render(config_path: str, nft_only: bool) -> None:
     """Print exactly what would be applied (nft transaction, ip rules, routes, sysctls); change nothing.
 
-    Connected routes are read from the main table (read-only) to show their
-    copies in the ISP tables; every ISP is assumed up.  Marks and tables are
+    Connected networks are read from the main table (read-only): they are
+    never balanced and LAN ones never leave unNATed; every ISP is assumed up.  Marks and tables are
     the running wanlb's (its runtime state) if there is one.  The daemon
     changes only what differs from the kernel; this shows the table as a
     whole.

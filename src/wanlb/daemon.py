@@ -23,11 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wanlb import control, nftsync, runtime
 from wanlb.adapters.links import LinkWatcher
-from wanlb.api import Api, TokenError
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
 from wanlb.domains import DomainWatcher, ResolverSettings
@@ -41,6 +40,9 @@ from wanlb.policy import adjust, shares_differ
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 from wanlb.render import render, sticky_sets
 from wanlb.tune import TableStats, table_warnings
+
+if TYPE_CHECKING:
+    from wanlb.api import Api
 
 log = logging.getLogger("wanlb.daemon")
 
@@ -671,6 +673,8 @@ class Daemon:
         self._start_domains()
         self._warn_about_config()
         if self.config.api is not None:
+            from wanlb.api import Api, TokenError  # FastAPI and uvicorn: 0.3 s of imports, only when asked for
+
             try:
                 self.api = Api(self, self.config.api)
                 await self.api.start()

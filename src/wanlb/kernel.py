@@ -126,11 +126,10 @@ class LinuxKernel:
 
     def replace_routes(self, routes: Sequence[Route]) -> list[tuple[Route, str]]:
         with self._rtnl() as ipr:
-            indexes = routing.link_indexes(ipr) if routes else {}
             failed = []
             for route in routes:
                 try:
-                    routing.replace_route(ipr, route, indexes)
+                    routing.replace_route(ipr, route)
                 except routing.RoutingError as exc:
                     failed.append((route, str(exc)))
             return failed

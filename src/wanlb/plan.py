@@ -36,11 +36,10 @@ class IspStatus(StrEnum):
 
 @dataclass(frozen=True, order=True)
 class ConnectedRoute:
-    """A directly connected network from the main table, copied into every ISP table."""
+    """A directly connected network of the main table: never balanced (``bypass``), and LAN ones are never NATed."""
 
     dst: ipaddress.IPv4Network
     dev: str
-    prefsrc: ipaddress.IPv4Address | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,6 @@ class Desired:
     lan_interfaces: tuple[str, ...]
     local_traffic: bool
     bypass: tuple[ipaddress.IPv4Network, ...]
-    connected: tuple[ConnectedRoute, ...]
     last_resort: str
     rule_priority: int
     route_protocol: int
@@ -133,7 +131,6 @@ def plan(
         lan_interfaces=config.lan.interfaces,
         local_traffic=config.local_traffic,
         bypass=tuple(sorted(set(config.lan.bypass) | {r.dst for r in connected})),
-        connected=tuple(sorted(set(connected))),
         last_resort=config.failover.last_resort,
         rule_priority=config.routing.rule_priority,
         route_protocol=config.routing.protocol,

@@ -108,14 +108,12 @@ class Route:
     dst: ipaddress.IPv4Network
     dev: str
     gateway: ipaddress.IPv4Address | None = None
-    prefsrc: ipaddress.IPv4Address | None = None
     protocol: int = 0
 
     def describe(self) -> str:
         dst = "default" if self.dst.prefixlen == 0 else str(self.dst)
         via = f" via {self.gateway}" if self.gateway else " scope link"
-        src = f" src {self.prefsrc}" if self.prefsrc else ""
-        return f"{dst}{via} dev {self.dev}{src} table {self.table} proto {self.protocol}"
+        return f"{dst}{via} dev {self.dev} table {self.table} proto {self.protocol}"
 
 
 @dataclass(frozen=True)
@@ -399,7 +397,6 @@ def render_routing(desired: Desired) -> RoutingIntent:
         rules.append(Rule(base + GUARD_OFFSET + isp.slot, "unreachable", fwmark=isp.mark, fwmask=mask, protocol=proto))
         default = ipaddress.IPv4Network("0.0.0.0/0")
         routes.append(Route(isp.table, default, isp.interface, gateway=isp.gateway, protocol=proto))
-        routes += [Route(isp.table, c.dst, c.dev, prefsrc=c.prefsrc, protocol=proto) for c in desired.connected]
     if not desired.active and desired.last_resort != "main":
         rules.append(Rule(base + LAST_RESORT_OFFSET, desired.last_resort, protocol=proto))
     sysctls = [("net/ipv4/ip_forward", "1")]

@@ -69,7 +69,7 @@ class Harness:
         self.config = load_config(self.path)
         self.kernel = FakeKernel(
             {"lan0": True, "wan1": True, "wan2": True, "wan3": True},
-            (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0", ipaddress.IPv4Address("192.168.77.1")),),
+            (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0"),),
             {"net/ipv4/ip_forward": "0"},
         )
         self.kernel.conntrack = [0x100] * 3 + [0x200] * 2 + [0x300] + [0] * 4

@@ -25,7 +25,7 @@ from wanlb.nftsync import Chain, Counter, Helper, Set, Table
 from wanlb.plan import ConnectedRoute, IspStatus, plan
 from wanlb.render import render_nft
 
-LAN = (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0", ipaddress.IPv4Address("192.168.77.1")),)
+LAN = (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0"),)
 ISPS = {"a": ("wan1", 3, 1), "b": ("wan2", 1, 1), "c": ("wan3", 2, 2)}  # interface, weight, tier
 
 

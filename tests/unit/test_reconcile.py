@@ -20,9 +20,9 @@ from wanlb.runtime import RuntimeState, StateStore
 NET = ipaddress.IPv4Network
 ADDR = ipaddress.IPv4Address
 CONNECTED = (
-    ConnectedRoute(NET("192.168.77.0/24"), "lan0", ADDR("192.168.77.1")),
-    ConnectedRoute(NET("100.64.1.0/24"), "wan1", ADDR("100.64.1.2")),
-    ConnectedRoute(NET("100.64.2.0/24"), "wan2", ADDR("100.64.2.2")),
+    ConnectedRoute(NET("192.168.77.0/24"), "lan0"),
+    ConnectedRoute(NET("100.64.1.0/24"), "wan1"),
+    ConnectedRoute(NET("100.64.2.0/24"), "wan2"),
 )
 SYSCTLS = {
     "net/ipv4/ip_forward": "0",
@@ -131,6 +131,17 @@ def test_the_second_pass_changes_nothing() -> None:
     result = s.run()
     assert s.kernel.calls == [] and result.nft_done is None and result.changes == ()
     assert s.reconciler.nft_applies == 1
+
+
+def test_connected_copies_an_older_version_put_in_our_tables_are_removed() -> None:
+    # Older versions copied every connected network into each ISP table; the suppress rule makes main's
+    # connected routes win anyway, so an upgrade's first pass deletes the copies and keeps the defaults.
+    s = Setup()
+    copies = [Route(table, c.dst, c.dev, protocol=119) for table in (201, 202) for c in CONNECTED]
+    s.kernel.ip_routes += copies
+    s.run()
+    assert ours(s.kernel)[1] == sorted(s.desired().routing.routes)
+    assert {(r.dst.prefixlen, r.table) for r in s.desired().routing.routes} == {(0, 201), (0, 202)}
 
 
 def test_foreign_rules_routes_tables_and_conntrack_are_never_touched() -> None:
@@ -242,7 +253,7 @@ def test_removals_go_after_the_nft_apply_highest_priority_first_routes_last() ->
     deleted = [c[1] for c in s.kernel.calls if c[0] == "delete_rule"]
     assert deleted == sorted(deleted, reverse=True) and {r.fwmark for r in deleted} == {0x200}
     assert [r.priority for r in deleted] == [10301, 10011]  # the guard before the lookup it guards
-    assert calls[nft + 1 :] == ["delete_rule"] * 2 + ["delete_route"] * 4  # default + 3 connected, table 202
+    assert calls[nft + 1 :] == ["delete_rule"] * 2 + ["delete_route"]  # the default route of table 202
     assert not [r for r in s.kernel.ip_routes if r.table == 202 and r.protocol == 119]
     text = s.kernel.calls[nft][1]
     assert "delete chain inet wanlb isp_b" in text and "ct mark & 0xff00 { 0x200 } drop" in text
