@@ -242,15 +242,19 @@ def evaluator(compiled: CompiledRules, rules: Sequence[RuleConfig], resolved: Ma
     steps: list[MapLookup | LinearRule] = []
     used_maps: list[str] = []
     for line in compiled.lookups:
-        m = re.fullmatch(r"(.+) vmap @(rules_\d+)", line)
+        m = re.fullmatch(r"(?:meta l4proto (\S+) )?(.+) vmap @(rules_\d+(?:_\S+)?)", line)
         if m is None:
             steps.append(parse_linear(line))
             continue
-        keys = m.group(1).split(" . ")
+        guard, name = m.group(1), m.group(3)
+        keys = m.group(2).split(" . ")
         assert all(k in KEYS for k in keys), line
         fields = tuple(KEYS[k] for k in keys)
         assert list(fields) == [f for f in KEYS.values() if f in fields], f"key fields out of order: {line}"
-        vmap = maps[m.group(2)]
+        # A guarded map (one per protocol) holds the key without the protocol, which the guard fixes.
+        assert (guard is None) == (name == f"rules_{name.split('_')[1]}"), line
+        assert guard is None or ("proto" not in fields and name.endswith(f"_{guard}")), line
+        vmap = maps[name]
         types = {"src": "ipv4_addr", "dst": "ipv4_addr", "proto": "inet_proto", "sport": "inet_service",
                  "dport": "inet_service"}  # fmt: skip
         assert vmap.type == " . ".join(types[f] for f in fields), (vmap.type, line)
@@ -262,10 +266,14 @@ def evaluator(compiled: CompiledRules, rules: Sequence[RuleConfig], resolved: Ma
             assert target.startswith("goto "), element
             parts = key.split(" . ")
             assert len(parts) == len(fields), element
-            elements.append((tuple(parse_value(f, v) for f, v in zip(fields, parts, strict=True)), target[5:]))
+            values = {f: parse_value(f, v) for f, v in zip(fields, parts, strict=True)}
+            if guard is not None:
+                values["proto"] = parse_value("proto", guard)
+            order = tuple(f for f in KEYS.values() if f in values)
+            elements.append((tuple(values[f] for f in order), target[5:]))
         assert_disjoint([key for key, _ in elements])  # nft refuses overlaps; first match would break
-        steps.append(MapLookup(fields, tuple(elements)))
-        used_maps.append(m.group(2))
+        steps.append(MapLookup(order if guard else fields, tuple(elements)))
+        used_maps.append(name)
     assert sorted(used_maps) == sorted(maps), "every map is looked up exactly once"
     return Evaluator(tuple(steps), chains, sets)
 
@@ -284,11 +292,17 @@ def first_rule_order(compiled: CompiledRules, rules: Sequence[RuleConfig]) -> li
     """Per lookup line, the positions (in ``rules``) of the rules it can send to."""
     position = {rule_chain(r.name): i for i, r in enumerate(rules)}
     maps = {o.name: o for o in compiled.objects if isinstance(o, Set) and o.map_type}
-    out = []
+    out: list[list[int]] = []
+    group = None
     for line in compiled.lookups:
-        m = re.fullmatch(r"(.+) vmap @(rules_\d+)", line)
+        m = re.fullmatch(r"(.+) vmap @(rules_(\d+)\S*)", line)
         elements = maps[m.group(2)].elements if m else [line]
-        out.append(sorted({position[re.search(r"goto (\S+)$", e).group(1)] for e in elements}))
+        positions = {position[re.search(r"goto (\S+)$", e).group(1)] for e in elements}
+        if m and m.group(3) == group:  # the per-protocol maps of one group are one step
+            out[-1] = sorted(set(out[-1]) | positions)
+        else:
+            out.append(sorted(positions))
+        group = m.group(3) if m else None
     return out
 
 
@@ -456,17 +470,23 @@ def test_500_single_address_pins_are_one_map_lookup() -> None:
 def test_the_documented_gaming_rule_is_one_map_of_its_product() -> None:
     rule = RuleConfig(name="gaming", src=["10.0.0.0/24"], proto="udp", dport=["27015-27030", 3478], via="fiber")
     compiled = compile_rules([rule], verdict)
-    assert compiled.lookups == ("ip saddr . meta l4proto . th dport vmap @rules_0",)
-    assert maps_of(compiled)["rules_0"].elements == (
-        "10.0.0.0-10.0.0.255 . udp . 3478 : goto rule_gaming",
-        "10.0.0.0-10.0.0.255 . udp . 27015-27030 : goto rule_gaming",
+    # the protocol is a guard: one map per protocol, keyed by the other fields
+    assert compiled.lookups == ("meta l4proto udp ip saddr . th dport vmap @rules_0_udp",)
+    assert maps_of(compiled)["rules_0_udp"].elements == (
+        "10.0.0.0-10.0.0.255 . 3478 : goto rule_gaming",
+        "10.0.0.0-10.0.0.255 . 27015-27030 : goto rule_gaming",
     )
-    assert maps_of(compiled)["rules_0"].type == "ipv4_addr . inet_proto . inet_service"
+    assert maps_of(compiled)["rules_0_udp"].type == "ipv4_addr . inet_service"
 
 
 def test_ports_without_a_proto_are_tcp_and_udp() -> None:
     compiled = compile_rules([RuleConfig(name="web", dport=[443], action="bypass")], verdict)
-    assert maps_of(compiled)["rules_0"].elements == ("tcp . 443 : goto rule_web", "udp . 443 : goto rule_web")
+    assert compiled.lookups == (
+        "meta l4proto tcp th dport vmap @rules_0_tcp",
+        "meta l4proto udp th dport vmap @rules_0_udp",
+    )
+    assert maps_of(compiled)["rules_0_tcp"].elements == ("443 : goto rule_web",)
+    assert maps_of(compiled)["rules_0_udp"].elements == ("443 : goto rule_web",)
     ev = evaluator(compiled, [RuleConfig(name="web", dport=[443], action="bypass")], {})
     assert ev.target(Packet(1, 2, SCTP, 9, 443, "lan0", 0)) is None
     assert ev.target(Packet(1, 2, UDP, 9, 443, "lan0", 0)) == "rule_web"
@@ -528,8 +548,11 @@ def test_a_product_larger_than_a_map_may_hold_stays_one_linear_rule() -> None:
     fits = RuleConfig(name="fits", src=pins(64, step=2), dport=ports, via="a")
     assert MAX_MAP_ELEMENTS == 64 * 2 * 32
     compiled = compile_rules([fits], verdict)
-    assert compiled.lookups == ("ip saddr . meta l4proto . th dport vmap @rules_0",)
-    assert len(maps_of(compiled)["rules_0"].elements) == MAX_MAP_ELEMENTS
+    assert compiled.lookups == (
+        "meta l4proto tcp ip saddr . th dport vmap @rules_0_tcp",
+        "meta l4proto udp ip saddr . th dport vmap @rules_0_udp",
+    )
+    assert sum(len(m.elements) for m in maps_of(compiled).values()) == MAX_MAP_ELEMENTS
     # ... one port more, and it is one rule with anonymous sets (still one lookup per field)
     huge = RuleConfig(name="huge", src=pins(64, step=2), dport=[*ports, 99], via="a")
     before = RuleConfig(name="before", src=["10.9.0.1"], via="b")
@@ -556,10 +579,11 @@ def test_multi_field_maps_stop_at_the_partition_limit_and_keep_the_order() -> No
     assert MAX_PARTS == 200 + 56
     compiled = compile_rules(rules, verdict)
     assert compiled.lookups == (
-        "ip saddr . meta l4proto . th dport vmap @rules_0",
-        "ip saddr . meta l4proto . th dport vmap @rules_1",
+        "meta l4proto tcp ip saddr . th dport vmap @rules_0_tcp",
+        "meta l4proto udp ip saddr . th dport vmap @rules_0_udp",
+        "meta l4proto tcp ip saddr . th dport vmap @rules_1_tcp",
     )
-    assert [len(m.elements) for m in maps_of(compiled).values()] == [100 * 2 * 20 + 28 * 2, 1]
+    assert [len(m.elements) for m in maps_of(compiled).values()] == [100 * 20 + 28, 100 * 20 + 28, 1]
     ev = evaluator(compiled, rules, {})
     for src, rule in (("10.0.0.38", "big"), ("10.1.0.46", "mid"), ("10.2.0.0", "one")):
         assert ev.target(Packet(int(ipaddress.IPv4Address(src)), 1, TCP, 1000, 7, "lan0", 0)) == f"rule_{rule}"
@@ -584,7 +608,10 @@ def test_many_port_rules_compile_fast_enough_to_run_every_resync() -> None:
         compiled = compile_rules(rules, verdict)
     finally:
         rules_module._overlaps = real
-    assert compiled.lookups == ("meta l4proto . th dport vmap @rules_0",)
+    assert compiled.lookups == (
+        "meta l4proto tcp th dport vmap @rules_0_tcp",
+        "meta l4proto udp th dport vmap @rules_0_udp",
+    )
     assert calls <= 2 * len(rules)  # two partitions (tcp, udp): one comparison of leading values each
 
 
