@@ -193,6 +193,30 @@ class HealthConfig(_Model):
         return v
 
 
+class Ipv6Config(_Model):
+    """How an ISP carries the LAN's IPv6 (``off``: not at all).
+
+    ``netmap`` maps the LAN prefix 1:1 onto ``prefix`` (host bits kept) through conntrack NAT chosen
+    by the same ct mark as IPv4; ``masquerade`` is NAT66 to the WAN's address.
+    """
+
+    mode: Literal["netmap", "masquerade", "routed", "off"] = "off"
+    prefix: ipaddress.IPv6Network | None = None
+    prefix_from: IfName | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Ipv6Config:
+        if self.mode == "routed":
+            raise ValueError("mode routed is not implemented yet: use netmap or masquerade")
+        if self.prefix_from is not None:
+            raise ValueError("prefix_from is not implemented yet: give the prefix")
+        if self.mode == "netmap" and self.prefix is None:
+            raise ValueError("mode netmap needs the ISP-side prefix (prefix: 2001:db8:100::/64)")
+        if self.mode != "netmap" and self.prefix is not None:
+            raise ValueError(f"prefix is used only by mode netmap, not {self.mode}")
+        return self
+
+
 class IspConfig(_Model):
     """One uplink.  ``mark``/``table`` left out (``None``) are allocated by name at run time."""
 
@@ -205,6 +229,15 @@ class IspConfig(_Model):
     mark: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     table: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     health: HealthConfig = HealthConfig()
+    gateway6: ipaddress.IPv6Address | None = None
+    """IPv6 next hop (link-local allowed: it is reached through ``interface``)."""
+    ipv6: Ipv6Config = Ipv6Config()
+
+    @model_validator(mode="after")
+    def _ipv6_needs_a_gateway(self) -> IspConfig:
+        if self.ipv6.mode != "off" and self.gateway6 is None:
+            raise ValueError(f"ipv6 mode {self.ipv6.mode} needs gateway6 (the ISP's IPv6 next hop)")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -225,6 +258,8 @@ class LanConfig(_Model):
     interfaces: Annotated[tuple[IfName, ...], _at_most(64)] = Field(min_length=1, max_length=64)
     bypass: Annotated[tuple[ipaddress.IPv4Network, ...], _at_most(10000)] = Field(default=(), max_length=10000)
     """Destinations never balanced (besides the connected networks, which are always bypassed)."""
+    ipv6_prefixes: Annotated[tuple[ipaddress.IPv6Network, ...], _at_most(16)] = Field(default=(), max_length=16)
+    """The LAN's IPv6 prefixes (ULA or global): what is balanced, translated, and never leaves a WAN as it is."""
 
 
 Algorithm = Literal["weighted", "hash", "least-conn", "latency", "failover"]
@@ -706,6 +741,31 @@ def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[Config
     return list(issues.values()), len(seen) - len(issues)
 
 
+def _ipv6_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """An ISP's IPv6 needs the LAN's prefixes; netmap needs one LAN prefix of its own prefix's length."""
+    issues: list[ConfigIssue] = []
+    lan6 = cfg.lan.ipv6_prefixes
+    seen: dict[ipaddress.IPv6Network, int] = {}
+    for i, isp in enumerate(cfg.isps):
+        mode, prefix = isp.ipv6.mode, isp.ipv6.prefix
+        loc: tuple[str | int, ...] = ("isps", i, "ipv6", "mode")
+        problem = None
+        if mode != "off" and not lan6:
+            problem = f"ipv6 mode {mode} needs lan.ipv6_prefixes (the LAN's IPv6 prefixes)"
+        elif mode == "netmap" and prefix is not None:
+            loc = ("isps", i, "ipv6", "prefix")
+            if len(lan6) != 1:
+                problem = f"netmap maps one LAN prefix, lan.ipv6_prefixes has {len(lan6)}"
+            elif lan6[0].prefixlen != prefix.prefixlen:
+                problem = f"{prefix} must have the LAN prefix's length (/{lan6[0].prefixlen}) to keep host bits"
+            elif any(prefix.overlaps(other) for other in seen):
+                problem = f"{prefix} overlaps isps.{seen[next(o for o in seen if prefix.overlaps(o))]}'s prefix"
+            seen.setdefault(prefix, i)
+        if problem:
+            issues.append(ConfigIssue(lines.line_for(loc), _format_loc(loc), problem))
+    return issues
+
+
 def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
     """Checks across ISPs that single-field validation cannot see."""
     issues: list[ConfigIssue] = []
@@ -750,6 +810,7 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
                 ConfigIssue(lines.line_for(loc), _format_loc(loc), f"{isp.interface} is also a LAN interface")
             )
     issues += _policy_checks(cfg, lines)
+    issues += _ipv6_checks(cfg, lines)
     capacity = cfg.mark_mask >> shift
     if len(cfg.isps) > capacity:
         loc = ("mark_mask",)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from wanlb.config import Config, RuleConfig
-from wanlb.policy import Adjusted, PolicyPlan, policies
+from wanlb.policy import Adjusted, Member, PolicyPlan, best_members, policies, reduce_weights
 from wanlb.runtime import Retired, RuntimeState, mark_shift
 
 
@@ -34,12 +34,15 @@ class IspStatus(StrEnum):
         return self in (IspStatus.UP, IspStatus.DEGRADED)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ConnectedRoute:
     """A directly connected network of the main table: never balanced (``bypass``), and LAN ones are never NATed."""
 
-    dst: ipaddress.IPv4Network
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
     dev: str
+
+    def __lt__(self, other: ConnectedRoute) -> bool:  # IPv4 and IPv6 networks do not compare with each other
+        return (self.dst.version, self.dst, self.dev) < (other.dst.version, other.dst, other.dev)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class IspPlan:
     status: IspStatus
     active: bool
     share: float  # fraction of NEW connections it gets, 0..1
+    gateway6: ipaddress.IPv6Address | None = None
+    ipv6: str = "off"  # netmap | masquerade | off
+    prefix6: ipaddress.IPv6Network | None = None  # netmap: the ISP-side prefix
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,14 @@ class Desired:
     lan_nets: tuple[ipaddress.IPv4Network, ...] = ()  # connected LAN networks: never leave a WAN unNATed
     retired: tuple[Retired, ...] = ()  # marks of removed ISPs: their packets are dropped until flushed
     domain_timeout: int = 3600  # default life of a dom_ set element (dns.max_ttl)
+    lan6: tuple[ipaddress.IPv6Network, ...] = ()  # the LAN's IPv6 prefixes (lan.ipv6_prefixes)
+    bypass6: tuple[ipaddress.IPv6Network, ...] = ()  # IPv6 destinations never balanced: LAN and connected
+    balance6: tuple[tuple[str, int], ...] = ()  # (isp, weight) taking NEW IPv6 connections
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether any ISP carries IPv6 (else IPv6 passes untouched, as before wanlb)."""
+        return any(i.ipv6 != "off" for i in self.isps)
 
     @property
     def active(self) -> tuple[IspPlan, ...]:
@@ -122,22 +136,43 @@ def plan(
             status=usable[i.name],
             active=i.name in default,
             share=default.get(i.name, 0) / total if total else 0.0,
+            gateway6=i.gateway6,
+            ipv6=i.ipv6.mode,
+            prefix6=i.ipv6.prefix,
         )
         for i in config.isps
     )
+    connected4 = {r.dst for r in connected if r.dst.version == 4}
+    connected6 = {r.dst for r in connected if r.dst.version == 6}
     return Desired(
         mark_mask=config.mark_mask,
         isps=isps,
         lan_interfaces=config.lan.interfaces,
         local_traffic=config.local_traffic,
-        bypass=tuple(sorted(set(config.lan.bypass) | {r.dst for r in connected})),
+        bypass=tuple(sorted(set(config.lan.bypass) | connected4)),  # type: ignore[arg-type]
         last_resort=config.failover.last_resort,
         rule_priority=config.routing.rule_priority,
         route_protocol=config.routing.protocol,
         policies=planned,
         rules=config.rules,
         helpers=tuple(dict.fromkeys(config.helpers)),
-        lan_nets=tuple(sorted({r.dst for r in connected if r.dev in config.lan.interfaces})),
+        lan_nets=tuple(sorted({r.dst for r in connected if r.dst.version == 4 and r.dev in config.lan.interfaces})),  # type: ignore[arg-type]
         retired=state.retired,
         domain_timeout=max(1, round(config.dns.max_ttl)),
+        lan6=config.lan.ipv6_prefixes,
+        bypass6=tuple(sorted(set(config.lan.ipv6_prefixes) | connected6)),  # type: ignore[arg-type]
+        balance6=balance6(config, usable),
     )
+
+
+def balance6(config: Config, usable: Mapping[str, IspStatus]) -> tuple[tuple[str, int], ...]:
+    """The ISPs taking NEW IPv6 connections: the best usable tier of those that carry IPv6, by weight.
+
+    IPv6 follows each ISP's one health state and is balanced by weight (``failover``: the first
+    only); rules, policies and the other algorithms apply to IPv4 only for now.
+    """
+    members = [Member(i.name, i.tier, i.weight) for i in config.isps if i.ipv6.mode != "off"]
+    _, live = best_members(members, {name: str(status) for name, status in usable.items()})
+    if config.balance.algorithm == "failover":
+        live = live[:1]
+    return reduce_weights([(m.isp, m.weight) for m in live])

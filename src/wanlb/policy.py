@@ -99,7 +99,7 @@ def hash_buckets(tier: Sequence[Member], live: Sequence[Member], count: int = HA
     return tuple(layout)
 
 
-def _reduce(pairs: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+def reduce_weights(pairs: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     divisor = math.gcd(*(w for _, w in pairs)) if pairs else 1
     return tuple((isp, w // divisor) for isp, w in pairs)
 
@@ -140,7 +140,7 @@ def plan_policy(
         chain=chain,
         algorithm=algorithm,
         members=tuple(m.isp for m in members),
-        active=_reduce(active),
+        active=reduce_weights(active),
         buckets=buckets,
         hash_fields=hash_fields,
         sticky=sticky,

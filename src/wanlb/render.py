@@ -85,9 +85,11 @@ class Rule:
     fwmask: int | None = None
     suppress_prefixlength: int | None = None
     protocol: int = 0
+    family: int = 4  # 4 or 6: `ip rule` and `ip -6 rule` are separate lists
 
     def describe(self) -> str:
-        parts = [f"{self.priority}:", "from all"]
+        parts = ["-6"] if self.family == 6 else []
+        parts += [f"{self.priority}:", "from all"]
         if self.fwmark is not None:
             parts.append(f"fwmark {self.fwmark:#x}/{self.fwmask:#x}")
         if self.action == "lookup":
@@ -100,20 +102,30 @@ class Rule:
         return " ".join(parts)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Route:
     """A route in one of wanlb's tables; ``gateway`` None means directly connected (scope link)."""
 
     table: int
-    dst: ipaddress.IPv4Network
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
     dev: str
-    gateway: ipaddress.IPv4Address | None = None
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     protocol: int = 0
+
+    @property
+    def family(self) -> int:
+        return self.dst.version
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.table, self.family, self.dst, self.dev, str(self.gateway or ""), self.protocol)
+
+    def __lt__(self, other: Route) -> bool:  # IPv4 and IPv6 networks do not compare with each other
+        return self._key() < other._key()
 
     def describe(self) -> str:
         dst = "default" if self.dst.prefixlen == 0 else str(self.dst)
         via = f" via {self.gateway}" if self.gateway else " scope link"
-        return f"{dst}{via} dev {self.dev} table {self.table} proto {self.protocol}"
+        return f"{'-6 ' if self.family == 6 else ''}{dst}{via} dev {self.dev} table {self.table} proto {self.protocol}"
 
 
 @dataclass(frozen=True)
@@ -276,7 +288,9 @@ def _helper_rules(desired: Desired) -> list[str]:
     rules = []
     for name in desired.helpers:
         for kind, proto, port in HELPERS[name]:
-            rules.append(f'ct state new {proto} dport {port} ct helper set "helper_{kind.lower().replace(".", "")}"')
+            helper = f"helper_{kind.lower().replace('.', '')}"
+            only4 = "meta nfproto ipv4 " if desired.ipv6 else ""  # the helper objects are l3proto ip
+            rules.append(f'{only4}ct state new {proto} dport {port} ct helper set "{helper}"')
     return rules
 
 
@@ -287,6 +301,34 @@ def _retired_rules(desired: Desired) -> list[str]:
         marks = ", ".join(_hex(r.mark) for r in group)
         rules.append(f"ct mark & {_hex(mask)} {{ {marks} }} drop")
     return rules
+
+
+def _ipv6_objects(desired: Desired) -> list[Object]:
+    """The LAN's IPv6 prefixes, the IPv6 destinations never balanced, and the IPv6 NEW-connection path.
+
+    Neighbour discovery, router advertisements and anything to link-local or multicast addresses is
+    never marked: ``from_lan6`` returns before balancing it (it has no conntrack entry to restore).
+    """
+    lan6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6))
+    bypass6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.bypass6))
+    lines = [
+        "ip6 daddr { fe80::/10, ff00::/8 } return",
+        "fib daddr type { local, multicast } return",
+        "ip6 daddr @bypass6 return",
+        "ip6 saddr != @lan6 return",
+    ]
+    objects: list[Object] = [
+        Set("lan6", "ipv6_addr", ("interval",), lan6),
+        Set("bypass6", "ipv6_addr", ("interval",), bypass6),
+    ]
+    if desired.balance6:
+        owners = [isp for isp, weight in desired.balance6 for _ in range(weight)]
+        if len(desired.balance6) == 1:
+            lines.append(f"goto isp_{owners[0]}")
+        else:
+            lines.append(f"numgen inc mod {len(owners)} vmap {{ {_ranges(owners, lambda isp: f'isp_{isp}')} }}")
+    objects.append(Chain("from_lan6", tuple(lines)))
+    return objects
 
 
 def render_nft(desired: Desired) -> Table:
@@ -303,6 +345,8 @@ def render_nft(desired: Desired) -> Table:
     if desired.lan_nets:
         nets = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan_nets))
         objects.append(Set("lan_nets", "ipv4_addr", ("interval",), nets))
+    if desired.ipv6:
+        objects += _ipv6_objects(desired)
 
     for isp in desired.isps:
         objects.append(Chain(f"restore_{isp.name}", (_set_isp_mark("meta", isp, mask),)))
@@ -324,10 +368,13 @@ def render_nft(desired: Desired) -> Table:
     from_lan = [_restore_vmap(desired), *_classify_new(desired, compiled.lookups)]
     if desired.active:  # a client that opened a balanced connection is active for CLIENTS_TIMEOUT
         from_lan.insert(-1, f"update @{CLIENTS_SET} {{ ip saddr }}")
+    if desired.ipv6:  # after the restore and `ct state != new return`: IPv6 NEW connections have their own chain
+        from_lan.insert(2, "meta nfproto ipv6 goto from_lan6")
     objects.append(Chain("from_lan", tuple(from_lan)))
 
     rx = ", ".join(f'"{i.interface}" : "isp_{i.name}_rx"' for i in desired.isps)
-    prerouting = [f"counter name iifname map {{ {rx} }}", "meta nfproto != ipv4 return"]
+    families = "{ ipv4, ipv6 }" if desired.ipv6 else "ipv4"
+    prerouting = [f"counter name iifname map {{ {rx} }}", f"meta nfproto != {families} return"]
     prerouting += _helper_rules(desired)
     prerouting += _retired_rules(desired)
     for i in desired.isps:
@@ -349,7 +396,18 @@ def render_nft(desired: Desired) -> Table:
         output += _classify_new(desired)
     objects.append(Chain("output", tuple(output), ("route", "output", -150, "accept")))
 
-    postrouting = ["meta nfproto != ipv4 return"]
+    postrouting = []
+    for isp in desired.isps:
+        if isp.ipv6 == "off":
+            continue
+        # Only marked traffic: an unmarked LAN packet (a connection older than wanlb) is never translated
+        # to an address it did not start with; egress drops it rather than let its LAN source out.
+        action6 = "masquerade" if isp.ipv6 == "masquerade" else f"snat ip6 prefix to {isp.prefix6}"
+        postrouting.append(
+            f'meta nfproto ipv6 meta mark & {_hex(mask)} == {_hex(isp.mark)} oifname "{isp.interface}" '
+            f"ip6 saddr @lan6 {action6}"
+        )
+    postrouting.append("meta nfproto != ipv4 return")
     for isp in desired.isps:
         if isp.snat == "none":
             continue
@@ -370,6 +428,13 @@ def render_nft(desired: Desired) -> Table:
         egress.append(
             f'meta nfproto ipv4 oifname {_names(nat_wans)} ip saddr @lan_nets counter name "leak_dropped" drop'
         )
+    if desired.ipv6:
+        egress.append(
+            f"meta nfproto ipv6 iifname {_names(desired.lan_interfaces)} oifname {wans} ct state invalid "
+            'counter name "invalid_dropped" drop'
+        )
+        # No LAN IPv6 source leaves a WAN untranslated (wanlb has no routed mode yet).
+        egress.append(f'meta nfproto ipv6 oifname {wans} ip6 saddr @lan6 counter name "leak_dropped" drop')
     tx = ", ".join(f'"{i.interface}" : "isp_{i.name}_tx"' for i in desired.isps)
     egress.append(f"counter name oifname map {{ {tx} }}")
     objects.append(Chain("egress", tuple(egress), ("filter", "postrouting", 110, "accept")))
@@ -403,6 +468,23 @@ def render_routing(desired: Desired) -> RoutingIntent:
     for isp in desired.isps:
         conf = f"net/ipv4/conf/{isp.interface}"
         sysctls += [(f"{conf}/rp_filter", "2"), (f"{conf}/src_valid_mark", "1")]
+    v6 = [isp for isp in desired.isps if isp.ipv6 != "off" and isp.gateway6 is not None]
+    if v6:
+        # The same priorities and tables in the IPv6 rule list, for the ISPs that carry IPv6.
+        rules.append(
+            Rule(base + SUPPRESS_OFFSET, "lookup", table=254, suppress_prefixlength=0, protocol=proto, family=6)
+        )
+        default6 = ipaddress.IPv6Network("::/0")
+        for isp in v6:
+            slot, mark = isp.slot, isp.mark
+            rules.append(Rule(base + LOOKUP_OFFSET + slot, "lookup", table=isp.table, fwmark=mark, fwmask=mask,
+                              protocol=proto, family=6))  # fmt: skip
+            rules.append(Rule(base + GUARD_OFFSET + slot, "unreachable", fwmark=mark, fwmask=mask, protocol=proto,
+                              family=6))  # fmt: skip
+            routes.append(Route(isp.table, default6, isp.interface, gateway=isp.gateway6, protocol=proto))
+        # Forwarding on turns router advertisements off where accept_ra is 1; 2 keeps the WANs taking them.
+        sysctls.append(("net/ipv6/conf/all/forwarding", "1"))
+        sysctls += [(f"net/ipv6/conf/{isp.interface}/accept_ra", "2") for isp in v6]
     return RoutingIntent(
         rules=tuple(sorted(rules)),
         routes=tuple(sorted(routes)),

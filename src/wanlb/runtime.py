@@ -34,7 +34,10 @@ VERSION = 1
 MAX_STATE_BYTES = 1 << 20
 
 _IFNAME = r"[A-Za-z0-9_.@:+-]{1,15}"
-_SYSCTL_KEY_RE = re.compile(rf"net/ipv4/ip_forward|net/ipv4/conf/(?!\.{{1,2}}/)({_IFNAME})/(rp_filter|src_valid_mark)")
+_SYSCTL_KEY_RE = re.compile(
+    rf"net/ipv4/ip_forward|net/ipv4/conf/(?!\.{{1,2}}/)({_IFNAME})/(rp_filter|src_valid_mark)"
+    rf"|net/ipv6/conf/all/forwarding|net/ipv6/conf/(?!\.{{1,2}}/)({_IFNAME})/accept_ra"
+)
 _ISP_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,14}")
 _SYSCTL_VALUE_RE = re.compile(r"-?[0-9]{1,10}")
 

@@ -61,7 +61,10 @@ def missing_interfaces(names: Iterable[str]) -> list[str]:
 
 
 def read_connected(ipr: IPRoute | None = None) -> tuple[ConnectedRoute, ...]:
-    """Directly connected IPv4 networks of the main table (what ``ip route`` shows as proto kernel)."""
+    """Directly connected networks of the main table, both families (``ip route`` proto kernel).
+
+    IPv6 link-local (fe80::/64 on every link) and multicast routes are left out: nothing routes them.
+    """
     if ipr is None:
         with IPRoute() as own:
             return read_connected(own)
@@ -73,13 +76,21 @@ def read_connected(ipr: IPRoute | None = None) -> tuple[ConnectedRoute, ...]:
         dev = _ifname(r.get("oif"), names)
         if dev is not None:
             found.append(ConnectedRoute(ipaddress.IPv4Network(f"{r.get('dst')}/{r['dst_len']}"), dev))
+    for r in ipr.get_routes(family=socket.AF_INET6, table=RT_TABLE_MAIN):
+        # IPv6 connected routes have universe scope; the kernel's ones carry no gateway.
+        if r["proto"] != RTPROT_KERNEL or r["dst_len"] == 0 or r.get("gateway") or r.get("multipath"):
+            continue
+        net = ipaddress.IPv6Network(f"{r.get('dst')}/{r['dst_len']}")
+        dev = _ifname(r.get("oif"), names)
+        if dev is not None and not net.is_link_local and not net.is_multicast:
+            found.append(ConnectedRoute(net, dev))
     return tuple(sorted(set(found)))
 
 
 def read_rules(ipr: IPRoute, protocols: Collection[int]) -> list[Rule]:
-    """IPv4 rules tagged with any of ``protocols``, at any priority (a rule twice is listed twice)."""
+    """Rules of both families tagged with any of ``protocols``, at any priority (a rule twice is listed twice)."""
     ours: list[Rule] = []
-    for r in ipr.get_rules(family=socket.AF_INET):
+    for r in [*ipr.get_rules(family=socket.AF_INET), *ipr.get_rules(family=socket.AF_INET6)]:
         if r.get("protocol") not in protocols:
             continue
         action = _ACTIONS.get(r["action"], f"action{r['action']}")
@@ -94,13 +105,15 @@ def read_rules(ipr: IPRoute, protocols: Collection[int]) -> list[Rule]:
                 # The kernel reports "no suppression" as 0xffffffff.
                 suppress_prefixlength=None if suppress in (None, 0xFFFFFFFF) else suppress,
                 protocol=r.get("protocol"),
+                family=6 if r["family"] == socket.AF_INET6 else 4,
             )
         )
     return ours
 
 
 def _rule_args(rule: Rule) -> dict:
-    args: dict = {"priority": rule.priority, "protocol": rule.protocol, "family": socket.AF_INET}
+    family = socket.AF_INET6 if rule.family == 6 else socket.AF_INET
+    args: dict = {"priority": rule.priority, "protocol": rule.protocol, "family": family}
     if rule.action == "lookup":
         args["table"] = rule.table
     else:
@@ -126,23 +139,23 @@ def delete_rule(ipr: IPRoute, rule: Rule) -> None:
 
 
 def read_routes(ipr: IPRoute, protocols: Collection[int]) -> list[Route]:
-    """IPv4 routes tagged with any of ``protocols``, in any table (one dump, whatever the number of tags)."""
+    """Routes of both families tagged with any of ``protocols``, in any table (one dump per family)."""
     ours: list[Route] = []
     names: dict[int, str | None] = {}
-    for r in ipr.route("dump", family=socket.AF_INET):
-        if r["proto"] not in protocols:
-            continue
-        gw = r.get("gateway")
-        dst = r.get("dst") or "0.0.0.0"
-        ours.append(
-            Route(
-                table=r.get("table"),
-                dst=ipaddress.IPv4Network(f"{dst}/{r['dst_len']}"),
-                dev=_ifname(r.get("oif"), names) or "?",
-                gateway=ipaddress.IPv4Address(gw) if gw else None,
-                protocol=r["proto"],
+    for family, any_dst in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        for r in ipr.route("dump", family=family):
+            if r["proto"] not in protocols:
+                continue
+            gw = r.get("gateway")
+            ours.append(
+                Route(
+                    table=r.get("table"),
+                    dst=ipaddress.ip_network(f"{r.get('dst') or any_dst}/{r['dst_len']}"),
+                    dev=_ifname(r.get("oif"), names) or "?",
+                    gateway=ipaddress.ip_address(gw) if gw else None,
+                    protocol=r["proto"],
+                )
             )
-        )
     return ours
 
 
@@ -157,7 +170,7 @@ def replace_route(ipr: IPRoute, route: Route) -> None:
         "table": route.table,
         "oif": index,
         "proto": route.protocol,
-        "family": socket.AF_INET,
+        "family": socket.AF_INET6 if route.family == 6 else socket.AF_INET,
     }
     if route.gateway is not None:
         args["gateway"] = str(route.gateway)
@@ -171,7 +184,8 @@ def replace_route(ipr: IPRoute, route: Route) -> None:
 
 def delete_route(ipr: IPRoute, route: Route) -> None:
     """Remove the route with ``route``'s table, destination and protocol (gone already is fine)."""
-    args: dict = {"family": socket.AF_INET, "table": route.table, "dst": str(route.dst), "proto": route.protocol}
+    family = socket.AF_INET6 if route.family == 6 else socket.AF_INET
+    args: dict = {"family": family, "table": route.table, "dst": str(route.dst), "proto": route.protocol}
     if route.gateway is None:
         args["scope"] = RT_SCOPE_LINK  # the kernel matches the scope: a link route is not deleted without it
     try:

@@ -53,11 +53,17 @@ def lab() -> None:
 @click.option("--clients", default=2, show_default=True, help="Number of LAN clients.")
 @click.option("--weights", callback=_weights, help="ISP weights for the generated config, e.g. 3,1.")
 @click.option("--plain-nat", is_flag=True, help="Add a plain masquerade on the WANs (to try the lab without wanlb).")
-def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool) -> None:
+@click.option(
+    "--ipv6",
+    is_flag=True,
+    help="Dual-stack: ULA fd00:77::/64 on the LAN, ISP i's prefix 2001:db8:i00::/64 netmapped to it, "
+    "IPv6 on every link, anti-spoofing for both families.",
+)
+def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool, ipv6: bool) -> None:
     """Build the lab and start its test servers."""
     with _friendly_errors():
         start = time.monotonic()
-        built = Lab.up(name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat)
+        built = Lab.up(name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat, ipv6=ipv6)
         click.echo(f"lab {name!r} is up in {time.monotonic() - start:.1f} s: {isps} ISPs, {clients} clients")
         click.echo(f"  gateway namespace: {built.ns('gw')}")
         click.echo(f"  wanlb config:      {built.config_path}")

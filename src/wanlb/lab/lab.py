@@ -126,9 +126,9 @@ def _remove_namespaces(namespaces: Sequence[str]) -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _topology(name: str, isps: int = 3, clients: int = 2, weights: Sequence[int] = ()) -> Topology:
+def _topology(name: str, isps: int = 3, clients: int = 2, weights: Sequence[int] = (), ipv6: bool = False) -> Topology:
     try:
-        return Topology(name, isps, clients, tuple(weights))
+        return Topology(name, isps, clients, tuple(weights), ipv6)
     except TopologyError as exc:
         raise LabError(str(exc)) from None
 
@@ -212,14 +212,16 @@ class Lab:
         clients: int = 2,
         weights: Sequence[int] | None = None,
         plain_nat: bool = False,
+        ipv6: bool = False,
     ) -> Lab:
         """Build a lab and start its servers. If anything fails (or the build is interrupted), whatever
         was built is torn down before the error propagates.
 
         Without the daemon, client traffic leaves the gateway unNATed and the ISPs drop it (as `lan_leak`);
-        `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon)."""
+        `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon).
+        `ipv6=True` builds it dual-stack (`topology` has the addresses) with netmap in the generated config."""
         require_root()
-        topo = _topology(name, isps, clients, weights or ())
+        topo = _topology(name, isps, clients, weights or (), ipv6)
         if lab_namespaces(topo.prefix):
             raise LabError(f"lab {name!r} already exists: `wanlb lab down --name {name}` first")
         try:
@@ -238,6 +240,7 @@ class Lab:
             "processes": {},
             "fail": {},
             "plain_nat": plain_nat,
+            "ipv6": ipv6,
             "created": time.time(),
         }
         lab = cls(topo, state)
@@ -261,7 +264,8 @@ class Lab:
             raise LabError(
                 f"no lab named {name!r}" + (f"; existing: {', '.join(labs)}" if labs else "; `wanlb lab up`")
             ) from None
-        return cls(_topology(state["name"], state["isps"], state["clients"], state["weights"]), state)
+        topo = _topology(state["name"], state["isps"], state["clients"], state["weights"], state.get("ipv6", False))
+        return cls(topo, state)
 
     def down(self) -> None:
         """Kill every process in the lab's namespaces, delete them and the state directory. Never raises
@@ -488,7 +492,7 @@ class Lab:
     def _apply(self, i: int, mode: FailMode | None) -> None:
         ns = self.ns(f"isp{i}")
         link = "down" if mode is not None and mode.kind == "link" else "up"
-        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode))
+        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.ipv6))
         _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
 
     def fail_modes(self) -> dict[str, str]:

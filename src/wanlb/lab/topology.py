@@ -93,9 +93,48 @@ def inet_addr(i: int) -> str:
 
 
 def isp_for_source(addr: str) -> str | None:
-    """Map a source address seen by a server (100.64.i.2) back to the ISP name it left through."""
+    """Map a source address seen by a server (100.64.i.2, or an address of ISP i's IPv6 prefixes) back to
+    the ISP name it left through."""
     m = re.fullmatch(r"100\.64\.(\d{1,3})\.2", addr)
+    if m:
+        return f"isp{int(m.group(1))}"
+    m = re.fullmatch(r"2001:db8:(\d{1,2})(00)?:[0-9a-f:]+", addr)
     return f"isp{int(m.group(1))}" if m else None
+
+
+# --- IPv6 (with `Topology(ipv6=True)`): ULA on the LAN, a link prefix and a netmap prefix per ISP ----------
+
+LAN6_PREFIX = "fd00:77::/64"
+LAN6_GW = "fd00:77::1"
+SERVER6_ADDRS = ("2001:db8:f::10", "2001:db8:f::20", "2001:db8:f::30")
+"""IPv6 servers on inet's loopback (the same services as the first IPv4 addresses)."""
+
+
+def client6_addr(k: int) -> str:
+    """Client k's ULA address (k starts at 1): fd00:77::11 for c1."""
+    return f"fd00:77::{10 + k}"
+
+
+def wan6_addr(i: int) -> str:
+    """The gateway's address on WAN i (what masquerade makes the source)."""
+    return f"2001:db8:{i}::2"
+
+
+def isp6_gateway(i: int) -> str:
+    return f"2001:db8:{i}::1"
+
+
+def isp6_prefix(i: int) -> str:
+    """ISP i's customer prefix that the LAN's ULA prefix is netmapped to (ISP i routes it to the gateway)."""
+    return f"2001:db8:{i}00::/64"
+
+
+def isp6_uplink_addr(i: int) -> str:
+    return f"2001:db8:ff:{i}::1"
+
+
+def inet6_addr(i: int) -> str:
+    return f"2001:db8:ff:{i}::2"
 
 
 @dataclass(frozen=True)
@@ -137,6 +176,7 @@ class Topology:
     isps: int = 3
     clients: int = 2
     weights: tuple[int, ...] = ()
+    ipv6: bool = False
 
     def __post_init__(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -194,8 +234,15 @@ class Topology:
     # --- build commands ----------------------------------------------------------------------------
 
     def sysctls(self, node: str) -> dict[str, str]:
-        """Namespace sysctls per node. IPv6 is off everywhere so nothing but the lab's IPv4 traffic flows."""
-        values = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+        """Namespace sysctls per node. Without ``ipv6`` IPv6 is off everywhere so nothing but the lab's IPv4
+        traffic flows; with it, addresses skip duplicate detection (they are usable at once) and routers
+        forward."""
+        off = "0" if self.ipv6 else "1"
+        values = {"net.ipv6.conf.all.disable_ipv6": off, "net.ipv6.conf.default.disable_ipv6": off}
+        if self.ipv6:
+            values |= {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+            if node.startswith("isp") or node == "gw":
+                values |= {"net.ipv6.conf.all.forwarding": "1"}
         if node == "gw":
             # Forwarding like any router; loose rp_filter like a systemd-based distro, which the
             # per-ISP routing tables need (replies arrive on a WAN the main table does not point to).
@@ -209,7 +256,26 @@ class Topology:
         return values
 
     def addresses(self, node: str) -> dict[str, list[str]]:
-        """A node's addresses (CIDR) per interface."""
+        """A node's addresses (CIDR) per interface, both families with ``ipv6``."""
+        four = self._addresses4(node)
+        if not self.ipv6:
+            return four
+        for ifname, addrs in self._addresses6(node).items():
+            four[ifname] = four.get(ifname, []) + addrs
+        return four
+
+    def _addresses6(self, node: str) -> dict[str, list[str]]:
+        n = range(1, self.isps + 1)
+        if node == "gw":
+            return {LAN_IF: [f"{LAN6_GW}/64"]} | {f"wan{i}": [f"{wan6_addr(i)}/64"] for i in n}
+        if node == "inet":
+            return {"lo": [f"{a}/128" for a in SERVER6_ADDRS]} | {f"isp{i}": [f"{inet6_addr(i)}/64"] for i in n}
+        if node in self.isp_names:
+            i = self.isp_index(node)
+            return {ISP_CUSTOMER_IF: [f"{isp6_gateway(i)}/64"], ISP_UPLINK_IF: [f"{isp6_uplink_addr(i)}/64"]}
+        return {CLIENT_IF: [f"{client6_addr(self.client_names.index(node) + 1)}/64"]}
+
+    def _addresses4(self, node: str) -> dict[str, list[str]]:
         if node == "gw":
             return {LAN_IF: [f"{LAN_GW}/{LAN_PREFIX_LEN}"]} | {
                 f"wan{i}": [f"{wan_addr(i)}/24"] for i in range(1, self.isps + 1)
@@ -224,7 +290,22 @@ class Topology:
         return {CLIENT_IF: [f"{client_addr(self.client_names.index(node) + 1)}/{LAN_PREFIX_LEN}"]}
 
     def routes(self, node: str) -> list[str]:
-        """A node's routes, as `ip route add` arguments."""
+        """A node's routes, as `ip route add` arguments (the IPv6 default is `::/0`: no `-6` in a batch)."""
+        return self._routes4(node) + (self._routes6(node) if self.ipv6 else [])
+
+    def _routes6(self, node: str) -> list[str]:
+        n = range(1, self.isps + 1)
+        if node == "gw":
+            return [f"::/0 via {isp6_gateway(1)} dev wan1"]
+        if node == "inet":
+            return [f"{net} via {isp6_uplink_addr(i)} dev isp{i}"
+                    for i in n for net in (f"2001:db8:{i}::/64", isp6_prefix(i))]  # fmt: skip
+        if node in self.isp_names:
+            i = self.isp_index(node)
+            return [f"::/0 via {inet6_addr(i)} dev {ISP_UPLINK_IF}", f"{isp6_prefix(i)} via {wan6_addr(i)}"]
+        return [f"::/0 via {LAN6_GW} dev {CLIENT_IF}"]
+
+    def _routes4(self, node: str) -> list[str]:
         if node == "gw":  # the main-table default any router has; the daemon adds per-ISP tables
             return [f"default via {isp_gateway(1)} dev wan1"]
         if node == "inet":
@@ -272,6 +353,26 @@ class Topology:
             "    chain fail {\n"
             "    }\n"
             "}\n"
+        ) + (self._isp_nft6(i) if self.ipv6 else "")
+
+    def _isp_nft6(self, i: int) -> str:
+        """The same for IPv6 in `table ip6 lab` (same counter names): ULA sources are leaks; only the link
+        prefix and the ISP's netmap prefix may come from the customer."""
+        return (
+            f"table ip6 {NFT_TABLE} {{\n"
+            f"    counter {SPOOF_COUNTER} {{\n    }}\n"
+            f"    counter {FAIL_COUNTER} {{\n    }}\n"
+            f"    counter {LAN_LEAK_COUNTER} {{\n    }}\n"
+            "    chain forward {\n"
+            "        type filter hook forward priority filter; policy accept;\n"
+            f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr fc00::/7 counter name "{LAN_LEAK_COUNTER}" drop\n'
+            f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr != {{ 2001:db8:{i}::/64, {isp6_prefix(i)} }}'
+            f' counter name "{SPOOF_COUNTER}" drop\n'
+            "        jump fail\n"
+            "    }\n"
+            "    chain fail {\n"
+            "    }\n"
+            "}\n"
         )
 
     # --- config ------------------------------------------------------------------------------------
@@ -286,6 +387,8 @@ class Topology:
             f"  interfaces: [{LAN_IF}]",
             "isps:",
         ]
+        if self.ipv6:
+            lines.insert(4, f"  ipv6_prefixes: [{LAN6_PREFIX}]")
         for i, weight in enumerate(self.weights, start=1):
             lines += [
                 f"  - name: isp{i}",
@@ -296,6 +399,8 @@ class Topology:
                 "    snat: masquerade",
                 f"    health: {{ method: icmp, targets: [{targets}], quorum: 1, interval: 200ms }}",
             ]
+            if self.ipv6:
+                lines += [f"    gateway6: {isp6_gateway(i)}", f"    ipv6: {{ mode: netmap, prefix: {isp6_prefix(i)} }}"]
         lines += [
             "balance:",
             "  algorithm: weighted",
@@ -320,14 +425,17 @@ def gateway_nat_nft() -> str:
     )
 
 
-def fail_nft(mode: FailMode | None) -> str:
+def fail_nft(mode: FailMode | None, ipv6: bool = False) -> str:
     """nft commands that replace the `fail` chain's content: empty for None (healed) and for `link`
-    (done with the link state), a drop of every forwarded packet for blackhole, a random drop for loss."""
-    cmds = [f"flush chain ip {NFT_TABLE} fail"]
-    if mode is not None and mode.kind == "blackhole":
-        cmds.append(f'add rule ip {NFT_TABLE} fail counter name "{FAIL_COUNTER}" drop')
-    elif mode is not None and mode.kind == "loss":
-        # numgen's modulus bounds the comparison to 0..99, so 100 % is an unconditional drop
-        chance = f"numgen random mod 100 < {mode.percent} " if mode.percent < 100 else ""
-        cmds.append(f'add rule ip {NFT_TABLE} fail {chance}counter name "{FAIL_COUNTER}" drop')
+    (done with the link state), a drop of every forwarded packet for blackhole, a random drop for loss.
+    With ``ipv6`` the `ip6` table's chain gets the same."""
+    cmds = []
+    for family in ("ip", "ip6") if ipv6 else ("ip",):
+        cmds.append(f"flush chain {family} {NFT_TABLE} fail")
+        if mode is not None and mode.kind == "blackhole":
+            cmds.append(f'add rule {family} {NFT_TABLE} fail counter name "{FAIL_COUNTER}" drop')
+        elif mode is not None and mode.kind == "loss":
+            # numgen's modulus bounds the comparison to 0..99, so 100 % is an unconditional drop
+            chance = f"numgen random mod 100 < {mode.percent} " if mode.percent < 100 else ""
+            cmds.append(f'add rule {family} {NFT_TABLE} fail {chance}counter name "{FAIL_COUNTER}" drop')
     return "\n".join(cmds) + "\n"

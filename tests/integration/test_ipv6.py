@@ -1,0 +1,320 @@
+"""IPv6 through the dual-stack lab gateway: balanced by weight, netmapped or masqueraded per ISP, sticky.
+
+The lab (`Lab.up(ipv6=True)`) puts fd00:77::/64 on the LAN; ISP i routes 2001:db8:i00::/64 to the gateway
+(its netmap prefix) and forwards only that prefix and its link prefix 2001:db8:i::/64 from the gateway
+(ULA sources are counted as `lan_leak`, others as `spoofed`, in its `ip6 lab` table). Servers in inet
+listen on [::]:8080 (http: answers with the source it saw), [::]:5001 (a paced counter stream) and
+[::]:9009 (a sink that answers with the byte count of an upload).
+
+Health is still probed over IPv4 only; IPv6 follows each ISP's state (per-family health is not built).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from wanlb.lab.gateway import LabGateway
+from wanlb.lab.lab import Lab, python_module
+from wanlb.lab.topology import ISP_UPLINK_IF, SERVER6_ADDRS, client6_addr, isp6_prefix, isp_for_source, wan6_addr
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
+SERVER6 = SERVER6_ADDRS[0]
+
+# One connection per input line "DST PORT"; prints the source each server saw (or "error:...") as JSON.
+_CLIENT6 = """
+import json, socket, sys
+out = []
+for line in sys.stdin.read().splitlines():
+    dst, port = line.split()
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.settimeout(3)
+        s.connect((dst, int(port)))
+        s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        s.close()
+        out.append(json.loads(data.partition(b"\\r\\n\\r\\n")[2])["src"])
+    except (OSError, ValueError, KeyError) as exc:
+        out.append("error:" + type(exc).__name__)
+print(json.dumps(out))
+"""
+
+# A sink on [::]:9009: reads until the client shuts its side, answers with the byte count.
+_SINK = """
+import socket, threading
+srv = socket.socket(socket.AF_INET6)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("::", 9009))
+srv.listen(16)
+open(READY, "w").close()
+def serve(c):
+    n = 0
+    while data := c.recv(65536):
+        n += len(data)
+    c.sendall(str(n).encode())
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+# Uploads SIZE bytes to the sink; prints the count the sink acknowledged and the path MTU the kernel learnt.
+_UPLOAD = """
+import socket, sys
+size = int(sys.argv[1])
+s = socket.socket(socket.AF_INET6)
+s.settimeout(20)
+s.connect((sys.argv[2], 9009))
+s.sendall(b"x" * size)
+s.shutdown(socket.SHUT_WR)
+got = s.recv(64)
+IPV6_MTU = 24
+print(got.decode(), s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+"""
+
+# Holds one stream connection; prints the source the server saw, then one line per second with the bytes
+# received so far; exits with an error line if the stream stops or breaks.
+_HOLD = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET6)
+s.settimeout(3)
+s.connect((sys.argv[1], 5001))
+f = s.makefile("rb")
+print(json.dumps(json.loads(f.readline())["src"]), flush=True)
+total, last = 0, time.monotonic()
+while True:
+    try:
+        data = s.recv(65536)
+    except OSError as exc:
+        print("error:" + type(exc).__name__, flush=True)
+        break
+    if not data:
+        print("error:closed", flush=True)
+        break
+    total += len(data)
+    if time.monotonic() - last >= 1:
+        print(total, flush=True)
+        last = time.monotonic()
+"""
+
+
+def sh(lab: Lab, node: str, *argv: str, stdin: str | None = None) -> str:
+    return lab.run(node, list(argv), capture_output=True, text=True, check=True, input=stdin).stdout
+
+
+def wait_file(path: Any, what: str) -> None:
+    deadline = time.monotonic() + 15
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab.up(name=f"v6{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2, ipv6=True) as lab:
+        flags = []
+        for kind, port in (("http", 8080), ("stream", 5001)):
+            flag = lab.dir / f"{kind}6.ready"
+            lab.popen("inet", python_module("wanlb.lab.servers", kind, "--listen", f"[::]:{port}",
+                                            "--ready-file", str(flag)), label=f"{kind}6")  # fmt: skip
+            flags.append(flag)
+        sink = lab.dir / "sink6.ready"
+        lab.popen("inet", ["python3", "-c", f"READY = {str(sink)!r}\n" + _SINK], label="sink6")
+        for flag in [*flags, sink]:
+            wait_file(flag, flag.name)
+        yield lab
+
+
+@pytest.fixture
+def gw(lab: Lab) -> Iterator[LabGateway]:
+    gateway = LabGateway(lab)
+    yield gateway
+    if gateway.proc is not None and gateway.proc.poll() is None:
+        gateway.stop(cleanup=True)
+    for i in (1, 2, 3):
+        lab.heal(f"isp{i}")
+
+
+def start(gw: LabGateway, edit: Any = lambda _d: None, want: dict[str, str] = ALL_UP) -> None:
+    gw.write(edit)
+    gw.start()
+    gw.wait_for(want)
+
+
+def connect6(lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = 8080) -> list[str]:
+    """The source address the server saw (or "error:...") for each of ``count`` sequential connections."""
+    out = sh(lab, client, "python3", "-c", _CLIENT6, stdin=f"{dst} {port}\n" * count)
+    return list(json.loads(out))
+
+
+def refused(lab: Lab, node: str, addr: str) -> bool:
+    """Whether a TCP connect from ``node`` to port 9 of ``addr`` was refused (the peer answered)."""
+    script = (
+        "import socket\ns = socket.socket(socket.AF_INET6)\ns.settimeout(3)\n"
+        f"try:\n    s.connect(({addr!r}, 9))\nexcept ConnectionRefusedError:\n    print('refused')\n"
+        "except OSError as exc:\n    print(type(exc).__name__)\n"
+    )
+    return sh(lab, node, "python3", "-c", script).strip() == "refused"
+
+
+def leaks_and_spoofs(lab: Lab) -> dict[str, int]:
+    """The ISP routers' IPv6 anti-spoofing counters, summed: what left the gateway that must not have."""
+    total: Counter[str] = Counter()
+    for i in (1, 2, 3):
+        for name in ("lan_leak", "spoofed"):
+            out = sh(lab, f"isp{i}", "nft", "-j", "list", "counter", "ip6", "lab", name)
+            total[name] += next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
+    return dict(total)
+
+
+def v6_state(gw: LabGateway) -> dict[str, str]:
+    """IPv6 rules, routes of every table and the IPv6 sysctls wanlb may touch."""
+    keys = ["net.ipv6.conf.all.forwarding", *(f"net.ipv6.conf.wan{i}.accept_ra" for i in (1, 2, 3))]
+    return {
+        "rules": gw.run("ip", "-6", "rule", "show"),
+        "routes": gw.run("ip", "-6", "route", "show", "table", "all"),
+        "sysctls": gw.run("sysctl", *keys),
+    }
+
+
+# --- balancing and translation ------------------------------------------------------------------------
+
+
+def test_ipv6_is_spread_by_weight_and_netmapped_with_the_host_bits_kept(lab: Lab, gw: LabGateway) -> None:
+    before = leaks_and_spoofs(lab)
+    weights = {"isp1": 2, "isp2": 1, "isp3": 1}
+
+    def edit(d: dict[str, Any]) -> None:
+        for isp in d["isps"]:
+            isp["weight"] = weights[isp["name"]]
+
+    start(gw, edit)
+    seen = connect6(lab, "c1", 1000) + connect6(lab, "c2", 1000)
+    assert not [s for s in seen if s.startswith("error:")], Counter(seen)
+    per_isp = Counter(isp_for_source(s) for s in seen)
+    for isp, weight in weights.items():
+        share = 100 * per_isp[isp] / len(seen)
+        assert abs(share - 100 * weight / 4) <= 3, per_isp
+    # netmap: ISP i's prefix with the client's own host bits
+    for client, k in (("c1", 1), ("c2", 2)):
+        host = int(ipaddress.IPv6Address(client6_addr(k))) & ((1 << 64) - 1)
+        wanted = {str(ipaddress.IPv6Network(isp6_prefix(i))[host]) for i in (1, 2, 3)}
+        got = set(connect6(lab, client, 30))
+        assert got <= wanted and len(got) == 3, (got, wanted)
+    assert leaks_and_spoofs(lab) == before  # no ULA source and no foreign prefix left a WAN
+
+
+def test_masquerade_makes_the_wan_address_the_source(lab: Lab, gw: LabGateway) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["isps"][1]["ipv6"] = {"mode": "masquerade"}  # isp2
+        d["isps"][2]["ipv6"] = {"mode": "off"}  # isp3 carries no IPv6: it gets none
+
+    start(gw, edit)
+    seen = Counter(connect6(lab, "c1", 60))
+    host = int(ipaddress.IPv6Address(client6_addr(1))) & ((1 << 64) - 1)
+    assert seen == {str(ipaddress.IPv6Network(isp6_prefix(1))[host]): 30, wan6_addr(2): 30}, seen
+
+
+def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: Lab, gw: LabGateway) -> None:
+    start(gw)
+    news = {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)}
+    for node in ("gw", "c1"):
+        sh(lab, node, "ip", "-6", "neigh", "flush", "all")
+    # A TCP connect to a closed port is refused only if neighbour discovery found the peer (no ping here).
+    assert refused(lab, "c1", "fd00:77::1")  # the client resolves the gateway
+    assert refused(lab, "gw", client6_addr(1))  # the gateway resolves the client
+    for i in (1, 2, 3):  # and the ISP routers' link addresses
+        assert refused(lab, "gw", f"2001:db8:{i}::1")
+    neigh = sh(lab, "gw", "ip", "-6", "neigh", "show")
+    assert client6_addr(1) in neigh and "2001:db8:1::1" in neigh, neigh
+    # pings to the gateway itself and ND are never balanced: no NEW connection was counted on any ISP
+    assert {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)} == news
+
+
+# --- connections stay where they started -------------------------------------------------------------
+
+
+def test_a_long_lived_ipv6_stream_keeps_its_isp_across_reload_and_kill_9(lab: Lab, gw: LabGateway) -> None:
+    start(gw)
+    hold = lab.popen("c1", ["python3", "-c", _HOLD, SERVER6], label="hold6", stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout is not None
+        src = json.loads(hold.stdout.readline())
+        isp = isp_for_source(src)
+        assert isp is not None, src
+        gw.write(lambda d: d["isps"][0].__setitem__("weight", 5))  # an edit of weights: a real reload
+        assert gw.reload()["ok"]
+        gw.kill9()
+        time.sleep(1)
+        gw.start()
+        gw.wait_for(ALL_UP)
+        assert gw.reload()["ok"]
+        lines = [hold.stdout.readline().strip() for _ in range(3)]  # three more seconds of stream
+        assert not [ln for ln in lines if ln.startswith("error:")], lines
+        assert int(lines[-1]) > int(lines[0]) > 0, lines
+        # a new connection of the same client may go elsewhere; the held one never moved (it would break)
+        marks = sh(lab, "gw", "conntrack", "-L", "-f", "ipv6", "-p", "tcp", "--dport", "5001")
+        mark = {isp["mark"]: isp["name"] for isp in gw.status()["isps"]}
+        held = [ln for ln in marks.splitlines() if "ESTABLISHED" in ln]
+        assert len(held) == 1 and mark[int(held[0].split("mark=")[1].split()[0]) & 0xFF00] == isp, marks
+    finally:
+        hold.kill()
+        hold.wait()
+
+
+def test_an_isp_failure_moves_ipv6_and_flushes_its_entries(lab: Lab, gw: LabGateway) -> None:
+    start(gw)
+    assert {isp_for_source(s) for s in connect6(lab, "c1", 30)} == {"isp1", "isp2", "isp3"}
+    lab.fail("isp2", "blackhole")  # both families
+    gw.wait_event("isp2", "down", timeout=10)
+    out = sh(lab, "gw", "conntrack", "-L", "-f", "ipv6", "-m", f"{0x200}/{0xFF00}")
+    assert "tcp" not in out, out  # the flush took isp2's IPv6 entries
+    seen = connect6(lab, "c1", 40)
+    assert Counter(isp_for_source(s) for s in seen) == {"isp1": 20, "isp3": 20}, Counter(seen)
+
+
+def test_path_mtu_discovery_works_through_netmap_and_masquerade(lab: Lab, gw: LabGateway) -> None:
+    """ISP 1's uplink gets MTU 1280: the client's 1500-byte packets draw Packet Too Big from ISP 1's router,
+    addressed to the translated source; conntrack maps it back, the client learns the smaller path MTU and
+    a 2 MB upload completes (with the error lost it would stall: nothing else shrinks the segments)."""
+    sh(lab, "isp1", "ip", "link", "set", ISP_UPLINK_IF, "mtu", "1280")
+    try:
+        for mode in ({"mode": "netmap", "prefix": isp6_prefix(1)}, {"mode": "masquerade"}):
+
+            def only_isp1(d: dict[str, Any], mode: dict[str, Any] = mode) -> None:
+                d["isps"][0]["ipv6"] = mode
+                for isp in d["isps"][1:]:
+                    isp["ipv6"] = {"mode": "off"}
+
+            start(gw, only_isp1)
+            sh(lab, "c1", "ip", "-6", "route", "flush", "cache")
+            size = 2_000_000
+            got, mtu = sh(lab, "c1", "python3", "-c", _UPLOAD, str(size), SERVER6).split()
+            assert (int(got), int(mtu)) == (size, 1280), (got, mtu, mode)
+            gw.stop(cleanup=True)
+    finally:
+        sh(lab, "isp1", "ip", "link", "set", ISP_UPLINK_IF, "mtu", "1500")
+
+
+def test_stop_cleanup_leaves_ipv6_rules_routes_and_sysctls_as_before(lab: Lab, gw: LabGateway) -> None:
+    before = v6_state(gw)
+    start(gw)
+    during = v6_state(gw)
+    assert "fwmark 0x100/0xff00 lookup 201" in during["rules"], during["rules"]
+    assert "default via 2001:db8:1::1 dev wan1 table 201 proto 119" in during["routes"], during["routes"]
+    gw.stop(cleanup=True)
+    assert v6_state(gw) == before
