@@ -21,6 +21,11 @@ at t0 and ``lab.heal(isp1)`` at t1 = t0 + 3 s.  Reported per trial (seconds):
 t0 is taken just before the fault command starts, so every figure includes that command's own
 latency (a few ms): the numbers err on the slow side.
 
+``--family 6``: the same over IPv6, in a dual-stack lab (`Lab.up(ipv6=True)`: netmap per ISP, IPv4 and
+IPv6 health targets): c1's connections and c2's stream go to IPv6 servers in inet, the fault
+(blackhole or loss) hits only isp1's IPv6 (``link`` takes the whole link, both families), the poller
+counts isp1's IPv6 entries, and ``down``/``up`` are isp1's IPv6 health events.
+
 ``--api-load``: the daemon also serves its HTTP API on the gateway's LAN address, and during every
 trial c2 keeps 10 SSE clients on ``/api/v1/stream`` and scrapes ``/metrics`` once a second (with the
 token), so the failover is measured with the observability surface busy.
@@ -65,16 +70,17 @@ while True:
 TARGETS = {"last_fail": ("≤ 1.0 s median, ≤ 1.5 s max", 1.0, 1.5), "rejoin": ("≤ 2 s", 2.0, 2.0)}
 
 POLLER = """
-import json, signal, sys, time
+import json, signal, socket, sys, time
 from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.filters import Filter
-mark, mask = int(sys.argv[1]), int(sys.argv[2])
+mark, mask, family = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+af = {4: socket.AF_INET, 6: socket.AF_INET6}[family]
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 zeros, before = [], 0
 with Conntrack() as ct:
     while not stop:
-        n = sum(ct.count_by_mark(Filter(mark=mark, mark_mask=mask), mask).values())
+        n = sum(ct.count_by_mark(Filter(family=af, mark=mark, mark_mask=mask), mask).values())
         if n == 0 and before:
             zeros.append(time.time())
         before = n
@@ -89,16 +95,28 @@ def stop_json(proc: subprocess.Popen[str]) -> Any:
     return json.loads(out)
 
 
-def find_event(status: dict[str, Any], isp: str, event: str, after: float) -> dict[str, Any] | None:
-    found = [e for e in status["events"] if e["isp"] == isp and e["event"] == event and e["time"] >= after]
+SERVER6 = "2001:db8:f::10"
+HTTP6 = f"[{SERVER6}]:80"  # the dual-stack lab's IPv6 HTTP and stream servers
+STREAM6 = f"[{SERVER6}]:5001"
+
+
+def find_event(
+    status: dict[str, Any], isp: str, event: str, after: float, family: str | None = None
+) -> dict[str, Any] | None:
+    found = [e for e in status["events"] if e["isp"] == isp and e["event"] == event and e["time"] >= after
+             and family in (None, e.get("family"))]  # fmt: skip
     return found[0] if found else None
 
 
-def start_stream(lab: Lab) -> subprocess.Popen[str]:
+def start_stream(lab: Lab, family: int = 4) -> subprocess.Popen[str]:
     """A verified stream from c2 that is not on isp1 (the balancer is round-robin: retry until it isn't)."""
+    target = ["--target", STREAM6] if family == 6 else []
     for _ in range(6):
         proc = lab.popen(
-            "c2", python_module("wanlb.lab.traffic", "stream", "--stall", "3"), stdout=subprocess.PIPE, text=True
+            "c2",
+            python_module("wanlb.lab.traffic", "stream", "--stall", "3", *target),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         time.sleep(0.5)
         isps = {
@@ -143,7 +161,7 @@ def api_load(lab: Lab) -> list[subprocess.Popen[Any]]:
     return procs
 
 
-def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False) -> dict[str, Any]:
+def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False, family: int = 4) -> dict[str, Any]:
     gw.start()
     load: list[subprocess.Popen[Any]] = []
     try:
@@ -153,19 +171,27 @@ def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False) -> dict[s
         isp1 = next(i for i in gw.status()["isps"] if i["name"] == "isp1")
         pace = lab.popen(
             "c1",
-            python_module("wanlb.lab.traffic", "pace", "--every", "0.02", "--timeout", "1"),
+            python_module(
+                "wanlb.lab.traffic",
+                "pace",
+                "--every",
+                "0.02",
+                "--timeout",
+                "1",
+                *(["--target", HTTP6] if family == 6 else []),
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
         poller = lab.popen(
             "gw",
-            [sys.executable, "-c", POLLER, str(isp1["mark"]), str(gw.status()["mark_mask"])],
+            [sys.executable, "-c", POLLER, str(isp1["mark"]), str(gw.status()["mark_mask"]), str(family)],
             stdout=subprocess.PIPE,
             text=True,
         )
         time.sleep(1.0 + random.uniform(0, 0.2))  # the fault lands anywhere in the probe cycle
         t0 = time.time()
-        lab.fail("isp1", mode)
+        lab.fail("isp1", mode, family if family == 6 and mode != "link" else None)
         time.sleep(max(0.0, t0 + FAULT_SECONDS - time.time()))
         t1 = time.time()
         lab.heal("isp1")
@@ -179,8 +205,9 @@ def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False) -> dict[s
             proc.wait()
         lab.heal("isp1")
         gw.stop(cleanup=False)
-    down = find_event(status, "isp1", "down", t0)
-    up = find_event(status, "isp1", "up", t1)
+    events = "6" if family == 6 else None  # isp1's IPv6 health (also for link: both families go)
+    down = find_event(status, "isp1", "down", t0, events)
+    up = find_event(status, "isp1", "up", t1, events)
     failed = [start for start, elapsed, _ in records if elapsed is None]
     rejoined = [s for s, elapsed, src in records if elapsed is not None and s >= t1 and isp_for_source(src) == "isp1"]
     gone = [z for z in zeros if z >= t0]
@@ -225,11 +252,12 @@ def main() -> None:
     parser.add_argument("--modes", default="blackhole,link,loss:100")
     parser.add_argument("--json", action="store_true", help="print every trial as JSON too")
     parser.add_argument("--api-load", action="store_true", help="API on, 10 SSE clients and a scrape per second")
+    parser.add_argument("--family", type=int, choices=(4, 6), default=4, help="6: the same over IPv6 (dual-stack lab)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
     results: dict[str, list[dict[str, Any]]] = {}
-    with Lab.up(name=f"fo{os.getpid()}{uuid.uuid4().hex[:3]}", isps=3, clients=2) as lab:
+    with Lab.up(name=f"fo{os.getpid()}{uuid.uuid4().hex[:3]}", isps=3, clients=2, ipv6=args.family == 6) as lab:
         gw = LabGateway(lab)
         if args.api_load:
             token = lab.dir / "api.token"
@@ -237,12 +265,12 @@ def main() -> None:
             token.chmod(0o600)
             gw.write(lambda cfg: cfg.update(api={"listen": [f"{LAN_GW}:{API_PORT}"], "token_file": str(token)}))
         gw.start()
-        stream = start_stream(lab)
+        stream = start_stream(lab, args.family)
         gw.stop(cleanup=False)
         for mode in args.modes.split(","):
             results[mode] = []
             for n in range(args.trials):
-                row = trial(lab, gw, mode, args.api_load)
+                row = trial(lab, gw, mode, args.api_load, args.family)
                 results[mode].append(row)
                 print(
                     f"{mode} trial {n + 1}: "

@@ -161,6 +161,7 @@ class FakeKernel:
         self.ip_routes: list[Route] = []
         self.sysctls: dict[str, str] = dict(sysctls or {})
         self.conntrack: list[int] = []  # the mark of each entry
+        self.conntrack6: list[int] = []  # the mark of each IPv6 entry
         self.ct_max = 262144
         self.ct_trouble = {"drop": 0, "early_drop": 0, "insert_failed": 0}
         self.tables: dict[str, NftTable] = {}  # inet tables by name
@@ -239,12 +240,16 @@ class FakeKernel:
         self.calls.append(("sysctl_write", key, value))
         self.sysctls[key] = value
 
-    def ct_count(self, mark: int, mask: int) -> int:
-        return sum(1 for m in self.conntrack if m & mask == mark)
+    def ct_count(self, mark: int, mask: int, family: int = 0) -> int:
+        tables = {0: self.conntrack + self.conntrack6, 4: self.conntrack, 6: self.conntrack6}[family]
+        return sum(1 for m in tables if m & mask == mark)
 
-    def ct_flush(self, mark: int, mask: int) -> None:
-        self.calls.append(("ct_flush", mark, mask))
-        self.conntrack = [m for m in self.conntrack if m & mask != mark]
+    def ct_flush(self, mark: int, mask: int, family: int = 0) -> None:
+        self.calls.append(("ct_flush", mark, mask) if not family else ("ct_flush", mark, mask, family))
+        if family in (0, 4):
+            self.conntrack = [m for m in self.conntrack if m & mask != mark]
+        if family in (0, 6):
+            self.conntrack6 = [m for m in self.conntrack6 if m & mask != mark]
 
     def ct_stats(self) -> TableStats:
         return TableStats(len(self.conntrack), self.ct_max, **self.ct_trouble)

@@ -128,7 +128,10 @@ class HealthConfig(_Model):
     """How one ISP is probed.  Probes always leave through the probed ISP."""
 
     method: Literal["icmp", "tcp", "http", "https", "dns"] = "icmp"
-    targets: Annotated[tuple[ipaddress.IPv4Address, ...], _at_most(64)] = Field(default=(), max_length=64)
+    targets: Annotated[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...], _at_most(64)] = Field(
+        default=(), max_length=64
+    )
+    """IPv4 targets decide the ISP's (IPv4) health; IPv6 ones, if any, its IPv6 health apart."""
     port: SInt | None = Field(default=None, ge=1, le=65535)
     interval: Duration = 0.2
     timeout: Duration = 0.3
@@ -184,6 +187,14 @@ class HealthConfig(_Model):
             raise ValueError(f"{_clip(repr(v), 40)} is not a DNS name (labels of 1-63 letters, digits, - or _)")
         return v
 
+    def targets_of(self, family: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        """The targets of one address family (4 or 6), in config order."""
+        return tuple(t for t in self.targets if t.version == family)
+
+    def quorum_of(self, family: int) -> int:
+        """The quorum of one family's rounds: ``quorum``, at most that family's number of targets."""
+        return max(1, min(self.quorum, len(self.targets_of(family))))
+
     @field_validator("quorum")
     @classmethod
     def _quorum_le_targets(cls, v: int, info: Any) -> int:
@@ -237,6 +248,8 @@ class IspConfig(_Model):
     def _ipv6_needs_a_gateway(self) -> IspConfig:
         if self.ipv6.mode != "off" and self.gateway6 is None:
             raise ValueError(f"ipv6 mode {self.ipv6.mode} needs gateway6 (the ISP's IPv6 next hop)")
+        if self.ipv6.mode == "off" and self.health.targets_of(6):
+            raise ValueError("IPv6 health targets need ipv6 mode netmap or masquerade (this ISP carries no IPv6)")
         return self
 
     @field_validator("name")

@@ -82,6 +82,7 @@ class Daemon:
         self.link_events = 0
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self.monitors: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}
+        self.monitors6: dict[str, tuple[IspMonitor, asyncio.Task[None]]] = {}  # ISPs with IPv6 targets
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
@@ -138,7 +139,7 @@ class Daemon:
         """
         async with self._lock:
             fleet = self.fleet
-            args = (fleet.config, fleet.state, fleet.statuses(), dict(self.adjusted))
+            args = (fleet.config, fleet.state, fleet.statuses(), dict(self.adjusted), fleet.statuses6())
             # Shielded: a cancelled caller must not release the lock while the thread still works.
             started = time.monotonic()
             work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
@@ -171,15 +172,16 @@ class Daemon:
         start = time.monotonic()
         try:
             async with self._flush_lock:
-                count = await asyncio.to_thread(self._count_and_flush, flush.mark, flush.mask)
+                count = await asyncio.to_thread(self._count_and_flush, flush.mark, flush.mask, flush.family)
         except Exception as exc:  # retried by the next resync
             log.error("could not flush %s's connections (mark %#x): %s", flush.isp, flush.mark, exc)
             return None
-        if flush.mask == self.config.mark_mask:  # the counter keys marks under the current mask only
+        if flush.mask == self.config.mark_mask and not flush.family:  # the counter keys marks (both families)
             self.counter.forget(flush.mark)
         log.warning(
-            "flushed %d connections of %s (%s) in %.0f ms",
+            "flushed %d %sconnections of %s (%s) in %.0f ms",
             count,
+            f"IPv{flush.family} " if flush.family else "",
             flush.isp,
             flush.why,
             (time.monotonic() - start) * 1000,
@@ -214,17 +216,18 @@ class Daemon:
                 log.info("adjusted weights (%s): %s", ", ".join(changed), fresh)
                 await self._reconcile_logged("weights adjusted")
 
-    def _count_and_flush(self, mark: int, mask: int) -> int:
-        count = self.kernel.ct_count(mark, mask)
+    def _count_and_flush(self, mark: int, mask: int, family: int = 0) -> int:
+        count = self.kernel.ct_count(mark, mask, family)
         if count:
-            self.kernel.ct_flush(mark, mask)
+            self.kernel.ct_flush(mark, mask, family)
         return count
 
     def _record(
         self, event: Event, error: str | None, flushed: int | None, decided: float, applied: float | None
     ) -> None:
         level = logging.WARNING if event.event in ("down", "removed", "replaced") else logging.INFO
-        log.log(level, "isp %s %s → %s (%s)", event.isp, event.event, event.status, event.reason)
+        family = f" IPv{event.family}" if event.family else ""
+        log.log(level, "isp %s%s %s → %s (%s)", event.isp, family, event.event, event.status, event.reason)
         if event.status != event.old:
             self.metrics.transitions.labels(event.isp, event.status).inc()
         if event.status in ("down", "disabled") and event.old in ("up", "degraded"):
@@ -234,6 +237,7 @@ class Daemon:
                 "time": event.at,
                 "isp": event.isp,
                 "event": event.event,
+                "family": event.family,
                 "status": event.status,
                 "from": event.old,
                 "reason": event.reason,
@@ -253,6 +257,7 @@ class Daemon:
                 "WANLB_EVENT": event.event,
                 "WANLB_STATUS": event.status,
                 "WANLB_INTERFACE": event.interface,
+                "WANLB_FAMILY": event.family,  # "4" or "6" when the ISP has health per family, else ""
                 "WANLB_REASON": event.reason[:1000],
             }
             order = self._hook_order.setdefault(event.isp, asyncio.Lock())
@@ -260,10 +265,10 @@ class Daemon:
 
     # --- inputs -------------------------------------------------------------------------------
 
-    def on_round(self, name: str, result: RoundResult) -> None:
+    def on_round(self, name: str, result: RoundResult, family: int = 4) -> None:
         """A monitor's finished round: the fleet decides, a task of the daemon's own carries it out."""
         effects = self.fleet.round(
-            name, self.clock(), self.wall(), result.ok, result.latency, result.loss, result.describe_errors()
+            name, self.clock(), self.wall(), result.ok, result.latency, result.loss, result.describe_errors(), family
         )
         if result.latency is not None:
             self.metrics.probe_rtt.labels(name).observe(result.latency)
@@ -414,17 +419,22 @@ class Daemon:
             await self.resync()
 
     def _start_monitors(self) -> None:
-        """(Re)start one monitor per ISP that has targets (the fleet keeps the health state)."""
-        for _monitor, task in self.monitors.values():
-            task.cancel()
-        self.monitors.clear()
+        """(Re)start one monitor per ISP and address family that has targets (the fleet keeps the health state).
+
+        IPv6 targets get their own monitor only where the fleet keeps an IPv6 state (the ISP carries IPv6).
+        """
+        for monitors in (self.monitors, self.monitors6):
+            for _monitor, task in monitors.values():
+                task.cancel()
+            monitors.clear()
         for isp in self.config.isps:
-            if not isp.health.targets:
-                continue
-            monitor = IspMonitor(isp, self.fleet.state.mark_of(isp.name), self.on_round)
-            task = asyncio.create_task(monitor.run())
-            task.add_done_callback(_log_crash)
-            self.monitors[isp.name] = (monitor, task)
+            for family, monitors in ((4, self.monitors), (6, self.monitors6)):
+                if not isp.health.targets_of(family) or (family == 6 and isp.name not in self.fleet.machines6):
+                    continue
+                monitor = IspMonitor(isp, self.fleet.state.mark_of(isp.name), self.on_round, family=family)
+                task = asyncio.create_task(monitor.run())
+                task.add_done_callback(_log_crash)
+                monitors[isp.name] = (monitor, task)
 
     def _warn_about_config(self) -> None:
         """What is valid but probably not what the operator meant (at start and after each reload)."""
@@ -532,6 +542,7 @@ class Daemon:
                     "since": round(self.fleet.since.get(isp.name, self.started), 3),
                     "link_down": machine.link_down,
                     "health": self._health(isp.name),
+                    "ipv6": self._ipv6_status(isp.name),
                     # Totals of the ISP's named nft counters (they survive reloads and restarts of the
                     # daemon); None when nft could not be read or has no such counter yet.
                     "packets_rx": counters.get(f"isp_{isp.name}_rx", {}).get("packets"),
@@ -580,9 +591,22 @@ class Daemon:
             "events": list(self.events),
         }
 
-    def _health(self, name: str) -> dict[str, Any]:
-        machine = self.fleet.machines.get(name)
-        entry = self.monitors.get(name)
+    def _ipv6_status(self, name: str) -> dict[str, Any] | None:
+        """An ISP's IPv6: its mode, its status (its own with IPv6 targets, else its one status) and health."""
+        isp = next((i for i in self.config.isps if i.name == name), None)
+        if isp is None or isp.ipv6.mode == "off":
+            return None
+        own = name in self.fleet.machines6
+        return {
+            "mode": isp.ipv6.mode,
+            "status": self.fleet.statuses6().get(name, IspStatus.UP).value,
+            "own_health": own,
+            "health": self._health(name, 6) if own else None,
+        }
+
+    def _health(self, name: str, family: int = 4) -> dict[str, Any]:
+        machine = (self.fleet.machines6 if family == 6 else self.fleet.machines).get(name)
+        entry = (self.monitors6 if family == 6 else self.monitors).get(name)
         if machine is None or entry is None:
             return {"monitored": False}
         monitor = entry[0]
@@ -591,7 +615,7 @@ class Daemon:
         return {
             "monitored": True,
             "method": monitor.health.method,
-            "targets": [str(t) for t in monitor.health.targets],
+            "targets": [str(t) for t in monitor.targets],
             "rounds": monitor.rounds,
             "loss_percent": round(quality.loss_percent, 1),
             "latency_ms": _ms(quality.latency),
@@ -689,7 +713,7 @@ class Daemon:
             adjusting.cancel()
             counting.cancel()
             links.close()
-            for _monitor, task in self.monitors.values():
+            for _monitor, task in [*self.monitors.values(), *self.monitors6.values()]:
                 task.cancel()
             if self._domains is not None:
                 self._domains[1].cancel()

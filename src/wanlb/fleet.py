@@ -44,6 +44,7 @@ class Event:
     interface: str
     loss_percent: float | None = None
     latency_ms: float | None = None
+    family: str = ""  # "6": the ISP's IPv6 health alone; "4": its IPv4 alone (it has IPv6 health too); "": both
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Flush:
     mark: int
     mask: int
     why: str
+    family: int = 0  # 0: both families; 4 or 6: only that family's entries
 
 
 @dataclass(frozen=True)
@@ -102,18 +104,26 @@ class Fleet:
         self.config = config
         self.state = state
         self.machines: dict[str, HealthMachine] = {}
+        # IPv6 health, for ISPs with IPv6 targets; any other ISP's IPv6 follows its one state.
+        self.machines6: dict[str, HealthMachine] = {}
         self.since: dict[str, float] = {}
         self.links = dict(links)  # interface -> usable, as last reported
         for isp in config.isps:
             self._new_machine(isp, IspStatus.UP, now, wall)
+            self._new_machine6(isp, IspStatus.UP, now)
 
     # --- what the rest of wanlb reads -------------------------------------------------------
 
     def statuses(self) -> dict[str, IspStatus]:
         return {name: m.status for name, m in self.machines.items()}
 
+    def statuses6(self) -> dict[str, IspStatus]:
+        """IPv6 status of every ISP: its own IPv6 health where it has IPv6 targets, else its one status."""
+        return {name: self.machines6[name].status if name in self.machines6 else m.status
+                for name, m in self.machines.items()}  # fmt: skip
+
     def probed(self, name: str) -> bool:
-        return bool(self.config.isp(name).health.targets)
+        return bool(self.config.isp(name).health.targets_of(4))
 
     def quality(self, name: str) -> Quality:
         return self.machines[name].quality()
@@ -123,20 +133,35 @@ class Fleet:
         m = self.machines[name]
         return self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
 
+    def wants_empty6(self, name: str) -> bool:
+        """The same for the IPv6 connections of an ISP with IPv6 health of its own."""
+        m = self.machines6.get(name)
+        return m is not None and self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
+
     # --- inputs -----------------------------------------------------------------------------
 
     def round(
-        self, name: str, now: float, wall: float, ok: bool, latency: float | None, loss: float, errors: str = ""
+        self,
+        name: str,
+        now: float,
+        wall: float,
+        ok: bool,
+        latency: float | None,
+        loss: float,
+        errors: str = "",
+        family: int = 4,
     ) -> list[Effect]:
-        """One finished probe round of ISP ``name``."""
-        machine = self.machines.get(name)
-        if machine is None:  # a round that finished after its ISP was removed by a reload
+        """One finished probe round of ISP ``name`` (of its IPv4 or its IPv6 targets)."""
+        machine = (self.machines6 if family == 6 else self.machines).get(name)
+        if machine is None:  # a round that finished after its ISP (or its IPv6 targets) was removed by a reload
             return []
         t = machine.round(now, ok, latency, loss)
         if t is None:
             return []
         if errors and not ok:
             t = replace(t, reason=f"{t.reason}: {errors}")
+        if family == 6:
+            return self._changed6(name, t, t.new.value, wall)
         return self._changed(name, t, t.new.value, wall)
 
     def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
@@ -149,19 +174,30 @@ class Fleet:
             t = self.machines[isp.name].link(now, usable, self.probed(isp.name))
             if t is not None:
                 effects += self._changed(isp.name, replace(t, reason=f"{t.reason} ({interface})"), t.new.value, wall)
+            m6 = self.machines6.get(isp.name)
+            t6 = None if m6 is None else m6.link(now, usable, True)
+            if t6 is not None:
+                effects += self._changed6(
+                    isp.name, replace(t6, reason=f"{t6.reason} ({interface})"), t6.new.value, wall
+                )
         lan = interface in self.config.lan.interfaces
         if (lan or any(i.interface == interface for i in self.config.isps)) and not effects:
             effects.append(Reconcile(f"link {interface} {'up' if usable else 'down'}"))
         return effects
 
     def disable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
+        """Drain both families (an admin drains an uplink, not one of its address families)."""
         t = self._machine(name).disable(now)
         effects = [] if t is None else self._changed(name, t, "disabled", wall)
+        t6 = self.machines6[name].disable(now) if name in self.machines6 else None
+        effects += [] if t6 is None else self._changed6(name, t6, "disabled", wall)
         return f"{name} is {self.machines[name].status.value}", effects
 
     def enable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
         t = self._machine(name).enable(now, self.probed(name))
         effects = [] if t is None else self._changed(name, t, "enabled", wall)
+        t6 = self.machines6[name].enable(now, True) if name in self.machines6 else None
+        effects += [] if t6 is None else self._changed6(name, t6, "enabled", wall)
         return f"{name} is {self.machines[name].status.value}", effects
 
     def reload(self, config: Config, allocation: Allocation, now: float, wall: float) -> list[Effect]:
@@ -174,6 +210,7 @@ class Fleet:
         for name in sorted(gone):
             old_isp = old_config.isp(name)
             machine = self.machines.pop(name)
+            self.machines6.pop(name, None)
             self.since.pop(name, None)
             slot = old_state.isps[name]
             effects.append(
@@ -183,6 +220,7 @@ class Fleet:
                 events.append(self._emit(name, "removed", "removed", machine.status.value, "removed from the config",
                                          old_isp.interface, wall))  # fmt: skip
         for isp in config.isps:
+            self._reload6(isp, now)
             machine = self.machines.get(isp.name)
             if machine is None:
                 self._new_machine(isp, IspStatus.UP, now, wall)
@@ -192,7 +230,7 @@ class Fleet:
                 events.append(self._emit(isp.name, what, status, None, why, isp.interface, wall))
                 continue
             status = machine.status
-            if not isp.health.targets and status in (IspStatus.DOWN, IspStatus.DEGRADED) and not machine.link_down:
+            if not self.probed(isp.name) and status in (IspStatus.DOWN, IspStatus.DEGRADED) and not machine.link_down:
                 t = Transition(status, IspStatus.UP, now, "no health targets any more (reload)")
                 self._new_machine(isp, IspStatus.UP, now, wall)
                 events += [e for e in self._changed(isp.name, t, "up", wall) if isinstance(e, Emit)]
@@ -208,7 +246,10 @@ class Fleet:
         mask = self.config.mark_mask
         for name, slot in self.state.isps.items():
             if name in self.machines and self.wants_empty(name) and counts.get(slot.mark, 0) > 0:
-                effects.append(Flush(name, slot.mark, mask, "still has connections while down"))
+                effects.append(Flush(name, slot.mark, mask, "still has connections while down", self._family4(name)))
+            # The counts do not tell the families apart: a flush of one family may find nothing to do.
+            if self.wants_empty6(name) and counts.get(slot.mark, 0) > 0:
+                effects.append(Flush(name, slot.mark, mask, "still has IPv6 connections while its IPv6 is down", 6))
         # A retired mark is flushed (counted exactly by the kernel) and then released, whatever the counts say.
         effects += [Flush(r.name, r.mark, r.mask, "its ISP was removed") for r in self.state.retired]
         return effects
@@ -228,11 +269,52 @@ class Fleet:
             raise KeyError(f"no ISP named {name!r}")
         return self.machines[name]
 
+    def _family4(self, name: str) -> int:
+        """What a flush for the ISP's one state covers: IPv4 alone if its IPv6 has a health of its own."""
+        return 4 if name in self.machines6 else 0
+
+    def _new_machine6(self, isp: IspConfig, status: IspStatus, now: float) -> None:
+        """An IPv6 health machine, for an ISP that carries IPv6 and has IPv6 targets."""
+        if isp.ipv6.mode == "off" or not isp.health.targets_of(6):
+            self.machines6.pop(isp.name, None)
+            return
+        machine = HealthMachine(params_of(isp), status)
+        if self.links.get(isp.interface) is False:
+            machine.link(now, False, True)
+        self.machines6[isp.name] = machine
+
+    def _reload6(self, isp: IspConfig, now: float) -> None:
+        """Keep a staying ISP's IPv6 state through a reload; start or drop its IPv6 health as the config says.
+
+        Newly added IPv6 targets start from the ISP's admin and link state (drained stays drained).
+        """
+        old = self.machines6.get(isp.name)
+        self._new_machine6(isp, old.status if old is not None else IspStatus.UP, now)
+        new = self.machines6.get(isp.name)
+        if new is None:
+            return
+        if old is not None and old.params == new.params:
+            self.machines6[isp.name] = old
+        elif old is not None:
+            new.disabled, new.link_down = old.disabled, old.link_down
+        elif isp.name in self.machines and self.machines[isp.name].disabled:
+            new.disable(now)
+
+    def _changed6(self, name: str, t: Transition, event: str, wall: float) -> list[Effect]:
+        """A change of an ISP's IPv6 health: reconcile (IPv6 balancing), flush its IPv6 entries if broken, event."""
+        isp = self.config.isp(name)
+        effects: list[Effect] = [Reconcile(f"{name} IPv6 {event}")]
+        if self.wants_empty6(name):
+            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, 6))
+        event_ = self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall, self.machines6[name])
+        effects.append(Emit(replace(event_.event, family="6")))
+        return effects
+
     def _new_machine(self, isp: IspConfig, status: IspStatus, now: float, wall: float) -> None:
         """A fresh health machine; an ISP whose WAN link is down starts down, at start as after a reload."""
         machine = HealthMachine(params_of(isp), status)
         if self.links.get(isp.interface) is False:
-            machine.link(now, False, bool(isp.health.targets))
+            machine.link(now, False, bool(isp.health.targets_of(4)))
         self.machines[isp.name] = machine
         self.since[isp.name] = wall
 
@@ -245,13 +327,16 @@ class Fleet:
         if sticky and not t.new.usable:
             effects.append(ClearSticky(name))
         if self.wants_empty(name):
-            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason))
+            effects.append(
+                Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, self._family4(name))
+            )
         # A recovery: back in use from down or disabled, or up again after degraded (a degraded ISP takes
         # connections only while nothing is up, so an up worse tier carried its traffic meanwhile).
         recovered = not t.old.usable or (t.old == IspStatus.DEGRADED and t.new == IspStatus.UP)
         if t.new.usable and recovered and self.config.failover.on_recover == "move-lower-tier":
             effects += self._move_back(name, t.old)
-        effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall))
+        emit = self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall)
+        effects.append(Emit(replace(emit.event, family="4")) if name in self.machines6 else emit)
         return effects
 
     def _move_back(self, name: str, old: IspStatus) -> list[Effect]:
@@ -271,9 +356,18 @@ class Fleet:
         ]
 
     def _emit(
-        self, name: str, event: str, status: str, old: str | None, reason: str, interface: str, wall: float
+        self,
+        name: str,
+        event: str,
+        status: str,
+        old: str | None,
+        reason: str,
+        interface: str,
+        wall: float,
+        machine: HealthMachine | None = None,
     ) -> Emit:
-        q = self.machines[name].quality() if name in self.machines else None
+        machine = machine or self.machines.get(name)
+        q = machine.quality() if machine is not None else None
         latency = None if q is None or q.latency is None else round(q.latency * 1000, 2)
         loss = None if q is None else round(q.loss_percent, 1)
         return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency))

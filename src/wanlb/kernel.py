@@ -8,6 +8,7 @@ root; the real-kernel tests in the lab still cover the adapters.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,10 +60,10 @@ class Kernel(Protocol):
 
     def sysctl_write(self, key: str, value: str) -> None: ...
 
-    def ct_count(self, mark: int, mask: int) -> int:
+    def ct_count(self, mark: int, mask: int, family: int = 0) -> int:
         """Conntrack entries whose ``mark & mask == mark``."""
 
-    def ct_flush(self, mark: int, mask: int) -> None:
+    def ct_flush(self, mark: int, mask: int, family: int = 0) -> None:
         """Delete every conntrack entry whose ``mark & mask == mark`` (one kernel flush)."""
 
     def ct_stats(self) -> TableStats:
@@ -156,13 +157,17 @@ class LinuxKernel:
     def sysctl_write(self, key: str, value: str) -> None:
         sysctl.write(key, value)
 
-    def ct_count(self, mark: int, mask: int) -> int:
+    def ct_count(self, mark: int, mask: int, family: int = 0) -> int:
+        """Entries with the mark; ``family`` 4 or 6 counts only that family's (0: both)."""
+        af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family)
         with self._ct_lock:
-            return sum(self._ct.count_by_mark(Filter(mark=mark, mark_mask=mask)).values())
+            return sum(self._ct.count_by_mark(Filter(family=af, mark=mark, mark_mask=mask)).values())
 
-    def ct_flush(self, mark: int, mask: int) -> None:
+    def ct_flush(self, mark: int, mask: int, family: int = 0) -> None:
+        """Delete the entries with the mark, of one family (4, 6) or both (0), in the kernel."""
+        af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family, 0)
         with self._ct_lock:
-            self._ct.sock.request(codec.encode_flush(0, mark, mask))
+            self._ct.sock.request(codec.encode_flush(af, mark, mask))
 
     def ct_stats(self) -> TableStats:
         with self._ct_lock:

@@ -108,8 +108,11 @@ def plan(
     statuses: Mapping[str, IspStatus] | None = None,
     connected: tuple[ConnectedRoute, ...] = (),
     adjusted: Adjusted | None = None,
+    statuses6: Mapping[str, IspStatus] | None = None,
 ) -> Desired:
     """Compute the desired state.  ISPs missing from ``statuses`` count as UP.
+
+    ``statuses6``: each ISP's IPv6 status where it differs (its own IPv6 health); None: as ``statuses``.
 
     ``adjusted``: the daemon's current weights per dynamic algorithm (``least-conn``, ``latency``).
 
@@ -161,7 +164,7 @@ def plan(
         domain_timeout=max(1, round(config.dns.max_ttl)),
         lan6=config.lan.ipv6_prefixes,
         bypass6=tuple(sorted(set(config.lan.ipv6_prefixes) | connected6)),  # type: ignore[arg-type]
-        balance6=balance6(config, usable),
+        balance6=balance6(config, usable if statuses6 is None else {**usable, **statuses6}),
     )
 
 

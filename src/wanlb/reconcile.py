@@ -113,6 +113,7 @@ class Reconciler:
         state: RuntimeState,
         statuses: Mapping[str, IspStatus],
         adjusted: Adjusted | None = None,
+        statuses6: Mapping[str, IspStatus] | None = None,
     ) -> ReconcileResult:
         """Converge to ``config`` with the allocation in ``state`` and these statuses.
 
@@ -123,7 +124,7 @@ class Reconciler:
         may send marks to them.
         """
         kernel = self.kernel
-        desired = plan(config, state, statuses, kernel.connected(), adjusted)
+        desired = plan(config, state, statuses, kernel.connected(), adjusted, statuses6)
         rendered = render(desired)
         changes: list[str] = []
         failures: list[str] = []

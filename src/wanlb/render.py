@@ -2,8 +2,10 @@
 
 Where a packet's fate is decided (read this first):
 
-* ``prerouting`` (mangle priority) — only IPv4 is touched (IPv6 passes
-  unmarked and untranslated until wanlb balances it).  A NEW connection to a
+* ``prerouting`` (mangle priority) — IPv4, and IPv6 only when an ISP carries
+  it (then NEW IPv6 connections from the LAN go through ``from_lan6``: weighted
+  into the same ISP chains, netmapped or masqueraded in ``postrouting``;
+  otherwise IPv6 passes unmarked and untranslated).  A NEW connection to a
   port with a conntrack helper (FTP by default) gets it, so its data
   connections are RELATED and inherit its mark.  Packets of a removed ISP's
   connections (``retired`` marks) are dropped until the flush catches them.
@@ -387,12 +389,14 @@ def render_nft(desired: Desired) -> Table:
     prerouting.append(f"iifname {_names(desired.lan_interfaces)} jump from_lan")
     objects.append(Chain("prerouting", tuple(prerouting), ("filter", "prerouting", -150, "accept")))
 
-    output = ["meta nfproto != ipv4 return", 'oifname "lo" return', *_helper_rules(desired)]
+    output = [f"meta nfproto != {families} return", 'oifname "lo" return', *_helper_rules(desired)]
     output += _retired_rules(desired)
-    output.append(_restore_vmap(desired))
+    output.append(_restore_vmap(desired))  # both families: the gateway answers through the WAN asked
     if desired.local_traffic:
         # A socket that set its own mark in our bits (a health probe) keeps it.
         output.append(f"meta mark & {_hex(mask)} != 0 return")
+        if desired.ipv6:  # the gateway's own new IPv6 connections follow the main table (not balanced)
+            output.append("meta nfproto ipv6 return")
         output += _classify_new(desired)
     objects.append(Chain("output", tuple(output), ("route", "output", -150, "accept")))
 

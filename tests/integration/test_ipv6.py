@@ -3,10 +3,11 @@
 The lab (`Lab.up(ipv6=True)`) puts fd00:77::/64 on the LAN; ISP i routes 2001:db8:i00::/64 to the gateway
 (its netmap prefix) and forwards only that prefix and its link prefix 2001:db8:i::/64 from the gateway
 (ULA sources are counted as `lan_leak`, others as `spoofed`, in its `ip6 lab` table). Servers in inet
-listen on [::]:8080 (http: answers with the source it saw), [::]:5001 (a paced counter stream) and
-[::]:9009 (a sink that answers with the byte count of an upload).
+listen on [2001:db8:f::10]:80 (http: answers with the source it saw) and :5001 (a paced counter stream),
+as on their IPv4 addresses, and the tests add [::]:9009 (a sink that answers with the byte count of an
+upload).
 
-Health is still probed over IPv4 only; IPv6 follows each ISP's state (per-family health is not built).
+The lab's config probes two IPv4 and two IPv6 targets per ISP: each ISP has an IPv4 and an IPv6 health.
 """
 
 from __future__ import annotations
@@ -25,23 +26,31 @@ import pytest
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
-from wanlb.lab.topology import ISP_UPLINK_IF, SERVER6_ADDRS, client6_addr, isp6_prefix, isp_for_source, wan6_addr
+from wanlb.lab.topology import (
+    HTTP_ADDR,
+    HTTP_PORT,
+    ISP_UPLINK_IF,
+    SERVER6_ADDRS,
+    client6_addr,
+    isp6_prefix,
+    isp_for_source,
+    wan6_addr,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
 SERVER6 = SERVER6_ADDRS[0]
 
-# One connection per input line "DST PORT"; prints the source each server saw (or "error:...") as JSON.
-_CLIENT6 = """
+# One connection per input line "DST PORT" (either family); prints the source each server saw (or
+# "error:...") as JSON.
+_CLIENT = """
 import json, socket, sys
 out = []
 for line in sys.stdin.read().splitlines():
     dst, port = line.split()
     try:
-        s = socket.socket(socket.AF_INET6)
-        s.settimeout(3)
-        s.connect((dst, int(port)))
+        s = socket.create_connection((dst, int(port)), timeout=3)
         s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
         data = b""
         while chunk := s.recv(4096):
@@ -126,16 +135,9 @@ def wait_file(path: Any, what: str) -> None:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with Lab.up(name=f"v6{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2, ipv6=True) as lab:
-        flags = []
-        for kind, port in (("http", 8080), ("stream", 5001)):
-            flag = lab.dir / f"{kind}6.ready"
-            lab.popen("inet", python_module("wanlb.lab.servers", kind, "--listen", f"[::]:{port}",
-                                            "--ready-file", str(flag)), label=f"{kind}6")  # fmt: skip
-            flags.append(flag)
         sink = lab.dir / "sink6.ready"
         lab.popen("inet", ["python3", "-c", f"READY = {str(sink)!r}\n" + _SINK], label="sink6")
-        for flag in [*flags, sink]:
-            wait_file(flag, flag.name)
+        wait_file(sink, "the IPv6 sink")
         yield lab
 
 
@@ -155,10 +157,28 @@ def start(gw: LabGateway, edit: Any = lambda _d: None, want: dict[str, str] = AL
     gw.wait_for(want)
 
 
-def connect6(lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = 8080) -> list[str]:
+def no_ipv6(isp: dict[str, Any]) -> None:
+    """Edit one ISP of the parsed config to carry no IPv6 (its IPv6 health targets go too)."""
+    isp["ipv6"] = {"mode": "off"}
+    isp["health"]["targets"] = [t for t in isp["health"]["targets"] if ":" not in str(t)]
+
+
+def connect6(lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = HTTP_PORT) -> list[str]:
     """The source address the server saw (or "error:...") for each of ``count`` sequential connections."""
-    out = sh(lab, client, "python3", "-c", _CLIENT6, stdin=f"{dst} {port}\n" * count)
+    out = sh(lab, client, "python3", "-c", _CLIENT, stdin=f"{dst} {port}\n" * count)
     return list(json.loads(out))
+
+
+def connect4(lab: Lab, client: str, count: int) -> list[str]:
+    """The same over IPv4, to the lab's HTTP server."""
+    out = sh(lab, client, "python3", "-c", _CLIENT, stdin=f"{HTTP_ADDR} {HTTP_PORT}\n" * count)
+    return list(json.loads(out))
+
+
+def entries(lab: Lab, family: str, mark: int) -> int:
+    """Conntrack entries of one family (ipv4/ipv6) carrying an ISP mark, in the gateway."""
+    out = sh(lab, "gw", "conntrack", "-L", "-f", family, "-m", f"{mark}/{0xFF00}")
+    return sum(1 for line in out.splitlines() if line.strip())
 
 
 def refused(lab: Lab, node: str, addr: str) -> bool:
@@ -221,7 +241,7 @@ def test_ipv6_is_spread_by_weight_and_netmapped_with_the_host_bits_kept(lab: Lab
 def test_masquerade_makes_the_wan_address_the_source(lab: Lab, gw: LabGateway) -> None:
     def edit(d: dict[str, Any]) -> None:
         d["isps"][1]["ipv6"] = {"mode": "masquerade"}  # isp2
-        d["isps"][2]["ipv6"] = {"mode": "off"}  # isp3 carries no IPv6: it gets none
+        no_ipv6(d["isps"][2])  # isp3 carries no IPv6: it gets none
 
     start(gw, edit)
     seen = Counter(connect6(lab, "c1", 60))
@@ -243,6 +263,25 @@ def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: L
     assert client6_addr(1) in neigh and "2001:db8:1::1" in neigh, neigh
     # pings to the gateway itself and ND are never balanced: no NEW connection was counted on any ISP
     assert {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)} == news
+
+
+def test_the_gateways_own_ipv6_service_answers_through_the_wan_it_was_asked_on(lab: Lab, gw: LabGateway) -> None:
+    """A connection from the internet to the gateway's address on WAN i is answered through WAN i (its ct
+    mark is restored in output), not through the main table's default (isp1, whose anti-spoofing would drop
+    the other WANs' sources)."""
+    start(gw)
+    flag = lab.dir / "gw-http6.ready"
+    flag.unlink(missing_ok=True)
+    server = lab.popen("gw", python_module("wanlb.lab.servers", "http", "--listen", "[::]:8081",
+                                           "--ready-file", str(flag)), label="gw-http6")  # fmt: skip
+    try:
+        wait_file(flag, "the gateway's IPv6 server")
+        for i in (1, 2, 3):
+            seen = connect6(lab, "inet", 3, dst=wan6_addr(i), port=8081)
+            assert seen == [f"2001:db8:ff:{i}::2"] * 3, (i, seen)  # inet's address on its link to ISP i
+    finally:
+        server.kill()
+        server.wait()
 
 
 # --- connections stay where they started -------------------------------------------------------------
@@ -280,11 +319,55 @@ def test_an_isp_failure_moves_ipv6_and_flushes_its_entries(lab: Lab, gw: LabGate
     start(gw)
     assert {isp_for_source(s) for s in connect6(lab, "c1", 30)} == {"isp1", "isp2", "isp3"}
     lab.fail("isp2", "blackhole")  # both families
-    gw.wait_event("isp2", "down", timeout=10)
-    out = sh(lab, "gw", "conntrack", "-L", "-f", "ipv6", "-m", f"{0x200}/{0xFF00}")
-    assert "tcp" not in out, out  # the flush took isp2's IPv6 entries
+    gw.wait_event("isp2", "down", timeout=10, family="4")
+    gw.wait_event("isp2", "down", timeout=10, family="6")
+    assert entries(lab, "ipv6", 0x200) == 0  # the flush took isp2's IPv6 entries
     seen = connect6(lab, "c1", 40)
     assert Counter(isp_for_source(s) for s in seen) == {"isp1": 20, "isp3": 20}, Counter(seen)
+
+
+def test_ipv6_dying_alone_moves_and_flushes_only_ipv6(lab: Lab, gw: LabGateway) -> None:
+    """Blackhole isp2's IPv6 only: its IPv6 health goes down, its IPv4 stays up; new IPv6 connections avoid
+    it, new IPv4 ones still use it; its IPv6 entries are flushed, its IPv4 entries are not."""
+    start(gw)
+    mark = next(i["mark"] for i in gw.status()["isps"] if i["name"] == "isp2")
+    assert "isp2" in {isp_for_source(s) for s in connect4(lab, "c1", 30)}
+    assert "isp2" in {isp_for_source(s) for s in connect6(lab, "c1", 30)}
+    v4_before = entries(lab, "ipv4", mark)
+    assert v4_before > 0 and entries(lab, "ipv6", mark) > 0  # closed connections linger in TIME_WAIT
+    lab.fail("isp2", "blackhole", family=6)
+    down = gw.wait_event("isp2", "down", timeout=10, family="6")
+    assert "no answer" in down["reason"] or "2001:db8:f::" in down["reason"], down
+    isp2 = next(i for i in gw.status()["isps"] if i["name"] == "isp2")
+    assert (isp2["status"], isp2["ipv6"]["status"], isp2["ipv6"]["own_health"]) == ("up", "down", True), isp2
+    assert entries(lab, "ipv6", mark) == 0
+    assert entries(lab, "ipv4", mark) >= v4_before  # not flushed (and still in use)
+    assert "isp2" not in {isp_for_source(s) for s in connect6(lab, "c1", 30)}
+    assert "isp2" in {isp_for_source(s) for s in connect4(lab, "c1", 30)}
+    assert not [e for e in gw.status()["events"] if e["isp"] == "isp2" and e["family"] != "6"]
+    lab.heal("isp2")
+    gw.wait_event("isp2", "up", timeout=10, family="6")
+    assert "isp2" in {isp_for_source(s) for s in connect6(lab, "c1", 30)}
+
+
+def test_a_happy_eyeballs_client_keeps_working_while_one_family_of_its_isp_dies(lab: Lab, gw: LabGateway) -> None:
+    """curl with a name of both families (IPv6 first, IPv4 after 200 ms if IPv6 has not answered): isp2's IPv6
+    dies; every request still completes, the first ones by falling back to IPv4 when their IPv6 attempt was
+    balanced onto isp2 before its IPv6 was declared down, the later ones over IPv6 through isp1 and isp3."""
+    start(gw)
+    resolve = f"dual.test:{HTTP_PORT}:[{SERVER6}],{HTTP_ADDR}"
+    curl = ["curl", "-s", "--max-time", "5", "--resolve", resolve, f"http://dual.test:{HTTP_PORT}/"]
+    lab.fail("isp2", "blackhole", family=6)
+    seen = []
+    for _ in range(30):
+        out = lab.run("c1", curl, capture_output=True, text=True)
+        assert out.returncode == 0, (out.returncode, out.stderr, seen)
+        seen.append(json.loads(out.stdout)["src"])
+    gw.wait_event("isp2", "down", timeout=10, family="6")
+    later = [json.loads(lab.run("c1", curl, capture_output=True, text=True, check=True).stdout)["src"]
+             for _ in range(12)]  # fmt: skip
+    assert all(":" in src for src in later), later  # IPv6 again, around the dead family
+    assert {isp_for_source(src) for src in later} == {"isp1", "isp3"}, later
 
 
 def test_path_mtu_discovery_works_through_netmap_and_masquerade(lab: Lab, gw: LabGateway) -> None:
@@ -298,7 +381,7 @@ def test_path_mtu_discovery_works_through_netmap_and_masquerade(lab: Lab, gw: La
             def only_isp1(d: dict[str, Any], mode: dict[str, Any] = mode) -> None:
                 d["isps"][0]["ipv6"] = mode
                 for isp in d["isps"][1:]:
-                    isp["ipv6"] = {"mode": "off"}
+                    no_ipv6(isp)
 
             start(gw, only_isp1)
             sh(lab, "c1", "ip", "-6", "route", "flush", "cache")

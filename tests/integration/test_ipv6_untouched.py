@@ -62,6 +62,13 @@ def enable_ipv6(lab: Lab) -> None:
         lab.run(node, ["sysctl", "-q", "-w", *on], check=True)
         batch = [f"addr add {a} nodad" for a in addrs] + [f"route add {r}" for r in routes]
         lab.run(node, ["ip", "-6", "-batch", "-"], input="\n".join(batch) + "\n", text=True, check=True)
+    # The link-local addresses IPv6 just gave every interface are tentative until duplicate detection ends
+    # (about 2 s); until then neighbour discovery can stall the first connections.
+    deadline = time.monotonic() + 15
+    for node in IPV6:
+        while lab.run(node, ["ip", "-6", "addr", "show", "tentative"], capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, f"{node} still has tentative IPv6 addresses"
+            time.sleep(0.1)
 
 
 def start_http6(lab: Lab) -> None:

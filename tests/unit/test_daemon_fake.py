@@ -50,9 +50,10 @@ class StubMonitor:
 
     started: ClassVar[list[str]] = []
 
-    def __init__(self, isp: Any, mark: int, on_round: Callable[[str, RoundResult], None]) -> None:
+    def __init__(self, isp: Any, mark: int, on_round: Callable[[str, RoundResult, int], None], family: int = 4) -> None:
         self.isp, self.mark, self.on_round = isp, mark, on_round
         self.health = isp.health
+        self.targets = isp.health.targets_of(family)
         self.rounds = 0
         self.last = None
         StubMonitor.started.append(isp.name)

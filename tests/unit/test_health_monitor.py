@@ -52,7 +52,7 @@ def monitor(script: dict[str, str | float]) -> tuple[IspMonitor, list[tuple[str,
     prober = ScriptedProber(script)
     rounds: list[tuple[str, RoundResult, int]] = []
 
-    def record(name: str, result: RoundResult) -> None:
+    def record(name: str, result: RoundResult, family: int) -> None:
         rounds.append((name, result, prober.started))
 
     m = IspMonitor(isp, 0x100, record)

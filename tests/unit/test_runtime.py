@@ -315,7 +315,9 @@ def test_the_wanlb_01_format_is_accepted() -> None:
         "/proc/sys/net/ipv4/ip_forward",
         "net/ipv4/ip_forward\n",
         "kernel/core_pattern",
-        "net/ipv6/conf/all/forwarding",
+        "net/ipv6/conf/all/disable_ipv6",
+        "net/ipv6/conf/wan1/../all/forwarding",
+        "net/ipv6/conf/wan1/forwarding",
     ],
 )
 def test_a_sysctl_wanlb_does_not_write_is_refused(key: str) -> None:

@@ -66,11 +66,11 @@ class RoundResult:
         return "; ".join(f"{t} {why}" for t, why in sorted(self.errors.items()))
 
 
-RoundHandler = Callable[[str, RoundResult], None]
+RoundHandler = Callable[[str, RoundResult, int], None]  # (ISP, result, address family)
 
 
 class IspMonitor:
-    """Probes one ISP forever through its mark and interface."""
+    """Probes one ISP's targets of one address family forever, through its mark and interface."""
 
     def __init__(
         self,
@@ -78,13 +78,17 @@ class IspMonitor:
         mark: int,
         on_round: RoundHandler,
         clock: Callable[[], float] = time.monotonic,
+        family: int = 4,
     ):
         self.isp = isp
         self.health = isp.health
+        self.family = family
+        self.targets = isp.health.targets_of(family)
+        self.quorum = isp.health.quorum_of(family)
         self.mark = mark
         self.on_round = on_round
         self.clock = clock
-        self.prober = Prober(isp.health, Egress(mark, isp.interface))
+        self.prober = Prober(isp.health, Egress(mark, isp.interface, family))
         self.rounds = 0
         self.last: RoundResult | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -124,10 +128,10 @@ class IspMonitor:
     async def probe_round(self) -> RoundResult:
         """Probe every target at once; each answers or times out."""
         errors: dict[str, str] = {}
-        results = await asyncio.gather(*(self._probe(str(t), errors) for t in self.health.targets))
+        results = await asyncio.gather(*(self._probe(str(t), errors) for t in self.targets))
         answers = [latency for latency in results if latency is not None]
         return RoundResult(
-            ok=len(answers) >= self.health.quorum,
+            ok=len(answers) >= self.quorum,
             answered=len(answers),
             latency=statistics.median(answers) if answers else None,
             loss=1.0 - len(answers) / len(results),
@@ -138,4 +142,4 @@ class IspMonitor:
         result = await self.probe_round()
         self.rounds += 1
         self.last = result
-        self.on_round(self.isp.name, result)
+        self.on_round(self.isp.name, result, self.family)

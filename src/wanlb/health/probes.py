@@ -14,6 +14,7 @@ with a short reason.  Timeouts are the caller's business (``asyncio.timeout``).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import os
 import random
@@ -25,8 +26,11 @@ from dataclasses import dataclass
 
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
 SOL_RAW = 255
 ICMP_FILTER = 1  # linux/icmp.h: a bitmask of ICMP types the raw socket must *not* receive
+ICMP6_FILTER = 1  # linux/icmpv6.h (level IPPROTO_ICMPV6): 256 bits, a set bit blocks that ICMPv6 type
 RAW_RCVBUF = 1 << 20
 
 
@@ -40,6 +44,11 @@ class Egress:
 
     mark: int
     device: str
+    family: int = 4  # the probes' address family: each family's health is probed on its own
+
+    @property
+    def af(self) -> int:
+        return socket.AF_INET6 if self.family == 6 else socket.AF_INET
 
 
 def _pin(sock: socket.socket, egress: Egress) -> None:
@@ -49,7 +58,7 @@ def _pin(sock: socket.socket, egress: Egress) -> None:
 
 
 def _socket(kind: int, egress: Egress, proto: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, kind, proto)
+    sock = socket.socket(egress.af, kind, proto)
     try:
         _pin(sock, egress)
     except OSError:
@@ -86,8 +95,14 @@ class IcmpPinger:
 
     def _open(self) -> socket.socket:
         if self._sock is None:
-            sock = _socket(socket.SOCK_RAW, self.egress, socket.IPPROTO_ICMP)
-            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~(1 << ICMP_ECHO_REPLY)))
+            if self.egress.family == 6:  # the kernel fills in ICMPv6 checksums and strips the IPv6 header
+                sock = _socket(socket.SOCK_RAW, self.egress, socket.IPPROTO_ICMPV6)
+                blocked = [0xFFFFFFFF] * 8
+                blocked[ICMP6_ECHO_REPLY >> 5] &= ~(1 << (ICMP6_ECHO_REPLY & 31))
+                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *blocked))
+            else:
+                sock = _socket(socket.SOCK_RAW, self.egress, socket.IPPROTO_ICMP)
+                sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~(1 << ICMP_ECHO_REPLY)))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RAW_RCVBUF)
             asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
             self._sock = sock
@@ -109,12 +124,13 @@ class IcmpPinger:
         assert self._sock is not None
         while True:
             try:
-                packet, (source, _) = self._sock.recvfrom(2048)
+                packet, peer = self._sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # e.g. an ICMP error queued on the socket; the request times out
-            reply = parse_echo_reply(packet)
+            source = peer[0]
+            reply = parse_echo6_reply(packet) if self.egress.family == 6 else parse_echo_reply(packet)
             if reply is None or reply[0] != self.ident:
                 continue
             waiting = self._waiting.get(reply[1])
@@ -124,7 +140,12 @@ class IcmpPinger:
     async def ping(self, target: str) -> float:
         sock = self._open()
         seq = next(self._seq) & 0xFFFF
-        packet = echo_request(self.ident, seq, struct.pack("!d", time.monotonic()) + b"wanlb-probe")
+        payload = struct.pack("!d", time.monotonic()) + b"wanlb-probe"
+        if self.egress.family == 6:
+            packet = struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, self.ident, seq) + payload
+            target = str(ipaddress.IPv6Address(target))  # as recvfrom will show the replying source
+        else:
+            packet = echo_request(self.ident, seq, payload)
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiting[seq] = (future, time.monotonic(), target)
         try:
@@ -147,6 +168,14 @@ def parse_echo_reply(packet: bytes) -> tuple[int, int] | None:
     if len(icmp) < 8 or icmp[0] != ICMP_ECHO_REPLY:
         return None
     _kind, _code, _sum, ident, seq = struct.unpack("!BBHHH", icmp)
+    return ident, seq
+
+
+def parse_echo6_reply(packet: bytes) -> tuple[int, int] | None:
+    """(identifier, sequence) of an ICMPv6 echo reply as a raw ICMPv6 socket reads it (no IPv6 header)."""
+    if len(packet) < 8 or packet[0] != ICMP6_ECHO_REPLY:
+        return None
+    _kind, _code, _sum, ident, seq = struct.unpack("!BBHHH", packet[:8])
     return ident, seq
 
 

@@ -97,11 +97,16 @@ def down(name: str, all_: bool) -> None:
 @click.option(
     "--mode", default="link", show_default=True, help="link | blackhole | loss:PERCENT (replaces any earlier mode)."
 )
-def fail(name: str, isp: str, mode: str) -> None:
+@click.option(
+    "--family",
+    type=click.Choice(["4", "6"]),
+    help="Only this address family (blackhole and loss, in a dual-stack lab); default: both.",
+)
+def fail(name: str, isp: str, mode: str, family: str | None) -> None:
     """Break an ISP (isp2 or 2) inside its router namespace."""
     with _friendly_errors():
         the_lab = Lab.load(name)
-        the_lab.fail(isp, mode)
+        the_lab.fail(isp, mode, int(family) if family else None)
         click.echo(f"{isp}: {the_lab.fail_modes()[f'isp{the_lab.topology.isp_index(isp)}']}")
 
 

@@ -86,11 +86,13 @@ class LabGateway:
                 raise LabError(f"wanted {want}, still {seen} after {timeout}s")
             time.sleep(0.05)
 
-    def wait_event(self, isp: str, event: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Poll until the daemon has recorded (finished handling) an ``event`` of ``isp``; returns it."""
+    def wait_event(self, isp: str, event: str, timeout: float = 10.0, family: str | None = None) -> dict[str, Any]:
+        """Poll until the daemon has recorded (finished handling) an ``event`` of ``isp`` (of that address
+        ``family``, "4", "6" or "" for both, if given); returns it."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [e for e in self.status()["events"] if e["isp"] == isp and e["event"] == event]
+            found = [e for e in self.status()["events"] if e["isp"] == isp and e["event"] == event
+                     and family in (None, e.get("family"))]  # fmt: skip
             if found:
                 return found[-1]
             if time.monotonic() > deadline:

@@ -38,6 +38,7 @@ from wanlb.lab.topology import (
     ISP_CUSTOMER_IF,
     NFT_TABLE,
     NS_PREFIX,
+    SERVER6_ADDRS,
     SPOOF_COUNTER,
     STREAM_ADDR,
     STREAM_PORT,
@@ -329,24 +330,27 @@ class Lab:
             ]
         )
         servers = {
-            "http": [f"{HTTP_ADDR}:{HTTP_PORT}"],
-            "https": [f"{HTTP_ADDR}:{HTTPS_PORT}", "--cert", str(cert), "--key", str(key)],
-            "stream": [f"{STREAM_ADDR}:{STREAM_PORT}"],
-            "dns": [f"{DNS_ADDR}:{DNS_PORT}"],
+            "http": ["http", f"{HTTP_ADDR}:{HTTP_PORT}"],
+            "https": ["https", f"{HTTP_ADDR}:{HTTPS_PORT}", "--cert", str(cert), "--key", str(key)],
+            "stream": ["stream", f"{STREAM_ADDR}:{STREAM_PORT}"],
+            "dns": ["dns", f"{DNS_ADDR}:{DNS_PORT}"],
         }
+        if self.topology.ipv6:  # the same HTTP and stream services on the first IPv6 server address
+            servers["http6"] = ["http", f"[{SERVER6_ADDRS[0]}]:{HTTP_PORT}"]
+            servers["stream6"] = ["stream", f"[{SERVER6_ADDRS[0]}]:{STREAM_PORT}"]
         self._start_and_wait(servers)
 
     def _start_and_wait(self, servers: dict[str, list[str]]) -> None:
-        """Start `python -m wanlb.lab.servers KIND --listen ...ARGS` in inet for each kind (labelled, logged
-        to KIND.log), then wait until every one has written its ready file."""
+        """Start `python -m wanlb.lab.servers KIND --listen ...ARGS` in inet for each label → [KIND, ...ARGS]
+        (logged to LABEL.log), then wait until every one has written its ready file."""
         procs: dict[str, subprocess.Popen[Any]] = {}
-        for kind, listen in servers.items():
+        for kind, (server, *listen) in servers.items():
             ready = self.dir / f"{kind}.ready"
             ready.unlink(missing_ok=True)
             with open(self.dir / f"{kind}.log", "wb") as log:
                 procs[kind] = self.popen(
                     "inet",
-                    python_module("wanlb.lab.servers", kind, "--listen", *listen, "--ready-file", str(ready)),
+                    python_module("wanlb.lab.servers", server, "--listen", *listen, "--ready-file", str(ready)),
                     label=kind,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -369,6 +373,7 @@ class Lab:
         self._start_and_wait(
             {
                 "ftp": [
+                    "ftp",
                     f"{FTP_ADDR}:{FTP_PORT}",
                     "--root", str(self.dir / "ftp"),
                     "--passive-ports", "{}-{}".format(*FTP_PASSIVE_PORTS),
@@ -471,17 +476,19 @@ class Lab:
 
     # --- failures ----------------------------------------------------------------------------------
 
-    def fail(self, isp: str, mode: str | FailMode = "link") -> None:
+    def fail(self, isp: str, mode: str | FailMode = "link", family: int | None = None) -> None:
         """Break ISP `isp` (`isp2` or `2`) in the given mode (`link`, `blackhole`, `loss:PERCENT`), replacing
-        any earlier mode. Idempotent."""
+        any earlier mode; `family` 4 or 6 breaks only that address family (not with `link`). Idempotent."""
         i = self._isp_index(isp)
         if isinstance(mode, str):
             try:
                 mode = FailMode.parse(mode)
             except TopologyError as exc:
                 raise LabError(str(exc)) from None
-        self._apply(i, mode)
-        self._update("fail", f"isp{i}", str(mode))
+        if family is not None and (mode.kind == "link" or (family == 6 and not self.topology.ipv6)):
+            raise LabError("--family needs blackhole or loss, and 6 needs a dual-stack lab (lab up --ipv6)")
+        self._apply(i, mode, family)
+        self._update("fail", f"isp{i}", str(mode) + (f" (IPv{family} only)" if family else ""))
 
     def heal(self, isp: str) -> None:
         """Undo any fail mode on the ISP. Idempotent."""
@@ -489,10 +496,10 @@ class Lab:
         self._apply(i, None)
         self._update("fail", f"isp{i}", None)
 
-    def _apply(self, i: int, mode: FailMode | None) -> None:
+    def _apply(self, i: int, mode: FailMode | None, family: int | None = None) -> None:
         ns = self.ns(f"isp{i}")
         link = "down" if mode is not None and mode.kind == "link" else "up"
-        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.ipv6))
+        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.ipv6, family))
         _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
 
     def fail_modes(self) -> dict[str, str]:

@@ -107,7 +107,9 @@ def isp_for_source(addr: str) -> str | None:
 LAN6_PREFIX = "fd00:77::/64"
 LAN6_GW = "fd00:77::1"
 SERVER6_ADDRS = ("2001:db8:f::10", "2001:db8:f::20", "2001:db8:f::30")
-"""IPv6 servers on inet's loopback (the same services as the first IPv4 addresses)."""
+"""IPv6 addresses on inet's loopback (servers that tests start, and ping targets)."""
+HEALTH6_TARGETS = ("2001:db8:f::10", "2001:db8:f::30")
+"""ICMPv6 health targets of the generated dual-stack config (the IPv6 health of each ISP)."""
 
 
 def client6_addr(k: int) -> str:
@@ -399,7 +401,8 @@ class Topology:
                 "    snat: masquerade",
                 f"    health: {{ method: icmp, targets: [{targets}], quorum: 1, interval: 200ms }}",
             ]
-            if self.ipv6:
+            if self.ipv6:  # IPv6 targets too: each family's health is its own
+                lines[-1] = lines[-1].replace(f"[{targets}]", f"[{targets}, {', '.join(HEALTH6_TARGETS)}]")
                 lines += [f"    gateway6: {isp6_gateway(i)}", f"    ipv6: {{ mode: netmap, prefix: {isp6_prefix(i)} }}"]
         lines += [
             "balance:",
@@ -425,13 +428,16 @@ def gateway_nat_nft() -> str:
     )
 
 
-def fail_nft(mode: FailMode | None, ipv6: bool = False) -> str:
+def fail_nft(mode: FailMode | None, ipv6: bool = False, only: int | None = None) -> str:
     """nft commands that replace the `fail` chain's content: empty for None (healed) and for `link`
     (done with the link state), a drop of every forwarded packet for blackhole, a random drop for loss.
-    With ``ipv6`` the `ip6` table's chain gets the same."""
+    With ``ipv6`` the `ip6` table's chain gets the same, unless ``only`` (4 or 6) names one family: the
+    other family's chain is emptied."""
     cmds = []
     for family in ("ip", "ip6") if ipv6 else ("ip",):
         cmds.append(f"flush chain {family} {NFT_TABLE} fail")
+        if only is not None and family != {4: "ip", 6: "ip6"}[only]:
+            continue
         if mode is not None and mode.kind == "blackhole":
             cmds.append(f'add rule {family} {NFT_TABLE} fail counter name "{FAIL_COUNTER}" drop')
         elif mode is not None and mode.kind == "loss":
