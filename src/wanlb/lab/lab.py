@@ -501,6 +501,9 @@ class Lab:
         link = "down" if mode is not None and mode.kind == "link" else "up"
         _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.ipv6, family))
         _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
+        if link == "up" and self.topology.ipv6:  # IPv6 routes through cust0 went with it when it was down
+            routes = self.topology.routes6(f"isp{i}")
+            _run(["ip", "-n", ns, "-batch", "-"], "".join(f"route replace {r}\n" for r in routes))
 
     def fail_modes(self) -> dict[str, str]:
         """Current fail mode per ISP (`ok` when healthy), as recorded by any process."""

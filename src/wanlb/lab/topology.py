@@ -242,7 +242,9 @@ class Topology:
         off = "0" if self.ipv6 else "1"
         values = {"net.ipv6.conf.all.disable_ipv6": off, "net.ipv6.conf.default.disable_ipv6": off}
         if self.ipv6:
-            values |= {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+            # An interface set down loses its IPv6 addresses unless told to keep them (`fail --mode link`).
+            for scope in ("all", "default"):
+                values |= {f"net.ipv6.conf.{scope}.accept_dad": "0", f"net.ipv6.conf.{scope}.keep_addr_on_down": "1"}
             if node.startswith("isp") or node == "gw":
                 values |= {"net.ipv6.conf.all.forwarding": "1"}
         if node == "gw":
@@ -294,6 +296,11 @@ class Topology:
     def routes(self, node: str) -> list[str]:
         """A node's routes, as `ip route add` arguments (the IPv6 default is `::/0`: no `-6` in a batch)."""
         return self._routes4(node) + (self._routes6(node) if self.ipv6 else [])
+
+    def routes6(self, node: str) -> list[str]:
+        """A node's IPv6 routes (empty without ``ipv6``): the kernel deletes the ones through an interface
+        set down, so healing a `link` failure puts them back."""
+        return self._routes6(node) if self.ipv6 else []
 
     def _routes6(self, node: str) -> list[str]:
         n = range(1, self.isps + 1)
