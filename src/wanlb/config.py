@@ -207,8 +207,9 @@ class HealthConfig(_Model):
 class Ipv6Config(_Model):
     """How an ISP carries the LAN's IPv6 (``off``: not at all).
 
-    ``netmap`` maps the LAN prefix 1:1 onto ``prefix`` (host bits kept) through conntrack NAT chosen
-    by the same ct mark as IPv4; ``masquerade`` is NAT66 to the WAN's address.
+    ``netmap`` maps the LAN's translated prefix 1:1 onto ``prefix`` (host bits kept) through conntrack
+    NAT chosen by the same ct mark as IPv4; ``masquerade`` is NAT66 to the WAN's address; ``routed``:
+    ``prefix`` is this ISP's global prefix on the LAN, whose sources leave through it untranslated.
     """
 
     mode: Literal["netmap", "masquerade", "routed", "off"] = "off"
@@ -217,14 +218,14 @@ class Ipv6Config(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Ipv6Config:
-        if self.mode == "routed":
-            raise ValueError("mode routed is not implemented yet: use netmap or masquerade")
         if self.prefix_from is not None:
             raise ValueError("prefix_from is not implemented yet: give the prefix")
         if self.mode == "netmap" and self.prefix is None:
             raise ValueError("mode netmap needs the ISP-side prefix (prefix: 2001:db8:100::/64)")
-        if self.mode != "netmap" and self.prefix is not None:
-            raise ValueError(f"prefix is used only by mode netmap, not {self.mode}")
+        if self.mode == "routed" and self.prefix is None:
+            raise ValueError("mode routed needs the ISP's prefix on the LAN (prefix: 2001:db8:300::/64)")
+        if self.mode in ("masquerade", "off") and self.prefix is not None:
+            raise ValueError(f"prefix is used only by modes netmap and routed, not {self.mode}")
         return self
 
 
@@ -755,9 +756,12 @@ def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[Config
 
 
 def _ipv6_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
-    """An ISP's IPv6 needs the LAN's prefixes; netmap needs one LAN prefix of its own prefix's length."""
+    """An ISP's IPv6 needs the LAN's prefixes; a routed prefix is one of them; netmap needs exactly one LAN
+    prefix left to translate (not a routed one) of its own prefix's length; prefixes never overlap."""
     issues: list[ConfigIssue] = []
     lan6 = cfg.lan.ipv6_prefixes
+    routed = [isp.ipv6.prefix for isp in cfg.isps if isp.ipv6.mode == "routed" and isp.ipv6.prefix is not None]
+    translated = [n for n in lan6 if n not in routed]
     seen: dict[ipaddress.IPv6Network, int] = {}
     for i, isp in enumerate(cfg.isps):
         mode, prefix = isp.ipv6.mode, isp.ipv6.prefix
@@ -765,12 +769,14 @@ def _ipv6_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
         problem = None
         if mode != "off" and not lan6:
             problem = f"ipv6 mode {mode} needs lan.ipv6_prefixes (the LAN's IPv6 prefixes)"
-        elif mode == "netmap" and prefix is not None:
+        elif prefix is not None:
             loc = ("isps", i, "ipv6", "prefix")
-            if len(lan6) != 1:
-                problem = f"netmap maps one LAN prefix, lan.ipv6_prefixes has {len(lan6)}"
-            elif lan6[0].prefixlen != prefix.prefixlen:
-                problem = f"{prefix} must have the LAN prefix's length (/{lan6[0].prefixlen}) to keep host bits"
+            if mode == "routed" and prefix not in lan6:
+                problem = f"{prefix} must be one of lan.ipv6_prefixes: a routed prefix is the LAN's"
+            elif mode == "netmap" and len(translated) != 1:
+                problem = f"netmap maps one LAN prefix; lan.ipv6_prefixes has {len(translated)} not routed by an ISP"
+            elif mode == "netmap" and translated[0].prefixlen != prefix.prefixlen:
+                problem = f"{prefix} must have the LAN prefix's length (/{translated[0].prefixlen}) to keep host bits"
             elif any(prefix.overlaps(other) for other in seen):
                 problem = f"{prefix} overlaps isps.{seen[next(o for o in seen if prefix.overlaps(o))]}'s prefix"
             seen.setdefault(prefix, i)

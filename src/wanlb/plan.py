@@ -60,8 +60,8 @@ class IspPlan:
     active: bool
     share: float  # fraction of NEW connections it gets, 0..1
     gateway6: ipaddress.IPv6Address | None = None
-    ipv6: str = "off"  # netmap | masquerade | off
-    prefix6: ipaddress.IPv6Network | None = None  # netmap: the ISP-side prefix
+    ipv6: str = "off"  # netmap | masquerade | routed | off
+    prefix6: ipaddress.IPv6Network | None = None  # netmap: the ISP-side prefix; routed: its prefix on the LAN
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,17 @@ class Desired:
     def ipv6(self) -> bool:
         """Whether any ISP carries IPv6 (else IPv6 passes untouched, as before wanlb)."""
         return any(i.ipv6 != "off" for i in self.isps)
+
+    @property
+    def routed6(self) -> tuple[IspPlan, ...]:
+        """The ISPs whose own global prefix is on the LAN (mode ``routed``)."""
+        return tuple(i for i in self.isps if i.ipv6 == "routed" and i.prefix6 is not None)
+
+    @property
+    def lan6_nat(self) -> tuple[ipaddress.IPv6Network, ...]:
+        """The LAN prefixes that are translated on the way out (every one but the routed ISPs')."""
+        routed = {i.prefix6 for i in self.routed6}
+        return tuple(n for n in self.lan6 if n not in routed)
 
     @property
     def active(self) -> tuple[IspPlan, ...]:
@@ -169,12 +180,14 @@ def plan(
 
 
 def balance6(config: Config, usable: Mapping[str, IspStatus]) -> tuple[tuple[str, int], ...]:
-    """The ISPs taking NEW IPv6 connections: the best usable tier of those that carry IPv6, by weight.
+    """The ISPs taking NEW IPv6 connections: the best usable tier of those that translate, by weight.
+
+    A ``routed`` ISP takes the connections from its own prefix only (their source decides).
 
     IPv6 follows each ISP's one health state and is balanced by weight (``failover``: the first
     only); rules, policies and the other algorithms apply to IPv4 only for now.
     """
-    members = [Member(i.name, i.tier, i.weight) for i in config.isps if i.ipv6.mode != "off"]
+    members = [Member(i.name, i.tier, i.weight) for i in config.isps if i.ipv6.mode in ("netmap", "masquerade")]
     _, live = best_members(members, {name: str(status) for name, status in usable.items()})
     if config.balance.algorithm == "failover":
         live = live[:1]

@@ -57,6 +57,7 @@ HASH_KEYS = {"src": "ip saddr", "dst": "ip daddr", "proto": "meta l4proto", "spo
 # Rule priority offsets from config.routing.rule_priority.
 SUPPRESS_OFFSET = 0
 LOOKUP_OFFSET = 10  # + the ISP's slot (0..255)
+FROM_OFFSET = 200  # + the ISP's slot: `from PREFIX lookup TABLE` of a routed IPv6 ISP
 GUARD_OFFSET = 300  # + the ISP's slot
 LAST_RESORT_OFFSET = 600
 PRIORITY_SPAN = 1000  # every rule wanlb owns lies in [rule_priority, rule_priority + PRIORITY_SPAN)
@@ -88,10 +89,11 @@ class Rule:
     suppress_prefixlength: int | None = None
     protocol: int = 0
     family: int = 4  # 4 or 6: `ip rule` and `ip -6 rule` are separate lists
+    src: ipaddress.IPv6Network | None = None  # `from PREFIX` (a routed IPv6 ISP's prefix); None: from all
 
     def describe(self) -> str:
         parts = ["-6"] if self.family == 6 else []
-        parts += [f"{self.priority}:", "from all"]
+        parts += [f"{self.priority}:", f"from {self.src or 'all'}"]
         if self.fwmark is not None:
             parts.append(f"fwmark {self.fwmark:#x}/{self.fwmask:#x}")
         if self.action == "lookup":
@@ -312,6 +314,7 @@ def _ipv6_objects(desired: Desired) -> list[Object]:
     never marked: ``from_lan6`` returns before balancing it (it has no conntrack entry to restore).
     """
     lan6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6))
+    nat6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6_nat))
     bypass6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.bypass6))
     lines = [
         "ip6 daddr { fe80::/10, ff00::/8 } return",
@@ -319,8 +322,11 @@ def _ipv6_objects(desired: Desired) -> list[Object]:
         "ip6 daddr @bypass6 return",
         "ip6 saddr != @lan6 return",
     ]
+    # A routed ISP's own prefix: its source decides, whatever the balance (it is not translated).
+    lines += [f"ip6 saddr {isp.prefix6} goto isp_{isp.name}" for isp in desired.routed6]
     objects: list[Object] = [
         Set("lan6", "ipv6_addr", ("interval",), lan6),
+        Set("lan6_nat", "ipv6_addr", ("interval",), nat6),
         Set("bypass6", "ipv6_addr", ("interval",), bypass6),
     ]
     if desired.balance6:
@@ -402,14 +408,14 @@ def render_nft(desired: Desired) -> Table:
 
     postrouting = []
     for isp in desired.isps:
-        if isp.ipv6 == "off":
+        if isp.ipv6 not in ("netmap", "masquerade"):
             continue
         # Only marked traffic: an unmarked LAN packet (a connection older than wanlb) is never translated
         # to an address it did not start with; egress drops it rather than let its LAN source out.
         action6 = "masquerade" if isp.ipv6 == "masquerade" else f"snat ip6 prefix to {isp.prefix6}"
         postrouting.append(
             f'meta nfproto ipv6 meta mark & {_hex(mask)} == {_hex(isp.mark)} oifname "{isp.interface}" '
-            f"ip6 saddr @lan6 {action6}"
+            f"ip6 saddr @lan6_nat {action6}"
         )
     postrouting.append("meta nfproto != ipv4 return")
     for isp in desired.isps:
@@ -437,8 +443,15 @@ def render_nft(desired: Desired) -> Table:
             f"meta nfproto ipv6 iifname {_names(desired.lan_interfaces)} oifname {wans} ct state invalid "
             'counter name "invalid_dropped" drop'
         )
-        # No LAN IPv6 source leaves a WAN untranslated (wanlb has no routed mode yet).
-        egress.append(f'meta nfproto ipv6 oifname {wans} ip6 saddr @lan6 counter name "leak_dropped" drop')
+        # No LAN IPv6 source leaves a WAN untranslated, except a routed ISP's own prefix through its own WAN.
+        routed = {i.interface: i.prefix6 for i in desired.routed6}
+        others = [i.interface for i in desired.isps if i.interface not in routed]
+        if others:
+            egress.append(
+                f'meta nfproto ipv6 oifname {_names(others)} ip6 saddr @lan6 counter name "leak_dropped" drop'
+            )
+        egress += [f'meta nfproto ipv6 oifname "{wan}" ip6 saddr @lan6 ip6 saddr != {prefix} '
+                   'counter name "leak_dropped" drop' for wan, prefix in routed.items()]  # fmt: skip
     tx = ", ".join(f'"{i.interface}" : "isp_{i.name}_tx"' for i in desired.isps)
     egress.append(f"counter name oifname map {{ {tx} }}")
     objects.append(Chain("egress", tuple(egress), ("filter", "postrouting", 110, "accept")))
@@ -486,6 +499,9 @@ def render_routing(desired: Desired) -> RoutingIntent:
             rules.append(Rule(base + GUARD_OFFSET + slot, "unreachable", fwmark=mark, fwmask=mask, protocol=proto,
                               family=6))  # fmt: skip
             routes.append(Route(isp.table, default6, isp.interface, gateway=isp.gateway6, protocol=proto))
+            if isp.ipv6 == "routed" and isp.prefix6 is not None:  # its prefix's sources, marked or not
+                rules.append(Rule(base + FROM_OFFSET + slot, "lookup", table=isp.table, src=isp.prefix6,
+                                  protocol=proto, family=6))  # fmt: skip
         # Forwarding on turns router advertisements off where accept_ra is 1; 2 keeps the WANs taking them.
         sysctls.append(("net/ipv6/conf/all/forwarding", "1"))
         sysctls += [(f"net/ipv6/conf/{isp.interface}/accept_ra", "2") for isp in v6]

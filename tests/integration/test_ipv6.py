@@ -42,15 +42,15 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="ne
 ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
 SERVER6 = SERVER6_ADDRS[0]
 
-# One connection per input line "DST PORT" (either family); prints the source each server saw (or
+# One connection per input line "DST PORT [SRC]" (either family); prints the source each server saw (or
 # "error:...") as JSON.
 _CLIENT = """
 import json, socket, sys
 out = []
 for line in sys.stdin.read().splitlines():
-    dst, port = line.split()
+    dst, port, *src = line.split()
     try:
-        s = socket.create_connection((dst, int(port)), timeout=3)
+        s = socket.create_connection((dst, int(port)), timeout=3, source_address=(src[0], 0) if src else None)
         s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
         data = b""
         while chunk := s.recv(4096):
@@ -163,9 +163,11 @@ def no_ipv6(isp: dict[str, Any]) -> None:
     isp["health"]["targets"] = [t for t in isp["health"]["targets"] if ":" not in str(t)]
 
 
-def connect6(lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = HTTP_PORT) -> list[str]:
+def connect6(
+    lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = HTTP_PORT, source: str = ""
+) -> list[str]:
     """The source address the server saw (or "error:...") for each of ``count`` sequential connections."""
-    out = sh(lab, client, "python3", "-c", _CLIENT, stdin=f"{dst} {port}\n" * count)
+    out = sh(lab, client, "python3", "-c", _CLIENT, stdin=f"{dst} {port} {source}\n" * count)
     return list(json.loads(out))
 
 
@@ -247,6 +249,36 @@ def test_masquerade_makes_the_wan_address_the_source(lab: Lab, gw: LabGateway) -
     seen = Counter(connect6(lab, "c1", 60))
     host = int(ipaddress.IPv6Address(client6_addr(1))) & ((1 << 64) - 1)
     assert seen == {str(ipaddress.IPv6Network(isp6_prefix(1))[host]): 30, wan6_addr(2): 30}, seen
+
+
+def test_a_routed_prefix_leaves_through_its_isp_untranslated_and_ula_is_balanced_over_the_others(
+    lab: Lab, gw: LabGateway
+) -> None:
+    """isp3 routes 2001:db8:300::/64 to the gateway (as a delegated prefix): with `mode: routed` it is on the
+    LAN, c1 holds 2001:db8:300::11 beside its ULA. Connections from the routed address leave through isp3
+    with that address; ULA ones are netmapped over isp1 and isp2 only; nothing leaks or is spoofed."""
+    routed = isp6_prefix(3)
+    sh(lab, "gw", "ip", "-6", "addr", "add", "2001:db8:300::1/64", "dev", "lan0", "nodad")
+    sh(lab, "c1", "ip", "-6", "addr", "add", "2001:db8:300::11/64", "dev", "eth0", "nodad")
+    try:
+
+        def edit(d: dict[str, Any]) -> None:
+            d["lan"]["ipv6_prefixes"].append(routed)
+            d["isps"][2]["ipv6"] = {"mode": "routed", "prefix": routed}
+
+        before = leaks_and_spoofs(lab)
+        start(gw, edit)
+        from_routed = connect6(lab, "c1", 20, source="2001:db8:300::11")
+        assert from_routed == ["2001:db8:300::11"] * 20, from_routed
+        # (a host prefers its global address to its ULA for a global destination: the ULA is asked for)
+        from_ula = Counter(isp_for_source(s) for s in connect6(lab, "c1", 20, source=client6_addr(1)))
+        assert from_ula == {"isp1": 10, "isp2": 10}, from_ula
+        rules = gw.run("ip", "-6", "rule", "show")
+        assert f"from {routed} lookup 203 proto 119" in rules, rules
+        assert leaks_and_spoofs(lab) == before
+    finally:
+        sh(lab, "c1", "ip", "-6", "addr", "del", "2001:db8:300::11/64", "dev", "eth0")
+        sh(lab, "gw", "ip", "-6", "addr", "del", "2001:db8:300::1/64", "dev", "lan0")
 
 
 def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: Lab, gw: LabGateway) -> None:

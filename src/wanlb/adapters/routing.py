@@ -106,6 +106,7 @@ def read_rules(ipr: IPRoute, protocols: Collection[int]) -> list[Rule]:
                 suppress_prefixlength=None if suppress in (None, 0xFFFFFFFF) else suppress,
                 protocol=r.get("protocol"),
                 family=6 if r["family"] == socket.AF_INET6 else 4,
+                src=ipaddress.ip_network(f"{r.get('src')}/{r['src_len']}") if r.get("src") else None,
             )
         )
     return ours
@@ -123,6 +124,8 @@ def _rule_args(rule: Rule) -> dict:
         args["fwmask"] = rule.fwmask
     if rule.suppress_prefixlength is not None:
         args["suppress_prefixlen"] = rule.suppress_prefixlength
+    if rule.src is not None:
+        args["src"], args["src_len"] = str(rule.src.network_address), rule.src.prefixlen
     return args
 
 

@@ -1,0 +1,98 @@
+"""IPv6 configuration (lan.ipv6_prefixes, gateway6, ipv6 mode/prefix) and what it renders."""
+
+from __future__ import annotations
+
+import pytest
+
+from wanlb import runtime
+from wanlb.config import ConfigError, parse_config
+from wanlb.plan import plan
+from wanlb.render import render
+
+LAN = "lan: {interfaces: [lan0], ipv6_prefixes: [fd00:77::/64, 2001:db8:300::/64]}\n"
+
+
+def isp(n: int, ipv6: str, gw6: str = "'fe80::1'") -> str:
+    return f"  - {{name: isp{n}, interface: wan{n}, gateway: 100.64.{n}.1, gateway6: {gw6}, ipv6: {ipv6}}}\n"
+
+
+GOOD = (
+    LAN
+    + "isps:\n"
+    + isp(1, "{mode: netmap, prefix: 2001:db8:100::/64}")
+    + isp(2, "{mode: masquerade}")
+    + isp(3, "{mode: routed, prefix: 2001:db8:300::/64}")
+    + "  - {name: isp4, interface: wan4, gateway: 100.64.4.1}\n"
+)
+
+
+def rendered(text: str = GOOD):  # type: ignore[no-untyped-def]
+    cfg = parse_config(text)
+    return render(plan(cfg, runtime.allocate(cfg, None, reload=False).state))
+
+
+def test_every_mode_renders_its_translation_leak_guard_and_ip6_rules() -> None:
+    r = rendered()
+    chains = {o.name: o for o in r.nft.objects if o.kind == "chain"}
+    lan6 = chains["from_lan6"].rules
+    assert "ip6 saddr 2001:db8:300::/64 goto isp_isp3" in lan6  # routed: its source decides
+    assert lan6[-1] == "numgen inc mod 2 vmap { 0 : goto isp_isp1, 1 : goto isp_isp2 }"  # NAT ISPs only
+    post = chains["postrouting"].rules
+    v6 = "meta nfproto ipv6 meta mark & 0xff00"
+    assert f'{v6} == 0x100 oifname "wan1" ip6 saddr @lan6_nat snat ip6 prefix to 2001:db8:100::/64' in post
+    assert f'{v6} == 0x200 oifname "wan2" ip6 saddr @lan6_nat masquerade' in post
+    assert not [line for line in post if "wan3" in line and "ipv6" in line]  # routed: untranslated
+    egress = chains["egress"].rules
+    leak = 'counter name "leak_dropped" drop'
+    assert f'meta nfproto ipv6 oifname {{ "wan1", "wan2", "wan4" }} ip6 saddr @lan6 {leak}' in egress
+    assert f'meta nfproto ipv6 oifname "wan3" ip6 saddr @lan6 ip6 saddr != 2001:db8:300::/64 {leak}' in egress
+    sets = {o.name: o for o in r.nft.objects if o.kind == "set"}
+    assert sets["lan6_nat"].elements == ("fd00:77::/64",)
+    v6 = [rule.describe() for rule in r.routing.rules if rule.family == 6]
+    assert "-6 10000: from all lookup main suppress_prefixlength 0 proto 119" in v6
+    assert "-6 10202: from 2001:db8:300::/64 lookup 203 proto 119" in v6
+    assert not [line for line in v6 if "204" in line]  # isp4 carries no IPv6
+    assert ("net/ipv6/conf/wan3/accept_ra", "2") in r.routing.sysctls
+
+
+def test_without_an_ipv6_isp_nothing_ipv6_is_rendered() -> None:
+    r = rendered("lan: {interfaces: [lan0]}\nisps:\n  - {name: a, interface: wan1, gateway: 100.64.1.1}\n")
+    chains = {o.name: o for o in r.nft.objects if o.kind == "chain"}
+    assert "from_lan6" not in chains
+    assert chains["prerouting"].rules[1] == "meta nfproto != ipv4 return"
+    assert not [rule for rule in r.routing.rules if rule.family == 6]
+    assert not [k for k, _ in r.routing.sysctls if "ipv6" in k]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda t: t.replace("gateway6: 'fe80::1', ipv6: {mode: masquerade}", "ipv6: {mode: masquerade}"),
+            "needs gateway6",
+        ),
+        (lambda t: t.replace("{mode: netmap, prefix: 2001:db8:100::/64}", "{mode: netmap}"), "needs the ISP-side"),
+        (lambda t: t.replace("2001:db8:100::/64", "2001:db8:100::/56"), "must have the LAN prefix's length"),
+        (lambda t: t.replace("2001:db8:100::/64", "2001:db8:300::/64", 1), "overlaps"),
+        (
+            lambda t: t.replace("{mode: routed, prefix: 2001:db8:300::/64}", "{mode: routed, prefix: 2001:db8:9::/64}"),
+            "must be one of lan.ipv6_prefixes",
+        ),
+        (
+            lambda t: t.replace("{mode: routed, prefix: 2001:db8:300::/64}", "{mode: masquerade, prefix_from: wan3}"),
+            "prefix_from is not implemented",
+        ),
+        (
+            lambda t: t.replace("{mode: masquerade}", "{mode: masquerade, prefix: 2001:db8:7::/64}"),
+            "prefix is used only by",
+        ),
+        (lambda t: t.replace(", ipv6_prefixes: [fd00:77::/64, 2001:db8:300::/64]", ""), "needs lan.ipv6_prefixes"),
+        (
+            lambda t: t.replace("[fd00:77::/64, 2001:db8:300::/64]", "[fd00:77::/64, fd00:78::/64, 2001:db8:300::/64]"),
+            "netmap maps one LAN prefix",
+        ),
+    ],
+)
+def test_inconsistent_ipv6_settings_are_refused_with_the_reason(edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=message):
+        parse_config(edit(GOOD))
