@@ -215,13 +215,15 @@ class Ipv6Config(_Model):
     mode: Literal["netmap", "masquerade", "routed", "off"] = "off"
     prefix: ipaddress.IPv6Network | None = None
     prefix_from: IfName | None = None
+    """netmap: follow the global prefix configured on this interface (a delegated prefix, which the ISP may
+    change), instead of a fixed ``prefix``; read with the connected routes at every reconcile."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Ipv6Config:
-        if self.prefix_from is not None:
-            raise ValueError("prefix_from is not implemented yet: give the prefix")
-        if self.mode == "netmap" and self.prefix is None:
-            raise ValueError("mode netmap needs the ISP-side prefix (prefix: 2001:db8:100::/64)")
+        if self.prefix_from is not None and (self.mode != "netmap" or self.prefix is not None):
+            raise ValueError("prefix_from is for mode netmap, instead of prefix")
+        if self.mode == "netmap" and self.prefix is None and self.prefix_from is None:
+            raise ValueError("mode netmap needs the ISP-side prefix (prefix: 2001:db8:100::/64, or prefix_from: IF)")
         if self.mode == "routed" and self.prefix is None:
             raise ValueError("mode routed needs the ISP's prefix on the LAN (prefix: 2001:db8:300::/64)")
         if self.mode in ("masquerade", "off") and self.prefix is not None:
@@ -769,13 +771,16 @@ def _ipv6_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
         problem = None
         if mode != "off" and not lan6:
             problem = f"ipv6 mode {mode} needs lan.ipv6_prefixes (the LAN's IPv6 prefixes)"
+        elif isp.ipv6.prefix_from is not None and len(translated) != 1:
+            loc = ("isps", i, "ipv6", "prefix_from")
+            problem = f"netmap maps one LAN prefix; lan.ipv6_prefixes has {len(translated)} not routed by an ISP"
         elif prefix is not None:
             loc = ("isps", i, "ipv6", "prefix")
             if mode == "routed" and prefix not in lan6:
                 problem = f"{prefix} must be one of lan.ipv6_prefixes: a routed prefix is the LAN's"
             elif mode == "netmap" and len(translated) != 1:
                 problem = f"netmap maps one LAN prefix; lan.ipv6_prefixes has {len(translated)} not routed by an ISP"
-            elif mode == "netmap" and translated[0].prefixlen != prefix.prefixlen:
+            elif mode == "netmap" and translated[0].prefixlen != prefix.prefixlen:  # (prefix_from: checked live)
                 problem = f"{prefix} must have the LAN prefix's length (/{translated[0].prefixlen}) to keep host bits"
             elif any(prefix.overlaps(other) for other in seen):
                 problem = f"{prefix} overlaps isps.{seen[next(o for o in seen if prefix.overlaps(o))]}'s prefix"

@@ -133,6 +133,9 @@ def plan(
     shift = mark_shift(config.mark_mask)
     slots = {name: ((slot.mark >> shift) - 1) % 256 for name, slot in state.isps.items()}
     usable = {i.name: statuses.get(i.name, IspStatus.UP) for i in config.isps}
+    followed = followed_prefixes(config, connected)
+    # A netmap ISP whose prefix_from interface has no fitting prefix now cannot carry IPv6 until it has one.
+    usable6 = {n: IspStatus.DOWN for n, prefix in followed.items() if prefix is None}
     planned = policies(config, usable, adjusted)
     default = dict(planned[0].active)
     total = sum(default.values())
@@ -152,7 +155,7 @@ def plan(
             share=default.get(i.name, 0) / total if total else 0.0,
             gateway6=i.gateway6,
             ipv6=i.ipv6.mode,
-            prefix6=i.ipv6.prefix,
+            prefix6=i.ipv6.prefix if i.ipv6.prefix_from is None else followed[i.name],
         )
         for i in config.isps
     )
@@ -175,8 +178,36 @@ def plan(
         domain_timeout=max(1, round(config.dns.max_ttl)),
         lan6=config.lan.ipv6_prefixes,
         bypass6=tuple(sorted(set(config.lan.ipv6_prefixes) | connected6)),  # type: ignore[arg-type]
-        balance6=balance6(config, usable if statuses6 is None else {**usable, **statuses6}),
+        balance6=balance6(config, {**usable, **(statuses6 or {}), **usable6}),
     )
+
+
+_ULA = ipaddress.IPv6Network("fc00::/7")
+
+
+def _delegable(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """A prefix an ISP can have delegated: not link-local, multicast or unique-local (ULA)."""
+    return not (net.is_link_local or net.is_multicast or net.subnet_of(_ULA))  # type: ignore[arg-type]
+
+
+def followed_prefixes(config: Config, connected: tuple[ConnectedRoute, ...]) -> dict[str, ipaddress.IPv6Network | None]:
+    """For each netmap ISP with ``prefix_from``: the global prefix on that interface now (from the main
+    table's connected routes), of the length of the LAN prefix it maps, or None if there is none."""
+    routed = {i.ipv6.prefix for i in config.isps if i.ipv6.mode == "routed"}
+    lan = [n for n in config.lan.ipv6_prefixes if n not in routed]
+    length = lan[0].prefixlen if lan else 64
+    out: dict[str, ipaddress.IPv6Network | None] = {}
+    for isp in config.isps:
+        dev = isp.ipv6.prefix_from
+        if dev is None:
+            continue
+        found = sorted(
+            r.dst
+            for r in connected
+            if r.dev == dev and r.dst.version == 6 and r.dst.prefixlen == length and _delegable(r.dst)
+        )
+        out[isp.name] = found[0] if found else None  # type: ignore[assignment]
+    return out
 
 
 def balance6(config: Config, usable: Mapping[str, IspStatus]) -> tuple[tuple[str, int], ...]:

@@ -408,8 +408,8 @@ def render_nft(desired: Desired) -> Table:
 
     postrouting = []
     for isp in desired.isps:
-        if isp.ipv6 not in ("netmap", "masquerade"):
-            continue
+        if isp.ipv6 not in ("netmap", "masquerade") or (isp.ipv6 == "netmap" and isp.prefix6 is None):
+            continue  # (a netmap ISP whose prefix_from interface has no prefix now carries no IPv6)
         # Only marked traffic: an unmarked LAN packet (a connection older than wanlb) is never translated
         # to an address it did not start with; egress drops it rather than let its LAN source out.
         action6 = "masquerade" if isp.ipv6 == "masquerade" else f"snat ip6 prefix to {isp.prefix6}"

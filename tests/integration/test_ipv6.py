@@ -281,6 +281,43 @@ def test_a_routed_prefix_leaves_through_its_isp_untranslated_and_ula_is_balanced
         sh(lab, "gw", "ip", "-6", "addr", "del", "2001:db8:300::1/64", "dev", "lan0")
 
 
+def test_prefix_from_follows_a_changed_prefix_and_leaves_the_other_isps_connections(lab: Lab, gw: LabGateway) -> None:
+    """isp1 netmaps to whatever global /64 is on the gateway's `lo` (as a delegated prefix would be put on
+    an interface); the prefix changes within isp1's /56 delegation and then goes: new connections follow
+    (within a resync), streams held on isp2 and isp3 never break."""
+    host = int(ipaddress.IPv6Address(client6_addr(1))) & ((1 << 64) - 1)
+    sh(lab, "gw", "ip", "-6", "addr", "add", "2001:db8:100::1/64", "dev", "lo")
+    holds: list[subprocess.Popen[str]] = []
+    try:
+        start(gw, lambda d: d["isps"][0].__setitem__("ipv6", {"mode": "netmap", "prefix_from": "lo"}))
+        assert str(ipaddress.IPv6Network("2001:db8:100::/64")[host]) in connect6(lab, "c1", 3)
+        for _ in range(3):  # numgen inc: one stream per ISP
+            holds.append(lab.popen("c1", ["python3", "-c", _HOLD, SERVER6], stdout=subprocess.PIPE, text=True))
+        placed = {isp_for_source(json.loads(h.stdout.readline())): h for h in holds}  # type: ignore[union-attr]
+        assert set(placed) == {"isp1", "isp2", "isp3"}, placed
+        sh(lab, "gw", "ip", "-6", "addr", "del", "2001:db8:100::1/64", "dev", "lo")
+        sh(lab, "gw", "ip", "-6", "addr", "add", "2001:db8:100:1::1/64", "dev", "lo")
+        moved = str(ipaddress.IPv6Network("2001:db8:100:1::/64")[host])
+        started = time.monotonic()
+        while moved not in connect6(lab, "c1", 3):
+            assert time.monotonic() - started < 12, "the new prefix was not followed within two resyncs"
+            time.sleep(0.2)
+        sh(lab, "gw", "ip", "-6", "addr", "del", "2001:db8:100:1::1/64", "dev", "lo")  # no prefix: no IPv6
+        started = time.monotonic()
+        while "isp1" in {isp_for_source(s) for s in connect6(lab, "c1", 6)}:
+            assert time.monotonic() - started < 12, "isp1 still takes IPv6 without a prefix"
+            time.sleep(0.2)
+        for isp in ("isp2", "isp3"):
+            lines = [placed[isp].stdout.readline().strip() for _ in range(2)]  # type: ignore[union-attr]
+            assert not [ln for ln in lines if ln.startswith("error:")], (isp, lines)
+    finally:
+        for h in holds:
+            h.kill()
+            h.wait()
+        for addr in ("2001:db8:100::1/64", "2001:db8:100:1::1/64"):
+            lab.run("gw", ["ip", "-6", "addr", "del", addr, "dev", "lo"], capture_output=True)
+
+
 def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: Lab, gw: LabGateway) -> None:
     start(gw)
     news = {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from wanlb import runtime
 from wanlb.config import ConfigError, parse_config
-from wanlb.plan import plan
+from wanlb.plan import ConnectedRoute, plan
 from wanlb.render import render
 
 LAN = "lan: {interfaces: [lan0], ipv6_prefixes: [fd00:77::/64, 2001:db8:300::/64]}\n"
@@ -80,7 +82,11 @@ def test_without_an_ipv6_isp_nothing_ipv6_is_rendered() -> None:
         ),
         (
             lambda t: t.replace("{mode: routed, prefix: 2001:db8:300::/64}", "{mode: masquerade, prefix_from: wan3}"),
-            "prefix_from is not implemented",
+            "prefix_from is for mode netmap",
+        ),
+        (
+            lambda t: t.replace("prefix: 2001:db8:100::/64}", "prefix: 2001:db8:100::/64, prefix_from: wan1}"),
+            "instead of prefix",
         ),
         (
             lambda t: t.replace("{mode: masquerade}", "{mode: masquerade, prefix: 2001:db8:7::/64}"),
@@ -96,3 +102,25 @@ def test_without_an_ipv6_isp_nothing_ipv6_is_rendered() -> None:
 def test_inconsistent_ipv6_settings_are_refused_with_the_reason(edit, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=message):
         parse_config(edit(GOOD))
+
+
+def test_prefix_from_takes_the_global_prefix_on_its_interface_and_without_one_the_isp_carries_no_ipv6() -> None:
+    text = GOOD.replace("{mode: netmap, prefix: 2001:db8:100::/64}", "{mode: netmap, prefix_from: wan1}")
+    cfg = parse_config(text)
+    state = runtime.allocate(cfg, None, reload=False).state
+    net = ipaddress.IPv6Network
+    on_wan1 = (
+        ConnectedRoute(net("fd00:99::/64"), "wan1"),  # a ULA is never a delegated prefix
+        ConnectedRoute(net("2001:db8:1::/56"), "wan1"),  # not the LAN prefix's length
+        ConnectedRoute(net("2001:db8:101::/64"), "wan1"),
+        ConnectedRoute(net("2001:db8:102::/64"), "wan2"),  # another interface
+    )
+    with_prefix = plan(cfg, state, connected=on_wan1)
+    assert next(i for i in with_prefix.isps if i.name == "isp1").prefix6 == net("2001:db8:101::/64")
+    assert dict(with_prefix.balance6) == {"isp1": 1, "isp2": 1}
+    post = next(o for o in render(with_prefix).nft.objects if o.name == "postrouting").rules
+    assert [line for line in post if "snat ip6 prefix to 2001:db8:101::/64" in line]
+    without = plan(cfg, state, connected=on_wan1[:2])
+    assert dict(without.balance6) == {"isp2": 1}
+    post = next(o for o in render(without).nft.objects if o.name == "postrouting").rules
+    assert not [line for line in post if '"wan1"' in line and "ipv6" in line]

@@ -127,8 +127,13 @@ def isp6_gateway(i: int) -> str:
 
 
 def isp6_prefix(i: int) -> str:
-    """ISP i's customer prefix that the LAN's ULA prefix is netmapped to (ISP i routes it to the gateway)."""
+    """ISP i's customer prefix that the LAN's ULA prefix is netmapped to: the first /64 of its delegation."""
     return f"2001:db8:{i}00::/64"
+
+
+def isp6_delegation(i: int) -> str:
+    """What ISP i routes to the gateway and accepts from it besides the link prefix (a /56, as delegated)."""
+    return f"2001:db8:{i}00::/56"
 
 
 def isp6_uplink_addr(i: int) -> str:
@@ -308,10 +313,10 @@ class Topology:
             return [f"::/0 via {isp6_gateway(1)} dev wan1"]
         if node == "inet":
             return [f"{net} via {isp6_uplink_addr(i)} dev isp{i}"
-                    for i in n for net in (f"2001:db8:{i}::/64", isp6_prefix(i))]  # fmt: skip
+                    for i in n for net in (f"2001:db8:{i}::/64", isp6_delegation(i))]  # fmt: skip
         if node in self.isp_names:
             i = self.isp_index(node)
-            return [f"::/0 via {inet6_addr(i)} dev {ISP_UPLINK_IF}", f"{isp6_prefix(i)} via {wan6_addr(i)}"]
+            return [f"::/0 via {inet6_addr(i)} dev {ISP_UPLINK_IF}", f"{isp6_delegation(i)} via {wan6_addr(i)}"]
         return [f"::/0 via {LAN6_GW} dev {CLIENT_IF}"]
 
     def _routes4(self, node: str) -> list[str]:
@@ -375,7 +380,7 @@ class Topology:
             "    chain forward {\n"
             "        type filter hook forward priority filter; policy accept;\n"
             f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr fc00::/7 counter name "{LAN_LEAK_COUNTER}" drop\n'
-            f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr != {{ 2001:db8:{i}::/64, {isp6_prefix(i)} }}'
+            f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr != {{ 2001:db8:{i}::/64, {isp6_delegation(i)} }}'
             f' counter name "{SPOOF_COUNTER}" drop\n'
             "        jump fail\n"
             "    }\n"
