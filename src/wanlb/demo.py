@@ -1,11 +1,12 @@
 """``wanlb demo``: the whole gateway on one machine in under a minute.
 
-Builds the lab, runs the daemon inside the gateway namespace, pushes rounds of
-short connections from the clients while a long-lived stream runs, changes the
-weights live (the stream must not notice), blackholes an ISP that the stream
-does not use (failover: its share goes to the others, nothing else notices),
-heals it, and prints per-ISP shares as the servers saw them.  Everything is
-torn down on every exit path, Ctrl-C included.
+Builds the dual-stack lab, runs the daemon inside the gateway namespace, pushes
+rounds of short IPv4 and IPv6 connections from the clients while a long-lived
+stream runs, changes the weights live (the stream must not notice), blackholes
+an ISP that the stream does not use (failover of both families: its share goes
+to the others, nothing else notices), heals it, then kills one ISP's IPv6 alone
+(its IPv6 share moves, its IPv4 share stays), and prints per-ISP shares as the
+servers saw them.  Everything is torn down on every exit path, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -25,32 +26,33 @@ from rich.table import Table
 
 from wanlb.control import ControlError, request, socket_in_use
 from wanlb.lab.lab import Lab
+from wanlb.lab.topology import HTTP_PORT, SERVER6_ADDRS
 
 ROUNDS_PER_PHASE = 8
 CONNECTIONS_PER_ROUND = 125
-ROUND_PAUSE = 0.4  # seconds: slow enough for a person to watch the shares converge
+ROUND_PAUSE = 0.3  # seconds: slow enough for a person to watch the shares converge
+TARGET6 = f"[{SERVER6_ADDRS[0]}]:{HTTP_PORT}"
 PHASES: tuple[tuple[str, dict[str, int]], ...] = (
     ("weights 3:2:1", {"isp1": 3, "isp2": 2, "isp3": 1}),
     ("reloaded to 1:1:2", {"isp1": 1, "isp2": 1, "isp3": 2}),
 )
 
 
-def _table(title: str, counts: Counter[str], weights: dict[str, int], status: dict | None) -> Table:
-    total = sum(counts[i] for i in weights) or 1
-    wsum = sum(weights.values())
+def _table(
+    title: str, counts: dict[int, Counter[str]], weights: dict[int, dict[str, int]], status: dict | None
+) -> Table:
     table = Table(title=title)
-    for col in ("isp", "state", "weight", "target share", "connections", "seen share"):
+    for col in ("isp", "IPv4", "IPv6", "v4 target", "v4 seen", "v6 target", "v6 seen"):
         table.add_column(col, justify="right" if col != "isp" else "left")
-    states = {i["name"]: i["status"] for i in (status or {}).get("isps", [])}
-    for isp, weight in weights.items():
-        table.add_row(
-            isp,
-            states.get(isp, "?"),
-            str(weight),
-            f"{100 * weight / wsum:.1f}%",
-            str(counts[isp]),
-            f"{100 * counts[isp] / total:.1f}%",
-        )
+    isps = {i["name"]: i for i in (status or {}).get("isps", [])}
+    totals = {f: sum(counts[f].values()) or 1 for f in (4, 6)}
+    wsums = {f: sum(weights[f].values()) or 1 for f in (4, 6)}
+    for isp in weights[4]:
+        info = isps.get(isp, {})
+        shares = []
+        for f in (4, 6):
+            shares += [f"{100 * weights[f].get(isp, 0) / wsums[f]:.1f}%", f"{100 * counts[f][isp] / totals[f]:.1f}%"]
+        table.add_row(isp, info.get("status", "?"), (info.get("ipv6") or {}).get("status", "-"), *shares)
     return table
 
 
@@ -70,13 +72,18 @@ def _stream_isp(lab: Lab) -> str | None:
     return isps[0] if isps else None
 
 
-def _wait_state(lab: Lab, isp: str, state: str, timeout: float = 5.0) -> tuple[float, dict]:
-    """Seconds until the daemon has applied ``isp``'s change to ``state``, and that event (raises after ``timeout``)."""
-    start = time.monotonic()
-    seen = len(request(str(lab.socket_path), {"cmd": "status"})["events"])
+def _events(lab: Lab) -> int:
+    """How many events the daemon has recorded so far."""
+    return len(request(str(lab.socket_path), {"cmd": "status"})["events"])
+
+
+def _wait_state(lab: Lab, isp: str, state: str, seen: int, family: str | None = None) -> tuple[float, dict]:
+    """Seconds until the daemon has applied ``isp``'s change to ``state`` (of one ``family``'s health, "4" or
+    "6", if given) in an event after the first ``seen``, and that event (raises after 5 s)."""
+    start, timeout = time.monotonic(), 5.0
     while True:
         events = request(str(lab.socket_path), {"cmd": "status"})["events"][seen:]
-        found = [e for e in events if e["isp"] == isp and e["status"] == state]
+        found = [e for e in events if e["isp"] == isp and e["status"] == state and family in (None, e["family"])]
         if found:
             return time.monotonic() - start, found[-1]
         if time.monotonic() - start > timeout:
@@ -98,7 +105,7 @@ def run_demo(console: Console, name: str | None = None) -> int:
     name = name or f"demo{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
     started = time.monotonic()
     console.print(f"[bold]wanlb demo[/] — building lab [cyan]{name}[/]: 2 clients, gateway, 3 ISPs, internet")
-    with Lab.up(name=name, isps=3, clients=2, weights=list(PHASES[0][1].values())) as lab:
+    with Lab.up(name=name, isps=3, clients=2, weights=list(PHASES[0][1].values()), ipv6=True) as lab:
         log_path = str(lab.dir / "wanlb.log")
         with open(log_path, "w") as log:
             proc = lab.popen(
@@ -117,23 +124,29 @@ def run_demo(console: Console, name: str | None = None) -> int:
         summary = []
         victim = ""
 
-        def phase(title: str, weights: dict[str, int]) -> None:
+        def phase(title: str, weights: dict[str, int], weights6: dict[str, int] | None = None, rounds: int = 0) -> None:
+            """Rounds of IPv4 and IPv6 connections; each family's shares must match its weights."""
             nonlocal ok
-            counts: Counter[str] = Counter()
-            failed = 0
+            wanted = {4: weights, 6: weights if weights6 is None else weights6}
+            counts: dict[int, Counter[str]] = {4: Counter(), 6: Counter()}
+            failed = {4: 0, 6: 0}
             with Live(console=console, refresh_per_second=4) as live:
-                for _ in range(ROUNDS_PER_PHASE):
-                    report = lab.traffic(connections=CONNECTIONS_PER_ROUND, parallel=32)
-                    failed += report["failed"]
-                    counts.update({k: v for k, v in report.items() if k.startswith("isp")})
+                for _ in range(rounds or ROUNDS_PER_PHASE):
+                    for family, target in ((4, None), (6, TARGET6)):
+                        report = lab.traffic(connections=CONNECTIONS_PER_ROUND, parallel=32, target=target)
+                        failed[family] += report["failed"]
+                        counts[family].update({k: v for k, v in report.items() if k.startswith("isp")})
                     status = request(str(lab.socket_path), {"cmd": "status"})
-                    live.update(_table(f"{title}: {sum(counts.values())} new connections", counts, weights, status))
+                    done = sum(counts[4].values()) + sum(counts[6].values())
+                    live.update(_table(f"{title}: {done} new connections", counts, wanted, status))
                     time.sleep(ROUND_PAUSE)
-            total = sum(counts.values()) or 1
-            wsum = sum(weights.values())
-            worst = max(abs(100 * counts[i] / total - 100 * w / wsum) for i, w in weights.items())
-            ok &= failed == 0 and worst <= 5
-            summary.append(f"{title}: {total} connections, {failed} failed, max deviation {worst:.1f} points")
+            for family in (4, 6):
+                total = sum(counts[family].values()) or 1
+                wsum = sum(wanted[family].values())
+                worst = max(abs(100 * counts[family][i] / total - 100 * w / wsum) for i, w in wanted[family].items())
+                ok &= failed[family] == 0 and worst <= 5
+                line = f"{total} connections, {failed[family]} failed, max deviation {worst:.1f} points"
+                summary.append(f"{title}: {line}" if family == 4 else f"  IPv6: {line}")
 
         for title, weights in PHASES:
             if title != PHASES[0][0]:
@@ -144,17 +157,33 @@ def run_demo(console: Console, name: str | None = None) -> int:
         # Failover: blackhole the busiest ISP the stream does not use (its link stays up).
         weights = PHASES[-1][1]
         victim = max((i for i in weights if i != _stream_isp(lab)), key=lambda i: weights[i])
-        lab.fail(victim, "blackhole")
-        down_after, event = _wait_state(lab, victim, "down")
+        seen = _events(lab)
+        lab.fail(victim, "blackhole")  # both families: each health declares it down
+        down_after, event = _wait_state(lab, victim, "down", seen, family="4")
+        down_after = max(down_after, _wait_state(lab, victim, "down", seen, family="6")[0])
         console.print(
             f"[bold]{victim} blackholed[/]: declared down after {down_after:.2f} s "
             f"({event['reason']}), {event['flushed']} of its connections flushed"
         )
         phase(f"{victim} down", {i: (0 if i == victim else w) for i, w in weights.items()})
+        seen = _events(lab)
         lab.heal(victim)
-        up_after, _ = _wait_state(lab, victim, "up")
+        up_after, _ = _wait_state(lab, victim, "up", seen, family="4")
+        up_after = max(up_after, _wait_state(lab, victim, "up", seen, family="6")[0])
         console.print(f"[bold]{victim} healed[/]: back up after {up_after:.2f} s")
         summary.append(f"{victim} blackholed: down after {down_after:.2f} s, up {up_after:.2f} s after healing")
+
+        # One family alone: another ISP's IPv6 dies, its IPv4 stays up (health per family).
+        other = next(i for i in weights if i != victim and i != _stream_isp(lab))
+        seen = _events(lab)
+        lab.fail(other, "blackhole", family=6)
+        down6, event = _wait_state(lab, other, "down", seen, family="6")
+        console.print(f"[bold]{other}'s IPv6 blackholed[/]: its IPv6 down after {down6:.2f} s, its IPv4 stays up")
+        phase(f"{other} IPv6 down", weights, {i: (0 if i == other else w) for i, w in weights.items()}, rounds=4)
+        seen = _events(lab)
+        lab.heal(other)
+        up6, _ = _wait_state(lab, other, "up", seen, family="6")
+        summary.append(f"{other}'s IPv6 blackholed: its IPv6 down after {down6:.2f} s, up {up6:.2f} s after healing")
         stream.terminate()
         result = json.loads(stream.communicate(timeout=10)[0] or "{}")
         ok &= bool(result.get("ok"))

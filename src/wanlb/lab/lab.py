@@ -529,10 +529,11 @@ class Lab:
         parallel: int = 32,
         timeout: float = 2.0,
         nodes: Sequence[str] | None = None,
+        target: str | None = None,
     ) -> TrafficReport:
         """Open `connections` short HTTP connections spread over `nodes` (default: all clients; `gw` tests
         the gateway's own traffic), `parallel` in flight in total; count which ISP each left through, as
-        the server saw it."""
+        the server saw it. `target` (`ADDR:PORT`, `[IPV6]:PORT`) instead of the lab's HTTP server."""
         if connections < 1 or parallel < 1:
             raise LabError("--connections and --parallel must be at least 1")
         nodes = list(nodes or self.clients)
@@ -547,6 +548,7 @@ class Lab:
                 "--connections", str(share + (idx < extra)),
                 "--parallel", str(per_client_parallel),
                 "--timeout", str(timeout),
+                *(["--target", target] if target else []),
             )  # fmt: skip
             workers.append(self._spawn(client, argv))
         sources: Counter[str] = Counter()
@@ -572,9 +574,10 @@ class Lab:
         parallel: int = 32,
         timeout: float = 2.0,
         nodes: Sequence[str] | None = None,
+        target: str | None = None,
     ) -> dict[str, int]:
         """Like `traffic_report`, returning only the counts: `{"isp1": n, ..., "other": 0, "failed": 0}`."""
-        return self.traffic_report(connections, parallel, timeout, nodes).counts
+        return self.traffic_report(connections, parallel, timeout, nodes, target).counts
 
     def _spawn(self, node: str, argv: Sequence[str]) -> subprocess.Popen[str]:
         """A short-lived helper in a namespace with captured output; not recorded in lab.json."""
