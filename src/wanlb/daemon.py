@@ -122,7 +122,7 @@ class Daemon:
                     flushed[effect.isp] = await self._flush(effect)
             elif isinstance(effect, ClearSticky):
                 if error is None:
-                    await self._clear_sticky(effect.isp)
+                    await self._clear_sticky(effect.isp, effect.family)
             elif isinstance(effect, Emit):
                 self._record(effect.event, error, flushed.get(effect.event.isp), decided, applied)
         return error
@@ -189,9 +189,10 @@ class Daemon:
         await self.execute(self.fleet.flushed(flush.mark, flush.mask))
         return count
 
-    async def _clear_sticky(self, isp: str) -> None:
-        """Empty the sets that pin clients to ``isp``: their next connection is balanced afresh."""
-        names = sticky_sets(self.last.desired, isp) if self.last is not None else []
+    async def _clear_sticky(self, isp: str, family: int = 0) -> None:
+        """Empty the sets that pin clients to ``isp`` (of one family, or both): their next connection is
+        balanced afresh."""
+        names = sticky_sets(self.last.desired, isp, family) if self.last is not None else []
         if not names:
             return
         try:

@@ -66,6 +66,7 @@ class ClearSticky:
     """Forget every client pinned to ``isp`` (its sticky-set entries): it is no longer usable."""
 
     isp: str
+    family: int = 0  # 0: both families' sticky sets; 4 or 6: that family's
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,9 @@ class Fleet:
         """A change of an ISP's IPv6 health: reconcile (IPv6 balancing), flush its IPv6 entries if broken, event."""
         isp = self.config.isp(name)
         effects: list[Effect] = [Reconcile(f"{name} IPv6 {event}")]
+        sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
+        if sticky and not t.new.usable:
+            effects.append(ClearSticky(name, 6))
         if self.wants_empty6(name):
             effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, 6))
         event_ = self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall, self.machines6[name])
@@ -325,7 +329,7 @@ class Fleet:
         effects: list[Effect] = [Reconcile(f"{name} {event}")]
         sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
         if sticky and not t.new.usable:
-            effects.append(ClearSticky(name))
+            effects.append(ClearSticky(name, self._family4(name)))
         if self.wants_empty(name):
             effects.append(
                 Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, self._family4(name))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from wanlb.config import Config, RuleConfig
-from wanlb.policy import Adjusted, Member, PolicyPlan, best_members, policies, reduce_weights
+from wanlb.policy import Adjusted, PolicyPlan, policies
 from wanlb.runtime import Retired, RuntimeState, mark_shift
 
 
@@ -84,12 +84,17 @@ class Desired:
     domain_timeout: int = 3600  # default life of a dom_ set element (dns.max_ttl)
     lan6: tuple[ipaddress.IPv6Network, ...] = ()  # the LAN's IPv6 prefixes (lan.ipv6_prefixes)
     bypass6: tuple[ipaddress.IPv6Network, ...] = ()  # IPv6 destinations never balanced: LAN and connected
-    balance6: tuple[tuple[str, int], ...] = ()  # (isp, weight) taking NEW IPv6 connections
+    policies6: tuple[PolicyPlan, ...] = ()  # the same policies for NEW IPv6 connections (chains "<chain>_6")
 
     @property
     def ipv6(self) -> bool:
         """Whether any ISP carries IPv6 (else IPv6 passes untouched, as before wanlb)."""
         return any(i.ipv6 != "off" for i in self.isps)
+
+    @property
+    def balance6(self) -> tuple[tuple[str, int], ...]:
+        """(isp, weight) taking NEW IPv6 connections in the default policy."""
+        return self.policies6[0].active if self.policies6 else ()
 
     @property
     def routed6(self) -> tuple[IspPlan, ...]:
@@ -134,9 +139,11 @@ def plan(
     slots = {name: ((slot.mark >> shift) - 1) % 256 for name, slot in state.isps.items()}
     usable = {i.name: statuses.get(i.name, IspStatus.UP) for i in config.isps}
     followed = followed_prefixes(config, connected)
-    # A netmap ISP whose prefix_from interface has no fitting prefix now cannot carry IPv6 until it has one.
-    usable6 = {n: IspStatus.DOWN for n, prefix in followed.items() if prefix is None}
     planned = policies(config, usable, adjusted)
+    # The same policies for IPv6, over the ISPs that carry it (a netmap ISP whose prefix_from interface has
+    # no prefix now does not, until it has one).
+    ipv6 = any(i.ipv6.mode != "off" for i in config.isps)
+    planned6 = policies(config, usable6(config, usable, statuses6, followed), adjusted) if ipv6 else ()
     default = dict(planned[0].active)
     total = sum(default.values())
     isps = tuple(
@@ -178,7 +185,7 @@ def plan(
         domain_timeout=max(1, round(config.dns.max_ttl)),
         lan6=config.lan.ipv6_prefixes,
         bypass6=tuple(sorted(set(config.lan.ipv6_prefixes) | connected6)),  # type: ignore[arg-type]
-        balance6=balance6(config, {**usable, **(statuses6 or {}), **usable6}),
+        policies6=planned6,
     )
 
 
@@ -210,16 +217,21 @@ def followed_prefixes(config: Config, connected: tuple[ConnectedRoute, ...]) -> 
     return out
 
 
-def balance6(config: Config, usable: Mapping[str, IspStatus]) -> tuple[tuple[str, int], ...]:
-    """The ISPs taking NEW IPv6 connections: the best usable tier of those that translate, by weight.
+def usable6(
+    config: Config,
+    usable: Mapping[str, IspStatus],
+    statuses6: Mapping[str, IspStatus] | None,
+    followed: Mapping[str, ipaddress.IPv6Network | None],
+) -> dict[str, IspStatus]:
+    """Each ISP's usability for NEW IPv6 connections from the translated LAN prefixes.
 
-    A ``routed`` ISP takes the connections from its own prefix only (their source decides).
-
-    IPv6 follows each ISP's one health state and is balanced by weight (``failover``: the first
-    only); rules, policies and the other algorithms apply to IPv4 only for now.
+    Its IPv6 status (its own IPv6 health, else its one status) if it translates (netmap with a prefix
+    now, or masquerade); DOWN otherwise: a ``routed`` ISP takes only its own prefix's connections (their
+    source decides), and an ISP without IPv6 none.
     """
-    members = [Member(i.name, i.tier, i.weight) for i in config.isps if i.ipv6.mode in ("netmap", "masquerade")]
-    _, live = best_members(members, {name: str(status) for name, status in usable.items()})
-    if config.balance.algorithm == "failover":
-        live = live[:1]
-    return reduce_weights([(m.isp, m.weight) for m in live])
+    out = {}
+    for isp in config.isps:
+        nat = isp.ipv6.mode == "masquerade" or (isp.ipv6.mode == "netmap" and followed.get(isp.name, True) is not None)
+        status = (statuses6 or {}).get(isp.name, usable.get(isp.name, IspStatus.UP))
+        out[isp.name] = status if nat else IspStatus.DOWN
+    return out

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -53,6 +54,8 @@ ALL_BITS = 0xFFFFFFFF
 CLIENTS_SET = "clients"
 CLIENTS_TIMEOUT = 900  # seconds a LAN client counts as active after its last NEW connection
 HASH_KEYS = {"src": "ip saddr", "dst": "ip daddr", "proto": "meta l4proto", "sport": "th sport", "dport": "th dport"}
+_IPV4_ONLY = re.compile(r"\bip (saddr|daddr|dscp)\b")  # a rule lookup with these matches IPv4 only
+HASH_KEYS6 = HASH_KEYS | {"src": "ip6 saddr", "dst": "ip6 daddr"}
 
 # Rule priority offsets from config.routing.rule_priority.
 SUPPRESS_OFFSET = 0
@@ -187,17 +190,25 @@ def _ranges(owners: list[str], target: Callable[[str], str]) -> str:
     return ", ".join(entries)
 
 
-def sticky_set(policy: PolicyPlan, isp: str) -> str:
-    return f"sticky_{policy.chain}_{isp}"
+def sticky_set(policy: PolicyPlan, isp: str, family: int = 4) -> str:
+    return f"sticky{'6' if family == 6 else ''}_{policy.chain}_{isp}"
 
 
-def sticky_sets(desired: Desired, isp: str) -> list[str]:
-    """The sticky sets that pin clients to ``isp`` (emptied when it goes down)."""
-    return [sticky_set(p, isp) for p in desired.policies if p.sticky and isp in p.members]
+def sticky_sets(desired: Desired, isp: str, family: int = 0) -> list[str]:
+    """The sticky sets that pin clients to ``isp`` (emptied when it goes down): of one family, or both (0)."""
+    names = []
+    if family in (0, 4):
+        names += [sticky_set(p, isp) for p in desired.policies if p.sticky and isp in p.members]
+    if family in (0, 6):
+        names += [sticky_set(p, isp, 6) for p in desired.policies6 if p.sticky and isp in p.members]
+    return names
 
 
-def _policy_objects(desired: Desired, policy: PolicyPlan) -> list[Object]:
+def _policy_objects(desired: Desired, policy: PolicyPlan, family: int = 4) -> list[Object]:
     """A policy's chain: sticky lookups, then the algorithm's pick among its active ISPs.
+
+    For IPv6 (``family`` 6) the same policy, planned over the ISPs that carry IPv6, is chain
+    ``<chain>_6`` with IPv6 keys and sets; it marks with the same ``isp_<name>`` chains.
 
     ``numgen inc`` (not ``random``) makes weighted shares exact over any window
     of TOTAL connections instead of only on average (not for the weights the
@@ -208,21 +219,23 @@ def _policy_objects(desired: Desired, policy: PolicyPlan) -> list[Object]:
     """
     objects: list[Object] = []
     sticky = policy.sticky
-    key = "ip saddr" if sticky is None or sticky.by == "source" else "ip saddr . ip daddr"
-    target = (lambda isp: f"isp_{isp}") if sticky is None else (lambda isp: f"pick_{policy.chain}_{isp}")
+    ip, suffix, addr = ("ip6", "_6", "ipv6_addr") if family == 6 else ("ip", "", "ipv4_addr")
+    chain = policy.chain + suffix
+    key = f"{ip} saddr" if sticky is None or sticky.by == "source" else f"{ip} saddr . {ip} daddr"
+    target = (lambda isp: f"isp_{isp}") if sticky is None else (lambda isp: f"pick_{chain}_{isp}")
     lines = []
     if sticky is not None:
-        kind = "ipv4_addr" if sticky.by == "source" else "ipv4_addr . ipv4_addr"
+        kind = addr if sticky.by == "source" else f"{addr} . {addr}"
         timeout = max(1, round(sticky.timeout))
         for isp in policy.members:
-            name = sticky_set(policy, isp)
+            name = sticky_set(policy, isp, family)
             objects.append(Set(name, kind, ("dynamic", "timeout"), None, timeout=timeout, size=65535))
-            objects.append(Chain(f"pick_{policy.chain}_{isp}", (f"update @{name} {{ {key} }}", f"goto isp_{isp}")))
+            objects.append(Chain(f"pick_{chain}_{isp}", (f"update @{name} {{ {key} }}", f"goto isp_{isp}")))
         for isp, _ in policy.active:
-            name = sticky_set(policy, isp)
+            name = sticky_set(policy, isp, family)
             lines.append(f"{key} @{name} update @{name} {{ {key} }} goto isp_{isp}")
     if policy.algorithm == "hash" and policy.buckets:
-        fields = " . ".join(HASH_KEYS[f] for f in policy.hash_fields)
+        fields = " . ".join((HASH_KEYS6 if family == 6 else HASH_KEYS)[f] for f in policy.hash_fields)
         seed = _hex(HASH_SEED)
         lines.append(
             f"jhash {fields} mod {len(policy.buckets)} seed {seed} vmap {{ {_ranges(list(policy.buckets), target)} }}"
@@ -240,9 +253,9 @@ def _policy_objects(desired: Desired, policy: PolicyPlan) -> list[Object]:
         lines.append("drop")
     elif policy.on_unavailable == "unreachable":
         lines.append("reject with icmpx type host-unreachable")
-    elif policy.chain != "balance" and desired.active:
-        lines.append("goto balance")
-    objects.append(Chain(policy.chain, tuple(lines)))
+    elif policy.chain != "balance" and (desired.balance6 if family == 6 else desired.active):
+        lines.append(f"goto balance{suffix}")
+    objects.append(Chain(chain, tuple(lines)))
     return objects
 
 
@@ -256,10 +269,16 @@ def _rule_verdict(rule: RuleConfig) -> str:
     return "goto balance" if rule.policy == DEFAULT else f"goto policy_{rule.policy}"
 
 
+def _rule_verdict_dual(rule: RuleConfig) -> tuple[str, ...]:
+    """The verdict when IPv6 is balanced too: an IPv6 packet goes to the policy's IPv6 chain."""
+    verdict = _rule_verdict(rule)
+    return (f"meta nfproto ipv6 {verdict}_6", verdict) if verdict.startswith("goto ") else (verdict,)
+
+
 @functools.lru_cache(maxsize=8)
-def _compiled(rules: tuple[RuleConfig, ...], domain_timeout: int) -> CompiledRules:
+def _compiled(rules: tuple[RuleConfig, ...], domain_timeout: int, ipv6: bool = False) -> CompiledRules:
     """The rules compiled once per config (models are immutable): every resync and verify renders them."""
-    return compile_rules(rules, _rule_verdict, domain_timeout)
+    return compile_rules(rules, _rule_verdict_dual if ipv6 else _rule_verdict, domain_timeout)
 
 
 def rule_lookups(rules: tuple[RuleConfig, ...]) -> tuple[int, int]:
@@ -307,11 +326,13 @@ def _retired_rules(desired: Desired) -> list[str]:
     return rules
 
 
-def _ipv6_objects(desired: Desired) -> list[Object]:
+def _ipv6_objects(desired: Desired, lookups: tuple[str, ...]) -> list[Object]:
     """The LAN's IPv6 prefixes, the IPv6 destinations never balanced, and the IPv6 NEW-connection path.
 
     Neighbour discovery, router advertisements and anything to link-local or multicast addresses is
     never marked: ``from_lan6`` returns before balancing it (it has no conntrack entry to restore).
+    Then the rules' lookups (those on protocols, ports and IPv6 prefixes can match; IPv4 ones cannot),
+    whose chains send IPv6 to the policies' ``_6`` chains, and the default policy's ``balance_6``.
     """
     lan6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6))
     nat6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6_nat))
@@ -329,12 +350,8 @@ def _ipv6_objects(desired: Desired) -> list[Object]:
         Set("lan6_nat", "ipv6_addr", ("interval",), nat6),
         Set("bypass6", "ipv6_addr", ("interval",), bypass6),
     ]
-    if desired.balance6:
-        owners = [isp for isp, weight in desired.balance6 for _ in range(weight)]
-        if len(desired.balance6) == 1:
-            lines.append(f"goto isp_{owners[0]}")
-        else:
-            lines.append(f"numgen inc mod {len(owners)} vmap {{ {_ranges(owners, lambda isp: f'isp_{isp}')} }}")
+    lines += [line for line in lookups if not _IPV4_ONLY.search(line)]  # those could never match IPv6
+    lines.append("goto balance_6")
     objects.append(Chain("from_lan6", tuple(lines)))
     return objects
 
@@ -353,8 +370,6 @@ def render_nft(desired: Desired) -> Table:
     if desired.lan_nets:
         nets = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan_nets))
         objects.append(Set("lan_nets", "ipv4_addr", ("interval",), nets))
-    if desired.ipv6:
-        objects += _ipv6_objects(desired)
 
     for isp in desired.isps:
         objects.append(Chain(f"restore_{isp.name}", (_set_isp_mark("meta", isp, mask),)))
@@ -370,7 +385,11 @@ def render_nft(desired: Desired) -> Table:
         )
     for policy in desired.policies:
         objects += _policy_objects(desired, policy)
-    compiled = _compiled(desired.rules, desired.domain_timeout)
+    for policy in desired.policies6:
+        objects += _policy_objects(desired, policy, 6)
+    compiled = _compiled(desired.rules, desired.domain_timeout, desired.ipv6)
+    if desired.ipv6:
+        objects += _ipv6_objects(desired, compiled.lookups)
     objects += compiled.objects
 
     from_lan = [_restore_vmap(desired), *_classify_new(desired, compiled.lookups)]

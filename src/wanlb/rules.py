@@ -199,9 +199,10 @@ def _linear(rule: RuleConfig) -> str:
 
 
 def compile_rules(
-    rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], str], domain_timeout: int = 3600
+    rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], str | tuple[str, ...]], domain_timeout: int = 3600
 ) -> CompiledRules:
-    """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with.
+    """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with
+    (one statement, or several: one per address family).
 
     ``domain_timeout`` (seconds) is the default life of an element added to a ``dom_`` set without one.
     """
@@ -224,7 +225,9 @@ def compile_rules(
 
     for rule in rules:
         objects.append(Counter(rule_chain(rule.name)))
-        objects.append(Chain(rule_chain(rule.name), (f'counter name "{rule_chain(rule.name)}"', verdict(rule))))
+        ends = verdict(rule)
+        ends = (ends,) if isinstance(ends, str) else ends
+        objects.append(Chain(rule_chain(rule.name), (f'counter name "{rule_chain(rule.name)}"', *ends)))
         if rule.dst_domains:
             objects.append(Set(domain_set(rule.name), "ipv4_addr", ("timeout",), None, timeout=domain_timeout))
         sig = _signature(rule)

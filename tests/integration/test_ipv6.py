@@ -318,6 +318,38 @@ def test_prefix_from_follows_a_changed_prefix_and_leaves_the_other_isps_connecti
             lab.run("gw", ["ip", "-6", "addr", "del", addr, "dev", "lo"], capture_output=True)
 
 
+def test_ipv6_follows_hash_rules_and_sticky_like_ipv4(lab: Lab, gw: LabGateway) -> None:
+    """The policy layer applies to IPv6: `hash` keeps a client–server pair on one ISP and spreads pairs; a
+    port rule pins IPv6 too; sticky by source keeps a client on its ISP until that ISP's IPv6 dies."""
+    extra = [f"fd00:77::1:{k:x}" for k in range(1, 41)]  # more client addresses on c1: 40 pairs
+    for addr in extra:
+        sh(lab, "c1", "ip", "-6", "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
+    try:
+        start(gw, lambda d: d.update(balance={"algorithm": "hash", "hash": {"fields": ["src", "dst"]}}))
+        assert len({isp_for_source(s) for s in connect6(lab, "c1", 60, source=client6_addr(1))}) == 1
+        per_pair = {a: {isp_for_source(s) for s in connect6(lab, "c1", 3, source=a)} for a in extra}
+        assert all(len(isps) == 1 for isps in per_pair.values()), per_pair
+        assert len(set.union(*per_pair.values())) == 3, per_pair  # 40 pairs spread over the three ISPs
+        gw.stop(cleanup=True)
+
+        start(gw, lambda d: d.update(rules=[{"name": "web", "proto": "tcp", "dport": [HTTP_PORT], "via": "isp3"}]))
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 20)} == {"isp3"}
+        assert {isp_for_source(s) for s in connect4(lab, "c1", 20)} == {"isp3"}
+        gw.stop(cleanup=True)
+
+        start(gw, lambda d: d.update(balance={"algorithm": "weighted", "sticky": {"by": "source", "timeout": "10m"}}))
+        first = {isp_for_source(s) for s in connect6(lab, "c1", 30)}
+        assert len(first) == 1, first
+        (pinned,) = first
+        lab.fail(pinned, "blackhole", family=6)
+        gw.wait_event(pinned, "down", timeout=10, family="6")
+        after = {isp_for_source(s) for s in connect6(lab, "c1", 30)}
+        assert len(after) == 1 and pinned not in after, (pinned, after)
+    finally:
+        for addr in extra:
+            lab.run("c1", ["ip", "-6", "addr", "del", f"{addr}/64", "dev", "eth0"], capture_output=True)
+
+
 def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: Lab, gw: LabGateway) -> None:
     start(gw)
     news = {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)}

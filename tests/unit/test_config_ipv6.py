@@ -38,7 +38,8 @@ def test_every_mode_renders_its_translation_leak_guard_and_ip6_rules() -> None:
     chains = {o.name: o for o in r.nft.objects if o.kind == "chain"}
     lan6 = chains["from_lan6"].rules
     assert "ip6 saddr 2001:db8:300::/64 goto isp_isp3" in lan6  # routed: its source decides
-    assert lan6[-1] == "numgen inc mod 2 vmap { 0 : goto isp_isp1, 1 : goto isp_isp2 }"  # NAT ISPs only
+    assert lan6[-1] == "goto balance_6"
+    assert chains["balance_6"].rules == ("numgen inc mod 2 vmap { 0 : goto isp_isp1, 1 : goto isp_isp2 }",)  # NAT
     post = chains["postrouting"].rules
     v6 = "meta nfproto ipv6 meta mark & 0xff00"
     assert f'{v6} == 0x100 oifname "wan1" ip6 saddr @lan6_nat snat ip6 prefix to 2001:db8:100::/64' in post
@@ -124,3 +125,37 @@ def test_prefix_from_takes_the_global_prefix_on_its_interface_and_without_one_th
     assert dict(without.balance6) == {"isp2": 1}
     post = next(o for o in render(without).nft.objects if o.name == "postrouting").rules
     assert not [line for line in post if '"wan1"' in line and "ipv6" in line]
+
+
+POLICIES = """lan: {interfaces: [lan0], ipv6_prefixes: [fd00:77::/64]}
+isps:
+  - {name: isp1, interface: wan1, gateway: 100.64.1.1, gateway6: "fe80::1",
+     ipv6: {mode: netmap, prefix: "2001:db8:100::/64"}}
+  - {name: isp2, interface: wan2, gateway: 100.64.2.1, gateway6: "fe80::1", ipv6: {mode: masquerade}, tier: 2}
+  - {name: isp3, interface: wan3, gateway: 100.64.3.1}
+balance: {algorithm: hash, sticky: {by: source, timeout: 10m}}
+policies:
+  cheap: {members: [{isp: isp3, tier: 1}, {isp: isp2, tier: 2}], algorithm: weighted}
+rules:
+  - {name: web, proto: tcp, dport: [443], via: isp3}
+  - {name: pin, src: [192.168.77.50], policy: cheap}
+"""
+
+
+def test_policies_rules_hash_and_sticky_get_ipv6_chains_over_the_isps_that_carry_ipv6() -> None:
+    r = rendered(POLICIES)
+    chains = {o.name: o.rules for o in r.nft.objects if o.kind == "chain"}
+    sets = {o.name for o in r.nft.objects if o.kind == "set"}
+    # hash over IPv6 keys, only isp1 (isp2 is a worse tier, isp3 carries no IPv6), sticky sets of IPv6 addresses
+    assert chains["balance_6"][-1].startswith("jhash ip6 saddr . ip6 daddr mod 256 ")
+    assert "goto pick_balance_6_isp1" in chains["balance_6"][-1] and "isp3" not in chains["balance_6"][-1]
+    assert {"sticky6_balance_isp1", "sticky_balance_isp1"} <= sets
+    # a policy whose tier-1 member has no IPv6: its IPv6 goes to the next tier
+    assert chains["policy_cheap_6"][-1] == "goto pick_policy_cheap_6_isp2"
+    assert chains["policy_cheap"][-1] == "goto pick_policy_cheap_isp3"
+    # a rule sends IPv6 to the IPv6 chain of its target; a via ISP without IPv6 falls back to balance_6
+    assert chains["rule_web"] == ('counter name "rule_web"', "meta nfproto ipv6 goto via_isp3_6", "goto via_isp3")
+    assert chains["via_isp3_6"] == ("goto balance_6",)
+    # from_lan6 walks the rules that can match IPv6 (ports), not the IPv4 address maps
+    assert "meta l4proto tcp th dport vmap @rules_0_tcp" in chains["from_lan6"]
+    assert not [line for line in chains["from_lan6"] if "ip saddr" in line]
