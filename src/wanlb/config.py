@@ -340,7 +340,8 @@ Port = Annotated[tuple[int, int], BeforeValidator(_parse_port)]
 Proto = Annotated[int, BeforeValidator(_parse_proto)]
 Dscp = Annotated[int, BeforeValidator(_parse_dscp)]
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
-Networks = Annotated[tuple[ipaddress.IPv4Network, ...], _at_most(MAX_RULE_VALUES)]
+Networks = Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], _at_most(MAX_RULE_VALUES)]
+"""A rule's addresses: IPv4 ones match IPv4 connections, IPv6 ones IPv6 connections."""
 Ports = Annotated[tuple[Port, ...], _at_most(1000)]
 
 

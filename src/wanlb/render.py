@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -54,7 +53,6 @@ ALL_BITS = 0xFFFFFFFF
 CLIENTS_SET = "clients"
 CLIENTS_TIMEOUT = 900  # seconds a LAN client counts as active after its last NEW connection
 HASH_KEYS = {"src": "ip saddr", "dst": "ip daddr", "proto": "meta l4proto", "sport": "th sport", "dport": "th dport"}
-_IPV4_ONLY = re.compile(r"\bip (saddr|daddr|dscp)\b")  # a rule lookup with these matches IPv4 only
 HASH_KEYS6 = HASH_KEYS | {"src": "ip6 saddr", "dst": "ip6 daddr"}
 
 # Rule priority offsets from config.routing.rule_priority.
@@ -281,6 +279,12 @@ def _compiled(rules: tuple[RuleConfig, ...], domain_timeout: int, ipv6: bool = F
     return compile_rules(rules, _rule_verdict_dual if ipv6 else _rule_verdict, domain_timeout)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled6(rules: tuple[RuleConfig, ...]) -> CompiledRules:
+    """The IPv6 lookups of the rules (and their maps), for ``from_lan6``."""
+    return compile_rules(rules, _rule_verdict_dual, family=6)
+
+
 def rule_lookups(rules: tuple[RuleConfig, ...]) -> tuple[int, int]:
     """(verdict maps, single rules) that ``rules`` compile to: what a NEW connection walks (``wanlb check``)."""
     lookups = _compiled(rules, 3600).lookups
@@ -331,8 +335,8 @@ def _ipv6_objects(desired: Desired, lookups: tuple[str, ...]) -> list[Object]:
 
     Neighbour discovery, router advertisements and anything to link-local or multicast addresses is
     never marked: ``from_lan6`` returns before balancing it (it has no conntrack entry to restore).
-    Then the rules' lookups (those on protocols, ports and IPv6 prefixes can match; IPv4 ones cannot),
-    whose chains send IPv6 to the policies' ``_6`` chains, and the default policy's ``balance_6``.
+    Then the rules' IPv6 lookups (their IPv6 addresses, and those without addresses), whose chains send
+    IPv6 to the policies' ``_6`` chains, and the default policy's ``balance_6``.
     """
     lan6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6))
     nat6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6_nat))
@@ -350,7 +354,7 @@ def _ipv6_objects(desired: Desired, lookups: tuple[str, ...]) -> list[Object]:
         Set("lan6_nat", "ipv6_addr", ("interval",), nat6),
         Set("bypass6", "ipv6_addr", ("interval",), bypass6),
     ]
-    lines += [line for line in lookups if not _IPV4_ONLY.search(line)]  # those could never match IPv6
+    lines += lookups
     lines.append("goto balance_6")
     objects.append(Chain("from_lan6", tuple(lines)))
     return objects
@@ -388,9 +392,11 @@ def render_nft(desired: Desired) -> Table:
     for policy in desired.policies6:
         objects += _policy_objects(desired, policy, 6)
     compiled = _compiled(desired.rules, desired.domain_timeout, desired.ipv6)
+    objects += compiled.objects  # the rules' chains first: the maps' elements jump to them
     if desired.ipv6:
-        objects += _ipv6_objects(desired, compiled.lookups)
-    objects += compiled.objects
+        compiled6 = _compiled6(desired.rules)
+        objects += compiled6.objects
+        objects += _ipv6_objects(desired, compiled6.lookups)
 
     from_lan = [_restore_vmap(desired), *_classify_new(desired, compiled.lookups)]
     if desired.active:  # a client that opened a balanced connection is active for CLIENTS_TIMEOUT

@@ -39,6 +39,7 @@ FIELDS = (
     ("sport", "th sport", "inet_service"),
     ("dport", "th dport", "inet_service"),
 )
+FIELDS6 = (("src", "ip6 saddr", "ipv6_addr"), ("dst", "ip6 daddr", "ipv6_addr"), *FIELDS[2:])
 MAX_MAP_ELEMENTS = 4096  # a rule whose product of values is larger stays a rule of its own
 MAX_PARTS = 256  # distinct leading-field values in one map (bounds the overlap checks) before a new map starts
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp", 136: "udplite", 47: "gre", 50: "esp", 51: "ah"}
@@ -75,8 +76,30 @@ def _signature(rule: RuleConfig) -> tuple[str, ...] | None:
     return sig or None
 
 
-def _net_interval(net: ipaddress.IPv4Network) -> Interval:
+def _net_interval(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Interval:
     return int(net.network_address), int(net.broadcast_address)
+
+
+def for_family(rule: RuleConfig, family: int) -> RuleConfig | None:
+    """The part of ``rule`` that can match connections of one address family, or None if no part can.
+
+    Its addresses of the other family are dropped; a field that listed only those cannot match, and
+    neither can domains (resolved to IPv4) or DSCP under IPv6 (``ip dscp`` is IPv4's field) — a rule
+    without addresses matches both families.
+    """
+
+    def mine(nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> tuple:
+        return tuple(n for n in nets if n.version == family)
+
+    src, dst = mine(rule.src), mine(rule.dst)
+    if (rule.src and not src) or (rule.dst and not dst):
+        return None
+    if family == 6 and (rule.dst_domains or rule.dscp):
+        return None
+    changed = {"src": src, "dst": dst, "src_not": mine(rule.src_not), "dst_not": mine(rule.dst_not)}
+    if all(getattr(rule, k) == v for k, v in changed.items()):
+        return rule
+    return rule.model_copy(update=changed)
 
 
 def _merge(ranges: Sequence[Interval]) -> list[Interval]:
@@ -99,10 +122,11 @@ def _values(rule: RuleConfig, field: str) -> list[Interval]:
     return _merge(getattr(rule, field))
 
 
-def _show(field: str, iv: Interval) -> str:
+def _show(field: str, iv: Interval, family: int = 4) -> str:
     lo, hi = iv
     if field in ("src", "dst"):
-        a, b = ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi)
+        kind = ipaddress.IPv6Address if family == 6 else ipaddress.IPv4Address
+        a, b = kind(lo), kind(hi)
         return str(a) if lo == hi else f"{a}-{b}"
     if field == "proto":
         return PROTO_NAMES.get(lo, str(lo))
@@ -159,12 +183,16 @@ class _Group:
             ends.insert(i, e[-1][1])
 
 
-def _linear(rule: RuleConfig) -> str:
+def _linear(rule: RuleConfig, family: int = 4) -> str:
     """One nft rule matching ``rule``, each field one (anonymous set) lookup."""
     parts = []
+    ip = "ip6" if family == 6 else "ip"
 
-    def nets(values: Sequence[ipaddress.IPv4Network]) -> str:
-        items = [str(n) if n.prefixlen < 32 else str(n.network_address) for n in ipaddress.collapse_addresses(values)]
+    def nets(values: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+        items = [
+            str(n) if n.prefixlen < n.max_prefixlen else str(n.network_address)
+            for n in ipaddress.collapse_addresses(values)
+        ]
         return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
     def ports(values: Sequence[Interval]) -> str:
@@ -174,13 +202,13 @@ def _linear(rule: RuleConfig) -> str:
     if rule.iif:
         parts.append("iifname { " + ", ".join(f'"{i}"' for i in rule.iif) + " }")
     if rule.src:
-        parts.append(f"ip saddr {nets(rule.src)}")
+        parts.append(f"{ip} saddr {nets(rule.src)}")
     if rule.src_not:
-        parts.append(f"ip saddr != {nets(rule.src_not)}")
+        parts.append(f"{ip} saddr != {nets(rule.src_not)}")
     if rule.dst:
-        parts.append(f"ip daddr {nets(rule.dst)}")
+        parts.append(f"{ip} daddr {nets(rule.dst)}")
     if rule.dst_not:
-        parts.append(f"ip daddr != {nets(rule.dst_not)}")
+        parts.append(f"{ip} daddr != {nets(rule.dst_not)}")
     if rule.dst_domains:
         parts.append(f"ip daddr @{domain_set(rule.name)}")
     protos = _protos(rule)
@@ -199,10 +227,17 @@ def _linear(rule: RuleConfig) -> str:
 
 
 def compile_rules(
-    rules: Sequence[RuleConfig], verdict: Callable[[RuleConfig], str | tuple[str, ...]], domain_timeout: int = 3600
+    rules: Sequence[RuleConfig],
+    verdict: Callable[[RuleConfig], str | tuple[str, ...]],
+    domain_timeout: int = 3600,
+    family: int = 4,
 ) -> CompiledRules:
     """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with
     (one statement, or several: one per address family).
+
+    ``family`` 6: the lookups ``from_lan6`` walks for IPv6 connections (the parts of the rules that can
+    match IPv6, see :func:`for_family`) and only their maps (``rules6_*``): the rules' chains, counters
+    and domain sets are the IPv4 compile's.
 
     ``domain_timeout`` (seconds) is the default life of an element added to a ``dom_`` set without one.
     """
@@ -210,31 +245,36 @@ def compile_rules(
     lookups: list[str] = []
     group: _Group | None = None
     groups: list[_Group] = []
+    table = FIELDS6 if family == 6 else FIELDS
 
     def close() -> None:
         nonlocal group
         if group is not None:
             index = len(groups)
             groups.append(group)
-            for name, guard, fields, elements in _maps(index, group):
-                keys = " . ".join(expr for f, expr, _ in FIELDS if f in fields)
+            for name, guard, fields, elements in _maps(index, group, family):
+                keys = " . ".join(expr for f, expr, _ in table if f in fields)
                 lookups.append(f"{guard}{keys} vmap @{name}")
-                types = " . ".join(t for f, _, t in FIELDS if f in fields)
+                types = " . ".join(t for f, _, t in table if f in fields)
                 objects.append(Set(name, types, ("interval",), elements, map_type="verdict"))
         group = None
 
-    for rule in rules:
-        objects.append(Counter(rule_chain(rule.name)))
-        ends = verdict(rule)
-        ends = (ends,) if isinstance(ends, str) else ends
-        objects.append(Chain(rule_chain(rule.name), (f'counter name "{rule_chain(rule.name)}"', *ends)))
-        if rule.dst_domains:
-            objects.append(Set(domain_set(rule.name), "ipv4_addr", ("timeout",), None, timeout=domain_timeout))
+    for whole in rules:
+        if family == 4:
+            objects.append(Counter(rule_chain(whole.name)))
+            ends = verdict(whole)
+            ends = (ends,) if isinstance(ends, str) else ends
+            objects.append(Chain(rule_chain(whole.name), (f'counter name "{rule_chain(whole.name)}"', *ends)))
+            if whole.dst_domains:
+                objects.append(Set(domain_set(whole.name), "ipv4_addr", ("timeout",), None, timeout=domain_timeout))
+        rule = for_family(whole, family)
+        if rule is None:  # nothing of it can match this family: it takes no place in its lookups
+            continue
         sig = _signature(rule)
         elems = _elements(rule, sig) if sig else None
         if sig is None or elems is None:
             close()
-            lookups.append(_linear(rule))
+            lookups.append(_linear(rule, family))
             continue
         if group is None or group.sig != sig or not group.accepts(elems):
             close()
@@ -244,7 +284,7 @@ def compile_rules(
     return CompiledRules(tuple(objects), tuple(lookups))
 
 
-def _maps(index: int, group: _Group) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+def _maps(index: int, group: _Group, family: int = 4) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
     """A group's verdict maps: (name, guard, key fields, elements).
 
     A key with the protocol and other fields is split into one map per protocol behind a
@@ -254,18 +294,19 @@ def _maps(index: int, group: _Group) -> list[tuple[str, str, tuple[str, ...], tu
     (its AVX2 fill was most of what 200 port rules cost per NEW connection).
     """
     fields = tuple(f for f, _, _ in FIELDS if f in group.sig)
+    base = f"rules6_{index}" if family == 6 else f"rules_{index}"
 
     def element(values: Sequence[Interval], keys: Sequence[str], chain: str) -> str:
-        return " . ".join(_show(f, iv) for f, iv in zip(keys, values, strict=True)) + f" : goto {chain}"
+        return " . ".join(_show(f, iv, family) for f, iv in zip(keys, values, strict=True)) + f" : goto {chain}"
 
     if "proto" not in fields or len(fields) == 1:
-        return [(f"rules_{index}", "", fields, tuple(element(e, fields, c) for e, c in group.elements))]
+        return [(base, "", fields, tuple(element(e, fields, c) for e, c in group.elements))]
     at = fields.index("proto")
     rest = fields[:at] + fields[at + 1 :]
     by_proto: dict[int, list[str]] = {}
     for e, chain in group.elements:
         by_proto.setdefault(e[at][0], []).append(element(e[:at] + e[at + 1 :], rest, chain))
     return [
-        (f"rules_{index}_{_show('proto', (p, p))}", f"meta l4proto {_show('proto', (p, p))} ", rest, tuple(elements))
+        (f"{base}_{_show('proto', (p, p))}", f"meta l4proto {_show('proto', (p, p))} ", rest, tuple(elements))
         for p, elements in sorted(by_proto.items())
     ]

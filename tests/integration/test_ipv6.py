@@ -332,9 +332,14 @@ def test_ipv6_follows_hash_rules_and_sticky_like_ipv4(lab: Lab, gw: LabGateway) 
         assert len(set.union(*per_pair.values())) == 3, per_pair  # 40 pairs spread over the three ISPs
         gw.stop(cleanup=True)
 
-        start(gw, lambda d: d.update(rules=[{"name": "web", "proto": "tcp", "dport": [HTTP_PORT], "via": "isp3"}]))
-        assert {isp_for_source(s) for s in connect6(lab, "c1", 20)} == {"isp3"}
+        pin = {"name": "pin6", "src": [extra[0]], "via": "isp2"}  # an IPv6 source first, then a port rule
+        web = {"name": "web", "proto": "tcp", "dport": [HTTP_PORT], "via": "isp3"}
+        start(gw, lambda d: d.update(rules=[pin, web]))
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 20, source=extra[0])} == {"isp2"}
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 20, source=client6_addr(1))} == {"isp3"}
         assert {isp_for_source(s) for s in connect4(lab, "c1", 20)} == {"isp3"}
+        hits = {r["name"]: r["hits"] for r in gw.status()["rules"]}
+        assert hits == {"pin6": 20, "web": 40}, hits
         gw.stop(cleanup=True)
 
         start(gw, lambda d: d.update(balance={"algorithm": "weighted", "sticky": {"by": "source", "timeout": "10m"}}))

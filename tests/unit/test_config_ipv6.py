@@ -8,6 +8,7 @@ import pytest
 
 from wanlb import runtime
 from wanlb.config import ConfigError, parse_config
+from wanlb.nftsync import Set
 from wanlb.plan import ConnectedRoute, plan
 from wanlb.render import render
 
@@ -157,5 +158,26 @@ def test_policies_rules_hash_and_sticky_get_ipv6_chains_over_the_isps_that_carry
     assert chains["rule_web"] == ('counter name "rule_web"', "meta nfproto ipv6 goto via_isp3_6", "goto via_isp3")
     assert chains["via_isp3_6"] == ("goto balance_6",)
     # from_lan6 walks the rules that can match IPv6 (ports), not the IPv4 address maps
-    assert "meta l4proto tcp th dport vmap @rules_0_tcp" in chains["from_lan6"]
-    assert not [line for line in chains["from_lan6"] if "ip saddr" in line]
+    assert chains["from_lan6"][-2:] == ("meta l4proto tcp th dport vmap @rules6_0_tcp", "goto balance_6")
+
+
+def test_ipv6_prefixes_in_rules_compile_to_ip6_maps_and_ipv4_ones_stay_ipv4() -> None:
+    text = POLICIES.replace(
+        "  - {name: pin, src: [192.168.77.50], policy: cheap}\n",
+        "  - {name: pin, src: [192.168.77.50, 'fd00:77::50'], policy: cheap}\n"
+        "  - {name: v6only, dst: ['2001:db8:f::/48', '!2001:db8:f::20'], via: isp1}\n"
+        "  - {name: mixed, src: ['fd00:77::/120'], dscp: [ef], via: isp1}\n",
+    )
+    r = rendered(text)
+    chains = {o.name: o.rules for o in r.nft.objects if o.kind == "chain"}
+    maps = {o.name: o for o in r.nft.objects if isinstance(o, Set) and o.map_type}
+    assert maps["rules_1"].elements == ("192.168.77.50 : goto rule_pin",)  # the IPv4 part
+    assert maps["rules6_1"].elements == ("fd00:77::50 : goto rule_pin",)  # the IPv6 part, same chain
+    assert maps["rules6_1"].type == "ipv6_addr"
+    lan4 = chains["from_lan"]
+    assert not [line for line in lan4 if "rule_v6only" in line or "ip6 " in line]  # nothing IPv6 for IPv4
+    lan6 = chains["from_lan6"]
+    assert "ip6 saddr vmap @rules6_1" in lan6
+    assert "ip6 daddr 2001:db8:f::/48 ip6 daddr != 2001:db8:f::20 goto rule_v6only" in lan6
+    assert not [line for line in lan6 if "rule_mixed" in line]  # DSCP is matched for IPv4 only
+    assert len([o for o in r.nft.objects if o.kind == "chain" and o.name == "rule_pin"]) == 1
