@@ -272,8 +272,10 @@ class IspConfig(_Model):
 
 class LanConfig(_Model):
     interfaces: Annotated[tuple[IfName, ...], _at_most(64)] = Field(min_length=1, max_length=64)
-    bypass: Annotated[tuple[ipaddress.IPv4Network, ...], _at_most(10000)] = Field(default=(), max_length=10000)
-    """Destinations never balanced (besides the connected networks, which are always bypassed)."""
+    bypass: Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], _at_most(10000)] = Field(
+        default=(), max_length=10000
+    )
+    """Destinations never balanced (besides the connected networks, which are always bypassed), both families."""
     ipv6_prefixes: Annotated[tuple[ipaddress.IPv6Network, ...], _at_most(16)] = Field(default=(), max_length=16)
     """The LAN's IPv6 prefixes (ULA or global): what is balanced, translated, and never leaves a WAN as it is."""
 

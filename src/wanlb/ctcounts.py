@@ -20,8 +20,9 @@ seconds instead, which bounds that drift to one interval.
 
 A dump is not a snapshot: while it walks the table at 10,000 new connections a
 second, entries appear and vanish in buckets it has or has not visited yet.  So
-the dump also collects every entry's conntrack id, events read from its start
-until after its end are kept as (id, kind, mark), and each id's last event then
+the dump also collects every entry's identity (its conntrack id with its original
+source address and port: ids alone collide), events read from its start until
+after its end are kept as (entry, kind, mark), and each entry's last event then
 decides whether the dump's count needs a correction: a DESTROY of an entry the
 dump saw takes one off, a NEW of an entry it did not see adds one.  Every event
 is in the socket by the time the dump returns, so after that drain the counts
@@ -36,10 +37,11 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 from wanlb.ctnetlink.client import Conntrack
+from wanlb.ctnetlink.codec import EntryKey, entry_key
 from wanlb.ctnetlink.events import DEFAULT_RCVBUF, LOST, EventSocket
 from wanlb.ctnetlink.filters import Filter
 
@@ -81,7 +83,7 @@ class ConnCounter:
         self.events_mode: int | None = None
         self._counts: dict[int, int] = {}
         self._resync_needed = asyncio.Event()
-        self._window: list[tuple[int, bool, int]] | None = None  # (id, is NEW, mark) while a dump runs
+        self._window: list[tuple[Hashable, bool, int]] | None = None  # (entry, is NEW, mark) while a dump runs
         self._retry = False  # the last resync could not read every event of its time
 
     def counts(self) -> dict[int, int]:
@@ -155,8 +157,7 @@ class ConnCounter:
                 # Never below zero: a flush already zeroed the mark (forget) before its DESTROY events come.
                 counts[mark] = counts.get(mark, 0) + 1 if kind == "new" else max(0, counts.get(mark, 0) - 1)
                 if window is not None:
-                    pos = shape.offsets.get("id")
-                    window.append((unpack(buf, off + pos)[0] if pos is not None else -1, kind == "new", mark))
+                    window.append((entry_key(buf, off, shape), kind == "new", mark))
             if not got:
                 return False
         return True
@@ -185,25 +186,29 @@ class ConnCounter:
             self._window = None
         self.resyncs += 1
 
-    def _dump(self) -> tuple[dict[int, int], dict[int, int]]:
+    def _dump(self) -> tuple[dict[int, int], dict[EntryKey, int]]:
         with Conntrack() as ct:
             return ct.count_by_mark_with_ids(Filter(), self.mark_mask)
 
 
-def corrected(counts: dict[int, int], seen: Mapping[int, int], window: list[tuple[int, bool, int]]) -> dict[int, int]:
+def corrected(
+    counts: dict[int, int], seen: Mapping[Hashable, int], window: list[tuple[Hashable, bool, int]]
+) -> dict[int, int]:
     """A dump's per-mark ``counts`` brought up to date by the events read meanwhile.
 
-    ``seen`` maps each id the dump counted to the mark it counted it under.  Only an id's last event
+    Entries are told apart by a key (:func:`~wanlb.ctnetlink.codec.entry_key`: the conntrack id with
+    the original source address and port; the id alone collides).
+    ``seen`` maps each entry the dump counted to the mark it counted it under.  Only an id's last event
     matters: after a DESTROY the entry is gone, after a NEW it exists with that event's mark.  Where
     that differs from what the dump counted, the dump's count moves.  The id of a new connection can be
     an old one's (the kernel derives it from the entry's address and tuple, and a SYN that reopens a
     closed connection's tuple often gets the freed entry back), with another ISP's mark: so a NEW of
-    an id the dump saw moves it to the new mark.  An event without an id (none that the kernel sends)
-    cannot be matched and is left out.
+    an id the dump saw moves it to the new mark.  An event without an id (key None; none that the kernel
+    sends) cannot be matched and is left out.
     """
-    last: dict[int, tuple[bool, int]] = {}
+    last: dict[Hashable, tuple[bool, int]] = {}
     for conn_id, is_new, mark in window:
-        if conn_id >= 0:
+        if conn_id is not None:
             last[conn_id] = (is_new, mark)
     out = dict(counts)
     for conn_id, (is_new, mark) in last.items():

@@ -168,12 +168,13 @@ def plan(
     )
     connected4 = {r.dst for r in connected if r.dst.version == 4}
     connected6 = {r.dst for r in connected if r.dst.version == 6}
+    bypass6 = {n for n in config.lan.bypass if n.version == 6} | set(config.lan.ipv6_prefixes) | connected6
     return Desired(
         mark_mask=config.mark_mask,
         isps=isps,
         lan_interfaces=config.lan.interfaces,
         local_traffic=config.local_traffic,
-        bypass=tuple(sorted(set(config.lan.bypass) | connected4)),  # type: ignore[arg-type]
+        bypass=tuple(sorted({n for n in config.lan.bypass if n.version == 4} | connected4)),  # type: ignore[arg-type]
         last_resort=config.failover.last_resort,
         rule_priority=config.routing.rule_priority,
         route_protocol=config.routing.protocol,
@@ -184,7 +185,7 @@ def plan(
         retired=state.retired,
         domain_timeout=max(1, round(config.dns.max_ttl)),
         lan6=config.lan.ipv6_prefixes,
-        bypass6=tuple(sorted(set(config.lan.ipv6_prefixes) | connected6)),  # type: ignore[arg-type]
+        bypass6=tuple(sorted(bypass6)),
         policies6=planned6,
     )
 

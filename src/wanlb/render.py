@@ -408,6 +408,13 @@ def render_nft(desired: Desired) -> Table:
     rx = ", ".join(f'"{i.interface}" : "isp_{i.name}_rx"' for i in desired.isps)
     families = "{ ipv4, ipv6 }" if desired.ipv6 else "ipv4"
     prerouting = [f"counter name iifname map {{ {rx} }}", f"meta nfproto != {families} return"]
+    if desired.ipv6:  # neighbour discovery, router advertisements, link-local and multicast: never marked
+        prerouting += [
+            "ip6 saddr fe80::/10 return",
+            "ip6 daddr { fe80::/10, ff00::/8 } return",
+            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
+            "nd-redirect } return",
+        ]
     prerouting += _helper_rules(desired)
     prerouting += _retired_rules(desired)
     for i in desired.isps:

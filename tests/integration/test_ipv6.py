@@ -390,6 +390,37 @@ def test_the_gateways_own_ipv6_service_answers_through_the_wan_it_was_asked_on(l
         server.wait()
 
 
+# A router advertisement (router lifetime 1800 s, no options) from ISP 1's router to all nodes on cust0.
+_RA = """
+import socket, struct
+idx = socket.if_nametoindex("cust0")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+s.sendto(struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, idx))
+"""
+
+
+def test_router_advertisements_reach_a_forwarding_gateway_while_wanlb_runs(lab: Lab, gw: LabGateway) -> None:
+    """A router forwards IPv6, and the kernel ignores router advertisements on an interface with accept_ra 1
+    then; wanlb sets accept_ra 2 on its IPv6 WANs so an ISP's advertisements still give it a default route
+    (as they must when the ISP numbers its link by SLAAC), and gives the original back on cleanup."""
+    learnt = ["ip", "-6", "route", "show", "dev", "wan1", "proto", "ra"]
+    assert sh(lab, "gw", "sysctl", "-n", "net.ipv6.conf.wan1.accept_ra").strip() == "1"
+    sh(lab, "isp1", "python3", "-c", _RA)
+    time.sleep(0.3)
+    assert "default" not in sh(lab, "gw", *learnt)  # the lab's forwarding gateway ignores it without wanlb
+    start(gw)
+    sh(lab, "isp1", "python3", "-c", _RA)
+    deadline = time.monotonic() + 5
+    while "default via fe80::" not in sh(lab, "gw", *learnt):
+        assert time.monotonic() < deadline, "the router advertisement was not taken"
+        time.sleep(0.05)
+    gw.stop(cleanup=True)
+    assert sh(lab, "gw", "sysctl", "-n", "net.ipv6.conf.wan1.accept_ra").strip() == "1"
+    sh(lab, "gw", "ip", "-6", "route", "flush", "dev", "wan1", "proto", "ra")
+
+
 # --- connections stay where they started -------------------------------------------------------------
 
 

@@ -125,23 +125,23 @@ class Conntrack:
 
     def count_by_mark_with_ids(
         self, flt: Filter | None = None, mask: int = 0xFFFFFFFF
-    ) -> tuple[dict[int, int], dict[int, int]]:
-        """:meth:`count_by_mark` plus, per conntrack id, the ``mark & mask`` it was counted under (for the
-        daemon's resync)."""
+    ) -> tuple[dict[int, int], dict[codec.EntryKey, int]]:
+        """:meth:`count_by_mark` plus, per entry (:func:`codec.entry_key`), the ``mark & mask`` it was
+        counted under (for the daemon's resync)."""
+        key = codec.entry_key
         for attempt in range(_DUMP_RETRIES):
             counts: Counter[int] = Counter()
-            ids: dict[int, int] = {}
+            ids: dict[codec.EntryKey, int] = {}
             unpack = _MARK.unpack_from
             try:
                 for buf, items in self.batches(flt):
                     for off, shape in items:
-                        offsets = shape.offsets
-                        pos = offsets.get("mark")
+                        pos = shape.offsets.get("mark")
                         mark = (unpack(buf, off + pos)[0] if pos is not None else 0) & mask
                         counts[mark] += 1
-                        pos = offsets.get("id")
-                        if pos is not None:
-                            ids[unpack(buf, off + pos)[0]] = mark
+                        k = key(buf, off, shape)
+                        if k is not None:
+                            ids[k] = mark
                 return dict(counts), ids
             except DumpInterrupted:
                 if attempt == _DUMP_RETRIES - 1:

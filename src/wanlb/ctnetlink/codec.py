@@ -400,6 +400,30 @@ def _walk(buf: bytes | bytearray | memoryview, off: int, length: int) -> Shape:
     )
 
 
+EntryKey = tuple[int, bytes, int]
+_KEY_ID, _KEY_PORT = struct.Struct(">I"), struct.Struct(">H")
+
+
+def entry_key(buf: bytes | bytearray | memoryview, off: int, shape: Shape) -> EntryKey | None:
+    """What tells one live entry from another in a dump or an event: its conntrack id with its original
+    source address and port (None without an id).
+
+    The id alone is a 32-bit hash: among the tens of thousands of entries of a busy table two unrelated
+    ones share an id often enough (by the birthday bound) that a count keyed by it drifts by one.
+    """
+    offsets = shape.offsets
+    pos = offsets.get("id")
+    if pos is None:
+        return None
+    src, sport = offsets.get("src"), offsets.get("sport")
+    size = 16 if shape.family == C.AF_INET6 else 4
+    return (
+        _KEY_ID.unpack_from(buf, off + pos)[0],
+        bytes(buf[off + src : off + src + size]) if src is not None else b"",
+        _KEY_PORT.unpack_from(buf, off + sport)[0] if sport is not None else 0,
+    )
+
+
 class Decoder:
     """Decodes ctnetlink conntrack messages into :class:`Entry`, caching shapes.
 

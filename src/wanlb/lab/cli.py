@@ -54,10 +54,11 @@ def lab() -> None:
 @click.option("--weights", callback=_weights, help="ISP weights for the generated config, e.g. 3,1.")
 @click.option("--plain-nat", is_flag=True, help="Add a plain masquerade on the WANs (to try the lab without wanlb).")
 @click.option(
-    "--ipv6",
-    is_flag=True,
+    "--ipv6/--ipv4-only",
+    default=True,
+    show_default=True,
     help="Dual-stack: ULA fd00:77::/64 on the LAN, ISP i's prefix 2001:db8:i00::/64 netmapped to it, "
-    "IPv6 on every link, anti-spoofing for both families.",
+    "IPv6 on every link, anti-spoofing for both families (--ipv4-only: IPv6 off everywhere).",
 )
 def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool, ipv6: bool) -> None:
     """Build the lab and start its test servers."""
