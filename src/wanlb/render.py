@@ -53,6 +53,12 @@ ALL_BITS = 0xFFFFFFFF
 CLIENTS_SET = "clients"
 CLIENTS_TIMEOUT = 900  # seconds a LAN client counts as active after its last NEW connection
 HASH_KEYS = {"src": "ip saddr", "dst": "ip daddr", "proto": "meta l4proto", "sport": "th sport", "dport": "th dport"}
+# IPv6 destinations never balanced: link-local and multicast, the gateway itself, LAN and connected prefixes.
+_NOT_BALANCED6 = (
+    "ip6 daddr { fe80::/10, ff00::/8 } return",
+    "fib daddr type { local, multicast } return",
+    "ip6 daddr @bypass6 return",
+)
 HASH_KEYS6 = HASH_KEYS | {"src": "ip6 saddr", "dst": "ip6 daddr"}
 
 # Rule priority offsets from config.routing.rule_priority.
@@ -341,12 +347,7 @@ def _ipv6_objects(desired: Desired, lookups: tuple[str, ...]) -> list[Object]:
     lan6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6))
     nat6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.lan6_nat))
     bypass6 = tuple(str(n) for n in ipaddress.collapse_addresses(desired.bypass6))
-    lines = [
-        "ip6 daddr { fe80::/10, ff00::/8 } return",
-        "fib daddr type { local, multicast } return",
-        "ip6 daddr @bypass6 return",
-        "ip6 saddr != @lan6 return",
-    ]
+    lines = [*_NOT_BALANCED6, "ip6 saddr != @lan6 return"]
     # A routed ISP's own prefix: its source decides, whatever the balance (it is not translated).
     lines += [f"ip6 saddr {isp.prefix6} goto isp_{isp.name}" for isp in desired.routed6]
     objects: list[Object] = [
@@ -433,8 +434,9 @@ def render_nft(desired: Desired) -> Table:
     if desired.local_traffic:
         # A socket that set its own mark in our bits (a health probe) keeps it.
         output.append(f"meta mark & {_hex(mask)} != 0 return")
-        if desired.ipv6:  # the gateway's own new IPv6 connections follow the main table (not balanced)
-            output.append("meta nfproto ipv6 return")
+        if desired.ipv6:  # the gateway's own new IPv6 connections: like the LAN's, without the rules
+            output.append("meta nfproto ipv6 goto local6")
+            objects.append(Chain("local6", ("ct state != new return", *_NOT_BALANCED6, "goto balance_6")))
         output += _classify_new(desired)
     objects.append(Chain("output", tuple(output), ("route", "output", -150, "accept")))
 
@@ -445,10 +447,10 @@ def render_nft(desired: Desired) -> Table:
         # Only marked traffic: an unmarked LAN packet (a connection older than wanlb) is never translated
         # to an address it did not start with; egress drops it rather than let its LAN source out.
         action6 = "masquerade" if isp.ipv6 == "masquerade" else f"snat ip6 prefix to {isp.prefix6}"
-        postrouting.append(
-            f'meta nfproto ipv6 meta mark & {_hex(mask)} == {_hex(isp.mark)} oifname "{isp.interface}" '
-            f"ip6 saddr @lan6_nat {action6}"
-        )
+        marked = f'meta nfproto ipv6 meta mark & {_hex(mask)} == {_hex(isp.mark)} oifname "{isp.interface}"'
+        postrouting.append(f"{marked} ip6 saddr @lan6_nat {action6}")
+        if desired.local_traffic:  # the gateway's own connection balanced here: its source becomes this WAN's
+            postrouting.append(f"{marked} fib saddr type local masquerade")
     postrouting.append("meta nfproto != ipv4 return")
     for isp in desired.isps:
         if isp.snat == "none":

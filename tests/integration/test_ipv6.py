@@ -390,6 +390,17 @@ def test_the_gateways_own_ipv6_service_answers_through_the_wan_it_was_asked_on(l
         server.wait()
 
 
+def test_the_gateways_own_ipv6_connections_are_balanced_with_the_wans_address(lab: Lab, gw: LabGateway) -> None:
+    """`local_traffic`: the gateway's own new IPv6 connections are spread by weight like the LAN's; each leaves
+    with the address of the WAN it was given (masqueraded: it picked its source for the main table's
+    route), which that ISP's anti-spoofing accepts."""
+    start(gw)
+    before = leaks_and_spoofs(lab)
+    counts = lab.traffic(connections=30, parallel=1, nodes=["gw"], target=f"[{SERVER6}]:{HTTP_PORT}")
+    assert counts == {"isp1": 10, "isp2": 10, "isp3": 10, "other": 0, "failed": 0}, counts
+    assert leaks_and_spoofs(lab) == before
+
+
 # A router advertisement (router lifetime 1800 s, no options) from ISP 1's router to all nodes on cust0.
 _RA = """
 import socket, struct
