@@ -84,7 +84,7 @@ def for_family(rule: RuleConfig, family: int) -> RuleConfig | None:
     """The part of ``rule`` that can match connections of one address family, or None if no part can.
 
     Its addresses of the other family are dropped; a field that listed only those cannot match, and
-    neither can domains (resolved to IPv4) or DSCP under IPv6 (``ip dscp`` is IPv4's field) — a rule
+    neither can domains under IPv6 (they are resolved to IPv4 addresses) — a rule
     without addresses matches both families.
     """
 
@@ -94,7 +94,7 @@ def for_family(rule: RuleConfig, family: int) -> RuleConfig | None:
     src, dst = mine(rule.src), mine(rule.dst)
     if (rule.src and not src) or (rule.dst and not dst):
         return None
-    if family == 6 and (rule.dst_domains or rule.dscp):
+    if family == 6 and rule.dst_domains:
         return None
     changed = {"src": src, "dst": dst, "src_not": mine(rule.src_not), "dst_not": mine(rule.dst_not)}
     if all(getattr(rule, k) == v for k, v in changed.items()):
@@ -221,7 +221,7 @@ def _linear(rule: RuleConfig, family: int = 4) -> str:
     if rule.dport:
         parts.append(f"th dport {ports(rule.dport)}")
     if rule.dscp:
-        parts.append("ip dscp { " + ", ".join(DSCP_NAMES.get(d, str(d)) for d in sorted(set(rule.dscp))) + " }")
+        parts.append(f"{ip} dscp {{ " + ", ".join(DSCP_NAMES.get(d, str(d)) for d in sorted(set(rule.dscp))) + " }")
     parts.append(f"goto {rule_chain(rule.name)}")
     return " ".join(parts)
 

@@ -42,15 +42,22 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="ne
 ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
 SERVER6 = SERVER6_ADDRS[0]
 
-# One connection per input line "DST PORT [SRC]" (either family); prints the source each server saw (or
-# "error:...") as JSON.
+# One connection per input line "DST PORT [SRC [TCLASS]]" (either family; SRC "-": the host's choice); prints
+# the source each server saw (or "error:...") as JSON.
 _CLIENT = """
 import json, socket, sys
 out = []
 for line in sys.stdin.read().splitlines():
-    dst, port, *src = line.split()
+    dst, port, *rest = line.split()
+    src, tclass = (rest + ["-", "0"])[:2]
     try:
-        s = socket.create_connection((dst, int(port)), timeout=3, source_address=(src[0], 0) if src else None)
+        s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET)
+        s.settimeout(3)
+        if int(tclass):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, int(tclass))
+        if src != "-":
+            s.bind((src, 0))
+        s.connect((dst, int(port)))
         s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
         data = b""
         while chunk := s.recv(4096):
@@ -164,10 +171,10 @@ def no_ipv6(isp: dict[str, Any]) -> None:
 
 
 def connect6(
-    lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = HTTP_PORT, source: str = ""
+    lab: Lab, client: str, count: int, dst: str = SERVER6, port: int = HTTP_PORT, source: str = "-", tclass: int = 0
 ) -> list[str]:
     """The source address the server saw (or "error:...") for each of ``count`` sequential connections."""
-    out = sh(lab, client, "python3", "-c", _CLIENT, stdin=f"{dst} {port} {source}\n" * count)
+    out = sh(lab, client, "python3", "-c", _CLIENT, stdin=f"{dst} {port} {source} {tclass}\n" * count)
     return list(json.loads(out))
 
 
@@ -332,14 +339,16 @@ def test_ipv6_follows_hash_rules_and_sticky_like_ipv4(lab: Lab, gw: LabGateway) 
         assert len(set.union(*per_pair.values())) == 3, per_pair  # 40 pairs spread over the three ISPs
         gw.stop(cleanup=True)
 
-        pin = {"name": "pin6", "src": [extra[0]], "via": "isp2"}  # an IPv6 source first, then a port rule
+        ef = {"name": "ef", "dscp": ["ef"], "via": "isp1"}  # DSCP (the traffic class), an IPv6 source, a port
+        pin = {"name": "pin6", "src": [extra[0]], "via": "isp2"}
         web = {"name": "web", "proto": "tcp", "dport": [HTTP_PORT], "via": "isp3"}
-        start(gw, lambda d: d.update(rules=[pin, web]))
+        start(gw, lambda d: d.update(rules=[ef, pin, web]))
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 10, source=extra[0], tclass=46 << 2)} == {"isp1"}
         assert {isp_for_source(s) for s in connect6(lab, "c1", 20, source=extra[0])} == {"isp2"}
         assert {isp_for_source(s) for s in connect6(lab, "c1", 20, source=client6_addr(1))} == {"isp3"}
         assert {isp_for_source(s) for s in connect4(lab, "c1", 20)} == {"isp3"}
         hits = {r["name"]: r["hits"] for r in gw.status()["rules"]}
-        assert hits == {"pin6": 20, "web": 40}, hits
+        assert hits == {"ef": 10, "pin6": 20, "web": 40}, hits
         gw.stop(cleanup=True)
 
         start(gw, lambda d: d.update(balance={"algorithm": "weighted", "sticky": {"by": "source", "timeout": "10m"}}))

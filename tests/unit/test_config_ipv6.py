@@ -179,5 +179,5 @@ def test_ipv6_prefixes_in_rules_compile_to_ip6_maps_and_ipv4_ones_stay_ipv4() ->
     lan6 = chains["from_lan6"]
     assert "ip6 saddr vmap @rules6_1" in lan6
     assert "ip6 daddr 2001:db8:f::/48 ip6 daddr != 2001:db8:f::20 goto rule_v6only" in lan6
-    assert not [line for line in lan6 if "rule_mixed" in line]  # DSCP is matched for IPv4 only
+    assert "ip6 saddr fd00:77::/120 ip6 dscp { ef } goto rule_mixed" in lan6  # DSCP in IPv6's traffic class
     assert len([o for o in r.nft.objects if o.kind == "chain" and o.name == "rule_pin"]) == 1
