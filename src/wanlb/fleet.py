@@ -222,6 +222,10 @@ class Fleet:
                                          old_isp.interface, wall))  # fmt: skip
         for isp in config.isps:
             self._reload6(isp, now)
+            staying = isp.name in old_state.isps and isp.name not in gone
+            if staying and isp.ipv6.mode == "off" and old_config.isp(isp.name).ipv6.mode != "off":
+                slot = old_state.isps[isp.name]  # its IPv6 connections have no route through it any more
+                effects.append(Flush(isp.name, slot.mark, old_state.mark_mask, "its IPv6 was turned off", 6))
             machine = self.machines.get(isp.name)
             if machine is None:
                 self._new_machine(isp, IspStatus.UP, now, wall)

@@ -125,3 +125,14 @@ def test_ipv6_targets_need_an_isp_that_carries_ipv6() -> None:
     )
     with pytest.raises(ConfigError, match="IPv6 health targets need ipv6 mode"):
         parse_config(text)
+
+
+def test_turning_an_isps_ipv6_off_flushes_its_ipv6_connections_only() -> None:
+    """They would have no IPv6 route through it any more (its ip -6 rules and route go): flushed, so the
+    client's next try is balanced onto an ISP that carries IPv6, never sent out another WAN as it is."""
+    fleet, _, _ = make()
+    off = parse_config(TEXT.replace(f"gateway6: 'fe80::1', {V6}, {HEALTH}", "health: {targets: [192.0.2.1]}", 1))
+    effects = fleet.reload(off, runtime.allocate(off, fleet.state, reload=True), 5.0, 1e9)
+    assert flushes(effects) == [("a", 6)]
+    same = fleet.reload(off, runtime.allocate(off, fleet.state, reload=True), 6.0, 1e9)
+    assert flushes(same) == []  # only on the change
