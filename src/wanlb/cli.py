@@ -145,6 +145,19 @@ def main() -> None:
     """
 
 
+def domain_line(d: dict[str, Any]) -> str:
+    """A resolved name's addresses (both families) and what is wrong, for ``status``: a family without
+    records (``none``) is not a problem unless no family has any address."""
+    sides = [("", d), *((("IPv6 ", d["ipv6"]),) if "ipv6" in d else ())]
+    addrs = ", ".join(a for _, side in sides for a in side["addresses"])
+    problems = [
+        f"{label}{side['state']}: {side['error']}" for label, side in sides if side["state"] in ("stale", "failed")
+    ]
+    if not addrs and not problems and any(side["state"] == "none" for _, side in sides):
+        return "no address (" + "; ".join(side["error"] for _, side in sides if side["error"]) + ")"
+    return (addrs or "none yet") + (f" ({'; '.join(problems)})" if problems else "")
+
+
 @main.command()
 @config_option
 def check(config_path: str) -> None:
@@ -386,9 +399,7 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
             rt.add_row(*cells)
         console.print(rt)
     for name, d in reply.get("domains", {}).items():
-        addrs = ", ".join(d["addresses"]) or "none yet"
-        problem = f" ({d['state']}: {d['error']})" if d.get("error") else ""
-        console.print(f"domain {name}: {addrs}{problem}", markup=False)
+        console.print(f"domain {name}: {domain_line(d)}", markup=False)
     events = reply.get("events", [])[-EVENTS_SHOWN:]
     if events:
         console.print("recent events:")

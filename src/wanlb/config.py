@@ -270,11 +270,31 @@ class IspConfig(_Model):
         return v
 
 
+def _parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or network of either family, with an error that says why (pydantic's union answers
+    "not a valid IPv4 network" to any IPv6 mistake, and never mentions host bits)."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    shown = _clip(repr(value), 60)
+    if not isinstance(value, str):
+        raise ValueError(f"{shown}: give an address or network as text, like 10.0.0.0/24 or fd00::/64")
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{shown} is not an IPv4 or IPv6 address or network (like 10.0.0.0/24 or fd00::/64)") from None
+    raise ValueError(f"{shown} has host bits set: the network is {loose}")
+
+
+AnyNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
+
+
 class LanConfig(_Model):
     interfaces: Annotated[tuple[IfName, ...], _at_most(64)] = Field(min_length=1, max_length=64)
-    bypass: Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], _at_most(10000)] = Field(
-        default=(), max_length=10000
-    )
+    bypass: Annotated[tuple[AnyNetwork, ...], _at_most(10000)] = Field(default=(), max_length=10000)
     """Destinations never balanced (besides the connected networks, which are always bypassed), both families."""
     ipv6_prefixes: Annotated[tuple[ipaddress.IPv6Network, ...], _at_most(16)] = Field(default=(), max_length=16)
     """The LAN's IPv6 prefixes (ULA or global): what is balanced, translated, and never leaves a WAN as it is."""
@@ -342,7 +362,7 @@ Port = Annotated[tuple[int, int], BeforeValidator(_parse_port)]
 Proto = Annotated[int, BeforeValidator(_parse_proto)]
 Dscp = Annotated[int, BeforeValidator(_parse_dscp)]
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
-Networks = Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], _at_most(MAX_RULE_VALUES)]
+Networks = Annotated[tuple[AnyNetwork, ...], _at_most(MAX_RULE_VALUES)]
 """A rule's addresses: IPv4 ones match IPv4 connections, IPv6 ones IPv6 connections."""
 Ports = Annotated[tuple[Port, ...], _at_most(1000)]
 
@@ -425,6 +445,12 @@ class RuleConfig(_Model):
                 values = [values]
             if isinstance(values, list | tuple) and len(values) <= MAX_RULE_VALUES:
                 neg = [v[1:].strip() for v in values if isinstance(v, str) and v.startswith("!")]
+                for i, v in enumerate(values):  # an error in src_not.N would not say which entry of src it was
+                    if isinstance(v, str) and v.startswith("!"):
+                        try:
+                            _parse_network(v[1:])
+                        except ValueError as exc:
+                            raise ValueError(f"{key}.{i}: {exc}") from None
                 if neg:
                     data[key] = [v for v in values if not (isinstance(v, str) and v.startswith("!"))]
                     extra = data.get(f"{key}_not") or []
@@ -495,7 +521,9 @@ class ApiConfig(_Model):
 class DnsConfig(_Model):
     """The resolver for rules' ``dst_domains``."""
 
-    servers: Annotated[tuple[ipaddress.IPv4Address, ...], _at_most(8)] = Field(default=(), max_length=8)
+    servers: Annotated[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...], _at_most(8)] = Field(
+        default=(), max_length=8
+    )
     """Empty: the system's (/etc/resolv.conf)."""
     timeout: Duration = 2.0
     min_ttl: Duration = 60.0
@@ -561,6 +589,11 @@ class Config(_Model):
             if isp.name == name:
                 return isp
         raise KeyError(name)
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether IPv6 is balanced: some ISP carries it (its IPv6 mode is not ``off``)."""
+        return any(i.ipv6.mode != "off" for i in self.isps)
 
     @property
     def state_path(self) -> Path:
@@ -881,6 +914,9 @@ def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
         for j, iif in enumerate(rule.iif):
             if any(iif == isp.interface for isp in cfg.isps):
                 issue(("rules", i, "iif", j), f"{iif} is a WAN interface: rules match traffic from the LAN")
+            elif iif not in cfg.lan.interfaces:  # only lan.interfaces reach the rules: it could never match
+                lan = ", ".join(cfg.lan.interfaces)
+                issue(("rules", i, "iif", j), f"{iif} is not in lan.interfaces ({lan}): add it there to balance it")
     return issues
 
 

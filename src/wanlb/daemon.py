@@ -39,6 +39,7 @@ from wanlb.plan import IspStatus, plan
 from wanlb.policy import adjust, shares_differ
 from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
 from wanlb.render import render, sticky_sets
+from wanlb.rules import domain_set
 from wanlb.tune import TableStats, table_warnings
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ class Daemon:
             name, self.clock(), self.wall(), result.ok, result.latency, result.loss, result.describe_errors(), family
         )
         if result.latency is not None:
-            self.metrics.probe_rtt.labels(name).observe(result.latency)
+            self.metrics.probe_rtt.labels(name, str(family)).observe(result.latency)
         self.spawn_effects(effects)
 
     async def admin(self, name: str, enable: bool) -> dict[str, Any]:
@@ -388,7 +389,8 @@ class Daemon:
 
     def _verify(self, path: str, config: Config, state: runtime.RuntimeState) -> None:
         """Ask the kernel whether the new ruleset would be accepted, in a scratch table (changes nothing)."""
-        desired = plan(config, state, self.fleet.statuses(), self.kernel.connected())
+        # The statuses of both families: a policy whose members are all down renders another shape.
+        desired = plan(config, state, self.fleet.statuses(), self.kernel.connected(), statuses6=self.fleet.statuses6())
         try:
             self.kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
         except Exception as exc:
@@ -462,8 +464,10 @@ class Daemon:
         """(Re)start the resolver of the rules' ``dst_domains`` when the names or the resolver changed."""
         dns = self.config.dns
         names = self._domain_names() if dns.resolve else ()
-        settings = ResolverSettings(dns.servers, timeout=dns.timeout, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl)
-        if self._domains is not None and (self._domains[0].table.names, self._domains[2]) == (names, settings):
+        settings = ResolverSettings(
+            dns.servers, timeout=dns.timeout, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl, ipv6=self.config.ipv6
+        )
+        if self._domains is not None and (self._domains[0].names, self._domains[2]) == (names, settings):
             return
         if self._domains is not None:
             self._domains[1].cancel()
@@ -475,20 +479,24 @@ class Daemon:
             self._domains = (watcher, task, settings)
 
     def _push_domains(self) -> None:
-        """Rewrite each domain rule's set with its names' addresses (after every change and reconcile)."""
+        """Rewrite each domain rule's sets (``dom_`` IPv4, ``dom6_`` IPv6) with its names' addresses (after
+        every change and reconcile)."""
         if self._domains is None:
             return
         watcher = self._domains[0]
-        elements = watcher.table.elements(time.monotonic())
+        elements = watcher.elements(time.monotonic())
         lines = []
         for rule in self.config.rules:
             if not rule.dst_domains:
                 continue
-            wanted = {a for name in rule.dst_domains for a in watcher.table.addresses(name)}
-            lines.append(f"flush set inet wanlb dom_{rule.name}")
-            items = [f"{a} timeout {elements[a]}s" for a in sorted(wanted) if a in elements]
-            if items:
-                lines.append(f"add element inet wanlb dom_{rule.name} {{ {', '.join(items)} }}")
+            wanted = {a for name in rule.dst_domains for a in watcher.addresses(name)}
+            for family in watcher.tables if self.config.ipv6 else (4,):  # a reload may just have dropped dom6_
+                name = domain_set(rule.name, family)
+                lines.append(f"flush set inet wanlb {name}")
+                mine = sorted(a for a in wanted if a.version == family and a in elements)
+                if mine:
+                    items = ", ".join(f"{a} timeout {elements[a]}s" for a in mine)
+                    lines.append(f"add element inet wanlb {name} {{ {items} }}")
         if lines:
             self.spawn(self._apply_domains("\n".join(lines) + "\n"))
 

@@ -1,16 +1,21 @@
-"""Destination domains: the names policy rules give in ``dst_domains``, kept resolved into IPv4 address sets.
+"""Destination domains: the names policy rules give in ``dst_domains``, kept resolved into address sets
+(IPv4 from A records; with IPv6 balanced, IPv6 from AAAA records too).
 
 Three layers, so that the daemon's event loop never waits on DNS and each layer is testable alone:
 
-* :class:`DomainTable` is pure bookkeeping (no I/O, no clock: ``now`` is passed in).  It says which
-  names are due for a query, records answers and failures, and gives the set's elements with their
-  timeouts.
-* :func:`resolve` is one bounded query: A records only, one deadline for the whole resolution
+* :class:`DomainTable` is pure bookkeeping for one address family (no I/O, no clock: ``now`` is passed
+  in).  It says which names are due for a query, records answers and failures, and gives the set's
+  elements with their timeouts.
+* :func:`resolve` is one bounded query of one record type (A or AAAA), one deadline for the whole resolution
   (every server, retries, TCP fallback), answers capped and validated.  Every answer is untrusted:
   a server may send thousands of records, addresses no destination can have, a zero or a huge TTL,
   or garbage — each case is bounded here or in the table.
-* :class:`DomainWatcher` is the task that drives them: it queries due names side by side (at most
-  :data:`CONCURRENCY` at once), and hands the elements on only when they change.
+* :class:`DomainWatcher` is the task that drives them: one table per family, due names queried side by
+  side (at most :data:`CONCURRENCY` at once), the elements handed on only when they change.
+
+The families are apart on purpose: a resolver that drops AAAA queries (they exist) must not take a
+name's IPv4 addresses away, and a name without AAAA records is an answer, not an outage: it is asked
+again after ``min_ttl``, like a cache would, not every ``retry`` seconds.
 
 Why element timeouts: an nft set element added with a timeout lapses by itself, so if the daemon dies
 or hangs the addresses of a name do not stay in a policy forever.  While the daemon runs, every
@@ -29,7 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Any
 
 import dns.asyncbackend
@@ -58,7 +63,9 @@ _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _DOTS_RE = re.compile("[.\u3002\uff0e\uff61]")  # IDNA's label separators
 _THIS_NETWORK = IPv4Network("0.0.0.0/8")
 
-Elements = dict[IPv4Address, int]
+Address = IPv4Address | IPv6Address
+Elements = dict[Address, int]
+RECORD = {4: dns.rdatatype.A, 6: dns.rdatatype.AAAA}
 
 
 @dataclass(frozen=True)
@@ -68,17 +75,18 @@ class ResolverSettings:
     ``[min_ttl, max_ttl]``: the floor keeps a zero-TTL answer from turning into a query storm, the cap
     keeps a bogus week-long TTL from pinning stale addresses."""
 
-    servers: tuple[IPv4Address, ...] = ()
+    servers: tuple[Address, ...] = ()
     port: int = 53
     timeout: float = 2.0  # seconds for one whole resolution
     min_ttl: float = 60.0
     max_ttl: float = 3600.0
-    max_addresses: int = 64  # per name
+    max_addresses: int = 64  # per name and family
     retry: float = 10.0  # seconds before a failed name is queried again
+    ipv6: bool = False  # resolve AAAA records too (IPv6 is balanced)
 
     def __post_init__(self) -> None:
-        if not all(isinstance(server, IPv4Address) for server in self.servers):
-            raise ValueError("resolver servers must be IPv4 addresses")
+        if not all(isinstance(server, IPv4Address | IPv6Address) for server in self.servers):
+            raise ValueError("resolver servers must be IP addresses")
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:
             raise ValueError(f"resolver port {self.port!r} is not between 1 and 65535")
         for field, value in (("timeout", self.timeout), ("retry", self.retry)):
@@ -92,6 +100,10 @@ class ResolverSettings:
 
 class ResolveError(Exception):
     """A name could not be resolved; the message is one line, fit for logs and ``status``."""
+
+
+class NoRecords(ResolveError):
+    """The name exists but has no record of the type asked (a NODATA answer): an answer, asked again later."""
 
 
 def _clip(text: str, limit: int = ERROR_LIMIT) -> str:
@@ -148,10 +160,12 @@ def validate_name(name: object) -> str:
     return result
 
 
-def _usable(address: IPv4Address) -> bool:
+def _usable(address: Address) -> bool:
     """Whether an answer's address can be a destination out of a WAN at all (the rest is dropped)."""
+    if isinstance(address, IPv6Address) and (address.is_unspecified or address.ipv4_mapped is not None):
+        return False
     return not (
-        address in _THIS_NETWORK
+        (isinstance(address, IPv4Address) and address in _THIS_NETWORK)
         or address.is_loopback
         or address.is_link_local
         or address.is_multicast
@@ -161,27 +175,34 @@ def _usable(address: IPv4Address) -> bool:
 
 @dataclass
 class _Entry:
-    addresses: tuple[IPv4Address, ...] = ()  # the last good answer
+    addresses: tuple[Address, ...] = ()  # the last good answer
     ttl: float = 0.0  # its effective TTL (clamped)
     succeeded_at: float | None = None
     failed_at: float | None = None
     error: str | None = None  # of the last failure
     failing: bool = False  # the last query failed
+    retry: float = 0.0  # seconds from the last failure to the next query
+    nodata: bool = False  # the last failure was an answer without records of the family
     keep_until: float = -math.inf  # when the addresses' elements may lapse, as of the last event
 
 
 class DomainTable:
-    """The state of every resolved name, pure: ``now`` comes from the caller (any monotonic clock).
+    """The state of every resolved name in one address family (``family`` 4 or 6), pure: ``now`` comes
+    from the caller (any monotonic clock).
 
     ``grace`` is added to every element's timeout: the longest a due refresh can wait for a slot among
-    :data:`CONCURRENCY` queries and then take, twice over, plus :data:`SLACK` — so a refresh in flight
-    never lets an element lapse, whatever the TTL.
+    :data:`CONCURRENCY` queries (of both families' tables) and then take, twice over, plus :data:`SLACK`
+    — so a refresh in flight never lets an element lapse, whatever the TTL.
     """
 
-    def __init__(self, names: Iterable[str], settings: ResolverSettings) -> None:
+    def __init__(self, names: Iterable[str], settings: ResolverSettings, family: int = 4) -> None:
+        if family not in (4, 6):
+            raise ValueError(f"address family {family!r} is not 4 or 6")
         self.settings = settings
+        self.family = family
         self._entries: dict[str, _Entry] = {validate_name(name): _Entry() for name in names}
-        rounds = math.ceil(len(self._entries) / CONCURRENCY)
+        queries = len(self._entries) * (2 if settings.ipv6 else 1)
+        rounds = math.ceil(queries / CONCURRENCY)
         self.grace = 2.0 * rounds * (settings.timeout + BACKSTOP) + SLACK
 
     @property
@@ -191,7 +212,7 @@ class DomainTable:
     def _next_query(self, entry: _Entry) -> float:
         if entry.failing:
             assert entry.failed_at is not None
-            return entry.failed_at + self.settings.retry
+            return entry.failed_at + entry.retry
         if entry.succeeded_at is None:
             return -math.inf
         return entry.succeeded_at + REFRESH_AT * entry.ttl
@@ -204,11 +225,15 @@ class DomainTable:
         """Seconds until a name is due (0 if one is; infinite without names)."""
         return max(0.0, min((self._next_query(e) for e in self._entries.values()), default=math.inf) - now)
 
-    def succeeded(self, name: str, addresses: Iterable[IPv4Address], ttl: float, now: float) -> None:
-        """Record an answer.  Addresses are deduplicated, sorted and capped again here; an answer
-        without any counts as a failure (the last good addresses stay)."""
+    def succeeded(self, name: str, addresses: Iterable[Address], ttl: float, now: float) -> None:
+        """Record an answer.  Addresses are deduplicated, sorted and capped again here (any of the other
+        family is a bug: ValueError); an answer without any counts as a failure (the last good addresses
+        stay)."""
         entry = self._entries[name]
-        kept = tuple(sorted({IPv4Address(a) for a in addresses}))[: self.settings.max_addresses]
+        found = {ip_address(a) for a in addresses}
+        if any(a.version != self.family for a in found):
+            raise ValueError(f"{name}: an IPv{6 if self.family == 4 else 4} address in an IPv{self.family} answer")
+        kept = tuple(sorted(found))[: self.settings.max_addresses]  # type: ignore[type-var]
         if not kept:
             self.failed(name, "the answer held no address", now)
             return
@@ -219,18 +244,21 @@ class DomainTable:
         entry.failing = False
         entry.keep_until = now + entry.ttl + self.grace
 
-    def failed(self, name: str, error: str, now: float) -> None:
+    def failed(self, name: str, error: str, now: float, retry: float | None = None, nodata: bool = False) -> None:
         """Record a failure: the last good addresses stay, restated for another TTL (or until past the
-        next retry, if that is later)."""
+        next retry, if that is later).  ``retry``: seconds until the name is asked again (default the
+        settings' ``retry``); ``nodata``: the answer said the name has no record of the family."""
         entry = self._entries[name]
         entry.failed_at = now
         entry.failing = True
         entry.error = _clip(error)
+        entry.retry = self.settings.retry if retry is None else retry
+        entry.nodata = nodata
         if entry.addresses:
-            lifetime = max(entry.ttl, self.settings.retry) + self.grace
+            lifetime = max(entry.ttl, entry.retry) + self.grace
             entry.keep_until = max(entry.keep_until, now + lifetime)
 
-    def addresses(self, name: str) -> tuple[IPv4Address, ...]:
+    def addresses(self, name: str) -> tuple[Address, ...]:
         """The last good addresses of ``name`` (empty if it never resolved)."""
         return self._entries[name].addresses
 
@@ -256,12 +284,12 @@ class DomainTable:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per name, JSON-able: ``state`` (``pending``, ``ok``, ``stale``: failing with last good addresses
-        kept, ``failed``: failing with none), the addresses, effective TTL, last success and failure time
-        (on the caller's clock) and the last error."""
+        kept, ``failed``: failing with none, ``none``: the name has no record of this family), the
+        addresses, effective TTL, last success and failure time (on the caller's clock) and the last error."""
         result = {}
         for name, e in self._entries.items():
             if e.failing:
-                state = "stale" if e.addresses else "failed"
+                state = "stale" if e.addresses else "none" if e.nodata else "failed"
             else:
                 state = "ok" if e.succeeded_at is not None else "pending"
             result[name] = {
@@ -312,24 +340,27 @@ def _server_errors(exc: dns.exception.DNSException) -> str:
     return f": {'; '.join(dict.fromkeys(parts))}" if parts else ""
 
 
-async def resolve(name: str, settings: ResolverSettings) -> tuple[tuple[IPv4Address, ...], int]:
-    """The IPv4 addresses of ``name`` (sorted, deduplicated, at most ``max_addresses``) and the answer's TTL.
+async def resolve(name: str, settings: ResolverSettings, family: int = 4) -> tuple[tuple[Address, ...], int]:
+    """The addresses of ``name`` in ``family`` (4: A records, 6: AAAA; sorted, deduplicated, at most
+    ``max_addresses``) and the answer's TTL.
 
-    The TTL is the smallest of the A RRset and any CNAME on the way (a CNAME that expires sooner can
-    change the answer sooner).  Addresses no destination can have (0/8, loopback, link-local, multicast,
-    240/4) are dropped.  Raises :class:`ResolveError` (one line, naming the name) for every failure.
+    The TTL is the smallest of the RRset and any CNAME on the way (a CNAME that expires sooner can
+    change the answer sooner).  Addresses no destination can have (IPv4: 0/8, loopback, link-local,
+    multicast, 240/4; IPv6: ::, loopback, link-local, multicast, IPv4-mapped, reserved) are dropped.
+    Raises :class:`ResolveError` (one line, naming the name) for every failure, :class:`NoRecords` when
+    the name has no record of the type.
     """
     name = validate_name(name)
+    rdtype = RECORD[family]
     try:
         async with asyncio.timeout(settings.timeout + BACKSTOP):
             resolver = await _resolver(settings)
-            answer = await resolver.resolve(
-                dns.name.from_text(name), dns.rdatatype.A, search=False, lifetime=settings.timeout
-            )
+            answer = await resolver.resolve(dns.name.from_text(name), rdtype, search=False, lifetime=settings.timeout)
     except dns.resolver.NXDOMAIN:
         raise ResolveError(f"{name}: no such domain (NXDOMAIN)") from None
     except dns.resolver.NoAnswer:
-        raise ResolveError(f"{name}: no IPv4 address (the domain has no A record)") from None
+        record = dns.rdatatype.to_text(rdtype)
+        raise NoRecords(f"{name}: no IPv{family} address (the domain has no {record} record)") from None
     except (dns.resolver.LifetimeTimeout, TimeoutError) as exc:
         detail = _server_errors(exc) if isinstance(exc, dns.exception.DNSException) else ""
         raise ResolveError(_clip(f"{name}: no answer within {settings.timeout:g}s{detail}")) from None
@@ -340,14 +371,14 @@ async def resolve(name: str, settings: ResolverSettings) -> tuple[tuple[IPv4Addr
     except dns.exception.DNSException as exc:
         raise ResolveError(_clip(f"{name}: {type(exc).__name__}: {exc}")) from None
     records = answer.rrset or ()
-    found = {IPv4Address(rdata.address) for rdata in records}
+    found = {ip_address(rdata.address) for rdata in records}
     usable = {address for address in found if _usable(address)}
     if not usable:
-        shown = ", ".join(str(a) for a in sorted(found)[:4])
-        raise ResolveError(f"{name}: no usable IPv4 address in the answer ({shown})")
+        shown = ", ".join(str(a) for a in sorted(found)[:4])  # type: ignore[type-var]
+        raise ResolveError(f"{name}: no usable IPv{family} address in the answer ({shown})")
     if len(usable) > settings.max_addresses:
         log.debug("%s: %d addresses, keeping the first %d", name, len(usable), settings.max_addresses)
-    return tuple(sorted(usable))[: settings.max_addresses], int(answer.chaining_result.minimum_ttl)
+    return tuple(sorted(usable))[: settings.max_addresses], int(answer.chaining_result.minimum_ttl)  # type: ignore[type-var]
 
 
 def _preload() -> None:
@@ -360,16 +391,18 @@ def _preload() -> None:
             dns.rdata.get_rdata_class(rdclass, rdtype)
 
 
-Resolve = Callable[[str, ResolverSettings], Awaitable[tuple[tuple[IPv4Address, ...], int]]]
+Resolve = Callable[[str, ResolverSettings, int], Awaitable[tuple[tuple[Address, ...], int]]]
 
 
 class DomainWatcher:
-    """Keeps ``names`` resolved and hands the set's elements to ``on_change`` when they change.
+    """Keeps ``names`` resolved and hands the sets' elements to ``on_change`` when they change.
 
-    ``on_change`` gets every element (address → timeout in seconds) each time the addresses change or
-    timeouts need extending (a refresh, or a failure that keeps the last good addresses alive); it is
-    called on the event loop and must not block (queue the nft update).  ``run`` never returns;
-    cancel it to stop.  ``clock`` is monotonic; ``resolver`` is replaceable for tests.
+    One :class:`DomainTable` per family (``tables[4]``, and ``tables[6]`` if ``settings.ipv6``), each
+    name asked separately per family.  ``on_change`` gets every element of both families (address →
+    timeout in seconds) each time the addresses change or timeouts need extending (a refresh, or a
+    failure that keeps the last good addresses alive); it is called on the event loop and must not block
+    (queue the nft update).  ``run`` never returns; cancel it to stop.  ``clock`` is monotonic;
+    ``resolver`` is replaceable for tests.
     """
 
     def __init__(
@@ -381,32 +414,50 @@ class DomainWatcher:
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolve = resolve,
     ) -> None:
-        self.table = DomainTable(names, settings)
+        names = tuple(names)
+        self.tables = {family: DomainTable(names, settings, family) for family in ((4, 6) if settings.ipv6 else (4,))}
         self._settings = settings
         self._on_change = on_change
         self._clock = clock
         self._resolve = resolver
-        self._pushed: dict[IPv4Address, float] = {}  # address -> when its element lapses, as last handed on
+        self._pushed: dict[Address, float] = {}  # address -> when its element lapses, as last handed on
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.tables[4].names
+
+    def addresses(self, name: str) -> tuple[Address, ...]:
+        """The last good addresses of ``name``, IPv4 first."""
+        return tuple(a for table in self.tables.values() for a in table.addresses(name))
+
+    def elements(self, now: float) -> Elements:
+        """Every family's elements (an address is of one family, so the union loses nothing)."""
+        return {a: t for table in self.tables.values() for a, t in table.elements(now).items()}
 
     async def run(self) -> None:
         await asyncio.to_thread(_preload)
         limit = asyncio.Semaphore(CONCURRENCY)
         while True:
-            due = self.table.due(self._clock())
+            now = self._clock()
+            due = [(table, name) for table in self.tables.values() for name in table.due(now)]
             if due:
-                await asyncio.gather(*(self._refresh(name, limit) for name in due))
+                await asyncio.gather(*(self._refresh(table, name, limit) for table, name in due))
             handed_on = self._push(self._clock())
-            wait = self.table.next_wakeup(self._clock())
+            now = self._clock()
+            wait = min(table.next_wakeup(now) for table in self.tables.values())
             await asyncio.sleep(min(wait, MAX_SLEEP) if handed_on else min(wait, self._settings.retry))
 
-    async def _refresh(self, name: str, limit: asyncio.Semaphore) -> None:
-        """Query one name and record the outcome; no exception but cancellation leaves here."""
+    async def _refresh(self, table: DomainTable, name: str, limit: asyncio.Semaphore) -> None:
+        """Query one name in ``table``'s family and record the outcome; no exception but cancellation leaves."""
+        retry, nodata = None, False
         async with limit:
             try:
                 async with asyncio.timeout(self._settings.timeout + BACKSTOP):
-                    addresses, ttl = await self._resolve(name, self._settings)
-                self.table.succeeded(name, addresses, ttl, self._clock())
+                    addresses, ttl = await self._resolve(name, self._settings, table.family)
+                table.succeeded(name, addresses, ttl, self._clock())
                 return
+            except NoRecords as exc:
+                error, retry, nodata = str(exc), max(self._settings.retry, self._settings.min_ttl), True
             except ResolveError as exc:
                 error = str(exc)
             except TimeoutError:
@@ -415,32 +466,37 @@ class DomainWatcher:
                 log.exception("resolving %s", name)
                 error = f"{name}: internal error: {type(exc).__name__}: {exc}"
         error = _clip(error)
-        if error != self.table.error(name):  # log a failure once, not every retry
-            kept = " (last good addresses kept)" if self.table.addresses(name) else ""
-            log.warning("%s%s", error, kept)
-        self.table.failed(name, error, self._clock())
+        if error != table.error(name) and not (nodata and not table.addresses(name)):
+            kept = " (last good addresses kept)" if table.addresses(name) else ""
+            log.warning("%s%s", error, kept)  # once, not every retry; a name that never had the record is no news
+        table.failed(name, error, self._clock(), retry, nodata)
 
     def _push(self, now: float) -> bool:
         """Hand the elements on if an address came or went, or an element's life can be extended by over 1 s;
         False if ``on_change`` failed (then it is tried again within ``retry`` seconds)."""
-        elements = self.table.elements(now)
+        elements = self.elements(now)
         lapse = {address: now + timeout for address, timeout in elements.items()}
         if lapse.keys() == self._pushed.keys() and all(lapse[a] <= self._pushed[a] + 1 for a in lapse):
             return True
         try:
             self._on_change(elements)
         except Exception:
-            log.exception("handing on the addresses of %s", ", ".join(self.table.names))
+            log.exception("handing on the addresses of %s", ", ".join(self.names))
             return False
         self._pushed = lapse
         return True
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """:meth:`DomainTable.status` with its times as Unix time."""
+        """:meth:`DomainTable.status` of the IPv4 table with its times as Unix time; with IPv6, each name's
+        ``ipv6`` holds the IPv6 table's (the shape of ``status``'s per-ISP ``ipv6``)."""
         offset = time.time() - self._clock()
-        result = self.table.status()
-        for entry in result.values():
-            for key in ("last_success", "last_failure"):
-                if entry[key] is not None:
-                    entry[key] = round(entry[key] + offset, 3)
-        return result
+        tables = {family: table.status() for family, table in self.tables.items()}
+        for result in tables.values():
+            for entry in result.values():
+                for key in ("last_success", "last_failure"):
+                    if entry[key] is not None:
+                        entry[key] = round(entry[key] + offset, 3)
+        if 6 in tables:
+            for name, entry in tables[4].items():
+                entry["ipv6"] = tables[6][name]
+        return tables[4]

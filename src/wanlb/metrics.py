@@ -30,7 +30,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.probe_rtt = Histogram(
-            "wanlb_isp_probe_rtt_seconds", "Round-trip time of answered health probes.", ["isp"],
+            "wanlb_isp_probe_rtt_seconds", "Round-trip time of answered health probes.", ["isp", "family"],
             buckets=RTT_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.apply_seconds = Histogram(
@@ -81,7 +81,9 @@ class _StateCollector(Collector):
         traffic = CounterMetricFamily("wanlb_isp_bytes", "Bytes through the ISP's WAN interface.",
                                       labels=["isp", "direction"])  # fmt: skip
         loss = GaugeMetricFamily("wanlb_isp_probe_loss_ratio", "Probe loss over the health window (0-1).",
-                                 labels=["isp"])  # fmt: skip
+                                 labels=["isp", "family"])  # fmt: skip
+        up6 = GaugeMetricFamily("wanlb_isp_ipv6_up", "1 if the ISP takes new IPv6 connections (ISPs carrying IPv6).",
+                                labels=["isp"])  # fmt: skip
         for isp in isps:
             name = isp["name"]
             up.add_metric([name], 1.0 if isp["status"] in ("up", "degraded") else 0.0)
@@ -95,8 +97,13 @@ class _StateCollector(Collector):
             traffic.add_metric([name, "tx"], counters.get(f"isp_{name}_tx", {}).get("bytes", 0))
             health = isp.get("health", {})
             if health.get("monitored"):
-                loss.add_metric([name], health["loss_percent"] / 100)
-        yield from (up, state, weight, share, connections, new, traffic, loss)
+                loss.add_metric([name, "4"], health["loss_percent"] / 100)
+            ipv6 = isp.get("ipv6")
+            if ipv6:
+                up6.add_metric([name], 1.0 if ipv6["status"] in ("up", "degraded") else 0.0)
+                if (ipv6.get("health") or {}).get("monitored"):
+                    loss.add_metric([name, "6"], ipv6["health"]["loss_percent"] / 100)
+        yield from (up, state, weight, share, connections, new, traffic, loss, up6)
         table = status.get("conntrack", {})
         if table.get("entries") is not None:
             yield GaugeMetricFamily("wanlb_conntrack_entries", "Entries in the conntrack table.", table["entries"])

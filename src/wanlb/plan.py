@@ -142,8 +142,7 @@ def plan(
     planned = policies(config, usable, adjusted)
     # The same policies for IPv6, over the ISPs that carry it (a netmap ISP whose prefix_from interface has
     # no prefix now does not, until it has one).
-    ipv6 = any(i.ipv6.mode != "off" for i in config.isps)
-    planned6 = policies(config, usable6(config, usable, statuses6, followed), adjusted) if ipv6 else ()
+    planned6 = policies(config, usable6(config, usable, statuses6, followed), adjusted) if config.ipv6 else ()
     default = dict(planned[0].active)
     total = sum(default.values())
     isps = tuple(

@@ -286,9 +286,9 @@ def _compiled(rules: tuple[RuleConfig, ...], domain_timeout: int, ipv6: bool = F
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled6(rules: tuple[RuleConfig, ...]) -> CompiledRules:
-    """The IPv6 lookups of the rules (and their maps), for ``from_lan6``."""
-    return compile_rules(rules, _rule_verdict_dual, family=6)
+def _compiled6(rules: tuple[RuleConfig, ...], domain_timeout: int) -> CompiledRules:
+    """The IPv6 lookups of the rules (and their maps and IPv6 domain sets), for ``from_lan6``."""
+    return compile_rules(rules, _rule_verdict_dual, domain_timeout, family=6)
 
 
 def rule_lookups(rules: tuple[RuleConfig, ...]) -> tuple[int, int]:
@@ -395,7 +395,7 @@ def render_nft(desired: Desired) -> Table:
     compiled = _compiled(desired.rules, desired.domain_timeout, desired.ipv6)
     objects += compiled.objects  # the rules' chains first: the maps' elements jump to them
     if desired.ipv6:
-        compiled6 = _compiled6(desired.rules)
+        compiled6 = _compiled6(desired.rules, desired.domain_timeout)
         objects += compiled6.objects
         objects += _ipv6_objects(desired, compiled6.lookups)
 

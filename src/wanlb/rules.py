@@ -56,8 +56,9 @@ def rule_chain(name: str) -> str:
     return f"rule_{name}"
 
 
-def domain_set(name: str) -> str:
-    return f"dom_{name}"
+def domain_set(name: str, family: int = 4) -> str:
+    """The set of a rule's ``dst_domains`` addresses in one family (IPv4 ``dom_``, IPv6 ``dom6_``)."""
+    return f"dom6_{name}" if family == 6 else f"dom_{name}"
 
 
 def _protos(rule: RuleConfig) -> list[int]:
@@ -83,9 +84,8 @@ def _net_interval(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Interva
 def for_family(rule: RuleConfig, family: int) -> RuleConfig | None:
     """The part of ``rule`` that can match connections of one address family, or None if no part can.
 
-    Its addresses of the other family are dropped; a field that listed only those cannot match, and
-    neither can domains under IPv6 (they are resolved to IPv4 addresses) — a rule
-    without addresses matches both families.
+    Its addresses of the other family are dropped; a field that listed only those cannot match — a
+    rule without addresses matches both families (its domains are resolved into a set per family).
     """
 
     def mine(nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> tuple:
@@ -93,8 +93,6 @@ def for_family(rule: RuleConfig, family: int) -> RuleConfig | None:
 
     src, dst = mine(rule.src), mine(rule.dst)
     if (rule.src and not src) or (rule.dst and not dst):
-        return None
-    if family == 6 and rule.dst_domains:
         return None
     changed = {"src": src, "dst": dst, "src_not": mine(rule.src_not), "dst_not": mine(rule.dst_not)}
     if all(getattr(rule, k) == v for k, v in changed.items()):
@@ -210,7 +208,7 @@ def _linear(rule: RuleConfig, family: int = 4) -> str:
     if rule.dst_not:
         parts.append(f"{ip} daddr != {nets(rule.dst_not)}")
     if rule.dst_domains:
-        parts.append(f"ip daddr @{domain_set(rule.name)}")
+        parts.append(f"{ip} daddr @{domain_set(rule.name, family)}")
     protos = _protos(rule)
     if len(protos) == 1:
         parts.append(f"meta l4proto {PROTO_NAMES.get(protos[0], protos[0])}")
@@ -236,8 +234,8 @@ def compile_rules(
     (one statement, or several: one per address family).
 
     ``family`` 6: the lookups ``from_lan6`` walks for IPv6 connections (the parts of the rules that can
-    match IPv6, see :func:`for_family`) and only their maps (``rules6_*``): the rules' chains, counters
-    and domain sets are the IPv4 compile's.
+    match IPv6, see :func:`for_family`), their maps (``rules6_*``) and the IPv6 domain sets (``dom6_``):
+    the rules' chains and counters are the IPv4 compile's.
 
     ``domain_timeout`` (seconds) is the default life of an element added to a ``dom_`` set without one.
     """
@@ -265,8 +263,10 @@ def compile_rules(
             ends = verdict(whole)
             ends = (ends,) if isinstance(ends, str) else ends
             objects.append(Chain(rule_chain(whole.name), (f'counter name "{rule_chain(whole.name)}"', *ends)))
-            if whole.dst_domains:
-                objects.append(Set(domain_set(whole.name), "ipv4_addr", ("timeout",), None, timeout=domain_timeout))
+        if whole.dst_domains:
+            kind = "ipv6_addr" if family == 6 else "ipv4_addr"
+            name = domain_set(whole.name, family)
+            objects.append(Set(name, kind, ("timeout",), None, timeout=domain_timeout))
         rule = for_family(whole, family)
         if rule is None:  # nothing of it can match this family: it takes no place in its lookups
             continue

@@ -364,6 +364,53 @@ def test_ipv6_follows_hash_rules_and_sticky_like_ipv4(lab: Lab, gw: LabGateway) 
             lab.run("c1", ["ip", "-6", "addr", "del", f"{addr}/64", "dev", "eth0"], capture_output=True)
 
 
+def _set(lab: Lab, name: str) -> set[str]:
+    out = sh(lab, "gw", "nft", "-j", "list", "set", "inet", "wanlb", name)
+    elems = json.loads(out)["nftables"][1]["set"].get("elem", [])
+    return {e["elem"]["val"] if isinstance(e, dict) else e for e in elems}
+
+
+def test_a_domain_rule_pins_the_names_ipv6_addresses_from_aaaa_records(lab: Lab, gw: LabGateway) -> None:
+    """dnsmasq in inet serves A and AAAA for video.wanlb.test and only A for v4only.wanlb.test: the rule's
+    IPv6 set holds the AAAA address, IPv6 connections to it leave through the rule's ISP while other IPv6
+    destinations are balanced, IPv4 to the A address is pinned too; the A-only name shows IPv6 ``none``."""
+    resolver, domain6 = "203.0.113.53", SERVER6_ADDRS[1]
+    hosts = lab.dir / "dns6-hosts"
+    hosts.write_text(f"{domain6} video.wanlb.test\n{HTTP_ADDR} video.wanlb.test\n198.51.100.99 v4only.wanlb.test\n")
+    ready = lab.dir / "http-domain6.ready"
+    sh(lab, "inet", "ip", "addr", "add", f"{resolver}/32", "dev", "lo")
+    procs = [
+        lab.popen("inet", ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                           f"--addn-hosts={hosts}", "--local-ttl=60", "--local=/wanlb.test/",
+                           f"--listen-address={resolver}", "--bind-interfaces", "--pid-file="],
+                  label="dnsmasq6", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        lab.popen("inet", python_module("wanlb.lab.servers", "http", "--listen", f"[{domain6}]:{HTTP_PORT}",
+                                        "--ready-file", str(ready)), label="http-domain6"),
+    ]  # fmt: skip
+    try:
+        wait_file(ready, "the second IPv6 HTTP server")
+        rule = {"name": "video", "dst_domains": ["video.wanlb.test", "v4only.wanlb.test"], "via": "isp3"}
+        start(gw, lambda d: d.update(dns={"servers": [resolver], "timeout": "1s"}, rules=[rule]))
+        deadline = time.monotonic() + 30
+        while _set(lab, "dom6_video") != {domain6} or _set(lab, "dom_video") != {HTTP_ADDR, "198.51.100.99"}:
+            assert time.monotonic() < deadline, (_set(lab, "dom_video"), _set(lab, "dom6_video"))
+            time.sleep(0.1)
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 20, dst=domain6)} == {"isp3"}
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 30)} == {"isp1", "isp2", "isp3"}  # not the name's
+        assert {isp_for_source(s) for s in connect4(lab, "c1", 10)} == {"isp3"}
+        assert gw.status()["rules"][0]["hits"] == 30  # 20 IPv6 + 10 IPv4 connections, one rule
+        domains = gw.status()["domains"]
+        video, v4only = domains["video.wanlb.test"], domains["v4only.wanlb.test"]
+        assert video["ipv6"]["addresses"] == [domain6] and video["ipv6"]["state"] == "ok", video
+        assert video["addresses"] == [HTTP_ADDR] and video["state"] == "ok", video
+        assert v4only["state"] == "ok" and v4only["ipv6"]["state"] == "none", v4only
+        assert "no AAAA record" in v4only["ipv6"]["error"]
+    finally:
+        for proc in procs:
+            proc.kill()
+        lab.run("inet", ["ip", "addr", "del", f"{resolver}/32", "dev", "lo"], capture_output=True)
+
+
 def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: Lab, gw: LabGateway) -> None:
     start(gw)
     news = {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)}

@@ -127,15 +127,18 @@ def test_each_match_kind_first_match_wins_bypass_drop_and_counters_survive_a_rel
             {"name": "to-stream", "dst": [f"{STREAM_ADDR}/32"], "via": "isp3"},  # c1 -> .20:8080 matched above
             {"name": "dns", "proto": "udp", "dport": [53], "via": "isp1"},
             {"name": "ef", "dscp": ["ef"], "via": "isp3"},
-            {"name": "guests", "iif": ["lan-guest"], "action": "drop"},  # no such interface: never matches
+            {"name": "guests", "iif": ["lan-guest"], "action": "drop"},  # a LAN interface without traffic
             {"name": "blocked", "iif": ["lan0"], "dport": ["9090-9091"], "action": "drop"},
             {"name": "direct", "dport": [8081], "action": "bypass"},
             {"name": "not-c2", "src": ["!" + client_addr(2)], "dport": [8082], "via": "isp1"},
             {"name": "sport", "proto": "tcp", "sport": ["40100-40199"], "via": "isp1"},
         ]
+        cfg["lan"]["interfaces"] = [*cfg["lan"]["interfaces"], "lan-guest"]
 
-    gw = start(lab, edit)
+    sh(lab, "gw", "ip", "link", "add", "lan-guest", "type", "bridge")  # a LAN bridge no client is on
+    gw = None
     try:
+        gw = start(lab, edit)
         assert set(connect(lab, "c1", HTTP_ADDR, 8080, 20)) == {"isp2"}  # src + dport
         assert set(connect(lab, "c1", STREAM_ADDR, 8080, 10)) == {"isp2"}  # first match wins
         assert set(connect(lab, "c2", STREAM_ADDR, 8080, 10)) == {"isp3"}  # dst
@@ -166,7 +169,9 @@ def test_each_match_kind_first_match_wins_bypass_drop_and_counters_survive_a_rel
         after = {r["name"]: r["hits"] for r in gw.status()["rules"]}
         assert after["c1-8080"] == hits["c1-8080"] and after["dns"] == 6  # counters survived
     finally:
-        gw.stop(cleanup=True)
+        if gw is not None:
+            gw.stop(cleanup=True)
+        lab.run("gw", ["ip", "link", "del", "lan-guest"], capture_output=True)
 
 
 def test_a_rules_isp_down_next_tier_then_default_or_drop(lab: Lab) -> None:

@@ -166,6 +166,11 @@ def test_no_policies_and_no_rules_by_default() -> None:
             id="WAN interface in iif",
         ),
         pytest.param(
+            "rules:\n  - {name: r, iif: [lan9], via: fiber}\n",
+            "wanlb.yaml:6: rules.0.iif.0: lan9 is not in lan.interfaces (lan0, lan-guest): add it there to balance it",
+            id="iif not a LAN interface",
+        ),
+        pytest.param(
             "rules:\n  - {name: r, dst_domains: [example..com], via: fiber}\n",
             "wanlb.yaml:6: rules.0.dst_domains.0: 'example..com' has an empty label (a leading dot or two dots "
             "in a row).",
@@ -199,9 +204,15 @@ def test_no_policies_and_no_rules_by_default() -> None:
             id="unknown DSCP name",
         ),
         pytest.param(
-            'rules:\n  - {name: r, src: ["!10.0.0.0/33"], via: fiber}\n',
-            "wanlb.yaml:6: rules.0.src_not.0: Input is not a valid IPv4 network",
+            'rules:\n  - {name: r, src: [10.0.0.1, "!10.0.0.5", "!10.0.0.0/33"], via: fiber}\n',
+            "wanlb.yaml:6: rules.0: src.2: '10.0.0.0/33' is not an IPv4 or IPv6 address or network (like "
+            "10.0.0.0/24 or fd00::/64)",
             id="bad negated address",
+        ),
+        pytest.param(
+            "rules:\n  - {name: r, dst: [10.0.0.1, fd00::1/64], via: fiber}\n",
+            "wanlb.yaml:6: rules.0.dst.1: 'fd00::1/64' has host bits set: the network is fd00::/64",
+            id="host bits",
         ),
         pytest.param(
             "rules:\n  - {name: Gaming, via: fiber}\n",

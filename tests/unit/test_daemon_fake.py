@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from wanlb import runtime
 from wanlb.adapters import nft
 from wanlb.config import load_config
 from wanlb.daemon import Daemon
+from wanlb.domains import DomainWatcher, ResolverSettings
 from wanlb.health.monitor import RoundResult
 from wanlb.plan import ConnectedRoute
 from wanlb.runtime import RuntimeState, StateStore
@@ -442,5 +444,33 @@ def test_status_shows_rules_with_their_hits_and_policies(tmp_path: Path, monkeyp
             ("default", {"a": 1, "b": 1}),
             ("via_b", {"b": 1}),
         ]
+
+    run(test)
+
+
+def test_domain_sets_are_pushed_only_for_the_families_the_config_balances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a reload that turned IPv6 off, the resolver still holds AAAA answers: the push after the
+    reconcile must not name the ``dom6_`` set the reconcile just removed (the whole update would fail)."""
+    h = Harness(tmp_path, monkeypatch, CONFIG + "rules:\n  - {name: video, dst_domains: [video.example], via: b}\n")
+    sent: list[str] = []
+    apply = h.kernel.nft_apply
+    monkeypatch.setattr(h.kernel, "nft_apply", lambda text: (sent.append(text), apply(text))[1])
+
+    async def test() -> None:
+        d = h.build()
+        await d.reconcile("start")
+        watcher = DomainWatcher(["video.example"], ResolverSettings(ipv6=True), lambda _e: None)
+        watcher.tables[4].succeeded("video.example", [ipaddress.IPv4Address("192.0.2.80")], 300, time.monotonic())
+        watcher.tables[6].succeeded("video.example", [ipaddress.IPv6Address("2001:db8::80")], 300, time.monotonic())
+        idle = asyncio.create_task(asyncio.Event().wait())
+        d._domains = (watcher, idle, watcher._settings)
+        sent.clear()
+        d._push_domains()
+        await settle(d)
+        idle.cancel()
+        assert len(sent) == 1 and "dom_video" in sent[0] and "192.0.2.80 timeout" in sent[0], sent
+        assert "dom6_" not in sent[0] and not h.kernel.nft_refused
 
     run(test)

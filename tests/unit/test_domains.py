@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import dns.flags
 import dns.message
@@ -22,10 +22,13 @@ from hypothesis import strategies as st
 
 from wanlb.domains import (
     BACKSTOP,
+    CONCURRENCY,
     REFRESH_AT,
+    Address,
     DomainTable,
     DomainWatcher,
     Elements,
+    NoRecords,
     ResolveError,
     ResolverSettings,
     resolve,
@@ -286,10 +289,15 @@ class _Server(asyncio.DatagramProtocol):
 
 
 def ask(
-    answer: Answer, name: str = "video.example", tcp: Answer | None = None, **settings: object
-) -> tuple[tuple[IPv4Address, ...], int]:
-    """``resolve(name)`` against a server on 127.0.0.1 that answers each UDP query with ``answer(query)``
-    and, if given, each TCP query with ``tcp(query)`` (on the same port)."""
+    answer: Answer,
+    name: str = "video.example",
+    tcp: Answer | None = None,
+    family: int = 4,
+    server: str = "127.0.0.1",
+    **settings: object,
+) -> tuple[tuple[Address, ...], int]:
+    """``resolve(name, family)`` against a server on 127.0.0.1 that answers each UDP query with
+    ``answer(query)`` and, if given, each TCP query with ``tcp(query)`` (on the same port)."""
 
     async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert tcp is not None
@@ -301,23 +309,24 @@ def ask(
                 await writer.drain()
         writer.close()
 
-    async def run() -> tuple[tuple[IPv4Address, ...], int]:
+    async def run() -> tuple[tuple[Address, ...], int]:
         loop = asyncio.get_running_loop()
         for _ in range(20):  # a free port for both UDP and TCP
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Server(answer), local_addr=("127.0.0.1", 0))
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Server(answer), local_addr=(server, 0))
             port = transport.get_extra_info("sockname")[1]
             try:
-                server = await asyncio.start_server(serve_tcp, "127.0.0.1", port) if tcp else None
+                listening = await asyncio.start_server(serve_tcp, server, port) if tcp else None
                 break
             except OSError:
                 transport.close()
         options = {"timeout": 1.0, **settings}
         try:
-            return await resolve(name, ResolverSettings(servers=(IPv4Address("127.0.0.1"),), port=port, **options))  # type: ignore[arg-type]
+            settings_ = ResolverSettings(servers=(ip_address(server),), port=port, **options)  # type: ignore[arg-type]
+            return await resolve(name, settings_, family)
         finally:
             transport.close()
-            if server is not None:
-                server.close()
+            if listening is not None:
+                listening.close()
 
     return asyncio.run(run())
 
@@ -415,7 +424,7 @@ def test_an_invalid_name_is_never_queried() -> None:
 
 
 def test_the_watcher_survives_a_failing_resolution_and_hands_on_the_rest() -> None:
-    async def fake(name: str, settings: ResolverSettings) -> tuple[tuple[IPv4Address, ...], int]:
+    async def fake(name: str, settings: ResolverSettings, family: int) -> tuple[tuple[Address, ...], int]:
         if name == "cdn.example":
             raise RuntimeError("boom")
         if name == "mail.example":
@@ -447,7 +456,7 @@ def test_the_watcher_stops_promptly_while_a_query_hangs() -> None:
     async def run() -> None:
         started = asyncio.Event()
 
-        async def hang(name: str, settings: ResolverSettings) -> tuple[tuple[IPv4Address, ...], int]:
+        async def hang(name: str, settings: ResolverSettings, family: int) -> tuple[tuple[Address, ...], int]:
             started.set()
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
@@ -466,7 +475,7 @@ def test_the_watcher_hands_elements_on_only_when_they_change() -> None:
     clock = [1000.0]
     pushed: list[Elements] = []
     watcher = DomainWatcher(NAMES, SETTINGS, pushed.append, clock=lambda: clock[0])
-    table = watcher.table
+    table = watcher.tables[4]
     table.failed("video.example", "timeout", 1000.0)  # nothing known, nothing to hand on
     watcher._push(1000.0)
     assert pushed == []
@@ -492,6 +501,110 @@ def test_a_failing_on_change_is_retried() -> None:
             raise OSError("nft busy")
 
     watcher = DomainWatcher(NAMES, SETTINGS, flaky)
-    watcher.table.succeeded("video.example", [A], 60, 0.0)
+    watcher.tables[4].succeeded("video.example", [A], 60, 0.0)
     assert [watcher._push(0.0), watcher._push(0.0), watcher._push(0.0)] == [False, True, True]
     assert len(calls) == 2
+
+
+# --- IPv6: AAAA records into a table of their own ------------------------------------------------------
+
+V6A, V6B = IPv6Address("2001:db8:f::10"), IPv6Address("2001:db8:f::11")
+DUAL = ResolverSettings(min_ttl=60, max_ttl=3600, retry=10, max_addresses=3, ipv6=True)
+
+
+def test_resolve_gives_aaaa_addresses_and_drops_those_no_destination_can_have() -> None:
+    bogus = ["::", "::1", "fe80::1", "ff02::1", "::ffff:192.0.2.1"]
+    answer = records(("video.example.", 120, "AAAA", [*bogus, "2001:db8:f::11", "2001:db8:f::10"]))
+    assert ask(answer, family=6) == ((V6A, V6B), 120)
+    with pytest.raises(ResolveError, match=r"no usable IPv6 address in the answer \(::"):
+        ask(records(("video.example.", 60, "AAAA", ["::1", "::"])), family=6)
+
+
+def test_a_resolver_may_be_an_ipv6_address() -> None:
+    answer = records(("video.example.", 120, "AAAA", ["2001:db8:f::10"]))
+    assert ask(answer, family=6, server="::1") == ((V6A,), 120)
+
+
+def test_a_name_without_aaaa_records_is_an_answer_not_an_outage() -> None:
+    with pytest.raises(NoRecords, match=r"^video.example: no IPv6 address \(the domain has no AAAA record\)$"):
+        ask(records(("video.example.", 60, "A", ["192.0.2.1"])), family=6)
+
+
+def test_a_table_refuses_addresses_of_the_other_family() -> None:
+    with pytest.raises(ValueError, match="IPv6 address in an IPv4 answer"):
+        DomainTable(["video.example"], SETTINGS).succeeded("video.example", [V6A], 60, 0.0)
+    table = DomainTable(["video.example"], DUAL, family=6)
+    table.succeeded("video.example", [V6B, V6A], 60, 0.0)
+    assert table.addresses("video.example") == (V6A, V6B)
+
+
+def test_resolving_both_families_doubles_the_grace() -> None:
+    names = [f"n{i}.example" for i in range(CONCURRENCY)]
+    one, both = DomainTable(names, SETTINGS), DomainTable(names, DUAL)
+    assert both.grace - one.grace == pytest.approx(2 * (SETTINGS.timeout + BACKSTOP))
+
+
+def _run_watcher(watcher: DomainWatcher, until: Callable[[], bool]) -> None:
+    async def run() -> None:
+        task = asyncio.create_task(watcher.run())
+        try:
+            for _ in range(1000):
+                if until():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"never: {watcher.status()}")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(run())
+
+
+def test_the_watcher_resolves_each_family_apart() -> None:
+    """A name with A and AAAA, one with A only (its IPv6 ``none``, asked again after min_ttl, not retry),
+    one whose AAAA query times out (its IPv4 addresses stay in use): every family's elements are handed on."""
+    asked: list[tuple[str, int]] = []
+
+    async def fake(name: str, settings: ResolverSettings, family: int) -> tuple[tuple[Address, ...], int]:
+        asked.append((name, family))
+        if family == 4:
+            return ((A,) if name == "video.example" else (B,)), 300
+        if name == "video.example":
+            return (V6A,), 300
+        if name == "cdn.example":
+            raise NoRecords("cdn.example: no IPv6 address (the domain has no AAAA record)")
+        raise TimeoutError
+
+    pushed: list[Elements] = []
+    watcher = DomainWatcher(NAMES, DUAL, pushed.append, resolver=fake)
+    _run_watcher(watcher, lambda: len(asked) == 6 and bool(pushed))
+    assert sorted(asked) == sorted((n, f) for n in NAMES for f in (4, 6))
+    assert set(pushed[-1]) == {A, B, V6A}
+    assert watcher.addresses("video.example") == (A, V6A)
+    status = watcher.status()
+    assert (status["video.example"]["state"], status["video.example"]["ipv6"]["state"]) == ("ok", "ok")
+    assert status["video.example"]["ipv6"]["addresses"] == [str(V6A)]
+    cdn = status["cdn.example"]
+    assert (cdn["state"], cdn["ipv6"]["state"], cdn["ipv6"]["addresses"]) == ("ok", "none", [])
+    assert "no AAAA record" in cdn["ipv6"]["error"]
+    mail = status["mail.example"]
+    assert (mail["state"], mail["addresses"], mail["ipv6"]["state"]) == ("ok", [str(B)], "failed")
+    assert "no answer within" in mail["ipv6"]["error"]
+    six = watcher.tables[6]
+    failed_at = six.status()["cdn.example"]["last_failure"]
+    assert "cdn.example" not in six.due(failed_at + DUAL.min_ttl - 1)  # a NODATA answer: asked again later
+    assert "mail.example" in six.due(six.status()["mail.example"]["last_failure"] + DUAL.retry)
+
+
+def test_an_ipv4_only_watcher_asks_no_aaaa() -> None:
+    asked: list[int] = []
+
+    async def fake(name: str, settings: ResolverSettings, family: int) -> tuple[tuple[Address, ...], int]:
+        asked.append(family)
+        return (A,), 300
+
+    watcher = DomainWatcher(NAMES, SETTINGS, lambda e: None, resolver=fake)
+    _run_watcher(watcher, lambda: len(asked) == 3)
+    assert set(asked) == {4} and list(watcher.tables) == [4]
+    assert "ipv6" not in watcher.status()["video.example"]

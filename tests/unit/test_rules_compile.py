@@ -542,6 +542,23 @@ def test_negations_dscp_domains_and_interfaces_are_linear_rules() -> None:
     assert not maps_of(compiled)
 
 
+def test_domains_match_ipv6_through_a_set_of_their_own() -> None:
+    """A domain rule's IPv6 lookup reads ``dom6_<rule>`` (AAAA answers), made by the IPv6 compile only;
+    an IPv4 address beside the domains still keeps the rule out of IPv6."""
+    rule = RuleConfig(name="video", dst_domains=["video.example.com"], dport=[443], via="a")
+    v4_only = RuleConfig(name="v4", dst=["192.0.2.0/24"], dst_domains=["cdn.example.com"], via="a")
+    compiled6 = compile_rules([rule, v4_only], verdict, 600, family=6)
+    assert compiled6.lookups == ("ip6 daddr @dom6_video meta l4proto { tcp, udp } th dport 443 goto rule_video",)
+    sets = {o.name: o for o in compiled6.objects if isinstance(o, Set)}
+    assert set(sets) == {"dom6_video", "dom6_v4"}
+    assert (sets["dom6_video"].type, sets["dom6_video"].flags, sets["dom6_video"].timeout) == (
+        "ipv6_addr",
+        ("timeout",),
+        600,
+    )
+    assert not any(isinstance(o, Set) and o.name.startswith("dom6_") for o in compile_rules([rule], verdict).objects)
+
+
 def test_a_product_larger_than_a_map_may_hold_stays_one_linear_rule() -> None:
     # 64 separate addresses x 2 protocols x 32 separate ports = MAX_MAP_ELEMENTS: still a map ...
     ports = [2 * i + 1 for i in range(32)]

@@ -28,7 +28,7 @@ from test_daemon_fake import CONFIG, Harness, run, settle
 from test_top_screen import status as fake_status
 
 from wanlb import cli
-from wanlb.domains import DomainTable, ResolverSettings
+from wanlb.domains import DomainWatcher, ResolverSettings
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -278,10 +278,13 @@ def test_the_daemon_reports_each_isps_counter_totals(tmp_path: Path, monkeypatch
 # Maps whose keys are names: documented as `path.<placeholder>.field`, or as a whole when the values are plain.
 MAPS = {"domains": "<name>", "rates.isps": "<isp>", "conn_counts": None, "adjusted_weights": None,
         "policies[].active": None, "isps[].health.last_errors": None, "rates.rules": None}  # fmt: skip
+WHOLE = {"domains.<name>.ipv6"}  # objects documented in one row, as the fields beside them
 
 
 def _paths(value: Any, prefix: str = "") -> set[str]:
     out = set()
+    if prefix in WHOLE:
+        return out
     if isinstance(value, dict):
         if prefix in MAPS:
             if MAPS[prefix] is None:
@@ -321,7 +324,7 @@ def test_every_field_of_the_status_json_is_documented(tmp_path: Path, monkeypatc
     run(test)
     answer = answers[0]
     answer["retired"] = [{"mark": 0x400, "isp": "old"}]  # as after a reload that removed an ISP
-    answer["domains"] = DomainTable(["example.com"], ResolverSettings()).status()
+    answer["domains"] = DomainWatcher(["example.com"], ResolverSettings(ipv6=True), lambda _: None).status()
     per_isp = {"new_per_second": 1.0, "rx_bytes_per_second": 1.0, "tx_bytes_per_second": 1.0}
     answer["rates"] = {"interval_seconds": 1.0, "isps": {"a": per_isp}, "rules": {"pin": 1.0}}
     assert answer["last_reload"] and answer["events"] and answer["rules"]
@@ -330,3 +333,26 @@ def test_every_field_of_the_status_json_is_documented(tmp_path: Path, monkeypatc
     assert sent - documented == set(), "fields the daemon sends that docs/operations.md does not describe"
     # The rest of the table names fields that exist: only the daemon's keys, the placeholders' and rates'.
     assert documented - sent == set(), "docs/operations.md describes fields the daemon does not send"
+
+
+def test_status_shows_a_domains_addresses_of_both_families_and_only_real_problems() -> None:
+    def side(state: str, addresses: list[str], error: str | None = None) -> dict[str, Any]:
+        return {"state": state, "addresses": addresses, "error": error}
+
+    v4 = side("ok", ["192.0.2.1"])
+    assert cli.domain_line(v4) == "192.0.2.1"
+    no_aaaa = side("none", [], "x.example: no IPv6 address (the domain has no AAAA record)")
+    assert cli.domain_line(v4 | {"ipv6": no_aaaa}) == "192.0.2.1"  # an IPv4-only name is fine
+    assert cli.domain_line(v4 | {"ipv6": side("ok", ["2001:db8::1"])}) == "192.0.2.1, 2001:db8::1"
+    stale = side("stale", ["2001:db8::1"], "x.example: no answer within 2s")
+    shown = "192.0.2.1, 2001:db8::1 (IPv6 stale: x.example: no answer within 2s)"
+    assert cli.domain_line(v4 | {"ipv6": stale}) == shown
+    no_a = side("none", [], "x.example: no IPv4 address (the domain has no A record)")
+    assert cli.domain_line(no_a | {"ipv6": no_aaaa}) == (
+        "no address (x.example: no IPv4 address (the domain has no A record); "
+        "x.example: no IPv6 address (the domain has no AAAA record))"
+    )
+    assert cli.domain_line(side("pending", [])) == "none yet"
+    assert cli.domain_line(side("failed", [], "x.example: no such domain (NXDOMAIN)")) == (
+        "none yet (failed: x.example: no such domain (NXDOMAIN))"
+    )
