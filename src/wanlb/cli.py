@@ -328,7 +328,16 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     from rich.console import Console
     from rich.table import Table
 
-    from wanlb.top import Sample, event_line, human_bytes, human_count_rate, human_rate, rates_json
+    from wanlb.top import (
+        Sample,
+        any_ipv6,
+        event_line,
+        human_bytes,
+        human_count_rate,
+        human_rate,
+        ipv6_text,
+        rates_json,
+    )
 
     sock = resolve_socket(socket_path, config_path)
     reply = ask_daemon(sock, {"cmd": "status"})
@@ -341,8 +350,9 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
         click.echo(json.dumps({**reply, "rates": rated} if rates else reply, indent=2))
         return
     table = Table(title=f"wanlb (pid {reply['pid']}, up {reply['uptime_seconds']}s)")
-    columns = ["isp", "status", "tier", "weight", "share", "mark", "table", "interface", "conns", "loss", "rtt",
-               "new", "rx", "tx"]  # fmt: skip
+    ipv6 = any_ipv6(reply)
+    columns = ["isp", "status", *(["ipv6"] if ipv6 else []), "tier", "weight", "share", "mark", "table", "interface",
+               "conns", "loss", "rtt", "new", "rx", "tx"]  # fmt: skip
     if rates:
         columns += ["new/s", "rx/s", "tx/s"]
     numeric = {"conns", "new", "rx", "tx", "new/s", "rx/s", "tx/s"}
@@ -359,6 +369,7 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
         row = [
             isp["name"],
             status,
+            *([ipv6_text(isp)] if ipv6 else []),
             str(isp["tier"]),
             str(isp["weight"]),
             f"{isp['share_percent']:.1f}%",

@@ -195,11 +195,13 @@ def sparkline(values: Iterable[float | None], width: int, top: float | None = No
 
 
 def event_line(ev: Mapping[str, Any]) -> str:
-    """``14:02:11 isp1 down (up → down): 3 failed rounds: …, flushed 48 connections``."""
+    """``14:02:11 isp1 down (up → down): 3 failed rounds: …, flushed 48 connections``; an event of one
+    family of an ISP with health per family names it (``isp1 IPv6 down …``)."""
     when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
     flushed = f", flushed {ev['flushed']} connections" if ev.get("flushed") is not None else ""
     change = f"{ev['from']} → {ev['status']}" if ev.get("from") else ev["status"]
-    line = f"{when} {ev['isp']} {ev['event']} ({change}): {ev['reason']}{flushed}"
+    family = f" IPv{ev['family']}" if ev.get("family") else ""
+    line = f"{when} {ev['isp']}{family} {ev['event']} ({change}): {ev['reason']}{flushed}"
     return line + (f" [apply failed: {ev['error']}]" if ev.get("error") else "")
 
 
@@ -215,6 +217,25 @@ def state_text(isp: Mapping[str, Any]) -> Text:
     if isp.get("link_down"):
         label += " (link down)"
     return Text(label, style=STATE_STYLES.get(status, ""))
+
+
+def ipv6_text(isp: Mapping[str, Any]) -> Text:
+    """The ISP's IPv6: its mode and status, coloured like the state (``-`` when it carries none); with
+    IPv6 health targets of its own, their loss."""
+    ipv6 = isp.get("ipv6")
+    if not ipv6:
+        return Text("-")
+    status = str(ipv6["status"])
+    label = f"{ipv6['mode']} {status}"
+    health = ipv6.get("health") or {}
+    if health.get("monitored") and health.get("loss_percent"):
+        label += f" (loss {health['loss_percent']:g}%)"
+    return Text(label, style=STATE_STYLES.get(status, ""))
+
+
+def any_ipv6(status: Mapping[str, Any]) -> bool:
+    """Whether some ISP carries IPv6 (then the tables have an ``ipv6`` column)."""
+    return any(isp.get("ipv6") for isp in status.get("isps", []))
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -306,11 +327,13 @@ def _header(model: TopModel, now_wall: float, now_mono: float, interval: float, 
 
 def isp_table(model: TopModel, now_wall: float) -> Table:
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
-    for col, justify in (("isp", "left"), ("state", "left"), ("since", "right"), ("weight", "right"),
-                         ("share", "right"), ("conns", "right"), ("new/s", "right"), ("rx/s", "right"),
-                         ("tx/s", "right"), ("loss", "right"), ("rtt", "right")):  # fmt: skip
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     status = model.current.status if model.current else {}
+    ipv6 = any_ipv6(status)
+    for col, justify in (("isp", "left"), ("state", "left"), *((("ipv6", "left"),) if ipv6 else ()),
+                         ("since", "right"), ("weight", "right"), ("share", "right"), ("conns", "right"),
+                         ("new/s", "right"), ("rx/s", "right"), ("tx/s", "right"), ("loss", "right"),
+                         ("rtt", "right")):  # fmt: skip
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     counts = status.get("conn_counts", {})
     for isp in status.get("isps", []):
         name = isp["name"]
@@ -321,6 +344,7 @@ def isp_table(model: TopModel, now_wall: float) -> Table:
         table.add_row(
             name,
             state_text(isp),
+            *((ipv6_text(isp),) if ipv6 else ()),
             human_duration(now_wall - since) if since is not None else "-",
             str(isp.get("weight", "-")),
             f"{isp['share_percent']:.1f}%" if isp.get("share_percent") is not None else "-",

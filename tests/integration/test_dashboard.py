@@ -54,7 +54,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"dash{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
+    with Lab.up(name=f"dash{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2, ipv6=True) as lab:
         yield lab
 
 
@@ -183,6 +183,33 @@ def test_the_page_asks_for_the_token_and_shows_every_isp(dash: Dashboard) -> Non
     assert dash.page.evaluate("sessionStorage.getItem('wanlb.token')") == TOKEN
 
 
+def test_an_isps_ipv6_shows_on_its_card_and_dying_alone_is_explained(lab: Lab, gw: LabGateway, dash: Dashboard) -> None:
+    """The lab is dual-stack: each card names the ISP's IPv6 mode and state; when only isp3's IPv6 dies,
+    its card stays green (IPv4 is up) and says so."""
+    head = "isp => document.querySelector(`article[data-isp='${isp}'] .iface`).textContent"
+    for isp in ISPS:
+        assert dash.page.evaluate(head, isp).endswith("· IPv6 netmap up"), dash.page.evaluate(head, isp)
+    dash.page.evaluate(
+        """() => { const card = document.querySelector("article[data-isp='isp3']"); window.isp3States = [];
+           new MutationObserver(() => window.isp3States.push(card.dataset.status))
+             .observe(card, {attributes: true, attributeFilter: ['data-status']}); }"""
+    )  # every state the card takes while only its IPv6 dies
+    lab.fail("isp3", "blackhole", family=6)
+    try:
+        gw.wait_event("isp3", "down", family="6")
+        dash.page.wait_for_function(
+            "document.querySelector(\"article[data-isp='isp3'] .iface\").textContent.endsWith('IPv6 netmap down')"
+        )
+        note = dash.page.evaluate("document.querySelector(\"article[data-isp='isp3'] .note\").textContent")
+        assert "IPv6 is down (its own probes), IPv4 up." in note, note
+        card = dash.card("isp3")
+        assert card["status"] == "up" and card["colour"] == GREEN, card
+        assert dash.page.evaluate("window.isp3States") == []  # never red, not even for a moment
+    finally:
+        lab.heal("isp3")
+    gw.wait_event("isp3", "up", family="6")
+
+
 def test_traffic_raises_connections_and_throughput_on_the_cards(lab: Lab, dash: Dashboard) -> None:
     before = {isp: dash.card(isp) for isp in ISPS}
     # Short connections at 50/s from c1 (every ISP gets new ones), and three long streams of 256 KiB/s from c2.
@@ -223,9 +250,9 @@ def test_traffic_raises_connections_and_throughput_on_the_cards(lab: Lab, dash: 
 
 
 def test_a_blackholed_isp_turns_red_within_2s_of_the_daemon(lab: Lab, gw: LabGateway, dash: Dashboard) -> None:
-    lab.fail("isp2", "blackhole")
+    lab.fail("isp2", "blackhole")  # both families: the card shows IPv4's state
     seen = dash.wait_status("isp2", "down")
-    event = gw.wait_event("isp2", "down")
+    event = gw.wait_event("isp2", "down", family="4")
     lag = seen - event["time"]
     print(
         f"\nisp2 down: the daemon decided at {event['time']:.3f} (applied after {event['applied_ms']} ms, "
@@ -239,9 +266,10 @@ def test_a_blackholed_isp_turns_red_within_2s_of_the_daemon(lab: Lab, gw: LabGat
     )  # the probes' loss, from the status after the event
     assert gw.isp_status() == {"isp1": "up", "isp2": "down", "isp3": "up"}
     # The timeline has the failover, with the daemon's reason.
-    item = dash.page.wait_for_selector("#timeline li[data-isp='isp2'][data-status='down']")
+    item = dash.page.wait_for_selector("#timeline li[data-isp='isp2'][data-status='down'][data-family='4']")
     text = item.inner_text()
-    assert "failover" in text.lower() and event["reason"][:40] in text, text
+    assert "failover" in text.lower() and "IPv4" in text and event["reason"][:40] in text, text
+    dash.page.wait_for_selector("#timeline li[data-isp='isp2'][data-status='down'][data-family='6']")
 
 
 def test_the_drain_button_needs_the_token_and_disables_the_isp(gw: LabGateway, dash: Dashboard, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ class FakeDaemon:
     def __init__(self, path: str) -> None:
         self.path = path
         self.k = 0
+        self.ipv6: dict[str, dict[str, Any]] = {}  # ISP name -> its status's "ipv6" (else null)
         self.sock: socket.socket | None = None
         self.thread: threading.Thread | None = None
 
@@ -63,6 +64,8 @@ class FakeDaemon:
                 self.k += 1
                 answer = fake_status(self.k)
                 answer["conn_counts"]["isp1"] = 7000 + self.k
+                for isp in answer["isps"]:
+                    isp["ipv6"] = self.ipv6.get(isp["name"])
                 conn.sendall(json.dumps(answer).encode() + b"\n")
 
     def stop(self) -> None:
@@ -92,6 +95,23 @@ def test_status_shows_totals_and_answers_at_once(daemon: FakeDaemon) -> None:
     row = next(line for line in result.output.splitlines() if "isp3" in line)
     assert "15" in row and "3.0 kB" in row and "300 B" in row  # new connections, bytes in, bytes out
     assert "new/s" not in result.output
+
+
+def test_status_shows_each_isps_ipv6_only_when_some_isp_carries_it(daemon: FakeDaemon) -> None:
+    result = CliRunner().invoke(cli.main, ["status", "--socket", daemon.path])
+    assert "ipv6" not in result.output.lower(), result.output
+    down = {"mode": "netmap", "status": "down", "own_health": True, "health": {"monitored": True, "loss_percent": 100}}
+    daemon.ipv6 = {"isp1": down, "isp2": {"mode": "masquerade", "status": "up", "own_health": False, "health": None}}
+    result = CliRunner().invoke(cli.main, ["status", "--socket", daemon.path])
+    assert result.exit_code == 0, result.output
+    cells = {
+        row[0]: row
+        for line in result.output.splitlines()
+        if (row := [cell.strip() for cell in line.split("│")[1:-1]])[:1] in (["isp1"], ["isp2"], ["isp3"])
+    }
+    assert "ipv6" in result.output, result.output
+    assert cells["isp1"][:3] == ["isp1", "up", "netmap down (loss 100%)"], cells
+    assert cells["isp2"][2] == "masquerade up" and cells["isp3"][2] == "-", cells
 
 
 def test_status_rates_asks_twice_a_second_apart(daemon: FakeDaemon) -> None:

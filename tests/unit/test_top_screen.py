@@ -24,6 +24,7 @@ from wanlb.top import (
     human_count_rate,
     human_duration,
     human_rate,
+    ipv6_text,
     isp_rates,
     per_second,
     rates_json,
@@ -161,6 +162,27 @@ def test_state_text_is_coloured_and_qualified() -> None:
     assert state_text({"status": "disabled"}).style == "bold magenta"
 
 
+def test_ipv6_text_is_the_mode_and_the_ipv6_status_coloured() -> None:
+    assert str(ipv6_text({"status": "up", "ipv6": None})) == "-"
+    own = {"monitored": True, "loss_percent": 40}
+    down = ipv6_text({"status": "up", "ipv6": {"mode": "netmap", "status": "down", "health": own}})
+    assert (str(down), down.style) == ("netmap down (loss 40%)", "bold red")
+    assert str(ipv6_text({"ipv6": {"mode": "routed", "status": "up", "health": None}})) == "routed up"
+
+
+def test_the_screen_has_an_ipv6_column_only_with_ipv6() -> None:
+    assert "ipv6" not in render(_model(), now_mono=20.5)
+    model = TopModel()
+    answer = status(1)
+    answer["isps"][0]["ipv6"] = {"mode": "masquerade", "status": "degraded", "health": None}
+    model.update(Sample(1.0, answer))
+    text = render(model, now_mono=1.5)
+    assert "ipv6" in text
+    assert next(line for line in text.splitlines() if line.split()[:1] == ["isp1"]).split()[:4] == [
+        "isp1", "up", "masquerade", "degraded"
+    ]  # fmt: skip
+
+
 def test_event_line() -> None:
     ev = {"time": time.mktime((2024, 5, 1, 14, 2, 11, 0, 0, -1)), "isp": "isp1", "event": "down", "status": "down",
           "from": "up", "reason": "3 failed rounds", "flushed": 48, "error": "nft said no"}  # fmt: skip
@@ -168,6 +190,8 @@ def test_event_line() -> None:
     assert event_line(ev) == want
     added = {**ev, "event": "added", "status": "up", "from": None, "flushed": None, "error": None}
     assert event_line(added) == "14:02:11 isp1 added (up): 3 failed rounds"
+    v6 = {**ev, "family": "6", "error": None}
+    assert event_line(v6) == "14:02:11 isp1 IPv6 down (up → down): 3 failed rounds, flushed 48 connections"
 
 
 # --- the model and the screen -----------------------------------------------------------------------

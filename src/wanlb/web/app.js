@@ -430,7 +430,8 @@
     syncCards(s.isps.map((i) => i.name));
     for (const isp of s.isps) {
       const c = state.cards.get(isp.name);
-      c.iface.textContent = `${isp.interface} · tier ${isp.tier}`;
+      const v6 = isp.ipv6; // null when the ISP carries no IPv6
+      c.iface.textContent = `${isp.interface} · tier ${isp.tier}${v6 ? ` · IPv6 ${v6.mode} ${v6.status}` : ""}`;
       setStatus(c, isp.status, isp.since);
       const health = isp.health || {};
       if (health.monitored) {
@@ -448,6 +449,7 @@
       if (isp.link_down) notes.push("WAN link is down.");
       if (health.held_down_seconds > 0) notes.push(`Held down for ${Math.ceil(health.held_down_seconds)} s more (flap damping).`);
       if (isp.decided && isp.decided !== isp.status) notes.push(`Changing to ${isp.decided}…`);
+      if (v6 && v6.status !== isp.status) notes.push(`IPv6 is ${v6.status} (its own probes), IPv4 ${isp.status}.`);
       const errors = Object.entries(health.last_errors || {});
       if (errors.length && isp.status !== "up") notes.push(`Probes: ${errors.slice(0, 2).map(([t, e]) => `${t} ${e}`).join("; ")}`);
       c.note.textContent = notes.join(" ");
@@ -557,13 +559,14 @@
   }
 
   function eventKey(e) {
-    return `${e.time}|${e.isp}|${e.event}|${e.status}`;
+    return `${e.time}|${e.isp}|${e.event}|${e.status}|${e.family || ""}`;
   }
 
   function onEvent(e, fresh) {
     addTimeline(e, fresh, "isp");
     const c = state.cards.get(e.isp);
-    if (c && e.status !== "removed") setStatus(c, e.status, e.time);
+    // The card shows the ISP's (IPv4) state: an event of its IPv6 alone changes only the IPv6 line.
+    if (c && e.status !== "removed" && e.family !== "6") setStatus(c, e.status, e.time);
     refreshStatus();
   }
 
@@ -696,6 +699,7 @@
       e.from && e.from !== e.status ? [badge(e.from), h("span", { class: "arrow", "aria-label": "to" }, "→")] : null,
       badge(e.status),
       e.event !== e.status ? h("span", { class: "ev-kind" }, `(${e.event})`) : null,
+      e.family ? h("span", { class: "tag family" }, `IPv${e.family}`) : null, // an ISP with health per family
       failover ? h("span", { class: "tag failover" }, "failover") : null,
       drained ? h("span", { class: "tag drained" }, "drained") : null,
       recovered ? h("span", { class: "tag recovered" }, "recovered") : null,
@@ -708,7 +712,8 @@
     if (e.error) meta.push(`error: ${e.error}`);
     return h(
       "li",
-      { class: `ev ev-${e.status}`, "data-isp": e.isp, "data-status": e.status, "data-event": e.event },
+      { class: `ev ev-${e.status}`, "data-isp": e.isp, "data-status": e.status, "data-event": e.event,
+        "data-family": e.family || "" },
       h("time", { dateTime: new Date(e.time * 1000).toISOString(), title: new Date(e.time * 1000).toString() }, fmtClock(e.time)),
       h("div", {}, head, e.reason ? h("p", { class: "ev-reason" }, e.reason) : null,
         meta.length ? h("p", { class: "ev-meta" }, meta.join(" · ")) : null),
