@@ -217,6 +217,10 @@ class Ipv6Config(_Model):
     prefix_from: IfName | None = None
     """netmap: follow the global prefix configured on this interface (a delegated prefix, which the ISP may
     change), instead of a fixed ``prefix``; read with the connected routes at every reconcile."""
+    inbound: Annotated[bool, Strict()] = False
+    """netmap: connections from the internet to an address of ``prefix`` reach the LAN host with the same
+    host bits (``dnat ip6 prefix``), and their replies leave through this ISP.  Off by default: it makes
+    every LAN host reachable, as far as the gateway's own firewall (its forward rules) lets it."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Ipv6Config:
@@ -228,6 +232,8 @@ class Ipv6Config(_Model):
             raise ValueError("mode routed needs the ISP's prefix on the LAN (prefix: 2001:db8:300::/64)")
         if self.mode in ("masquerade", "off") and self.prefix is not None:
             raise ValueError(f"prefix is used only by modes netmap and routed, not {self.mode}")
+        if self.inbound and self.mode != "netmap":
+            raise ValueError(f"inbound maps the netmap prefix back to the LAN: it needs mode netmap, not {self.mode}")
         return self
 
 

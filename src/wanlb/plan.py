@@ -62,6 +62,7 @@ class IspPlan:
     gateway6: ipaddress.IPv6Address | None = None
     ipv6: str = "off"  # netmap | masquerade | routed | off
     prefix6: ipaddress.IPv6Network | None = None  # netmap: the ISP-side prefix; routed: its prefix on the LAN
+    inbound6: bool = False  # netmap: connections to prefix6 from this WAN are mapped to the LAN host
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def plan(
             gateway6=i.gateway6,
             ipv6=i.ipv6.mode,
             prefix6=i.ipv6.prefix if i.ipv6.prefix_from is None else followed[i.name],
+            inbound6=i.ipv6.inbound,
         )
         for i in config.isps
     )

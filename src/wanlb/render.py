@@ -24,6 +24,8 @@ Where a packet's fate is decided (read this first):
   ever leaking out of another ISP when its table has no route.
 * ``postrouting`` (srcnat) applies each ISP's SNAT, matched on its mark and
   its egress interface.
+* ``inbound6`` (dstnat; only with an ISP's ``ipv6.inbound``) maps connections to that ISP's netmap
+  prefix back to the LAN host with the same host bits.
 * ``egress`` (after srcnat) is the last word before a packet leaves a WAN:
   LAN packets conntrack calls INVALID (say, the retransmitted FIN of a flushed
   connection) and anything still carrying a LAN source are dropped and counted,
@@ -416,6 +418,16 @@ def render_nft(desired: Desired) -> Table:
             "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
             "nd-redirect } return",
         ]
+    closed = [str(i.prefix6) for i in desired.isps if i.ipv6 == "netmap" and i.prefix6 is not None and not i.inbound6]
+    if closed:
+        # A connection from the internet to a netmap prefix (not opted in to inbound) has nowhere to go: routed
+        # by the default route, it would bounce out of the WAN again with a foreign source.  Replies to the
+        # LAN's connections are conntrack's (established); only what starts a connection is dropped.
+        objects.append(Counter("unsolicited_dropped"))
+        prerouting.append(
+            f"iifname {_names([i.interface for i in desired.isps])} ip6 daddr {{ {', '.join(closed)} }} "
+            'ct state { new, invalid, untracked } counter name "unsolicited_dropped" drop'
+        )
     prerouting += _helper_rules(desired)
     prerouting += _retired_rules(desired)
     for i in desired.isps:
@@ -461,6 +473,13 @@ def render_nft(desired: Desired) -> Table:
         # "main", connections older than wanlb) still needs its address rewritten.
         postrouting.append(f'meta mark & {_hex(mask)} == 0 oifname "{isp.interface}" {action}')
     objects.append(Chain("postrouting", tuple(postrouting), ("nat", "postrouting", 100, "accept")))
+    inbound = [
+        f'meta nfproto ipv6 iifname "{isp.interface}" ip6 daddr {isp.prefix6} dnat ip6 prefix to {desired.lan6_nat[0]}'
+        for isp in desired.isps
+        if isp.inbound6 and isp.ipv6 == "netmap" and isp.prefix6 is not None and len(desired.lan6_nat) == 1
+    ]
+    if inbound:  # opt-in (ipv6.inbound): the netmap prefix back to the LAN host with the same host bits
+        objects.append(Chain("inbound6", tuple(inbound), ("nat", "prerouting", -100, "accept")))
 
     wans = _names([i.interface for i in desired.isps])
     nat_wans = [i.interface for i in desired.isps if i.snat != "none"]

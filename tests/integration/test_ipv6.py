@@ -411,6 +411,37 @@ def test_a_domain_rule_pins_the_names_ipv6_addresses_from_aaaa_records(lab: Lab,
         lab.run("inet", ["ip", "addr", "del", f"{resolver}/32", "dev", "lo"], capture_output=True)
 
 
+def test_inbound_reaches_the_lan_host_through_its_netmapped_address_only_where_opted_in(
+    lab: Lab, gw: LabGateway
+) -> None:
+    """isp1 has ``ipv6.inbound``: a connection from the internet to c1's address in isp1's prefix reaches c1
+    (which sees the internet's address), is marked isp1's and its replies leave through isp1 translated
+    back; c1's address in isp2's prefix (no inbound) stays unreachable, its SYNs dropped at the gateway;
+    nothing leaves a WAN with a source the ISP did not give (no ULA, no bounced internet address)."""
+    before = leaks_and_spoofs(lab)
+    ready = lab.dir / "c1-server6.ready"
+    server = lab.popen("c1", python_module("wanlb.lab.servers", "http", "--listen", "[::]:9010", "--ready-file",
+                                           str(ready)), label="c1-server6")  # fmt: skip
+    try:
+        wait_file(ready, "the server on c1")
+        start(gw, lambda d: d["isps"][0]["ipv6"].update(inbound=True))
+        host = int(ipaddress.IPv6Address(client6_addr(1))) & ((1 << 64) - 1)
+        mapped = {i: str(ipaddress.IPv6Network(isp6_prefix(i))[host]) for i in (1, 2)}
+        seen = connect6(lab, "inet", 10, dst=mapped[1], port=9010)
+        assert not [s for s in seen if s.startswith("error:")] and len(set(seen)) == 1, seen
+        assert not seen[0].startswith("fd00:"), seen  # c1 sees the internet's address, untranslated
+        marks = sh(lab, "gw", "conntrack", "-L", "-f", "ipv6", "-p", "tcp", "--dport", "9010")
+        isp1 = next(i["mark"] for i in gw.status()["isps"] if i["name"] == "isp1")
+        assert marks.count(f"mark={isp1} ") == 10 and f"src={client6_addr(1)} " in marks, marks  # reply: from c1
+        assert connect6(lab, "inet", 1, dst=mapped[2], port=9010)[0].startswith("error:")  # not opted in:
+        out = sh(lab, "gw", "nft", "-j", "list", "counter", "inet", "wanlb", "unsolicited_dropped")
+        dropped = next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
+        assert dropped >= 1  # dropped at the gateway, not bounced out of wan2 with the internet's source
+        assert leaks_and_spoofs(lab) == before
+    finally:
+        server.kill()
+
+
 def test_neighbour_discovery_works_with_wanlb_running_and_is_never_marked(lab: Lab, gw: LabGateway) -> None:
     start(gw)
     news = {i: gw.nft_counter(f"isp_isp{i}_new")["packets"] for i in (1, 2, 3)}

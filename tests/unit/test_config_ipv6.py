@@ -59,6 +59,30 @@ def test_every_mode_renders_its_translation_leak_guard_and_ip6_rules() -> None:
     assert ("net/ipv6/conf/wan3/accept_ra", "2") in r.routing.sysctls
 
 
+def test_inbound_maps_only_the_opted_in_netmap_prefix_back_to_the_lan() -> None:
+    def dnat(text: str) -> tuple[str, ...] | None:
+        chains = {o.name: o for o in rendered(text).nft.objects if o.kind == "chain"}
+        return chains["inbound6"].rules if "inbound6" in chains else None
+
+    def unsolicited(text: str) -> list[str]:
+        chains = {o.name: o for o in rendered(text).nft.objects if o.kind == "chain"}
+        return [line for line in chains["prerouting"].rules if "unsolicited_dropped" in line]
+
+    assert dnat(GOOD) is None  # off by default: no LAN host is reachable from outside ...
+    assert unsolicited(GOOD) == [  # ... and what tries is dropped, not bounced out of the WAN again
+        'iifname { "wan1", "wan2", "wan3", "wan4" } ip6 daddr { 2001:db8:100::/64 } ct state { new, invalid, '
+        'untracked } counter name "unsolicited_dropped" drop'
+    ]
+    opted = GOOD.replace("{mode: netmap, prefix: 2001:db8:100::/64}", "{mode: netmap, prefix: 2001:db8:100::/64, "
+                         "inbound: true}")  # fmt: skip
+    assert dnat(opted) == (
+        'meta nfproto ipv6 iifname "wan1" ip6 daddr 2001:db8:100::/64 dnat ip6 prefix to fd00:77::/64',
+    )
+    chain = next(o for o in rendered(opted).nft.objects if o.kind == "chain" and o.name == "inbound6")
+    assert chain.hook == ("nat", "prerouting", -100, "accept")
+    assert unsolicited(opted) == []
+
+
 def test_without_an_ipv6_isp_nothing_ipv6_is_rendered() -> None:
     r = rendered("lan: {interfaces: [lan0]}\nisps:\n  - {name: a, interface: wan1, gateway: 100.64.1.1}\n")
     chains = {o.name: o for o in r.nft.objects if o.kind == "chain"}
@@ -95,6 +119,8 @@ def test_without_an_ipv6_isp_nothing_ipv6_is_rendered() -> None:
             "prefix is used only by",
         ),
         (lambda t: t.replace(", ipv6_prefixes: [fd00:77::/64, 2001:db8:300::/64]", ""), "needs lan.ipv6_prefixes"),
+        (lambda t: t.replace("{mode: masquerade}", "{mode: masquerade, inbound: true}"), "it needs mode netmap"),
+        (lambda t: t.replace("/64}", "/64, inbound: 'yes'}", 1), "valid boolean"),
         (
             lambda t: t.replace("[fd00:77::/64, 2001:db8:300::/64]", "[fd00:77::/64, fd00:78::/64, 2001:db8:300::/64]"),
             "netmap maps one LAN prefix",
