@@ -418,16 +418,21 @@ def render_nft(desired: Desired) -> Table:
             "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
             "nd-redirect } return",
         ]
-    closed = [str(i.prefix6) for i in desired.isps if i.ipv6 == "netmap" and i.prefix6 is not None and not i.inbound6]
-    if closed:
-        # A connection from the internet to a netmap prefix (not opted in to inbound) has nowhere to go: routed
-        # by the default route, it would bounce out of the WAN again with a foreign source.  Replies to the
-        # LAN's connections are conntrack's (established); only what starts a connection is dropped.
+    # A connection from the internet to a netmap prefix has nowhere to go unless ``inbound`` maps it (and only
+    # on that ISP's WAN): routed by the default route, it would bounce out of a WAN with a foreign source.
+    # Replies to the LAN's connections are conntrack's (established, related); only what starts one is dropped.
+    unsolicited = []
+    for isp in desired.isps:
+        if isp.ipv6 == "netmap" and isp.prefix6 is not None:
+            wans = [i.interface for i in desired.isps if not (isp.inbound6 and i.interface == isp.interface)]
+            if wans:
+                unsolicited.append(
+                    f"iifname {_names(wans)} ip6 daddr {isp.prefix6} ct state {{ new, invalid, untracked }} "
+                    'counter name "unsolicited_dropped" drop'
+                )
+    if unsolicited:
         objects.append(Counter("unsolicited_dropped"))
-        prerouting.append(
-            f"iifname {_names([i.interface for i in desired.isps])} ip6 daddr {{ {', '.join(closed)} }} "
-            'ct state { new, invalid, untracked } counter name "unsolicited_dropped" drop'
-        )
+        prerouting += unsolicited
     prerouting += _helper_rules(desired)
     prerouting += _retired_rules(desired)
     for i in desired.isps:
