@@ -411,6 +411,47 @@ def test_a_domain_rule_pins_the_names_ipv6_addresses_from_aaaa_records(lab: Lab,
         lab.run("inet", ["ip", "addr", "del", f"{resolver}/32", "dev", "lo"], capture_output=True)
 
 
+def test_dnsmasq_on_the_gateway_can_feed_a_domain_rules_ipv6_set(lab: Lab, gw: LabGateway) -> None:
+    """``dns.resolve: false`` with the ``nftset=`` line docs/configuration.md gives for IPv6: dnsmasq in the
+    gateway answers a client's AAAA query (forwarded to a server in inet) and puts the address into
+    ``dom6_<rule>``; IPv6 connections to it then leave through the rule's ISP."""
+    upstream, domain6 = "203.0.113.55", SERVER6_ADDRS[1]
+    hosts = lab.dir / "dns6-hosts-2"
+    hosts.write_text(f"{domain6} video.wanlb.test\n")
+    ready = lab.dir / "http-domain6-2.ready"
+    sh(lab, "inet", "ip", "addr", "add", f"{upstream}/32", "dev", "lo")
+    common = ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-hosts", "--bind-interfaces", "--pid-file="]
+    sets = "4#inet#wanlb#dom_video,6#inet#wanlb#dom6_video"
+    procs = [
+        lab.popen("inet", [*common, "--no-resolv", f"--addn-hosts={hosts}", "--local=/wanlb.test/",
+                           f"--listen-address={upstream}"], label="dns6-upstream", stdout=-3, stderr=-3),
+        lab.popen("gw", [*common, "--no-resolv", f"--server={upstream}", "--listen-address=192.168.77.1",
+                         f"--nftset=/wanlb.test/{sets}"], label="dns6-gw", stdout=-3, stderr=-3),
+        lab.popen("inet", python_module("wanlb.lab.servers", "http", "--listen", f"[{domain6}]:{HTTP_PORT}",
+                                        "--ready-file", str(ready)), label="http-domain6-2"),
+    ]  # fmt: skip
+    try:
+        wait_file(ready, "the second IPv6 HTTP server")
+        rule = {"name": "video", "dst_domains": ["video.wanlb.test"], "via": "isp2"}
+        start(gw, lambda d: d.update(dns={"resolve": False}, rules=[rule]))
+        assert _set(lab, "dom6_video") == set()  # nothing until a client asks
+        aaaa = (
+            "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3);"
+            "q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x05video\\x05wanlb\\x04test\\x00"
+            "\\x00\\x1c\\x00\\x01';s.sendto(q,('192.168.77.1',53));print(len(s.recv(512)))"
+        )
+        sh(lab, "c1", "python3", "-c", aaaa)
+        deadline = time.monotonic() + 5
+        while _set(lab, "dom6_video") != {domain6}:
+            assert time.monotonic() < deadline, _set(lab, "dom6_video")
+            time.sleep(0.1)
+        assert {isp_for_source(s) for s in connect6(lab, "c1", 20, dst=domain6)} == {"isp2"}
+    finally:
+        for proc in procs:
+            proc.kill()
+        lab.run("inet", ["ip", "addr", "del", f"{upstream}/32", "dev", "lo"], capture_output=True)
+
+
 def test_inbound_reaches_the_lan_host_through_its_netmapped_address_only_where_opted_in(
     lab: Lab, gw: LabGateway
 ) -> None:
