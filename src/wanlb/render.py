@@ -426,9 +426,9 @@ def render_nft(desired: Desired) -> Table:
         if isp.ipv6 == "netmap" and isp.prefix6 is not None:
             wans = [i.interface for i in desired.isps if not (isp.inbound6 and i.interface == isp.interface)]
             if wans:
-                unsolicited.append(
-                    f"iifname {_names(wans)} ip6 daddr {isp.prefix6} ct state {{ new, invalid, untracked }} "
-                    'counter name "unsolicited_dropped" drop'
+                unsolicited.append(  # the gateway's own address may be in it (prefix_from on a WAN): its own
+                    f"iifname {_names(wans)} ip6 daddr {isp.prefix6} fib daddr type != local "
+                    'ct state { new, invalid, untracked } counter name "unsolicited_dropped" drop'
                 )
     if unsolicited:
         objects.append(Counter("unsolicited_dropped"))
@@ -479,9 +479,10 @@ def render_nft(desired: Desired) -> Table:
         postrouting.append(f'meta mark & {_hex(mask)} == 0 oifname "{isp.interface}" {action}')
     objects.append(Chain("postrouting", tuple(postrouting), ("nat", "postrouting", 100, "accept")))
     inbound = [
-        f'meta nfproto ipv6 iifname "{isp.interface}" ip6 daddr {isp.prefix6} dnat ip6 prefix to {desired.lan6_nat[0]}'
+        f'iifname "{isp.interface}" ip6 daddr {isp.prefix6} fib daddr type != local '
+        f"dnat ip6 prefix to {desired.lan6_nat[0]}"
         for isp in desired.isps
-        if isp.inbound6 and isp.ipv6 == "netmap" and isp.prefix6 is not None and len(desired.lan6_nat) == 1
+        if isp.inbound6 and isp.prefix6 is not None and len(desired.lan6_nat) == 1
     ]
     if inbound:  # opt-in (ipv6.inbound): the netmap prefix back to the LAN host with the same host bits
         objects.append(Chain("inbound6", tuple(inbound), ("nat", "prerouting", -100, "accept")))

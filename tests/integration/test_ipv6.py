@@ -298,6 +298,8 @@ def test_prefix_from_follows_a_changed_prefix_and_leaves_the_other_isps_connecti
     try:
         start(gw, lambda d: d["isps"][0].__setitem__("ipv6", {"mode": "netmap", "prefix_from": "lo"}))
         assert str(ipaddress.IPv6Network("2001:db8:100::/64")[host]) in connect6(lab, "c1", 3)
+        # The gateway's own address in the prefix is the gateway's: not taken for a LAN host's, not dropped.
+        assert refused(lab, "inet", "2001:db8:100::1")  # its TCP stack answered (RST), through isp1
         for _ in range(3):  # numgen inc: one stream per ISP
             holds.append(lab.popen("c1", ["python3", "-c", _HOLD, SERVER6], stdout=subprocess.PIPE, text=True))
         placed = {isp_for_source(json.loads(h.stdout.readline())): h for h in holds}  # type: ignore[union-attr]

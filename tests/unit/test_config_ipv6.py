@@ -69,19 +69,20 @@ def test_inbound_maps_only_the_opted_in_netmap_prefix_back_to_the_lan() -> None:
         return [line for line in chains["prerouting"].rules if "unsolicited_dropped" in line]
 
     assert dnat(GOOD) is None  # off by default: no LAN host is reachable from outside ...
+    local = "fib daddr type != local"  # the gateway's own address in the prefix stays the gateway's
     drop = 'ct state { new, invalid, untracked } counter name "unsolicited_dropped" drop'
     assert unsolicited(GOOD) == [  # ... and what tries is dropped, not bounced out of the WAN again
-        f'iifname {{ "wan1", "wan2", "wan3", "wan4" }} ip6 daddr 2001:db8:100::/64 {drop}'
+        f'iifname {{ "wan1", "wan2", "wan3", "wan4" }} ip6 daddr 2001:db8:100::/64 {local} {drop}'
     ]
     opted = GOOD.replace("{mode: netmap, prefix: 2001:db8:100::/64}", "{mode: netmap, prefix: 2001:db8:100::/64, "
                          "inbound: true}")  # fmt: skip
     assert dnat(opted) == (
-        'meta nfproto ipv6 iifname "wan1" ip6 daddr 2001:db8:100::/64 dnat ip6 prefix to fd00:77::/64',
+        'iifname "wan1" ip6 daddr 2001:db8:100::/64 fib daddr type != local dnat ip6 prefix to fd00:77::/64',
     )
     chain = next(o for o in rendered(opted).nft.objects if o.kind == "chain" and o.name == "inbound6")
     assert chain.hook == ("nat", "prerouting", -100, "accept")
     assert unsolicited(opted) == [  # mapped on its own WAN only: arriving on another, it has nowhere to go
-        f'iifname {{ "wan2", "wan3", "wan4" }} ip6 daddr 2001:db8:100::/64 {drop}'
+        f'iifname {{ "wan2", "wan3", "wan4" }} ip6 daddr 2001:db8:100::/64 {local} {drop}'
     ]
 
 
