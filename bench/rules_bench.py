@@ -279,8 +279,9 @@ def inner_apply(paths: dict[str, str], apply_reps: int, reload_reps: int, profil
     from wanlb.fleet import Fleet
     from wanlb.kernel import LinuxKernel
     from wanlb.plan import plan
-    from wanlb.reconcile import Reconciler, cleanup, preflight
+    from wanlb.reconcile import Reconciler, cleanup, preflight, read_snapshot
     from wanlb.render import render
+    from wanlb.uplink import uplinks
 
     timer = Timer()
     reconcile_module.plan = timer.wrap("plan", reconcile_module.plan)  # type: ignore[attr-defined]
@@ -312,7 +313,7 @@ def inner_apply(paths: dict[str, str], apply_reps: int, reload_reps: int, profil
             "nft_rules": sum(1 for o in listing if "rule" in o),
             "counters": sum(1 for o in listing if "counter" in o),
             "ip_rules": len(kernel.rules(set(state.protocols))),
-            "routes": len(kernel.routes(set(state.protocols))),
+            "routes": len(kernel.snapshot(set(state.protocols)).routes),
         }
 
     def cold_apply(path: str, profiler: Any = None) -> tuple[dict[str, Any], tuple[Any, ...]]:
@@ -326,12 +327,13 @@ def inner_apply(paths: dict[str, str], apply_reps: int, reload_reps: int, profil
         cfg = load(path)
         t_loaded = time.perf_counter()
         kernel = TimedKernel(LinuxKernel(), timer)
-        preflight(cfg, kernel)  # type: ignore[arg-type]
+        preflight(cfg)
         previous = runtime.load(cfg.state_path)
         allocation = runtime.allocate(cfg, previous, reload=False)
         store = runtime.StateStore(cfg.state_path, previous or runtime.RuntimeState())
         store.set_allocation(allocation.state)
-        fleet = Fleet(cfg, store.state, kernel.links(), time.monotonic(), time.time())
+        seen = uplinks(cfg, read_snapshot(kernel, cfg, store.state.protocols))  # type: ignore[arg-type]
+        fleet = Fleet(cfg, store.state, seen, time.monotonic(), time.time())
         t_ready = time.perf_counter()
         setup_parts, setup_calls = dict(timer.seconds), dict(timer.calls)
         reconciler = Reconciler(kernel, store)  # type: ignore[arg-type]
@@ -403,7 +405,8 @@ def inner_apply(paths: dict[str, str], apply_reps: int, reload_reps: int, profil
         allocation = runtime.allocate(cfg, store.state, reload=True)
         t_alloc = time.perf_counter()
         # What Daemon._verify does before adopting a reload: the whole ruleset checked by `nft -c` in a scratch table.
-        desired = plan(cfg, allocation.state, fleet.statuses(), kernel.connected())
+        snapshot = read_snapshot(kernel, cfg, allocation.state.protocols)
+        desired = plan(cfg, allocation.state, fleet.statuses(), snapshot.connected, uplinks=uplinks(cfg, snapshot))
         kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
         t_verified = time.perf_counter()
         store.set_allocation(allocation.state)

@@ -13,7 +13,7 @@ lists the ``inet wanlb`` table in the shape of ``nft -j list table inet wanlb``'
 Test knobs: ``fail_nft`` (a message: every ``nft_apply`` is refused),
 ``calls`` (every change, in order: ``("nft_apply", text)``, ``("add_rule",
 rule)``, ...; reads are not logged), :meth:`FakeKernel.nft_edit` and friends to
-change the table by hand (drift), :meth:`FakeKernel.snapshot` to compare whole
+change the table by hand (drift), :meth:`FakeKernel.everything` to compare whole
 kernels.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import ipaddress
 import re
 import zlib
 from collections.abc import Collection, Sequence
@@ -31,10 +32,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from wanlb.adapters.nft import NftError
 from wanlb.adapters.routing import RoutingError
-from wanlb.plan import ConnectedRoute
 from wanlb.render import Route, Rule
 from wanlb.runtime import sysctl_key_allowed
 from wanlb.tune import TableStats
+from wanlb.uplink import ConnectedRoute, DefaultRoute, Interface, Snapshot
 
 ENOENT = "No such file or directory"
 EBUSY = "Device or resource busy"
@@ -157,6 +158,12 @@ class FakeKernel:
     ) -> None:
         self.link_state: dict[str, bool] = dict(links or {})
         self.connected_routes: list[ConnectedRoute] = list(connected)
+        # An interface's IPv4 addresses; one missing here has one in each of its connected networks (.2),
+        # as in a real kernel, where a connected route comes from an address.
+        self.addresses: dict[str, list[ipaddress.IPv4Interface]] = {}
+        self.default_routes: list[DefaultRoute] = []  # other people's default routes (DHCP clients, pppd)
+        self.indexes: dict[str, int] = {}  # interface index by name; set a new one to "re-create" it
+        self.refuse_routes: dict[str, str] = {}  # device -> the error every route through it gets
         self.ip_rules: list[Rule] = []
         self.ip_routes: list[Route] = []
         self.sysctls: dict[str, str] = dict(sysctls or {})
@@ -183,6 +190,26 @@ class FakeKernel:
 
     def connected(self) -> tuple[ConnectedRoute, ...]:
         return tuple(sorted(set(self.connected_routes)))
+
+    def snapshot(
+        self, protocols: Collection[int], wans: Collection[str] = (), tables: Collection[int] = (254,)
+    ) -> Snapshot:
+        interfaces = {}
+        for name in wans:
+            if name not in self.link_state:
+                continue
+            addresses = self.addresses.get(name)
+            if addresses is None:
+                addresses = [ipaddress.IPv4Interface(f"{r.dst.network_address + 2}/{r.dst.prefixlen}")
+                             for r in self.connected_routes if r.dev == name and r.dst.version == 4]  # fmt: skip
+            index = self.indexes.setdefault(name, len(self.indexes) + 2)
+            interfaces[name] = Interface(name, index, self.link_state[name], tuple(addresses))
+        return Snapshot(
+            connected=self.connected(),
+            interfaces=interfaces,
+            defaults=tuple(r for r in self.default_routes if r.table in tables),
+            routes=tuple(self.routes(protocols)),
+        )
 
     def rules(self, protocols: Collection[int]) -> list[Rule]:
         return [r for r in self.ip_rules if r.protocol in protocols]
@@ -211,6 +238,8 @@ class FakeKernel:
         return failed
 
     def replace_route(self, route: Route) -> None:
+        if route.dev in self.refuse_routes:
+            raise RoutingError(self.refuse_routes[route.dev])
         if route.dev not in self.link_state:
             raise RoutingError(f"device {route.dev} does not exist")
         if route.gateway is not None and not self.link_state[route.dev]:
@@ -526,7 +555,7 @@ class FakeKernel:
 
     # --- whole-kernel comparison -----------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def everything(self) -> dict[str, Any]:
         """Everything a test may compare before and after (counter values and handles left out)."""
         return {
             "links": dict(self.link_state),

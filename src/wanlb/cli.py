@@ -174,6 +174,8 @@ def check(config_path: str) -> None:
         f"{i.name} (mark {state.isps[i.name].mark:#x}, table {state.isps[i.name].table})" for i in cfg.isps
     )
     click.echo(f"{config_path}: ok — {len(cfg.isps)} ISP(s): {isps} [{source}]")
+    for warning in _kernel_warnings(cfg, state):
+        click.echo(f"{config_path}: warning: {warning}", err=True)
     if cfg.rules or cfg.policies:
         from wanlb.render import rule_lookups
 
@@ -183,6 +185,25 @@ def check(config_path: str) -> None:
             f"({maps} verdict map(s), {single} single rule(s)); {len(cfg.policies)} policy(ies); "
             f"balance {cfg.balance.algorithm}{', sticky' if cfg.balance.sticky else ''}"
         )
+
+
+def _kernel_warnings(cfg: Config, state: Any) -> list[str]:
+    """What this machine says about the config (read-only): interfaces that do not exist (with a "did you
+    mean"), uplinks that are not usable yet and why (no learned gateway, a static one off the interface's
+    networks).  None of them stops wanlb: the ISP waits until its uplink is whole."""
+    from wanlb.kernel import LinuxKernel
+    from wanlb.reconcile import read_snapshot
+    from wanlb.uplink import interface_warnings, uplink_warnings, uplinks
+
+    kernel = LinuxKernel()
+    try:
+        present = kernel.links()
+        seen = uplinks(cfg, read_snapshot(kernel, cfg, state.protocols))
+    except OSError as exc:  # no netlink here (a container without it): the config itself is fine
+        return [f"cannot read the interfaces and routes to check them: {exc}"]
+    finally:
+        kernel.close()
+    return interface_warnings(cfg, present) + uplink_warnings(cfg, seen)
 
 
 def _allocation(cfg: Config) -> tuple[Any, str]:
@@ -208,20 +229,28 @@ def _allocation(cfg: Config) -> tuple[Any, str]:
 def render(config_path: str, nft_only: bool) -> None:
     """Print exactly what would be applied (nft transaction, ip rules, routes, sysctls); change nothing.
 
-    Connected networks are read from the main table (read-only): they are
-    never balanced and LAN ones never leave unNATed; every ISP is assumed up.  Marks and tables are
+    Connected networks and the uplinks (interfaces, learned next hops) are read
+    from the kernel (read-only): connected networks are never balanced and LAN
+    ones never leave unNATed; every ISP whose uplink is whole is assumed up.  Marks and tables are
     the running wanlb's (its runtime state) if there is one.  The daemon
     changes only what differs from the kernel; this shows the table as a
     whole.
     """
-    from wanlb.adapters.routing import read_connected
+    from wanlb.kernel import LinuxKernel
     from wanlb.nftsync import full_text
     from wanlb.plan import plan
+    from wanlb.reconcile import read_snapshot
     from wanlb.render import render as do_render
+    from wanlb.uplink import uplinks
 
     cfg = _load(config_path)
     state, _ = _allocation(cfg)
-    rendered = do_render(plan(cfg, state, connected=read_connected()))
+    kernel = LinuxKernel()
+    try:
+        snapshot = read_snapshot(kernel, cfg, state.protocols)
+    finally:
+        kernel.close()
+    rendered = do_render(plan(cfg, state, connected=snapshot.connected, uplinks=uplinks(cfg, snapshot)))
     click.echo(full_text(rendered.nft) if nft_only else rendered.describe(), nl=False)
 
 

@@ -124,14 +124,42 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+NEXT_HOP_TARGETS = {"gateway": 4, "gateway6": 6}
+"""Health target names that stand for the ISP's next hop (static or learned), by address family."""
+
+
+def _parse_target(value: Any) -> Any:
+    """A health target: an address of either family, or ``gateway``/``gateway6`` (the ISP's next hop)."""
+    if isinstance(value, str) and value in NEXT_HOP_TARGETS:
+        return value
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    try:
+        return ipaddress.ip_address(value.strip() if isinstance(value, str) else value)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{_clip(repr(value), 40)} is not a target: give an IPv4 or IPv6 address, or gateway / gateway6 "
+            "(the ISP's next hop)"
+        ) from None
+
+
+Target = Annotated[
+    ipaddress.IPv4Address | ipaddress.IPv6Address | Literal["gateway", "gateway6"], BeforeValidator(_parse_target)
+]
+
+
+def target_family(target: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> int:
+    """4 or 6: the address family a health target is probed over."""
+    return NEXT_HOP_TARGETS[target] if isinstance(target, str) else target.version
+
+
 class HealthConfig(_Model):
     """How one ISP is probed.  Probes always leave through the probed ISP."""
 
     method: Literal["icmp", "tcp", "http", "https", "dns"] = "icmp"
-    targets: Annotated[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...], _at_most(64)] = Field(
-        default=(), max_length=64
-    )
-    """IPv4 targets decide the ISP's (IPv4) health; IPv6 ones, if any, its IPv6 health apart."""
+    targets: Annotated[tuple[Target, ...], _at_most(64)] = Field(default=(), max_length=64)
+    """IPv4 targets decide the ISP's (IPv4) health; IPv6 ones, if any, its IPv6 health apart.  ``gateway``
+    (``gateway6``) probes the ISP's next hop, as learned now when its gateway is ``auto``."""
     port: SInt | None = Field(default=None, ge=1, le=65535)
     interval: Duration = 0.2
     timeout: Duration = 0.3
@@ -187,9 +215,9 @@ class HealthConfig(_Model):
             raise ValueError(f"{_clip(repr(v), 40)} is not a DNS name (labels of 1-63 letters, digits, - or _)")
         return v
 
-    def targets_of(self, family: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-        """The targets of one address family (4 or 6), in config order."""
-        return tuple(t for t in self.targets if t.version == family)
+    def targets_of(self, family: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | str, ...]:
+        """The targets of one address family (4 or 6), in config order (``gateway``/``gateway6`` included)."""
+        return tuple(t for t in self.targets if target_family(t) == family)
 
     def quorum_of(self, family: int) -> int:
         """The quorum of one family's rounds: ``quorum``, at most that family's number of targets."""
@@ -237,29 +265,77 @@ class Ipv6Config(_Model):
         return self
 
 
+def _parse_gateway(version: int) -> BeforeValidator:
+    """``auto`` or an address of one family, with a message that says what ``auto`` is for."""
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+
+    def check(value: Any) -> Any:
+        if value == "auto" or value is None or isinstance(value, cls):
+            return value
+        try:
+            return cls(value.strip() if isinstance(value, str) else value)
+        except (ValueError, TypeError):
+            pass
+        family = "IPv4" if version == 4 else "IPv6"
+        raise ValueError(
+            f"{_clip(repr(value), 40)} is not an {family} address or auto: write auto for a next hop learned from "
+            "the uplink's own default route (DHCP, PPP, an LTE modem, any client)"
+        )
+
+    return BeforeValidator(check)
+
+
+Gateway4 = Annotated[ipaddress.IPv4Address | Literal["auto"], _parse_gateway(4)]
+Gateway6 = Annotated[ipaddress.IPv6Address | Literal["auto"] | None, _parse_gateway(6)]
+
+
 class IspConfig(_Model):
     """One uplink.  ``mark``/``table`` left out (``None``) are allocated by name at run time."""
 
     name: str
     interface: IfName
-    gateway: ipaddress.IPv4Address
+    gateway: Gateway4 = "auto"
+    """The IPv4 next hop, or ``auto``: learned from the default route through ``interface`` that the uplink's
+    own client installed (``default via X dev IF``, or ``default dev IF`` on a point-to-point link)."""
+    gateway_table: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    """Where ``auto`` looks for that default route: the main table unless the client puts it elsewhere."""
     weight: SInt = Field(default=1, ge=1, le=1000)
     tier: SInt = Field(default=1, ge=1, le=100)
     snat: Literal["masquerade", "none"] | ipaddress.IPv4Address = "masquerade"
     mark: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     table: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     health: HealthConfig = HealthConfig()
-    gateway6: ipaddress.IPv6Address | None = None
-    """IPv6 next hop (link-local allowed: it is reached through ``interface``)."""
+    gateway6: Gateway6 = None
+    """IPv6 next hop (link-local allowed: it is reached through ``interface``), or ``auto``: learned from the
+    default route through ``interface`` (router advertisements, DHCPv6 clients, static)."""
     ipv6: Ipv6Config = Ipv6Config()
 
     @model_validator(mode="after")
     def _ipv6_needs_a_gateway(self) -> IspConfig:
         if self.ipv6.mode != "off" and self.gateway6 is None:
-            raise ValueError(f"ipv6 mode {self.ipv6.mode} needs gateway6 (the ISP's IPv6 next hop)")
+            raise ValueError(
+                f"ipv6 mode {self.ipv6.mode} needs gateway6 (the ISP's IPv6 next hop, or auto to learn it)"
+            )
         if self.ipv6.mode == "off" and self.health.targets_of(6):
             raise ValueError("IPv6 health targets need ipv6 mode netmap or masquerade (this ISP carries no IPv6)")
         return self
+
+    @field_validator("gateway_table")
+    @classmethod
+    def _not_local_table(cls, v: int | None) -> int | None:
+        if v == 255:
+            raise ValueError("table 255 is the local table: no default route lives there")
+        return v
+
+    @property
+    def learns(self) -> bool:
+        """Whether its IPv4 next hop is learned from the kernel (``gateway: auto``)."""
+        return self.gateway == "auto"
+
+    @property
+    def lookup_table(self) -> int:
+        """The table an ``auto`` gateway is learned from."""
+        return self.gateway_table or 254
 
     @field_validator("name")
     @classmethod
@@ -858,6 +934,18 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
     dup("interface", lambda i: i.interface)
     dup("mark", lambda i: i.mark)
     dup("table", lambda i: i.table)
+    tables = {isp.table: isp.name for isp in cfg.isps if isp.table is not None}
+    for i, isp in enumerate(cfg.isps):
+        if isp.gateway_table is not None and isp.gateway_table in tables:
+            loc = ("isps", i, "gateway_table")
+            issues.append(
+                ConfigIssue(
+                    lines.line_for(loc),
+                    _format_loc(loc),
+                    f"table {isp.gateway_table} is the routing table wanlb fills for ISP {tables[isp.gateway_table]!r}"
+                    ": gateway_table names the table the uplink's own client writes its default route to",
+                )
+            )
 
     shift = mark_shift(cfg.mark_mask)
     for i, isp in enumerate(cfg.isps):

@@ -16,6 +16,7 @@ asynchronous subprocesses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -37,10 +38,11 @@ from wanlb.kernel import Kernel, LinuxKernel
 from wanlb.metrics import Metrics
 from wanlb.plan import IspStatus, plan
 from wanlb.policy import adjust, shares_differ
-from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight
+from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight, read_snapshot
 from wanlb.render import render, sticky_sets
 from wanlb.rules import domain_set
 from wanlb.tune import TableStats, table_warnings
+from wanlb.uplink import interface_warnings, uplinks
 
 if TYPE_CHECKING:
     from wanlb.api import Api
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wanlb.daemon")
 
 RESYNC_INTERVAL = 5.0
+UPLINK_SETTLE = 0.05  # seconds between an address/route event and the look at the uplinks it causes
 EVENT_HISTORY = 200
 COUNTER_READ_TIMEOUT = 2.0  # seconds status waits for nft to list our counters
 
@@ -70,7 +73,8 @@ class Daemon:
         self.store = store
         self.cleanup_on_exit = cleanup_on_exit
         self.clock, self.wall = clock, wall
-        self.fleet = Fleet(config, store.state, kernel.links(), clock(), wall())
+        seen = uplinks(config, read_snapshot(kernel, config, store.state.protocols))
+        self.fleet = Fleet(config, store.state, seen, clock(), wall())
         self.reconciler = Reconciler(kernel, store)
         self.counter = counter if counter is not None else ConnCounter(store.state.names_by_mark(), config.mark_mask)
         self.last: ReconcileResult | None = None
@@ -91,6 +95,7 @@ class Daemon:
         self._hook_order: dict[str, asyncio.Lock] = {}
         self._reload_lock = asyncio.Lock()
         self._hup_queued = False
+        self._look_queued = False  # a reconcile to look at the uplinks is coming (address/route events)
         self._trial: asyncio.Task[None] | None = None
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency weights in force
         self._domains: tuple[DomainWatcher, asyncio.Task[None], ResolverSettings] | None = None
@@ -152,6 +157,9 @@ class Daemon:
             finally:
                 self.metrics.apply_seconds.observe(time.monotonic() - started)
         self.last = result
+        # What the pass saw of the uplinks (interface, address, next hop) may change an ISP's state: the
+        # fleet decides, in a batch of its own (this one may be carrying a flush that waits for this reconcile).
+        self.spawn_effects(self.fleet.observed(args[0], result.uplinks, self.clock(), self.wall()))
         if result.nft_done is not None:
             active = ", ".join(f"{i.name}={i.share:.0%}" for i in result.desired.active) or "none"
             log.info("applied ruleset (%s): active %s", why, active)
@@ -243,6 +251,7 @@ class Daemon:
                 "status": event.status,
                 "from": event.old,
                 "reason": event.reason,
+                "gateway": event.gateway,
                 "loss_percent": event.loss_percent,
                 "latency_ms": event.latency_ms,
                 "flushed": flushed,
@@ -260,6 +269,7 @@ class Daemon:
                 "WANLB_STATUS": event.status,
                 "WANLB_INTERFACE": event.interface,
                 "WANLB_FAMILY": event.family,  # "4" or "6" when the ISP has health per family, else ""
+                "WANLB_GATEWAY": event.gateway,  # its next hop then: an address, "device route" or "none"
                 "WANLB_REASON": event.reason[:1000],
             }
             order = self._hook_order.setdefault(event.isp, asyncio.Lock())
@@ -291,6 +301,18 @@ class Daemon:
         if name in interfaces:
             self.link_events += 1
             self.spawn_effects(self.fleet.link(name, usable, self.clock(), self.wall()))
+
+    def _routing_changed(self) -> None:
+        """An address or someone else's route changed: look at the uplinks soon (events come in bursts:
+        a DHCP client adds the address, the subnet route and the default route within milliseconds)."""
+        if not self._look_queued:
+            self._look_queued = True
+            self.spawn(self._look())
+
+    async def _look(self) -> None:
+        await asyncio.sleep(UPLINK_SETTLE)
+        self._look_queued = False  # an event from now on may follow this reconcile's read: it queues another
+        await self._reconcile_logged("uplink change")
 
     async def reload(self, path: str | None = None) -> tuple[bool, str]:
         """Re-read the config (or ``path``) off the loop; verify it; adopt it, or refuse and keep the running one.
@@ -390,7 +412,9 @@ class Daemon:
     def _verify(self, path: str, config: Config, state: runtime.RuntimeState) -> None:
         """Ask the kernel whether the new ruleset would be accepted, in a scratch table (changes nothing)."""
         # The statuses of both families: a policy whose members are all down renders another shape.
-        desired = plan(config, state, self.fleet.statuses(), self.kernel.connected(), statuses6=self.fleet.statuses6())
+        snapshot = read_snapshot(self.kernel, config, state.protocols)
+        seen = uplinks(config, snapshot)
+        desired = plan(config, state, self.fleet.statuses(), snapshot.connected, None, self.fleet.statuses6(), seen)
         try:
             self.kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
         except Exception as exc:
@@ -434,7 +458,13 @@ class Daemon:
             for family, monitors in ((4, self.monitors), (6, self.monitors6)):
                 if not isp.health.targets_of(family) or (family == 6 and isp.name not in self.fleet.machines6):
                     continue
-                monitor = IspMonitor(isp, self.fleet.state.mark_of(isp.name), self.on_round, family=family)
+                monitor = IspMonitor(
+                    isp,
+                    self.fleet.state.mark_of(isp.name),
+                    self.on_round,
+                    family=family,
+                    uplink=functools.partial(self.fleet.uplink, isp.name),
+                )
                 task = asyncio.create_task(monitor.run())
                 task.add_done_callback(_log_crash)
                 monitors[isp.name] = (monitor, task)
@@ -445,6 +475,16 @@ class Daemon:
         unmonitored = [i.name for i in self.config.isps if not i.health.targets]
         if unmonitored:
             log.warning("no health targets for %s: never declared down", ", ".join(unmonitored))
+        self.spawn(self._warn_about_interfaces(self.config))
+
+    async def _warn_about_interfaces(self, config: Config) -> None:
+        try:
+            present = await asyncio.to_thread(self.kernel.links)
+        except Exception as exc:  # a warning only: the uplinks are observed at every reconcile anyway
+            log.debug("cannot list interfaces: %s", exc)
+            return
+        for warning in interface_warnings(config, present):
+            log.warning("%s", warning)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference so it is not collected."""
@@ -537,7 +577,12 @@ class Daemon:
                 {
                     "name": isp.name,
                     "interface": isp.interface,
-                    "gateway": str(isp.gateway),
+                    # The next hop its table routes to (static or learned), where it came from, and what its
+                    # uplink misses now (None: nothing; else no interface, link down, no address, ...).
+                    "gateway": isp.uplink.next_hop,
+                    "gateway_source": isp.uplink.source,
+                    "uplink": isp.uplink.problem,
+                    "addresses": list(isp.uplink.addresses),
                     # What the kernel has (the last applied plan); "decided" differs only while a
                     # change is being applied, or when applying it failed (see last_error).
                     "status": isp.status.value,
@@ -601,13 +646,17 @@ class Daemon:
         }
 
     def _ipv6_status(self, name: str) -> dict[str, Any] | None:
-        """An ISP's IPv6: its mode, its status (its own with IPv6 targets, else its one status) and health."""
+        """An ISP's IPv6: its mode, next hop, status (its own with IPv6 targets, else its one status) and health."""
         isp = next((i for i in self.config.isps if i.name == name), None)
         if isp is None or isp.ipv6.mode == "off":
             return None
         own = name in self.fleet.machines6
+        link = self.fleet.uplink(name)
         return {
             "mode": isp.ipv6.mode,
+            "gateway": str(link.via6) if link.via6 is not None else ("device route" if link.ready6 else None),
+            "gateway_source": link.source6,
+            "uplink": link.problem6,
             "status": self.fleet.statuses6().get(name, IspStatus.UP).value,
             "own_health": own,
             "health": self._health(name, 6) if own else None,
@@ -701,7 +750,7 @@ class Daemon:
         resync = asyncio.create_task(self._resync_loop())
         adjusting = asyncio.create_task(self._adjust_loop())
         counting = asyncio.create_task(self.counter.run())
-        links = LinkWatcher(self._link_changed)
+        links = LinkWatcher(self._link_changed, self._routing_changed, lambda: self.fleet.state.protocols)
         self._start_monitors()
         self._start_domains()
         self._warn_about_config()
@@ -763,7 +812,7 @@ def _ms(seconds: float | None) -> float | None:
 def run(config_path: str, cleanup_on_exit: bool) -> None:
     config = load_config(config_path)
     kernel = LinuxKernel()
-    preflight(config, kernel)
+    preflight(config)
     path = config.state_path
     previous = runtime.load(path)
     allocation = runtime.allocate(config, previous, reload=False)

@@ -31,6 +31,7 @@ from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transitio
 from wanlb.plan import IspStatus
 from wanlb.policy import policies
 from wanlb.runtime import Allocation, RuntimeState
+from wanlb.uplink import Uplink, assumed
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Event:
     loss_percent: float | None = None
     latency_ms: float | None = None
     family: str = ""  # "6": the ISP's IPv6 health alone; "4": its IPv4 alone (it has IPv6 health too); "": both
+    gateway: str = ""  # the ISP's next hop when it happened (an address, "device route" or "none")
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,19 @@ def params_of(isp: IspConfig) -> HealthParams:
 class Fleet:
     """Per-ISP health machines, admin and link state, allocations; see the module docstring."""
 
-    def __init__(self, config: Config, state: RuntimeState, links: Mapping[str, bool], now: float, wall: float):
+    def __init__(self, config: Config, state: RuntimeState, uplinks: Mapping[str, Uplink], now: float, wall: float):
         self.config = config
         self.state = state
         self.machines: dict[str, HealthMachine] = {}
         # IPv6 health, for ISPs with IPv6 targets; any other ISP's IPv6 follows its one state.
         self.machines6: dict[str, HealthMachine] = {}
         self.since: dict[str, float] = {}
-        self.links = dict(links)  # interface -> usable, as last reported
+        self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
+        self._hops: dict[tuple[str, int], tuple[object, ...]] = {}  # (ISP, family) -> last next hop it had
         for isp in config.isps:
             self._new_machine(isp, IspStatus.UP, now, wall)
             self._new_machine6(isp, IspStatus.UP, now)
+            self._remember_hops(isp, self.uplink(isp.name))
 
     # --- what the rest of wanlb reads -------------------------------------------------------
 
@@ -122,6 +126,10 @@ class Fleet:
         """IPv6 status of every ISP: its own IPv6 health where it has IPv6 targets, else its one status."""
         return {name: self.machines6[name].status if name in self.machines6 else m.status
                 for name, m in self.machines.items()}  # fmt: skip
+
+    def uplink(self, name: str) -> Uplink:
+        """The ISP's uplink as last observed (as configured before the first observation)."""
+        return self._uplinks.get(name) or assumed(self.config.isp(name))
 
     def probed(self, name: str) -> bool:
         return bool(self.config.isp(name).health.targets_of(4))
@@ -166,24 +174,37 @@ class Fleet:
         return self._changed(name, t, t.new.value, wall)
 
     def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
-        """A WAN link's usability changed (LAN links only need a reconcile)."""
-        self.links[interface] = usable
+        """A link event: a WAN that went down is DOWN at once (the fast path of a failover); anything
+        else needs a look at the whole uplink (address, next hop), which the reconcile it asks for takes
+        and hands to :meth:`observed`."""
         effects: list[Effect] = []
-        for isp in self.config.isps:
+        for isp in self.config.isps if not usable else ():
             if isp.interface != interface:
                 continue
-            t = self.machines[isp.name].link(now, usable, self.probed(isp.name))
-            if t is not None:
-                effects += self._changed(isp.name, replace(t, reason=f"{t.reason} ({interface})"), t.new.value, wall)
-            m6 = self.machines6.get(isp.name)
-            t6 = None if m6 is None else m6.link(now, usable, True)
-            if t6 is not None:
-                effects += self._changed6(
-                    isp.name, replace(t6, reason=f"{t6.reason} ({interface})"), t6.new.value, wall
-                )
+            link = self.uplink(isp.name)
+            if link.ready:
+                self._uplinks[isp.name] = replace(link, problem="link down")
+            effects += self._link(isp, False, "link down", now, wall)
         lan = interface in self.config.lan.interfaces
         if (lan or any(i.interface == interface for i in self.config.isps)) and not effects:
             effects.append(Reconcile(f"link {interface} {'up' if usable else 'down'}"))
+        return effects
+
+    def observed(self, config: Config, seen: Mapping[str, Uplink], now: float, wall: float) -> list[Effect]:
+        """What a reconcile saw of every uplink (planned with ``config``): an uplink that lost a piece is
+        DOWN (and, being broken, flushed); one that is whole again is judged by its probes; a new next hop
+        or address is an event.  Observations of a config replaced meanwhile are stale: ignored."""
+        if config is not self.config:
+            return []
+        effects: list[Effect] = []
+        for isp in config.isps:
+            new = seen.get(isp.name)
+            if new is None:
+                continue
+            old = self._uplinks.get(isp.name)
+            self._uplinks[isp.name] = new
+            effects += self._link(isp, new.ready, new.problem or "", now, wall, new.ready6, new.problem6)
+            effects += self._uplink_events(isp, old, new, wall)
         return effects
 
     def disable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
@@ -213,6 +234,9 @@ class Fleet:
             machine = self.machines.pop(name)
             self.machines6.pop(name, None)
             self.since.pop(name, None)
+            self._uplinks.pop(name, None)  # (a replaced ISP may have another interface: observed afresh)
+            self._hops.pop((name, 4), None)
+            self._hops.pop((name, 6), None)
             slot = old_state.isps[name]
             effects.append(
                 Flush(name, slot.mark, old_state.mark_mask, "removed" if name in allocation.removed else "replaced")
@@ -229,6 +253,7 @@ class Fleet:
             machine = self.machines.get(isp.name)
             if machine is None:
                 self._new_machine(isp, IspStatus.UP, now, wall)
+                self._remember_hops(isp, self.uplink(isp.name))
                 what = "replaced" if isp.name in allocation.replaced else "added"
                 why = "interface or mark changed: a new uplink" if what == "replaced" else "added to the config"
                 status = self.machines[isp.name].status.value
@@ -269,6 +294,58 @@ class Fleet:
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _link(
+        self,
+        isp: IspConfig,
+        usable: bool,
+        why: str,
+        now: float,
+        wall: float,
+        usable6: bool | None = None,
+        why6: str | None = None,
+    ) -> list[Effect]:
+        """Feed an uplink's usability to the ISP's machines (its IPv6 one: ``usable6``, default the same)."""
+        effects: list[Effect] = []
+        t = self.machines[isp.name].link(now, usable, self.probed(isp.name), why)
+        if t is not None:
+            effects += self._changed(isp.name, replace(t, reason=f"{t.reason} ({isp.interface})"), t.new.value, wall)
+        m6 = self.machines6.get(isp.name)
+        ok6 = usable if usable6 is None else usable6
+        t6 = None if m6 is None else m6.link(now, ok6, True, why if not usable else why6 or why)
+        if t6 is not None:
+            t6 = replace(t6, reason=f"{t6.reason} ({isp.interface})")
+            effects += self._changed6(isp.name, t6, t6.new.value, wall)
+        return effects
+
+    def _remember_hops(self, isp: IspConfig, link: Uplink) -> None:
+        """The next hops an ISP has now, so a later change is told as one (a static one is known at once)."""
+        if link.ready or not isp.learns:
+            self._hops[(isp.name, 4)] = (link.via if link.ready else isp.gateway, link.ready or not isp.learns)
+        if link.ready6 or (isp.gateway6 not in (None, "auto")):
+            self._hops[(isp.name, 6)] = (link.via6, True)
+
+    def _uplink_events(self, isp: IspConfig, old: Uplink | None, new: Uplink, wall: float) -> list[Effect]:
+        """A next hop that changed or was learned (per family), or addresses that changed: one event each."""
+        effects: list[Effect] = []
+        status = self.machines[isp.name].status.value
+        for family, ready, via, source in ((4, new.ready, new.via, new.source), (6, new.ready6, new.via6, new.source6)):
+            if not ready or (family == 6 and isp.gateway6 is None):
+                continue
+            hop = (via, True)
+            before = self._hops.get((isp.name, family))
+            self._hops[(isp.name, family)] = hop
+            if before == hop:
+                continue
+            shown = str(via) if via is not None else f"device route (dev {isp.interface})"
+            what = f"{_hop_text(before[0], isp.interface)} → {shown}" if before else f"learned {shown}"
+            emit = self._emit(isp.name, "gateway", status, status, f"{what} ({source})", isp.interface, wall)
+            family_tag = "6" if family == 6 else ("4" if isp.name in self.machines6 else "")
+            effects.append(Emit(replace(emit.event, family=family_tag)))
+        if old is not None and old.addresses and new.addresses and old.addresses != new.addresses:
+            why = f"{', '.join(old.addresses)} → {', '.join(new.addresses)}"
+            effects.append(self._emit(isp.name, "address", status, status, why, isp.interface, wall))
+        return effects
+
     def _machine(self, name: str) -> HealthMachine:
         if name not in self.machines:
             raise KeyError(f"no ISP named {name!r}")
@@ -284,8 +361,9 @@ class Fleet:
             self.machines6.pop(isp.name, None)
             return
         machine = HealthMachine(params_of(isp), status)
-        if self.links.get(isp.interface) is False:
-            machine.link(now, False, True)
+        link = self.uplink(isp.name)
+        if not link.ready6:
+            machine.link(now, False, True, link.problem or link.problem6 or "")
         self.machines6[isp.name] = machine
 
     def _reload6(self, isp: IspConfig, now: float) -> None:
@@ -321,8 +399,9 @@ class Fleet:
     def _new_machine(self, isp: IspConfig, status: IspStatus, now: float, wall: float) -> None:
         """A fresh health machine; an ISP whose WAN link is down starts down, at start as after a reload."""
         machine = HealthMachine(params_of(isp), status)
-        if self.links.get(isp.interface) is False:
-            machine.link(now, False, bool(isp.health.targets_of(4)))
+        link = self.uplink(isp.name)
+        if not link.ready:
+            machine.link(now, False, bool(isp.health.targets_of(4)), link.problem or "")
         self.machines[isp.name] = machine
         self.since[isp.name] = wall
 
@@ -378,4 +457,9 @@ class Fleet:
         q = machine.quality() if machine is not None else None
         latency = None if q is None or q.latency is None else round(q.latency * 1000, 2)
         loss = None if q is None else round(q.loss_percent, 1)
-        return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency))
+        hop = self.uplink(name).next_hop if name in self.machines else ""
+        return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency, gateway=hop))
+
+
+def _hop_text(via: object, interface: str) -> str:
+    return str(via) if via is not None else f"device route (dev {interface})"

@@ -20,24 +20,26 @@ from wanlb.adapters import nft, routing, sysctl
 from wanlb.ctnetlink import codec
 from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.filters import Filter
-from wanlb.plan import ConnectedRoute
 from wanlb.render import Route, Rule
 from wanlb.tune import TableStats
+from wanlb.uplink import Snapshot
 
 
 class Kernel(Protocol):
     def links(self) -> dict[str, bool]:
         """Interface name → usable (up with carrier)."""
 
-    def connected(self) -> tuple[ConnectedRoute, ...]: ...
+    def snapshot(
+        self, protocols: Collection[int], wans: Collection[str] = (), tables: Collection[int] = (254,)
+    ) -> Snapshot:
+        """Connected networks, wanlb's routes (tagged with ``protocols``), other default routes in ``tables``
+        and the ``wans`` interfaces that exist (see :func:`wanlb.adapters.routing.read_snapshot`)."""
 
     def rules(self, protocols: Collection[int]) -> list[Rule]: ...
 
     def add_rule(self, rule: Rule) -> None: ...
 
     def delete_rule(self, rule: Rule) -> None: ...
-
-    def routes(self, protocols: Collection[int]) -> list[Route]: ...
 
     def replace_routes(self, routes: Sequence[Route]) -> list[tuple[Route, str]]:
         """Install each route (replacing its table and destination); the ones that failed, and why."""
@@ -105,9 +107,11 @@ class LinuxKernel:
         with self._rtnl() as ipr:
             return routing.links(ipr)
 
-    def connected(self) -> tuple[ConnectedRoute, ...]:
+    def snapshot(
+        self, protocols: Collection[int], wans: Collection[str] = (), tables: Collection[int] = (254,)
+    ) -> Snapshot:
         with self._rtnl() as ipr:
-            return routing.read_connected(ipr)
+            return routing.read_snapshot(ipr, protocols, wans, tables)
 
     def rules(self, protocols: Collection[int]) -> list[Rule]:
         with self._rtnl() as ipr:
@@ -120,10 +124,6 @@ class LinuxKernel:
     def delete_rule(self, rule: Rule) -> None:
         with self._rtnl() as ipr:
             routing.delete_rule(ipr, rule)
-
-    def routes(self, protocols: Collection[int]) -> list[Route]:
-        with self._rtnl() as ipr:
-            return routing.read_routes(ipr, protocols)
 
     def replace_routes(self, routes: Sequence[Route]) -> list[tuple[Route, str]]:
         with self._rtnl() as ipr:

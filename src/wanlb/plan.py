@@ -19,6 +19,7 @@ from enum import StrEnum
 from wanlb.config import Config, RuleConfig
 from wanlb.policy import Adjusted, PolicyPlan, policies
 from wanlb.runtime import Retired, RuntimeState, mark_shift
+from wanlb.uplink import ConnectedRoute, Uplink, assumed
 
 
 class IspStatus(StrEnum):
@@ -35,21 +36,10 @@ class IspStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class ConnectedRoute:
-    """A directly connected network of the main table: never balanced (``bypass``), and LAN ones are never NATed."""
-
-    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
-    dev: str
-
-    def __lt__(self, other: ConnectedRoute) -> bool:  # IPv4 and IPv6 networks do not compare with each other
-        return (self.dst.version, self.dst, self.dev) < (other.dst.version, other.dst, other.dev)
-
-
-@dataclass(frozen=True)
 class IspPlan:
     name: str
     interface: str
-    gateway: ipaddress.IPv4Address
+    uplink: Uplink  # its next hops (static or learned) and whether its table gets a route now
     mark: int
     table: int
     slot: int  # rule priority offset, from the ISP's mark: independent of the config's order
@@ -59,7 +49,6 @@ class IspPlan:
     status: IspStatus
     active: bool
     share: float  # fraction of NEW connections it gets, 0..1
-    gateway6: ipaddress.IPv6Address | None = None
     ipv6: str = "off"  # netmap | masquerade | routed | off
     prefix6: ipaddress.IPv6Network | None = None  # netmap: the ISP-side prefix; routed: its prefix on the LAN
     inbound6: bool = False  # netmap: connections to prefix6 from this WAN are mapped to the LAN host
@@ -126,31 +115,36 @@ def plan(
     connected: tuple[ConnectedRoute, ...] = (),
     adjusted: Adjusted | None = None,
     statuses6: Mapping[str, IspStatus] | None = None,
+    uplinks: Mapping[str, Uplink] | None = None,
 ) -> Desired:
     """Compute the desired state.  ISPs missing from ``statuses`` count as UP.
 
     ``statuses6``: each ISP's IPv6 status where it differs (its own IPv6 health); None: as ``statuses``.
+
+    ``uplinks``: each ISP's uplink as the kernel shows it (:mod:`wanlb.uplink`); an ISP missing from it is
+    as configured (a static next hop is ready, a learned one waits).
 
     ``adjusted``: the daemon's current weights per dynamic algorithm (``least-conn``, ``latency``).
 
     ``state`` must hold a slot for every ISP of ``config`` (see :func:`wanlb.runtime.allocate`).
     """
     statuses = statuses or {}
+    links = {i.name: (uplinks or {}).get(i.name) or assumed(i) for i in config.isps}
     shift = mark_shift(config.mark_mask)
     slots = {name: ((slot.mark >> shift) - 1) % 256 for name, slot in state.isps.items()}
-    usable = {i.name: statuses.get(i.name, IspStatus.UP) for i in config.isps}
+    usable = {i.name: _usable(statuses.get(i.name, IspStatus.UP), links[i.name]) for i in config.isps}
     followed = followed_prefixes(config, connected)
     planned = policies(config, usable, adjusted)
     # The same policies for IPv6, over the ISPs that carry it (a netmap ISP whose prefix_from interface has
     # no prefix now does not, until it has one).
-    planned6 = policies(config, usable6(config, usable, statuses6, followed), adjusted) if config.ipv6 else ()
+    planned6 = policies(config, usable6(config, usable, statuses6, followed, links), adjusted) if config.ipv6 else ()
     default = dict(planned[0].active)
     total = sum(default.values())
     isps = tuple(
         IspPlan(
             name=i.name,
             interface=i.interface,
-            gateway=i.gateway,
+            uplink=links[i.name],
             mark=state.isps[i.name].mark,
             table=state.isps[i.name].table,
             slot=slots[i.name],
@@ -160,7 +154,6 @@ def plan(
             status=usable[i.name],
             active=i.name in default,
             share=default.get(i.name, 0) / total if total else 0.0,
-            gateway6=i.gateway6,
             ipv6=i.ipv6.mode,
             prefix6=i.ipv6.prefix if i.ipv6.prefix_from is None else followed[i.name],
             inbound6=i.ipv6.inbound,
@@ -189,6 +182,12 @@ def plan(
         bypass6=tuple(sorted(bypass6)),
         policies6=planned6,
     )
+
+
+def _usable(status: IspStatus, link: Uplink) -> IspStatus:
+    """An ISP whose uplink misses a piece takes nothing, whatever its machine says meanwhile (the fleet
+    hears of the observation only after the reconcile that made it)."""
+    return IspStatus.DOWN if status.usable and not link.ready else status
 
 
 _ULA = ipaddress.IPv6Network("fc00::/7")
@@ -224,16 +223,19 @@ def usable6(
     usable: Mapping[str, IspStatus],
     statuses6: Mapping[str, IspStatus] | None,
     followed: Mapping[str, ipaddress.IPv6Network | None],
+    uplinks: Mapping[str, Uplink] | None = None,
 ) -> dict[str, IspStatus]:
     """Each ISP's usability for NEW IPv6 connections from the translated LAN prefixes.
 
     Its IPv6 status (its own IPv6 health, else its one status) if it translates (netmap with a prefix
-    now, or masquerade); DOWN otherwise: a ``routed`` ISP takes only its own prefix's connections (their
-    source decides), and an ISP without IPv6 none.
+    now, or masquerade) and has an IPv6 next hop; DOWN otherwise: a ``routed`` ISP takes only its own
+    prefix's connections (their source decides), and an ISP without IPv6 none.
     """
     out = {}
     for isp in config.isps:
         nat = isp.ipv6.mode == "masquerade" or (isp.ipv6.mode == "netmap" and followed.get(isp.name, True) is not None)
+        link = (uplinks or {}).get(isp.name)
+        routable = link.ready6 if link is not None else isp.gateway6 != "auto"
         status = (statuses6 or {}).get(isp.name, usable.get(isp.name, IspStatus.UP))
-        out[isp.name] = status if nat else IspStatus.DOWN
+        out[isp.name] = status if nat and routable else IspStatus.DOWN
     return out

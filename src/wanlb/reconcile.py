@@ -16,8 +16,8 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wanlb import nftsync
@@ -27,6 +27,7 @@ from wanlb.plan import Desired, IspStatus, plan
 from wanlb.policy import Adjusted
 from wanlb.render import Route, RoutingIntent, Rule, render
 from wanlb.runtime import RuntimeState, StateStore, state_dir_problem
+from wanlb.uplink import MAIN_TABLE, Snapshot, Uplink, uplinks
 
 log = logging.getLogger("wanlb.reconcile")
 
@@ -35,7 +36,7 @@ class PreflightError(RuntimeError):
     """The machine cannot run the datapath; the message is one sentence for the operator."""
 
 
-def preflight(config: Config, kernel: Kernel) -> None:
+def preflight(config: Config) -> None:
     """Refuse early, and clearly, instead of half-applying."""
     if os.geteuid() != 0:
         raise PreflightError("wanlb must run as root to change nftables, routing and sysctls")
@@ -45,10 +46,14 @@ def preflight(config: Config, kernel: Kernel) -> None:
     problem = state_dir_problem(Path(config.control.socket).parent)
     if problem:
         raise PreflightError(f"control.socket: {problem}: only root may write where wanlb keeps its socket and state")
-    present = kernel.links()
-    missing = [n for n in (*config.lan.interfaces, *(i.interface for i in config.isps)) if n not in present]
-    if missing:
-        raise PreflightError(f"interface(s) {', '.join(missing)} named in the config do not exist")
+    # A configured interface that does not exist yet is not fatal (ppp0 before pppd connects): the daemon
+    # logs wanlb.uplink.interface_warnings and the ISP waits for it.
+
+
+def read_snapshot(kernel: Kernel, config: Config, protocols: Collection[int]) -> Snapshot:
+    """What a pass plans from: the routing snapshot with the config's WANs and the tables they learn from."""
+    tables = {MAIN_TABLE, *(isp.lookup_table for isp in config.isps)}
+    return kernel.snapshot(protocols, [isp.interface for isp in config.isps], tables)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class ReconcileResult:
     nft_done: float | None  # wall time the kernel accepted our nft change; None: nothing differed
     changes: tuple[str, ...]
     failures: tuple[str, ...]  # routes the kernel refused (device down, …): retried next pass
+    uplinks: Mapping[str, Uplink] = field(default_factory=dict)  # each ISP's uplink as this pass saw it
 
 
 class Reconciler:
@@ -124,7 +130,10 @@ class Reconciler:
         may send marks to them.
         """
         kernel = self.kernel
-        desired = plan(config, state, statuses, kernel.connected(), adjusted, statuses6)
+        protocols = set(state.protocols)
+        snapshot = read_snapshot(kernel, config, protocols)
+        seen = uplinks(config, snapshot)
+        desired = plan(config, state, statuses, snapshot.connected, adjusted, statuses6, seen)
         rendered = render(desired)
         changes: list[str] = []
         failures: list[str] = []
@@ -134,8 +143,7 @@ class Reconciler:
         nft_first = rendered.routing == self._last_routing and active <= self._last_active
         nft_done = self._nft(rendered.nft) if nft_first else None
 
-        protocols = set(state.protocols)
-        todo = routing_changes(rendered.routing, kernel.rules(protocols), kernel.routes(protocols))
+        todo = routing_changes(rendered.routing, kernel.rules(protocols), list(snapshot.routes))
         refused = dict(kernel.replace_routes(todo.add_routes))
         for route in todo.add_routes:
             if route in refused:
@@ -162,7 +170,7 @@ class Reconciler:
             log.warning("route not installed (retried at the next pass): %s", failure)
         if nft_done is not None:
             self._pending = (rendered.nft, self.kernel.nft_generation())
-        return ReconcileResult(desired, nft_done, tuple(changes), tuple(failures))
+        return ReconcileResult(desired, nft_done, tuple(changes), tuple(failures), seen)
 
     def _nft(self, table: nftsync.Table) -> float | None:
         """Apply what differs in our nft table; the wall time the kernel accepted it, None if nothing differed."""
@@ -237,7 +245,7 @@ def cleanup(kernel: Kernel, config: Config | None, state: RuntimeState | None) -
         for rule in sorted(kernel.rules(protocols), reverse=True):
             kernel.delete_rule(rule)
             done.append(f"-rule {rule.describe()}")
-        for route in dict.fromkeys(kernel.routes(protocols)):
+        for route in dict.fromkeys(kernel.snapshot(protocols).routes):
             kernel.delete_route(route)
             done.append(f"-route {route.describe()}")
     for key, value in (state.sysctls if state else {}).items():

@@ -521,8 +521,11 @@ def render_routing(desired: Desired) -> RoutingIntent:
     """Rules, routes and sysctls for the desired state.
 
     Every ISP keeps its table and rules while it is down, so its probes still
-    leave through it and its recovery can be seen.  Rule priorities follow the
-    ISP's slot (its rank by mark), not its place in the config.
+    leave through it and its recovery can be seen — as long as its uplink is
+    there: an ISP whose interface, address or (learned) next hop is missing has
+    its rules but no route until it comes (its ``unreachable`` guard meanwhile).
+    A learned point-to-point next hop is a device route (``default dev ppp0``).
+    Rule priorities follow the ISP's slot (its rank by mark), not its place in the config.
     """
     base = desired.rule_priority
     mask = desired.mark_mask
@@ -536,15 +539,16 @@ def render_routing(desired: Desired) -> RoutingIntent:
             )
         )
         rules.append(Rule(base + GUARD_OFFSET + isp.slot, "unreachable", fwmark=isp.mark, fwmask=mask, protocol=proto))
-        default = ipaddress.IPv4Network("0.0.0.0/0")
-        routes.append(Route(isp.table, default, isp.interface, gateway=isp.gateway, protocol=proto))
+        if isp.uplink.ready:  # else the guard keeps its marked packets from leaving anywhere until it is
+            default = ipaddress.IPv4Network("0.0.0.0/0")
+            routes.append(Route(isp.table, default, isp.interface, gateway=isp.uplink.via, protocol=proto))
     if not desired.active and desired.last_resort != "main":
         rules.append(Rule(base + LAST_RESORT_OFFSET, desired.last_resort, protocol=proto))
     sysctls = [("net/ipv4/ip_forward", "1")]
     for isp in desired.isps:
         conf = f"net/ipv4/conf/{isp.interface}"
         sysctls += [(f"{conf}/rp_filter", "2"), (f"{conf}/src_valid_mark", "1")]
-    v6 = [isp for isp in desired.isps if isp.ipv6 != "off" and isp.gateway6 is not None]
+    v6 = [isp for isp in desired.isps if isp.ipv6 != "off"]
     if v6:
         # The same priorities and tables in the IPv6 rule list, for the ISPs that carry IPv6.
         rules.append(
@@ -557,7 +561,8 @@ def render_routing(desired: Desired) -> RoutingIntent:
                               protocol=proto, family=6))  # fmt: skip
             rules.append(Rule(base + GUARD_OFFSET + slot, "unreachable", fwmark=mark, fwmask=mask, protocol=proto,
                               family=6))  # fmt: skip
-            routes.append(Route(isp.table, default6, isp.interface, gateway=isp.gateway6, protocol=proto))
+            if isp.uplink.ready6:
+                routes.append(Route(isp.table, default6, isp.interface, gateway=isp.uplink.via6, protocol=proto))
             if isp.ipv6 == "routed" and isp.prefix6 is not None:  # its prefix's sources, marked or not
                 rules.append(Rule(base + FROM_OFFSET + slot, "lookup", table=isp.table, src=isp.prefix6,
                                   protocol=proto, family=6))  # fmt: skip

@@ -215,7 +215,8 @@ def allocate(config: Config, previous: RuntimeState | None, reload: bool) -> All
 
 def _tables(config: Config, prev: RuntimeState, base: int) -> dict[str, int]:
     explicit = {isp.name: isp.table for isp in config.isps if isp.table is not None}
-    used = set(explicit.values()) | {253, 254, 255}
+    # The tables uplink clients write their default routes to (gateway_table) are never wanlb's.
+    used = set(explicit.values()) | {253, 254, 255} | {i.gateway_table for i in config.isps if i.gateway_table}
     tables: dict[str, int] = dict(explicit)
     for isp in config.isps:
         old = prev.isps.get(isp.name)

@@ -116,7 +116,7 @@ BAD = [
         "isps.1.snat",
         "masquerade",
     ),
-    (_replace("    gateway: 100.64.2.1\n", ""), 9, "isps.1.gateway", "missing"),
+    (_replace("    gateway: 100.64.2.1\n", "    gateway: dhcp\n"), 11, "isps.1.gateway", "write auto for a next hop"),
     (_replace("down_after: 3", "down_after: -1"), 8, "isps.0.health.down_after", "greater"),
     (_replace("mark_mask: 0xff00\n", "mark_mask: 0x1\n"), 14, "mark_mask", "holds only"),
     (

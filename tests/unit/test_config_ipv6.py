@@ -9,8 +9,9 @@ import pytest
 from wanlb import runtime
 from wanlb.config import ConfigError, parse_config
 from wanlb.nftsync import Set
-from wanlb.plan import ConnectedRoute, plan
+from wanlb.plan import plan
 from wanlb.render import render
+from wanlb.uplink import ConnectedRoute
 
 LAN = "lan: {interfaces: [lan0], ipv6_prefixes: [fd00:77::/64, 2001:db8:300::/64]}\n"
 

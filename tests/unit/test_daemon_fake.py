@@ -22,8 +22,8 @@ from wanlb.config import load_config
 from wanlb.daemon import Daemon
 from wanlb.domains import DomainWatcher, ResolverSettings
 from wanlb.health.monitor import RoundResult
-from wanlb.plan import ConnectedRoute
 from wanlb.runtime import RuntimeState, StateStore
+from wanlb.uplink import ConnectedRoute
 
 HEALTH = "health: {targets: [192.0.2.1], down_after: 3, up_after: 5}"
 CONFIG = f"""\
@@ -52,7 +52,9 @@ class StubMonitor:
 
     started: ClassVar[list[str]] = []
 
-    def __init__(self, isp: Any, mark: int, on_round: Callable[[str, RoundResult, int], None], family: int = 4) -> None:
+    def __init__(
+        self, isp: Any, mark: int, on_round: Callable[[str, RoundResult, int], None], family: int = 4, **_: Any
+    ) -> None:
         self.isp, self.mark, self.on_round = isp, mark, on_round
         self.health = isp.health
         self.targets = isp.health.targets_of(family)
@@ -72,7 +74,10 @@ class Harness:
         self.config = load_config(self.path)
         self.kernel = FakeKernel(
             {"lan0": True, "wan1": True, "wan2": True, "wan3": True},
-            (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0"),),
+            (
+                ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0"),
+                *(ConnectedRoute(ipaddress.IPv4Network(f"100.64.{i}.0/24"), f"wan{i}") for i in (1, 2, 3)),
+            ),
             {"net/ipv4/ip_forward": "0"},
         )
         self.kernel.conntrack = [0x100] * 3 + [0x200] * 2 + [0x300] + [0] * 4
@@ -245,14 +250,14 @@ def test_a_refused_reload_keeps_the_running_config(tmp_path: Path, monkeypatch: 
     async def test() -> None:
         d = h.build()
         await d.reconcile("start")
-        before = h.kernel.snapshot()
+        before = h.kernel.everything()
         h.write(CONFIG.replace("name: b, interface: wan2", "name: b, interface: wan1"))
         ok, message = await d.reload()
         assert not ok and "duplicate interface" in message
         h.write(CONFIG.replace("gateway: 100.64.2.1, ", "gateway: 100.64.2.1, mark: 0x100, "))
         ok, message = await d.reload()
         assert not ok and "asks for mark 0x100, which 'a' has carried" in message
-        assert h.kernel.snapshot() == before and d.config is h.config and d.reloads == 0
+        assert h.kernel.everything() == before and d.config is h.config and d.reloads == 0
 
     run(test)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from wanlb import runtime
 from wanlb.config import Config, parse_config
 from wanlb.fleet import Effect, Emit, Fleet, Flush, Reconcile, SaveState
 from wanlb.plan import IspStatus
+from wanlb.uplink import Uplink
 
 UP, DOWN, DEGRADED, DISABLED = IspStatus.UP, IspStatus.DOWN, IspStatus.DEGRADED, IspStatus.DISABLED
 PROBED = "health: {targets: [192.0.2.1], down_after: 3, up_after: 5, window: 10}"
@@ -21,7 +23,7 @@ ISPS = {
 
 
 def config(names: str = "abc", extra: str = "", **replace: str) -> Config:
-    rows = "".join(replace.get(n, ISPS[n]) for n in names)
+    rows = "".join(replace[n] if n in replace else ISPS[n] for n in names)
     return parse_config(f"lan: {{interfaces: [lan0]}}\nisps:\n{rows}{extra}")
 
 
@@ -35,9 +37,17 @@ class Clock:
 
 
 def make(cfg: Config | None = None, links: dict[str, bool] | None = None) -> tuple[Fleet, Clock]:
+    """A fleet whose uplinks are as configured, but those whose interface ``links`` says is down."""
     cfg = cfg or config()
     state = runtime.allocate(cfg, None, reload=False).state
-    return Fleet(cfg, state, links or {}, 0.0, 1_700_000_000.0), Clock()
+    seen = {i.name: Uplink("link down") for i in cfg.isps if (links or {}).get(i.interface) is False}
+    return Fleet(cfg, state, seen, 0.0, 1_700_000_000.0), Clock()
+
+
+def whole(isp: str, via: str | None = None, **fields: Any) -> dict[str, Uplink]:
+    """A reconcile's observation of one ISP: its uplink is whole, with ``via`` as its next hop."""
+    hop = ipaddress.IPv4Address(via if via is not None else f"100.64.{'abc'.index(isp) + 1}.1")
+    return {isp: Uplink(None, hop, **fields)}
 
 
 def rounds(fleet: Fleet, clock: Clock, name: str, pattern: str, loss: float | None = None) -> list[Effect]:
@@ -127,18 +137,76 @@ def test_link_down_is_down_and_flushed_at_once() -> None:
 def test_link_up_of_a_probed_isp_waits_for_its_rounds() -> None:
     fleet, clock = make()
     fleet.link("wan1", False, *clock.tick())
+    assert fleet.uplink("a").problem == "link down"  # status says so before the reconcile looks
     assert rounds(fleet, clock, "a", "+++++") == []  # rounds while the link is down prove nothing
+    # A link coming up is only a reason to look: the reconcile's observation says whether the uplink is whole.
     assert fleet.link("wan1", True, *clock.tick()) == [Reconcile("link wan1 up")]
+    assert fleet.statuses()["a"] == DOWN
+    assert fleet.observed(fleet.config, whole("a"), *clock.tick()) == []
     assert fleet.statuses()["a"] == DOWN
     assert rounds(fleet, clock, "a", "++++") == []
     assert summary(rounds(fleet, clock, "a", "+")) == [("reconcile",), ("emit", "a", "up", "up", "down")]
 
 
-def test_link_up_of_an_unprobed_isp_is_up_at_once() -> None:
+def test_link_up_of_an_unprobed_isp_is_up_once_its_uplink_is_seen_whole() -> None:
     fleet, clock = make()
     down = fleet.link("wan3", False, *clock.tick())
     assert summary(down) == [("reconcile",), ("flush", "c", 0x300, 0xFF00), ("emit", "c", "down", "down", "up")]
-    assert summary(fleet.link("wan3", True, *clock.tick())) == [("reconcile",), ("emit", "c", "up", "up", "down")]
+    assert summary(fleet.link("wan3", True, *clock.tick())) == [("reconcile",)]
+    up = fleet.observed(fleet.config, whole("c"), *clock.tick())
+    assert summary(up) == [("reconcile",), ("emit", "c", "up", "up", "down")]
+
+
+# --- uplinks: interfaces that come and go, learned next hops ----------------------------------------
+
+
+LEARNED = "  - {name: d, interface: ppp0, gateway: auto}\n"
+
+
+def test_an_interface_that_does_not_exist_is_down_until_it_comes_then_probes_decide() -> None:
+    fleet, clock = make(config("ab"))
+    effects = fleet.observed(fleet.config, {"a": Uplink("no interface")}, *clock.tick())
+    assert summary(effects) == [("reconcile",), ("flush", "a", 0x100, 0xFF00), ("emit", "a", "down", "down", "up")]
+    assert events(effects)[0].reason == "no interface (wan1)"
+    assert fleet.uplink("a").problem == "no interface"
+    # Still missing, then there but without an address: no news (it is down already; status shows why).
+    assert fleet.observed(fleet.config, {"a": Uplink("no address", index=7)}, *clock.tick()) == []
+    assert fleet.uplink("a").problem == "no address"
+    assert fleet.observed(fleet.config, whole("a", index=7, addresses=("100.64.1.2/24",)), *clock.tick()) == []
+    assert summary(rounds(fleet, clock, "a", "+++++")) == [("reconcile",), ("emit", "a", "up", "up", "down")]
+
+
+def test_a_learned_gateway_is_an_event_when_first_learned_and_when_it_changes() -> None:
+    fleet, clock = make(config("ad", d=LEARNED))
+    # Not observed yet: as configured, a learned next hop is waiting, so the ISP starts down.
+    assert fleet.statuses()["d"] == DOWN and fleet.uplink("d").problem == "waiting for gateway"
+    assert fleet.observed(fleet.config, {"d": Uplink("waiting for gateway")}, *clock.tick()) == []
+    src = "default via 10.0.0.1 dev ppp0 proto dhcp metric 1002"
+    lease = whole("d", "10.0.0.1", source=src, addresses=("10.0.0.2/24",))
+    learned = fleet.observed(fleet.config, lease, *clock.tick())
+    assert summary(learned) == [("reconcile",), ("emit", "d", "up", "up", "down"), ("emit", "d", "gateway", "up", "up")]
+    gateway = events(learned)[1]
+    assert gateway.reason == f"learned 10.0.0.1 ({src})" and gateway.gateway == "10.0.0.1"
+    assert fleet.observed(fleet.config, lease, *clock.tick()) == []
+    # A new lease: another router, another subnet.
+    src2 = "default via 10.9.0.1 dev ppp0 proto dhcp metric 1002"
+    lease2 = whole("d", "10.9.0.1", source=src2, addresses=("10.9.0.2/24",))
+    moved = fleet.observed(fleet.config, lease2, *clock.tick())
+    assert summary(moved) == [("emit", "d", "gateway", "up", "up"), ("emit", "d", "address", "up", "up")]
+    assert events(moved)[0].reason == f"10.0.0.1 → 10.9.0.1 ({src2})"
+    assert events(moved)[1].reason == "10.0.0.2/24 → 10.9.0.2/24"
+    # A point-to-point session: a device route.
+    p2p = fleet.observed(fleet.config, {"d": Uplink(None, None, "default dev ppp0 proto boot metric 0")}, *clock.tick())
+    assert events(p2p)[0].reason == "10.9.0.1 → device route (dev ppp0) (default dev ppp0 proto boot metric 0)"
+    assert events(p2p)[0].gateway == "device route"
+
+
+def test_a_static_gateway_is_never_an_event_and_a_stale_observation_is_ignored() -> None:
+    fleet, clock = make(config("ab"))
+    assert fleet.observed(fleet.config, {**whole("a"), **whole("b")}, *clock.tick()) == []
+    other = config("ab")  # a config adopted by a reload meanwhile: what was seen with the old one is stale
+    assert fleet.observed(other, {"a": Uplink("no interface")}, *clock.tick()) == []
+    assert fleet.statuses()["a"] == UP
 
 
 def test_lan_links_reconcile_and_foreign_links_do_nothing() -> None:

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from wanlb import nftsync, runtime
 from wanlb.config import Config, parse_config
 from wanlb.nftsync import Chain, Counter, Helper, Set, Table
-from wanlb.plan import ConnectedRoute, IspStatus, plan
+from wanlb.plan import IspStatus, plan
 from wanlb.render import render_nft
+from wanlb.uplink import ConnectedRoute
 
 LAN = (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0"),)
 ISPS = {"a": ("wan1", 3, 1), "b": ("wan2", 1, 1), "c": ("wan3", 2, 2)}  # interface, weight, tier
@@ -305,7 +306,7 @@ def test_the_fake_refuses_what_nft_refuses_and_changes_nothing() -> None:
     kernel = FakeKernel()
     t = table(config())
     kernel.nft_apply(nftsync.full_text(t))
-    before = kernel.snapshot()
+    before = kernel.everything()
     for bad in (
         "delete chain inet wanlb restore_a\n",  # still in the restore vmaps
         "flush chain inet wanlb isp_a\ndelete chain inet wanlb isp_a\n",  # still in the balance map
@@ -323,7 +324,7 @@ def test_the_fake_refuses_what_nft_refuses_and_changes_nothing() -> None:
     ):
         with pytest.raises(nftsync_error()):
             kernel.nft_apply(bad)
-        assert kernel.snapshot() == before, bad
+        assert kernel.everything() == before, bad
     kernel.nft_apply("flush chain inet wanlb balance\nflush chain inet wanlb isp_a\ndelete chain inet wanlb isp_a\n")
     assert ("chain", "isp_a") not in kernel.nft_objects()
 

@@ -12,10 +12,11 @@ from fakekernel import FakeKernel, table_objects
 from wanlb import runtime
 from wanlb.adapters.nft import NftError
 from wanlb.config import Config, parse_config
-from wanlb.plan import ConnectedRoute, IspStatus, plan
+from wanlb.plan import IspStatus, plan
 from wanlb.reconcile import Reconciler, cleanup, routing_changes
 from wanlb.render import Route, Rule, render, render_nft, render_routing
 from wanlb.runtime import RuntimeState, StateStore
+from wanlb.uplink import ConnectedRoute
 
 NET = ipaddress.IPv4Network
 ADDR = ipaddress.IPv4Address
@@ -360,15 +361,34 @@ def test_an_nft_failure_during_a_failover_is_applied_by_the_next_pass() -> None:
 
 def test_a_route_the_kernel_refuses_is_reported_and_retried() -> None:
     s = Setup()
-    s.kernel.set_link("wan2", False)
+    s.kernel.refuse_routes["wan2"] = "Nexthop has invalid gateway"
     result = s.run({"b": IspStatus.DOWN})
     assert [f.split(":")[0] for f in result.failures] == ["default via 100.64.2.1 dev wan2 table 202 proto 119"]
-    assert "Nexthop device is not up" in result.failures[0]
+    assert "Nexthop has invalid gateway" in result.failures[0]
     assert s.kernel.nft_read() is not None  # the rest went in
-    s.kernel.set_link("wan2", True)
+    s.kernel.refuse_routes.clear()
     result = s.run()
     assert result.failures == () and any(c.startswith("+route default via 100.64.2.1") for c in result.changes)
     assert ours(s.kernel)[1] == sorted(s.desired().routing.routes)
+
+
+def test_an_uplink_that_is_not_whole_gets_no_route_and_is_not_balanced_until_it_is() -> None:
+    """A WAN whose link is down (or whose interface is gone) has nothing to route to: no route is tried
+    (no failure every pass), the ISP takes no NEW connections whatever its status says, and the route is back
+    at the first pass that sees the link up again."""
+    s = Setup()
+    s.run()
+    s.kernel.set_link("wan2", False, drop_routes=True)
+    result = s.run()  # the statuses still say UP: the fleet hears of the observation after this pass
+    assert result.failures == () and result.uplinks["b"].problem == "link down"
+    assert [i.name for i in result.desired.active] == ["a"]
+    assert [r.dev for r in ours(s.kernel)[1]] == ["wan1"]
+    del s.kernel.link_state["wan2"]  # unplugged: the interface is gone
+    assert s.run().uplinks["b"].problem == "no interface"
+    s.kernel.link_state["wan2"] = True
+    result = s.run()
+    assert result.uplinks["b"].ready and {i.name for i in result.desired.active} == {"a", "b"}
+    assert any(c.startswith("+route default via 100.64.2.1 dev wan2") for c in result.changes)
 
 
 # --- cleanup ------------------------------------------------------------------------------------
@@ -376,22 +396,22 @@ def test_a_route_the_kernel_refuses_is_reported_and_retried() -> None:
 
 def test_cleanup_leaves_the_kernel_as_it_was_before_the_first_pass() -> None:
     s = Setup()
-    before = s.kernel.snapshot()
+    before = s.kernel.everything()
     s.run()
     s.run({"a": IspStatus.DOWN})
     s.change(TWO + "routing: {protocol: 120, rule_priority: 20000}\n")
     s.run()
     done = cleanup(s.kernel, s.config, s.store.state)
     assert "-nft table inet wanlb" in done
-    assert s.kernel.snapshot() == before
+    assert s.kernel.everything() == before
 
 
 def test_cleanup_without_a_config_uses_the_state() -> None:
     s = Setup()
-    before = s.kernel.snapshot()
+    before = s.kernel.everything()
     s.run()
     cleanup(s.kernel, None, s.store.state)
-    assert s.kernel.snapshot() == before
+    assert s.kernel.everything() == before
     s.kernel.calls.clear()
     assert cleanup(s.kernel, None, s.store.state) == [
         f"restored {k}={v}" for k, v in s.store.state.sysctls.items()

@@ -10,17 +10,18 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wanlb.plan import ConnectedRoute
 from wanlb.render import Route, Rule
+from wanlb.uplink import ConnectedRoute, DefaultRoute, Interface, Snapshot
 
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
-RTPROT_KERNEL = 2
+RTN_UNICAST = 1
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 _ACTIONS = {1: "lookup", 6: "blackhole", 7: "unreachable"}
@@ -54,37 +55,102 @@ def links(ipr: IPRoute) -> dict[str, bool]:
     }
 
 
-def missing_interfaces(names: Iterable[str]) -> list[str]:
-    with IPRoute() as ipr:
-        present = links(ipr)
-    return [n for n in names if n not in present]
+def read_snapshot(
+    ipr: IPRoute, protocols: Collection[int], wans: Collection[str] = (), tables: Collection[int] = (RT_TABLE_MAIN,)
+) -> Snapshot:
+    """One read of the routing state a reconcile needs: one route dump per family, one address dump.
 
-
-def read_connected(ipr: IPRoute | None = None) -> tuple[ConnectedRoute, ...]:
-    """Directly connected networks of the main table, both families (``ip route`` proto kernel).
-
-    IPv6 link-local (fe80::/64 on every link) and multicast routes are left out: nothing routes them.
+    * connected networks of the main table (on-link, no gateway, not ours: the kernel's, a DHCP
+      client's ``proto dhcp`` subnet route, RA prefixes; IPv6 link-local and multicast left out);
+    * every default route in ``tables`` that is not ours (each nexthop of a multipath one), by device;
+    * the routes tagged with one of ``protocols`` (wanlb's, in any table);
+    * the interfaces named in ``wans`` that exist: index, usable, IPv4 addresses and peers, global IPv6.
     """
-    if ipr is None:
-        with IPRoute() as own:
-            return read_connected(own)
     names: dict[int, str | None] = {}
-    found = []
-    for r in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
-        if r["scope"] != RT_SCOPE_LINK or r["proto"] != RTPROT_KERNEL or r["dst_len"] == 0:
+    connected: list[ConnectedRoute] = []
+    defaults: list[DefaultRoute] = []
+    ours: list[Route] = []
+    for family, any_dst in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        version = 4 if family == socket.AF_INET else 6
+        for r in ipr.route("dump", family=family):
+            table = r.get("table") or r["table"]
+            gw = r.get("gateway")
+            if r["proto"] in protocols:
+                ours.append(
+                    Route(
+                        table=table,
+                        dst=ipaddress.ip_network(f"{r.get('dst') or any_dst}/{r['dst_len']}"),
+                        dev=_ifname(r.get("oif"), names) or "?",
+                        gateway=ipaddress.ip_address(gw) if gw else None,
+                        protocol=r["proto"],
+                    )
+                )
+            elif r["type"] != RTN_UNICAST:
+                continue
+            elif r["dst_len"] == 0:
+                if table in tables:
+                    defaults += _defaults(r, version, table, names)
+            elif table == RT_TABLE_MAIN and not gw and not r.get("multipath"):
+                if version == 4 and r["scope"] != RT_SCOPE_LINK:
+                    continue
+                net = ipaddress.ip_network(f"{r.get('dst')}/{r['dst_len']}")
+                dev = _ifname(r.get("oif"), names)
+                if dev is not None and dev != "lo" and not net.is_link_local and not net.is_multicast:
+                    connected.append(ConnectedRoute(net, dev))
+    return Snapshot(
+        connected=tuple(sorted(set(connected))),
+        interfaces=_interfaces(ipr, wans),
+        defaults=tuple(defaults),
+        routes=tuple(ours),
+    )
+
+
+def _defaults(r: Any, version: int, table: int, names: dict[int, str | None]) -> list[DefaultRoute]:
+    """A default route of someone else's, one entry per nexthop (a multipath route has several)."""
+    gw = r.get("gateway")
+    hops = r.get("multipath") or [{"oif": r.get("oif"), "attrs": [("RTA_GATEWAY", gw)] if gw else []}]
+    out = []
+    for hop in hops:
+        via = dict(hop.get("attrs") or ()).get("RTA_GATEWAY")
+        dev = _ifname(hop.get("oif"), names)
+        out.append(DefaultRoute(version, table, dev, ipaddress.ip_address(via) if via else None,
+                                r.get("priority") or 0, r["proto"]))  # fmt: skip
+    return out
+
+
+def _interfaces(ipr: IPRoute, wans: Collection[str]) -> dict[str, Interface]:
+    """The named interfaces that exist, with their state and addresses (one address dump for all)."""
+    found: dict[str, tuple[int, bool]] = {}
+    for name in dict.fromkeys(wans):
+        try:
+            index = socket.if_nametoindex(name)  # an ioctl; a missing interface is normal (ppp0 before pppd)
+            links = ipr.get_links(index)
+        except (OSError, NetlinkError):
             continue
-        dev = _ifname(r.get("oif"), names)
-        if dev is not None:
-            found.append(ConnectedRoute(ipaddress.IPv4Network(f"{r.get('dst')}/{r['dst_len']}"), dev))
-    for r in ipr.get_routes(family=socket.AF_INET6, table=RT_TABLE_MAIN):
-        # IPv6 connected routes have universe scope; the kernel's ones carry no gateway.
-        if r["proto"] != RTPROT_KERNEL or r["dst_len"] == 0 or r.get("gateway") or r.get("multipath"):
+        if links and links[0].get("ifname") == name:
+            flags = links[0]["flags"]
+            found[name] = (index, bool(flags & IFF_UP and flags & IFF_LOWER_UP))
+    if not found:
+        return {}
+    by_index = {index: name for name, (index, _) in found.items()}
+    addrs: dict[str, list[ipaddress.IPv4Interface]] = {n: [] for n in found}
+    peers: dict[str, list[ipaddress.IPv4Address]] = {n: [] for n in found}
+    addrs6: dict[str, list[ipaddress.IPv6Interface]] = {n: [] for n in found}
+    for a in ipr.get_addr():
+        name = by_index.get(a["index"])
+        if name is None:
             continue
-        net = ipaddress.IPv6Network(f"{r.get('dst')}/{r['dst_len']}")
-        dev = _ifname(r.get("oif"), names)
-        if dev is not None and not net.is_link_local and not net.is_multicast:
-            found.append(ConnectedRoute(net, dev))
-    return tuple(sorted(set(found)))
+        local, address = a.get("local"), a.get("address")
+        if a["family"] == socket.AF_INET and (local or address):
+            addrs[name].append(ipaddress.IPv4Interface(f"{local or address}/{a['prefixlen']}"))
+            if local and address and local != address:  # `A peer B/32`: IFA_ADDRESS is the peer
+                peers[name].append(ipaddress.IPv4Address(address))
+        elif a["family"] == socket.AF_INET6 and address and a["scope"] == 0:
+            addrs6[name].append(ipaddress.IPv6Interface(f"{address}/{a['prefixlen']}"))
+    return {
+        name: Interface(name, index, usable, tuple(addrs[name]), tuple(peers[name]), tuple(addrs6[name]))
+        for name, (index, usable) in found.items()
+    }
 
 
 def read_rules(ipr: IPRoute, protocols: Collection[int]) -> list[Rule]:
@@ -139,27 +205,6 @@ def delete_rule(ipr: IPRoute, rule: Rule) -> None:
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.ESRCH):
             raise
-
-
-def read_routes(ipr: IPRoute, protocols: Collection[int]) -> list[Route]:
-    """Routes of both families tagged with any of ``protocols``, in any table (one dump per family)."""
-    ours: list[Route] = []
-    names: dict[int, str | None] = {}
-    for family, any_dst in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        for r in ipr.route("dump", family=family):
-            if r["proto"] not in protocols:
-                continue
-            gw = r.get("gateway")
-            ours.append(
-                Route(
-                    table=r.get("table"),
-                    dst=ipaddress.ip_network(f"{r.get('dst') or any_dst}/{r['dst_len']}"),
-                    dev=_ifname(r.get("oif"), names) or "?",
-                    gateway=ipaddress.ip_address(gw) if gw else None,
-                    protocol=r["proto"],
-                )
-            )
-    return ours
 
 
 def replace_route(ipr: IPRoute, route: Route) -> None:

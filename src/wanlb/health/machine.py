@@ -12,9 +12,10 @@ tests drive it with simulated time and the daemon with ``time.monotonic()``.
 * Flap damping: each DOWN within ``flap_window`` of the previous one doubles a
   hold-down period (from ``hold_base`` up to ``hold_max``) during which the ISP
   stays DOWN however good its rounds are.
-* Link: a WAN that loses carrier or is set down is DOWN at once (no need to
-  wait for probes); when it comes back, probes must prove it (an ISP nothing
-  probes is UP at once).
+* Link: a WAN that loses carrier or is set down — or whose uplink is missing
+  a piece: its interface, its address, its learned next hop — is DOWN at once
+  (no need to wait for probes); when it comes back, probes must prove it (an
+  ISP nothing probes is UP at once).
 * Admin: ``disable`` drains an ISP (DISABLED) whatever its probes say.
   Probing goes on meanwhile, so ``enable`` decides at once from what the
   probes saw: UP if the last ``up_after`` rounds passed, DOWN if it is failing
@@ -155,15 +156,16 @@ class HealthMachine:
         """Its link is down or its probes are failing: its connections cannot work (flush them)."""
         return self.link_down or self.failing
 
-    def link(self, now: float, usable: bool, probed: bool) -> Transition | None:
-        """The WAN's link went down (DOWN at once) or came back (probes decide; unprobed: UP)."""
+    def link(self, now: float, usable: bool, probed: bool, why: str = "link down") -> Transition | None:
+        """The WAN's uplink became unusable (DOWN at once, ``why``: link down, no interface, waiting for
+        gateway, ...) or usable again (probes decide; unprobed: UP)."""
         if usable == (not self.link_down):
             return None
         self.link_down = not usable
         if self.disabled:
             return None
         if not usable:
-            return self._move(IspStatus.DOWN, now, "link down")
+            return self._move(IspStatus.DOWN, now, why)
         self._goods = 0
         if not probed and self.status == IspStatus.DOWN:
             return self._move(IspStatus.UP, now, "link up (not monitored)")

@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wanlb.config import HealthConfig, IspConfig
+from wanlb.config import NEXT_HOP_TARGETS, HealthConfig, IspConfig
 from wanlb.health.probes import Egress, IcmpPinger, ProbeFailed, dns_probe, http_probe, tcp_probe
+from wanlb.uplink import Uplink, assumed
 
 log = logging.getLogger("wanlb.health")
 
@@ -79,6 +80,7 @@ class IspMonitor:
         on_round: RoundHandler,
         clock: Callable[[], float] = time.monotonic,
         family: int = 4,
+        uplink: Callable[[], Uplink] | None = None,
     ):
         self.isp = isp
         self.health = isp.health
@@ -89,6 +91,9 @@ class IspMonitor:
         self.on_round = on_round
         self.clock = clock
         self.prober = Prober(isp.health, Egress(mark, isp.interface, family))
+        # The ISP's uplink as last observed: what the target `gateway` means now, and whether there is an
+        # interface to probe through at all (without one, rounds are skipped: nothing to send, nothing to learn).
+        self.uplink = uplink or (lambda: assumed(isp))
         self.rounds = 0
         self.last: RoundResult | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -126,9 +131,10 @@ class IspMonitor:
         return None
 
     async def probe_round(self) -> RoundResult:
-        """Probe every target at once; each answers or times out."""
+        """Probe every target at once; each answers or times out (``gateway``: the next hop it has now)."""
         errors: dict[str, str] = {}
-        results = await asyncio.gather(*(self._probe(str(t), errors) for t in self.targets))
+        link = self.uplink()
+        results = await asyncio.gather(*(self._probe_target(t, link, errors) for t in self.targets))
         answers = [latency for latency in results if latency is not None]
         return RoundResult(
             ok=len(answers) >= self.quorum,
@@ -138,7 +144,18 @@ class IspMonitor:
             errors=errors,
         )
 
+    async def _probe_target(self, target: object, link: Uplink, errors: dict[str, str]) -> float | None:
+        if target in NEXT_HOP_TARGETS:
+            address = link.target(self.family)
+            if address is None:
+                errors[str(target)] = "no next hop to probe (none learned, or a device route without a peer)"
+                return None
+            return await self._probe(address, errors)
+        return await self._probe(str(target), errors)
+
     async def _round(self) -> None:
+        if self.uplink().problem == "no interface":
+            return
         result = await self.probe_round()
         self.rounds += 1
         self.last = result
