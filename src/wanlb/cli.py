@@ -158,6 +158,21 @@ def domain_line(d: dict[str, Any]) -> str:
     return (addrs or "none yet") + (f" ({'; '.join(problems)})" if problems else "")
 
 
+def uplink_line(isp: dict[str, Any]) -> str:
+    """``isp1 wan1 100.64.1.2/24 → 100.64.1.1 (default via 100.64.1.1 dev wan1 proto dhcp metric 1003)``, what
+    its uplink misses if anything, and its IPv6 next hop: where each ISP's traffic goes and why."""
+    addresses = ", ".join(isp.get("addresses") or ()) or "no address"
+    line = f"{isp['name']} {isp['interface']} {addresses} → {isp.get('gateway', '?')}"
+    if isp.get("gateway_source"):  # (a daemon older than the CLI sends neither)
+        line += f" ({isp['gateway_source']})"
+    if isp.get("uplink"):
+        line += f": {isp['uplink']}"
+    six = isp.get("ipv6")
+    if six and six.get("gateway_source"):
+        line += f"; IPv6 → {six['gateway'] or 'none'} ({six['gateway_source']})"
+    return line
+
+
 @main.command()
 @config_option
 def check(config_path: str) -> None:
@@ -391,6 +406,8 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     for isp in reply["isps"]:
         health = isp.get("health", {})
         status = isp["status"] + ("" if isp["active"] or isp["status"] != "up" else " (standby)")
+        if isp.get("uplink"):  # what its uplink misses: the short ones in the cell, every one in "uplinks:"
+            status += f" ({isp['uplink'] if len(isp['uplink']) <= 20 else 'uplink'})"
         if health.get("held_down_seconds"):
             status += f" (held {health['held_down_seconds']}s)"
         monitored = health.get("monitored")
@@ -422,6 +439,9 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     console.print(table)
     if rates:
         console.print(f"rates over the last {rated['interval_seconds']:.1f} s", markup=False)
+    console.print("uplinks:")
+    for isp in reply["isps"]:
+        console.print(f"  {uplink_line(isp)}", markup=False)
     policies = [p for p in reply.get("policies", []) if p["name"] != "default" or p["algorithm"] != "weighted"]
     for p in policies:
         using = ", ".join(f"{isp}×{w}" for isp, w in p["active"].items()) or "no usable member"

@@ -237,7 +237,11 @@ class Daemon:
     ) -> None:
         level = logging.WARNING if event.event in ("down", "removed", "replaced") else logging.INFO
         family = f" IPv{event.family}" if event.family else ""
-        log.log(level, "isp %s%s %s → %s (%s)", event.isp, family, event.event, event.status, event.reason)
+        if event.old is not None and event.old != event.status:  # a transition: from → to, as status shows it
+            log.log(level, "isp %s%s %s: %s → %s (%s)", event.isp, family, event.event, event.old, event.status,
+                    event.reason)  # fmt: skip
+        else:  # news about an ISP whose state stays (gateway, address), or one just added
+            log.log(level, "isp %s%s %s (%s): %s", event.isp, family, event.event, event.status, event.reason)
         if event.status != event.old:
             self.metrics.transitions.labels(event.isp, event.status).inc()
         if event.status in ("down", "disabled") and event.old in ("up", "degraded"):

@@ -112,6 +112,7 @@ class Fleet:
         self.since: dict[str, float] = {}
         self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
         self._hops: dict[tuple[str, int], tuple[object, ...]] = {}  # (ISP, family) -> last next hop it had
+        self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
         for isp in config.isps:
             self._new_machine(isp, IspStatus.UP, now, wall)
             self._new_machine6(isp, IspStatus.UP, now)
@@ -237,6 +238,7 @@ class Fleet:
             self._uplinks.pop(name, None)  # (a replaced ISP may have another interface: observed afresh)
             self._hops.pop((name, 4), None)
             self._hops.pop((name, 6), None)
+            self._addresses.pop(name, None)
             slot = old_state.isps[name]
             effects.append(
                 Flush(name, slot.mark, old_state.mark_mask, "removed" if name in allocation.removed else "replaced")
@@ -318,7 +320,10 @@ class Fleet:
         return effects
 
     def _remember_hops(self, isp: IspConfig, link: Uplink) -> None:
-        """The next hops an ISP has now, so a later change is told as one (a static one is known at once)."""
+        """The next hops (and addresses) an ISP has now, so a later change is told as one (a static next
+        hop is known at once)."""
+        if link.addresses:
+            self._addresses[isp.name] = link.addresses
         if link.ready or not isp.learns:
             self._hops[(isp.name, 4)] = (link.via if link.ready else isp.gateway, link.ready or not isp.learns)
         if link.ready6 or (isp.gateway6 not in (None, "auto")):
@@ -341,8 +346,11 @@ class Fleet:
             emit = self._emit(isp.name, "gateway", status, status, f"{what} ({source})", isp.interface, wall)
             family_tag = "6" if family == 6 else ("4" if isp.name in self.machines6 else "")
             effects.append(Emit(replace(emit.event, family=family_tag)))
-        if old is not None and old.addresses and new.addresses and old.addresses != new.addresses:
-            why = f"{', '.join(old.addresses)} → {', '.join(new.addresses)}"
+        before = self._addresses.get(isp.name)
+        if new.addresses:
+            self._addresses[isp.name] = new.addresses
+        if before and new.addresses and before != new.addresses:  # (a lease change, a new PPP session)
+            why = f"{', '.join(before)} → {', '.join(new.addresses)}"
             effects.append(self._emit(isp.name, "address", status, status, why, isp.interface, wall))
         return effects
 

@@ -92,7 +92,7 @@ def test_sysctls() -> None:
 def test_isp_ruleset_is_bcp38_in_lab_table() -> None:
     text = Topology("x", isps=2).isp_nft(2)
     assert "table ip lab {" in text and "wanlb" not in text
-    assert 'iifname "cust0" ip saddr != 100.64.2.0/24 counter name "spoofed" drop' in text
+    assert 'iifname "cust0" ip saddr != { 100.64.2.0/24, 100.80.2.0/24 } counter name "spoofed" drop' in text
     assert all(";" not in line for line in text.splitlines() if "hook" not in line)  # nft 1.0.6
 
 
@@ -102,7 +102,7 @@ def test_isp_ruleset_counts_lan_leaks_before_bcp38() -> None:
     assert set(COUNTERS) == {"spoofed", "failed", "lan_leak"}
     lines = [line.strip() for line in Topology("x", isps=3).isp_nft(3).splitlines()]
     leak = 'iifname "cust0" ip saddr 192.168.77.0/24 counter name "lan_leak" drop'
-    spoof = 'iifname "cust0" ip saddr != 100.64.3.0/24 counter name "spoofed" drop'
+    spoof = 'iifname "cust0" ip saddr != { 100.64.3.0/24, 100.80.3.0/24 } counter name "spoofed" drop'
     assert leak in lines and spoof in lines
     assert lines.index(leak) < lines.index(spoof)
     assert all(f"counter {name} {{" in lines for name in COUNTERS)  # every counter is declared
@@ -167,3 +167,41 @@ def test_example_matches_default_lab() -> None:
     python -c "from wanlb.lab.topology import Topology; print(Topology().config_yaml(
     '/run/wanlb/lab/lab/wanlb.sock'), end='')" > examples/lab.yaml"""
     assert EXAMPLE.read_text() == Topology().config_yaml("/run/wanlb/lab/lab/wanlb.sock")
+
+
+def test_uplink_modes_shape_addresses_routes_and_the_config() -> None:
+    from wanlb.lab.topology import UPLINK_PRESETS, dhcp_client_argv, dhcp_server_argv, p2p_mac
+
+    topo = Topology("u", isps=4, uplinks=("static", "dhcp", "p2p", "modem"), ipv6=True)
+    gw = topo.ip_batch("gw")
+    assert "addr add 100.64.1.2/24 dev wan1" in gw and not any("dev wan2" in ln and "addr add 100" in ln for ln in gw)
+    assert "addr add 100.64.3.2 peer 100.64.3.1/32 dev wan3" in gw
+    assert f"link set wan3 address {p2p_mac(3)} arp off" in gw
+    assert f"link set cust0 address {p2p_mac(3)} arp off" in topo.ip_batch("isp3")  # the same MAC at both ends
+    assert "route add default dev wan3 metric 103" in gw
+    assert "addr add 192.168.8.1/24 dev cust0" in topo.ip_batch("isp4")
+    assert not any("2001:db8:4" in ln for ln in gw)  # the modem carries no IPv6
+    isp4 = topo.isp_nft(4)
+    assert 'oifname "up0" masquerade' in isp4 and "ip saddr != 192.168.8.0/24" in isp4
+    cfg = yaml.safe_load(topo.config_yaml("/run/x.sock"))
+    assert [i["gateway"] for i in cfg["isps"]] == ["100.64.1.1", "auto", "auto", "auto"]
+    assert [i.get("gateway6") for i in cfg["isps"]] == ["2001:db8:1::1", "auto", "2001:db8:3::1", None]
+    assert topo.dhcp_wans == ["wan2", "wan4"]
+    server = dhcp_server_argv(topo, 2, 1, "/tmp/l")
+    assert "--dhcp-range=100.80.2.2,100.80.2.2,255.255.255.0,2m" in server and "--enable-ra" in server
+    assert "--dhcp-option=option:router,192.168.8.1" in dhcp_server_argv(topo, 4, 0, "/tmp/l")
+    client = dhcp_client_argv(topo)
+    assert client[-2:] == ["--allowinterfaces", "wan2,wan4"] and "mount -t tmpfs tmpfs /run" in client[2]
+    gw_lines, isp_lines = topo.wan_link(3, 1)  # a new PPP session: another address
+    assert "addr add 100.64.3.6 peer 100.64.3.1/32 dev wan3" in gw_lines and gw_lines[0].startswith("link add name wan3")
+    assert "addr add 100.64.3.1 peer 100.64.3.6/32 dev cust0" in isp_lines
+    assert UPLINK_PRESETS["twins"] == ("modem", "modem")
+    with pytest.raises(TopologyError, match="uplink modes"):
+        Topology("u", isps=2, uplinks=("dhcp", "pppoe"))
+
+
+def test_sources_of_every_uplink_mode_map_back_to_their_isp() -> None:
+    assert isp_for_source("100.80.2.2") == "isp2"  # after a lease change
+    assert isp_for_source("100.64.3.6") == "isp3"  # a new PPP session
+    assert isp_for_source("198.18.4.1") == "isp4"  # behind modem 4's NAT
+    assert isp_for_source("100.64.2.1") is None and isp_for_source("198.18.4.2") is None

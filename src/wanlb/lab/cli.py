@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from wanlb.lab.lab import Lab, LabError, down_all, remove_lab, require_root
-from wanlb.lab.topology import COUNTERS, TopologyError
+from wanlb.lab.topology import COUNTERS, UPLINK_MODES, UPLINK_PRESETS, TopologyError
 
 name_option = click.option(
     "--name",
@@ -42,6 +42,21 @@ def _weights(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
         raise click.BadParameter(f"{value!r}: use comma-separated integers, e.g. 3,1") from None
 
 
+def _uplinks(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if value in UPLINK_PRESETS:
+        return UPLINK_PRESETS[value]
+    modes = tuple(m.strip() for m in value.split(","))
+    bad = [m for m in modes if m not in UPLINK_MODES]
+    if bad:
+        raise click.BadParameter(
+            f"{', '.join(bad)}: use {', '.join(UPLINK_MODES)} per ISP (e.g. static,dhcp,p2p) or a preset: "
+            + ", ".join(f"{k} = {','.join(v)}" for k, v in UPLINK_PRESETS.items())
+        )
+    return modes
+
+
 @click.group(name="lab")
 def lab() -> None:
     """Network-namespace lab: clients, the gateway, ISP routers and an "internet" on this machine."""
@@ -60,12 +75,26 @@ def lab() -> None:
     help="Dual-stack: ULA fd00:77::/64 on the LAN, ISP i's prefix 2001:db8:i00::/64 netmapped to it, "
     "IPv6 on every link, anti-spoofing for both families (--ipv4-only: IPv6 off everywhere).",
 )
-def up(name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool, ipv6: bool) -> None:
+@click.option(
+    "--uplinks",
+    callback=_uplinks,
+    help="Each ISP's uplink, comma-separated: static (fixed address and gateway), dhcp (a DHCP server in the "
+    "ISP, dhcpcd in the gateway, gateway: auto), p2p (a PPP session's effect: peer address, default dev, "
+    "re-created on reconnect), modem (an LTE modem that NATs: 192.168.8.100 via 192.168.8.1 on every one); "
+    "or a preset: mixed (static,dhcp,p2p), twins (modem,modem), dynamic (dhcp,dhcp,p2p). Sets --isps.",
+)
+def up(
+    name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool, ipv6: bool, uplinks: tuple[str, ...]
+) -> None:
     """Build the lab and start its test servers."""
     with _friendly_errors():
         start = time.monotonic()
-        built = Lab.up(name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat, ipv6=ipv6)
-        click.echo(f"lab {name!r} is up in {time.monotonic() - start:.1f} s: {isps} ISPs, {clients} clients")
+        isps = len(uplinks) if uplinks else isps
+        built = Lab.up(
+            name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat, ipv6=ipv6, uplinks=uplinks
+        )
+        modes = f" ({', '.join(built.topology.uplinks)})" if uplinks else ""
+        click.echo(f"lab {name!r} is up in {time.monotonic() - start:.1f} s: {isps} ISPs{modes}, {clients} clients")
         click.echo(f"  gateway namespace: {built.ns('gw')}")
         click.echo(f"  wanlb config:      {built.config_path}")
         click.echo(f"  start the gateway: wanlb lab exec --name {name} gw -- wanlb run -c {built.config_path} &")
@@ -119,6 +148,45 @@ def heal(name: str, isp: str) -> None:
     with _friendly_errors():
         Lab.load(name).heal(isp)
         click.echo(f"{isp}: ok")
+
+
+@lab.command()
+@name_option
+@click.argument("isp")
+def lease(name: str, isp: str) -> None:
+    """Renumber a dhcp ISP: its DHCP server hands out another subnet and router (100.64.i.0/24 <-> 100.80.i.0/24)
+    and the gateway's client rebinds now."""
+    with _friendly_errors():
+        click.echo(f"{isp}: new lease {Lab.load(name).lease_change(isp)}")
+
+
+@lab.command()
+@name_option
+@click.argument("isp")
+def reconnect(name: str, isp: str) -> None:
+    """End a p2p ISP's session and start a new one: the interface deleted and created again, another address."""
+    with _friendly_errors():
+        click.echo(f"{isp}: new session, address {Lab.load(name).reconnect(isp)}")
+
+
+@lab.command()
+@name_option
+@click.argument("isp")
+def unplug(name: str, isp: str) -> None:
+    """Delete the gateway's WAN interface of an ISP (a USB modem pulled out)."""
+    with _friendly_errors():
+        Lab.load(name).unplug(isp)
+        click.echo(f"{isp}: unplugged")
+
+
+@lab.command()
+@name_option
+@click.argument("isp")
+def replug(name: str, isp: str) -> None:
+    """Create an unplugged WAN interface again under its name (a new index; DHCP leases it afresh)."""
+    with _friendly_errors():
+        Lab.load(name).replug(isp)
+        click.echo(f"{isp}: plugged in")
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -27,6 +27,7 @@ from typing import Any
 import wanlb
 from wanlb.lab.topology import (
     COUNTERS,
+    DHCP_MODES,
     DNS_ADDR,
     DNS_PORT,
     FTP_ADDR,
@@ -45,9 +46,13 @@ from wanlb.lab.topology import (
     FailMode,
     Topology,
     TopologyError,
+    dhcp_client_argv,
+    dhcp_server_argv,
     fail_nft,
     gateway_nat_nft,
     isp_for_source,
+    p2p_local,
+    wan_subnet,
 )
 
 RUN_DIR = Path("/run/wanlb/lab")
@@ -127,9 +132,16 @@ def _remove_namespaces(namespaces: Sequence[str]) -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _topology(name: str, isps: int = 3, clients: int = 2, weights: Sequence[int] = (), ipv6: bool = False) -> Topology:
+def _topology(
+    name: str,
+    isps: int = 3,
+    clients: int = 2,
+    weights: Sequence[int] = (),
+    ipv6: bool = False,
+    uplinks: Sequence[str] = (),
+) -> Topology:
     try:
-        return Topology(name, isps, clients, tuple(weights), ipv6)
+        return Topology(name, isps, clients, tuple(weights), ipv6, tuple(uplinks))
     except TopologyError as exc:
         raise LabError(str(exc)) from None
 
@@ -214,15 +226,18 @@ class Lab:
         weights: Sequence[int] | None = None,
         plain_nat: bool = False,
         ipv6: bool = False,
+        uplinks: Sequence[str] = (),
     ) -> Lab:
         """Build a lab and start its servers. If anything fails (or the build is interrupted), whatever
         was built is torn down before the error propagates.
 
         Without the daemon, client traffic leaves the gateway unNATed and the ISPs drop it (as `lan_leak`);
         `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon).
-        `ipv6=True` builds it dual-stack (`topology` has the addresses) with netmap in the generated config."""
+        `ipv6=True` builds it dual-stack (`topology` has the addresses) with netmap in the generated config.
+        `uplinks`: each ISP's uplink mode (static, dhcp, p2p, modem; see `topology`); DHCP WANs have their
+        leases when this returns."""
         require_root()
-        topo = _topology(name, isps, clients, weights or (), ipv6)
+        topo = _topology(name, isps, clients, weights or (), ipv6, uplinks)
         if lab_namespaces(topo.prefix):
             raise LabError(f"lab {name!r} already exists: `wanlb lab down --name {name}` first")
         try:
@@ -242,6 +257,9 @@ class Lab:
             "fail": {},
             "plain_nat": plain_nat,
             "ipv6": ipv6,
+            "uplinks": list(topo.uplinks),
+            "leases": {},  # ISP -> 1 after an odd number of lease changes (DHCP) or reconnects (p2p)
+            "unplugged": [],
             "created": time.time(),
         }
         lab = cls(topo, state)
@@ -265,7 +283,10 @@ class Lab:
             raise LabError(
                 f"no lab named {name!r}" + (f"; existing: {', '.join(labs)}" if labs else "; `wanlb lab up`")
             ) from None
-        topo = _topology(state["name"], state["isps"], state["clients"], state["weights"], state.get("ipv6", False))
+        topo = _topology(
+            state["name"], state["isps"], state["clients"], state["weights"], state.get("ipv6", False),
+            state.get("uplinks", ()),
+        )  # fmt: skip
         return cls(topo, state)
 
     def down(self) -> None:
@@ -308,6 +329,7 @@ class Lab:
             _run(["ip", "netns", "exec", topo.ns("gw"), "nft", "-f", "-"], gateway_nat_nft())
         self.config_path.write_text(topo.config_yaml(str(self.socket_path)))
         self._start_servers()
+        self._start_uplinks()
 
     def _start_servers(self) -> None:
         """Start the HTTP(S), stream and DNS servers in inet and wait until all listen."""
@@ -362,6 +384,133 @@ class Lab:
                     log = (self.dir / f"{kind}.log").read_text(errors="replace")[-2000:]
                     raise LabError(f"the {kind} server did not start:\n{log}")
                 time.sleep(0.02)
+
+    # --- real uplinks: DHCP servers in the ISP routers, a DHCP client in the gateway ---------------------
+
+    def _start_uplinks(self) -> None:
+        """Start each DHCP ISP's server and the gateway's DHCP client; wait until every DHCP WAN has its lease."""
+        topo = self.topology
+        for i in range(1, topo.isps + 1):
+            if topo.mode(i) in DHCP_MODES:
+                self._start_dhcp_server(i)
+        if topo.dhcp_wans:
+            with open(self.dir / "dhcpcd.log", "ab") as log:
+                self.popen("gw", dhcp_client_argv(topo), label="dhcpcd", stdout=log, stderr=subprocess.STDOUT)
+            for i in range(1, topo.isps + 1):
+                if topo.mode(i) in DHCP_MODES:
+                    self.wait_lease(f"isp{i}")
+
+    def _start_dhcp_server(self, i: int) -> None:
+        lease = self._state["leases"].get(f"isp{i}", 0)
+        argv = dhcp_server_argv(self.topology, i, lease, str(self.dir / f"isp{i}.leases"))
+        with open(self.dir / f"dhcp-isp{i}.log", "ab") as log:
+            self.popen(f"isp{i}", argv, label=f"dhcp-isp{i}", stdout=log, stderr=subprocess.STDOUT)
+
+    def _stop(self, label: str) -> None:
+        """Stop a process this lab recorded (SIGTERM, then SIGKILL), by its pid in its own namespace only."""
+        self._reload()
+        info = self._state["processes"].get(label)
+        if info is None:
+            return
+        pid = info["pid"]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if pid not in _namespace_pids(self.ns(info["node"])):
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + STOP_GRACE
+            while pid in _namespace_pids(self.ns(info["node"])) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for child in self._children:
+            if child.pid == pid:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=STOP_GRACE)
+        self._update("processes", label, None)
+
+    def gw_address(self, isp: str) -> str | None:
+        """The gateway's IPv4 address on an ISP's WAN now (from DHCP for a DHCP uplink), None if it has none."""
+        out = _run(["ip", "-n", self.ns("gw"), "-j", "-4", "addr", "show", "dev", f"wan{self._isp_index(isp)}"])
+        infos = json.loads(out) if out.strip() else []
+        return next((a["local"] for info in infos for a in info.get("addr_info", []) if a.get("local")), None)
+
+    def wait_lease(self, isp: str, timeout: float = 20.0, not_from: str | None = None) -> str:
+        """Wait until the gateway holds a lease on the ISP's WAN (an address other than ``not_from``, and the
+        client's default route through it); returns the address."""
+        i = self._isp_index(isp)
+        deadline = time.monotonic() + timeout
+        while True:
+            addr = self.gw_address(isp)
+            routes = _run(["ip", "-n", self.ns("gw"), "-4", "route", "show", "default", "dev", f"wan{i}"])
+            if addr and addr != not_from and routes.strip():
+                return addr
+            if time.monotonic() > deadline:
+                log = (self.dir / "dhcpcd.log").read_text(errors="replace")[-1500:]
+                raise LabError(f"wan{i} got no DHCP lease in {timeout:g}s (address {addr}):\n{log}")
+            time.sleep(0.05)
+
+    def lease_change(self, isp: str) -> str:
+        """The ISP moves its customer to another subnet and router (100.64.i.0/24 <-> 100.80.i.0/24), as
+        an ISP renumbering does: its DHCP server hands out only the new one and refuses the old lease; the
+        gateway's client is asked to rebind now (dhcpcd's SIGHUP) instead of at its renewal time.  Returns
+        the new address once the gateway holds it."""
+        i = self._isp_index(isp)
+        if self.topology.mode(i) != "dhcp":
+            raise LabError(f"isp{i} is a {self.topology.mode(i)} uplink: a lease change needs a dhcp one")
+        self._reload()
+        old = self._state["leases"].get(f"isp{i}", 0)
+        before = self.gw_address(isp)
+        self._stop(f"dhcp-isp{i}")
+        ns = self.ns(f"isp{i}")
+        old_addr, new_addr = f"{wan_subnet(i, old)}.1/24", f"{wan_subnet(i, 1 - old)}.1/24"
+        _run(["ip", "-n", ns, "-batch", "-"], f"addr del {old_addr} dev {ISP_CUSTOMER_IF}\n"
+             f"addr add {new_addr} dev {ISP_CUSTOMER_IF}\n")  # fmt: skip
+        self._update("leases", f"isp{i}", 1 - old)
+        self._start_dhcp_server(i)
+        time.sleep(0.2)  # the server binds its port
+        self._signal("dhcpcd", signal.SIGHUP)
+        return self.wait_lease(isp, not_from=before)
+
+    def _signal(self, label: str, sig: int) -> None:
+        self._reload()
+        info = self._state["processes"].get(label)
+        if info is None or info["pid"] not in _namespace_pids(self.ns(info["node"])):
+            raise LabError(f"the lab's {label} is not running")
+        os.kill(info["pid"], sig)
+
+    def unplug(self, isp: str) -> None:
+        """Pull the gateway's WAN interface out (a USB modem unplugged): it is deleted, the ISP's end too."""
+        i = self._isp_index(isp)
+        _run(["ip", "-n", self.ns("gw"), "link", "del", f"wan{i}"])
+        self._reload()
+        self._state["unplugged"] = sorted({*self._state.get("unplugged", []), f"isp{i}"})
+        self._save()
+
+    def replug(self, isp: str) -> None:
+        """Create the WAN interface again under its name (a new index; its addresses as its mode gives them:
+        static, from DHCP, or the PPP session's); the ISP router's end and routes with it."""
+        i = self._isp_index(isp)
+        self._reload()
+        gw, router = self.topology.wan_link(i, self._state["leases"].get(f"isp{i}", 0))
+        _run(["ip", "-n", self.ns("gw"), "-batch", "-"], "\n".join(gw) + "\n")
+        _run(["ip", "-n", self.ns(f"isp{i}"), "-batch", "-"], "\n".join(router) + "\n")
+        self._state["unplugged"] = [x for x in self._state.get("unplugged", []) if x != f"isp{i}"]
+        self._save()
+        if self._state["fail"].get(f"isp{i}"):  # a fail mode applied before goes on applying
+            self.fail(isp, self._state["fail"][f"isp{i}"].split(" ")[0])
+
+    def reconnect(self, isp: str) -> str:
+        """A PPP session ends and a new one starts: the interface is deleted and created again under its name,
+        with the session's other address (100.64.i.2 <-> 100.64.i.6) and pppd's `default dev`.  Returns the
+        new address."""
+        i = self._isp_index(isp)
+        if self.topology.mode(i) != "p2p":
+            raise LabError(f"isp{i} is a {self.topology.mode(i)} uplink: reconnect is for p2p ones (or unplug/replug)")
+        self._reload()
+        session = 1 - self._state["leases"].get(f"isp{i}", 0)
+        self.unplug(isp)
+        self._update("leases", f"isp{i}", session)
+        self.replug(isp)
+        return p2p_local(i, session)
 
     def start_ftp(self) -> Path:
         """Start the FTP server in inet on FTP_ADDR:FTP_PORT (anonymous, read-only, serving
@@ -485,8 +634,8 @@ class Lab:
                 mode = FailMode.parse(mode)
             except TopologyError as exc:
                 raise LabError(str(exc)) from None
-        if family is not None and (mode.kind == "link" or (family == 6 and not self.topology.ipv6)):
-            raise LabError("--family needs blackhole or loss, and 6 needs a dual-stack lab (lab up --ipv6)")
+        if family is not None and (mode.kind == "link" or (family == 6 and not self.topology.carries_ipv6(i))):
+            raise LabError("--family needs blackhole or loss, and 6 an ISP with IPv6 (a dual-stack lab, not a modem)")
         self._apply(i, mode, family)
         self._update("fail", f"isp{i}", str(mode) + (f" (IPv{family} only)" if family else ""))
 
@@ -499,9 +648,11 @@ class Lab:
     def _apply(self, i: int, mode: FailMode | None, family: int | None = None) -> None:
         ns = self.ns(f"isp{i}")
         link = "down" if mode is not None and mode.kind == "link" else "up"
-        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.ipv6, family))
+        _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.carries_ipv6(i), family))
+        if f"isp{i}" in self._state.get("unplugged", []):
+            return  # no link to set: replug applies the mode again
         _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
-        if link == "up" and self.topology.ipv6:  # IPv6 routes through cust0 went with it when it was down
+        if link == "up" and self.topology.carries_ipv6(i):  # IPv6 routes through cust0 went with it when it was down
             routes = self.topology.routes6(f"isp{i}")
             _run(["ip", "-n", ns, "-batch", "-"], "".join(f"route replace {r}\n" for r in routes))
 

@@ -10,6 +10,19 @@ Layout for N ISPs and M clients (every address lives only inside the lab's names
     gw wan{i} 100.64.{i}.2/24 ── cust0 100.64.{i}.1/24   isp{i}   up0 198.18.{i}.1/24
                                  ── isp{i} 198.18.{i}.2/24   inet (servers on lo: 203.0.113.10/.20/.30/.40)
     (FTP on 203.0.113.40:21 only after `Lab.start_ftp()`)
+
+Each ISP's uplink has a mode (``Topology.uplinks``), like the uplinks real gateways have:
+
+* ``static``: addresses and the gateway written into the config (100.64.i.2/24 via 100.64.i.1);
+* ``dhcp``: the ISP router runs a DHCP server (dnsmasq) handing out 100.64.i.2/24 with router
+  100.64.i.1 (after ``Lab.lease_change``: 100.80.i.2/24 via 100.80.i.1, and back), and router
+  advertisements for IPv6; the gateway runs a real DHCP client (dhcpcd) and wanlb learns the next hops;
+* ``p2p``: a PPP session's effect (this kernel has no PPP): ``100.64.i.2 peer 100.64.i.1/32`` on a
+  link without ARP, ``default dev wan<i>``, the interface deleted and created again with another
+  address (100.64.i.6) on ``Lab.reconnect``;
+* ``modem``: an LTE modem that NATs: its LAN side is 192.168.8.1/24 on every modem, it leases
+  192.168.8.100 to the gateway (two modems: the same subnet, gateway and WAN address twice), and the
+  servers see its own uplink address 198.18.i.1.
 """
 
 from __future__ import annotations
@@ -50,6 +63,13 @@ SERVER_ADDRS = ("203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.40")
 HEALTH_TARGETS = ("203.0.113.10", "203.0.113.30")
 """ICMP health targets written into the generated config; shared by all ISPs, like public resolvers are."""
 
+UPLINK_MODES = ("static", "dhcp", "p2p", "modem")
+UPLINK_PRESETS = {"mixed": ("static", "dhcp", "p2p"), "twins": ("modem", "modem"), "dynamic": ("dhcp", "dhcp", "p2p")}
+"""`lab up --uplinks NAME`: one ISP per mode, two identical LTE modems, two DHCP WANs and a PPP-like one."""
+LEASE_TIME = "2m"  # dnsmasq's shortest: renewals every minute
+MODEM_SUBNET = "192.168.8"  # what every modem of the `modem` mode uses (as Huawei's do)
+DHCP_MODES = ("dhcp", "modem")  # uplinks whose address comes from the ISP's DHCP server
+
 NFT_TABLE = "lab"  # never "wanlb": the daemon owns that name
 SPOOF_COUNTER = "spoofed"
 FAIL_COUNTER = "failed"
@@ -77,9 +97,31 @@ def isp_gateway(i: int) -> str:
     return f"100.64.{i}.1"
 
 
-def isp_customer_net(i: int) -> str:
-    """The only source prefix ISP router i forwards from its customer (BCP38)."""
-    return f"100.64.{i}.0/24"
+def isp_customer_net(i: int, lease: int = 0) -> str:
+    """A source prefix ISP router i forwards from its customer (BCP38): lease 0's, or lease 1's."""
+    return f"{wan_subnet(i, lease)}.0/24"
+
+
+def wan_subnet(i: int, lease: int = 0) -> str:
+    """The first three octets of WAN i's subnet: 100.64.i, or 100.80.i after a lease change."""
+    return f"100.{80 if lease else 64}.{i}"
+
+
+def p2p_local(i: int, session: int = 0) -> str:
+    """The gateway's address on point-to-point WAN i: a reconnect gets the other one."""
+    return f"100.64.{i}.{6 if session else 2}"
+
+
+def wan_mac(i: int) -> str:
+    """The gateway's MAC on WAN i, the same every time the interface is created (as a NIC's or a USB
+    modem's is): the ISP's DHCP server knows the client again after an unplug."""
+    return f"02:77:00:00:{i:02x}:02"
+
+
+def p2p_mac(i: int) -> str:
+    """Both ends of a point-to-point WAN share one MAC: without ARP, a frame goes to the sender's own
+    address (the neighbour entry of a NOARP device), which the peer then takes as its own."""
+    return f"02:77:00:00:{i:02x}:01"
 
 
 def isp_uplink_addr(i: int) -> str:
@@ -95,9 +137,9 @@ def inet_addr(i: int) -> str:
 def isp_for_source(addr: str) -> str | None:
     """Map a source address seen by a server (100.64.i.2, or an address of ISP i's IPv6 prefixes) back to
     the ISP name it left through."""
-    m = re.fullmatch(r"100\.64\.(\d{1,3})\.2", addr)
-    if m:
-        return f"isp{int(m.group(1))}"
+    m = re.fullmatch(r"100\.(?:64|80)\.(\d{1,3})\.[26]|198\.18\.(\d{1,3})\.1", addr)
+    if m:  # a WAN address of ISP i (any lease, any PPP session), or modem i's own uplink address
+        return f"isp{int(m.group(1) or m.group(2))}"
     m = re.fullmatch(r"2001:db8:(\d{1,2})(00)?:[0-9a-f:]+", addr)
     return f"isp{int(m.group(1))}" if m else None
 
@@ -184,6 +226,8 @@ class Topology:
     clients: int = 2
     weights: tuple[int, ...] = ()
     ipv6: bool = False
+    uplinks: tuple[str, ...] = ()
+    """Each ISP's uplink mode (see the module docstring); default all ``static``."""
 
     def __post_init__(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -196,6 +240,26 @@ class Topology:
             object.__setattr__(self, "weights", (1,) * self.isps)
         if len(self.weights) != self.isps or any(w < 1 for w in self.weights):
             raise TopologyError(f"need {self.isps} positive weights, got {list(self.weights)}")
+        if not self.uplinks:
+            object.__setattr__(self, "uplinks", ("static",) * self.isps)
+        if len(self.uplinks) != self.isps or any(m not in UPLINK_MODES for m in self.uplinks):
+            raise TopologyError(
+                f"need {self.isps} uplink modes of {', '.join(UPLINK_MODES)} (or a preset: "
+                f"{', '.join(UPLINK_PRESETS)}), got {','.join(self.uplinks)}"
+            )
+
+    def mode(self, i: int) -> str:
+        """ISP i's uplink mode."""
+        return self.uplinks[i - 1]
+
+    def carries_ipv6(self, i: int) -> bool:
+        """Whether ISP i has IPv6 (a dual-stack lab; the modems NAT IPv4 only)."""
+        return self.ipv6 and self.mode(i) != "modem"
+
+    @property
+    def dhcp_wans(self) -> list[str]:
+        """The gateway's WANs whose address comes from DHCP (what the lab's DHCP client manages)."""
+        return [f"wan{i}" for i in range(1, self.isps + 1) if self.mode(i) in DHCP_MODES]
 
     # --- names -------------------------------------------------------------------------------------
 
@@ -252,6 +316,9 @@ class Topology:
                 values |= {f"net.ipv6.conf.{scope}.accept_dad": "0", f"net.ipv6.conf.{scope}.keep_addr_on_down": "1"}
             if node.startswith("isp") or node == "gw":
                 values |= {"net.ipv6.conf.all.forwarding": "1"}
+            if node == "gw":  # a router told to take advertisements (ifupdown's `accept_ra 2`), keeping only
+                for scope in ("all", "default"):  # its static addresses: the RA gives the learned next hop
+                    values |= {f"net.ipv6.conf.{scope}.accept_ra": "2", f"net.ipv6.conf.{scope}.autoconf": "0"}
         if node == "gw":
             # Forwarding like any router; loose rp_filter like a systemd-based distro, which the
             # per-ISP routing tables need (replies arrive on a WAN the main table does not point to).
@@ -276,18 +343,60 @@ class Topology:
     def _addresses6(self, node: str) -> dict[str, list[str]]:
         n = range(1, self.isps + 1)
         if node == "gw":
-            return {LAN_IF: [f"{LAN6_GW}/64"]} | {f"wan{i}": [f"{wan6_addr(i)}/64"] for i in n}
+            return {LAN_IF: [f"{LAN6_GW}/64"]} | {f"wan{i}": [f"{wan6_addr(i)}/64"] for i in n if self.carries_ipv6(i)}
         if node == "inet":
             return {"lo": [f"{a}/128" for a in SERVER6_ADDRS]} | {f"isp{i}": [f"{inet6_addr(i)}/64"] for i in n}
         if node in self.isp_names:
             i = self.isp_index(node)
+            if not self.carries_ipv6(i):
+                return {}
             return {ISP_CUSTOMER_IF: [f"{isp6_gateway(i)}/64"], ISP_UPLINK_IF: [f"{isp6_uplink_addr(i)}/64"]}
         return {CLIENT_IF: [f"{client6_addr(self.client_names.index(node) + 1)}/64"]}
+
+    def wan_addresses(self, i: int, lease: int = 0) -> tuple[list[str], list[str]]:
+        """(the gateway's, the ISP router's) addresses on WAN i, as `ip addr add` arguments: a DHCP WAN's
+        gateway end gets its address from the lab's DHCP server; ``lease`` is the DHCP lease or PPP session."""
+        mode = self.mode(i)
+        if mode == "p2p":
+            local = p2p_local(i, lease)
+            gw, isp = [f"{local} peer {isp_gateway(i)}/32"], [f"{isp_gateway(i)} peer {local}/32"]
+        elif mode == "modem":
+            gw, isp = [], [f"{MODEM_SUBNET}.1/24"]
+        else:
+            gw = [f"{wan_addr(i)}/24"] if mode == "static" else []
+            isp = [f"{wan_subnet(i, lease)}.1/24"]
+        if self.carries_ipv6(i):
+            gw, isp = [*gw, f"{wan6_addr(i)}/64"], [*isp, f"{isp6_gateway(i)}/64"]
+        return gw, isp
+
+    def wan_link(self, i: int, lease: int = 0) -> tuple[list[str], list[str]]:
+        """`ip -batch` lines that (re)create WAN i — (in the gateway, then in ISP router i): the veth, a point-to-
+        point link's shared MAC and no ARP, the addresses, links up, the ISP's routes through it and the
+        gateway's point-to-point default route (what pppd adds)."""
+        peer = self.ns(f"isp{i}")
+        gw = [f"link add name wan{i} type veth peer name {ISP_CUSTOMER_IF} netns {peer}"]
+        isp: list[str] = []
+        gw.append(self._wan_mac(i))
+        if self.mode(i) == "p2p":
+            isp.append(f"link set {ISP_CUSTOMER_IF} address {p2p_mac(i)} arp off")
+        gw_addrs, isp_addrs = self.wan_addresses(i, lease)
+        gw += [f"addr add {a} dev wan{i}" for a in gw_addrs] + [f"link set wan{i} up"]
+        isp += [f"addr add {a} dev {ISP_CUSTOMER_IF}" for a in isp_addrs] + [f"link set {ISP_CUSTOMER_IF} up"]
+        if self.mode(i) == "p2p":
+            gw.append(f"route add default dev wan{i} metric {100 + i}")
+        if self.carries_ipv6(i):
+            isp.append(f"route add {isp6_delegation(i)} via {wan6_addr(i)}")
+        return gw, isp
+
+    def _wan_mac(self, i: int) -> str:
+        if self.mode(i) == "p2p":
+            return f"link set wan{i} address {p2p_mac(i)} arp off"
+        return f"link set wan{i} address {wan_mac(i)}"
 
     def _addresses4(self, node: str) -> dict[str, list[str]]:
         if node == "gw":
             return {LAN_IF: [f"{LAN_GW}/{LAN_PREFIX_LEN}"]} | {
-                f"wan{i}": [f"{wan_addr(i)}/24"] for i in range(1, self.isps + 1)
+                f"wan{i}": [a for a in self.wan_addresses(i)[0] if ":" not in a] for i in range(1, self.isps + 1)
             }
         if node == "inet":
             return {"lo": [f"{a}/32" for a in SERVER_ADDRS]} | {
@@ -295,7 +404,8 @@ class Topology:
             }
         if node in self.isp_names:
             i = self.isp_index(node)
-            return {ISP_CUSTOMER_IF: [f"{isp_gateway(i)}/24"], ISP_UPLINK_IF: [f"{isp_uplink_addr(i)}/24"]}
+            return {ISP_CUSTOMER_IF: [a for a in self.wan_addresses(i)[1] if ":" not in a],
+                    ISP_UPLINK_IF: [f"{isp_uplink_addr(i)}/24"]}  # fmt: skip
         return {CLIENT_IF: [f"{client_addr(self.client_names.index(node) + 1)}/{LAN_PREFIX_LEN}"]}
 
     def routes(self, node: str) -> list[str]:
@@ -309,21 +419,28 @@ class Topology:
 
     def _routes6(self, node: str) -> list[str]:
         n = range(1, self.isps + 1)
-        if node == "gw":
-            return [f"::/0 via {isp6_gateway(1)} dev wan1"]
+        if node == "gw":  # (a DHCP WAN's IPv6 default comes with the router advertisements)
+            static = self.mode(1) in ("static", "p2p") and self.ipv6
+            return [f"::/0 via {isp6_gateway(1)} dev wan1"] if static else []
         if node == "inet":
-            return [f"{net} via {isp6_uplink_addr(i)} dev isp{i}"
-                    for i in n for net in (f"2001:db8:{i}::/64", isp6_delegation(i))]  # fmt: skip
+            nets = [(i, net) for i in n if self.carries_ipv6(i) for net in (f"2001:db8:{i}::/64", isp6_delegation(i))]
+            return [f"{net} via {isp6_uplink_addr(i)} dev isp{i}" for i, net in nets]
         if node in self.isp_names:
             i = self.isp_index(node)
+            if not self.carries_ipv6(i):
+                return []
             return [f"::/0 via {inet6_addr(i)} dev {ISP_UPLINK_IF}", f"{isp6_delegation(i)} via {wan6_addr(i)}"]
         return [f"::/0 via {LAN6_GW} dev {CLIENT_IF}"]
 
     def _routes4(self, node: str) -> list[str]:
-        if node == "gw":  # the main-table default any router has; the daemon adds per-ISP tables
-            return [f"default via {isp_gateway(1)} dev wan1"]
+        if node == "gw":  # the main-table default any router has (a DHCP client or pppd adds their own)
+            first = self.mode(1)
+            routes = [f"default via {isp_gateway(1)} dev wan1"] if first == "static" else []
+            return routes + [f"default dev wan{i} metric {100 + i}" for i in range(1, self.isps + 1)
+                             if self.mode(i) == "p2p"]  # fmt: skip
         if node == "inet":
-            return [f"{isp_customer_net(i)} via {isp_uplink_addr(i)} dev isp{i}" for i in range(1, self.isps + 1)]
+            return [f"{isp_customer_net(i, lease)} via {isp_uplink_addr(i)} dev isp{i}"
+                    for i in range(1, self.isps + 1) for lease in (0, 1)]  # fmt: skip
         if node in self.isp_names:
             return [f"default via {inet_addr(self.isp_index(node))} dev {ISP_UPLINK_IF}"]
         return [f"default via {LAN_GW} dev {CLIENT_IF}"]
@@ -340,6 +457,9 @@ class Topology:
         lines += [f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {self.ns(ln.b)}" for ln in owned]
         if node == "gw":
             lines += [f"link set lanp{k} master {LAN_IF}" for k in range(1, self.clients + 1)]
+            lines += [self._wan_mac(i) for i in range(1, self.isps + 1)]
+        elif node in self.isp_names and self.mode(self.isp_index(node)) == "p2p":
+            lines.append(f"link set {ISP_CUSTOMER_IF} address {p2p_mac(self.isp_index(node))} arp off")
         lines += [f"addr add {a} dev {ifname}" for ifname, addrs in self.addresses(node).items() for a in addrs]
         lines += [f"link set {ifname} up" for ifname in interfaces]
         lines += [f"route add {route}" for route in self.routes(node)]
@@ -360,14 +480,27 @@ class Topology:
             "    chain forward {\n"
             "        type filter hook forward priority filter; policy accept;\n"
             f'        iifname "{ISP_CUSTOMER_IF}" ip saddr {LAN_PREFIX} counter name "{LAN_LEAK_COUNTER}" drop\n'
-            f'        iifname "{ISP_CUSTOMER_IF}" ip saddr != {isp_customer_net(i)}'
+            f'        iifname "{ISP_CUSTOMER_IF}" ip saddr != {self._customer_nets(i)}'
             f' counter name "{SPOOF_COUNTER}" drop\n'
             "        jump fail\n"
             "    }\n"
             "    chain fail {\n"
             "    }\n"
-            "}\n"
-        ) + (self._isp_nft6(i) if self.ipv6 else "")
+            + (
+                "    chain postrouting {\n"  # a modem NATs its LAN (the gateway's WAN) to its own address
+                "        type nat hook postrouting priority srcnat; policy accept;\n"
+                f'        oifname "{ISP_UPLINK_IF}" masquerade\n'
+                "    }\n"
+                if self.mode(i) == "modem"
+                else ""
+            )
+            + "}\n"
+        ) + (self._isp_nft6(i) if self.carries_ipv6(i) else "")
+
+    def _customer_nets(self, i: int) -> str:
+        if self.mode(i) == "modem":
+            return f"{MODEM_SUBNET}.0/24"
+        return f"{{ {isp_customer_net(i, 0)}, {isp_customer_net(i, 1)} }}"  # either lease
 
     def _isp_nft6(self, i: int) -> str:
         """The same for IPv6 in `table ip6 lab` (same counter names): ULA sources are leaks; only the link
@@ -404,18 +537,21 @@ class Topology:
         if self.ipv6:
             lines.insert(4, f"  ipv6_prefixes: [{LAN6_PREFIX}]")
         for i, weight in enumerate(self.weights, start=1):
+            mode = self.mode(i)
             lines += [
                 f"  - name: isp{i}",
                 f"    interface: wan{i}",
-                f"    gateway: {isp_gateway(i)}",
+                f"    gateway: {isp_gateway(i) if mode == 'static' else 'auto'}"
+                + ("" if mode == "static" else f"  # {mode}: learned from the route its client installs"),
                 f"    weight: {weight}",
                 "    tier: 1",
                 "    snat: masquerade",
                 f"    health: {{ method: icmp, targets: [{targets}], quorum: 1, interval: 200ms }}",
             ]
-            if self.ipv6:  # IPv6 targets too: each family's health is its own
+            if self.carries_ipv6(i):  # IPv6 targets too: each family's health is its own
                 lines[-1] = lines[-1].replace(f"[{targets}]", f"[{targets}, {', '.join(HEALTH6_TARGETS)}]")
-                lines += [f"    gateway6: {isp6_gateway(i)}", f"    ipv6: {{ mode: netmap, prefix: {isp6_prefix(i)} }}"]
+                gateway6 = "auto  # from the router advertisements" if mode == "dhcp" else isp6_gateway(i)
+                lines += [f"    gateway6: {gateway6}", f"    ipv6: {{ mode: netmap, prefix: {isp6_prefix(i)} }}"]
         lines += [
             "balance:",
             "  algorithm: weighted",
@@ -425,6 +561,40 @@ class Topology:
             f"  socket: {socket_path}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def dhcp_server_argv(topo: Topology, i: int, lease: int, lease_file: str) -> list[str]:
+    """dnsmasq as ISP i's DHCP server on its customer port (DNS off; no config file, no pid file): one
+    address (the one the servers map back to ISP i) with the router, a 2-minute lease; authoritative, so a
+    client that asks for an address of the other subnet after a lease change is told no (NAK) and starts
+    over.  On a dual-stack ISP it sends router advertisements too (the gateway has autoconf off and keeps
+    its static address; the advertisement gives it the next hop, a link-local one).  ``--bind-dynamic``
+    follows the port when it is deleted and created again (unplug, replug)."""
+    if topo.mode(i) == "modem":
+        first, router = f"{MODEM_SUBNET}.100", f"{MODEM_SUBNET}.1"
+    else:
+        first, router = wan_addr(i) if not lease else f"{wan_subnet(i, 1)}.2", f"{wan_subnet(i, lease)}.1"
+    argv = [
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--pid-file=",
+        f"--interface={ISP_CUSTOMER_IF}", "--bind-dynamic", "--user=root", "--group=root",
+        f"--dhcp-range={first},{first},255.255.255.0,{LEASE_TIME}", f"--dhcp-option=option:router,{router}",
+        "--dhcp-authoritative", f"--dhcp-leasefile={lease_file}", "--log-dhcp", "--log-facility=-",
+    ]  # fmt: skip
+    if topo.carries_ipv6(i) and topo.mode(i) == "dhcp":
+        ra = [f"--ra-param={ISP_CUSTOMER_IF},10,1800", f"--dhcp-range=::,constructor:{ISP_CUSTOMER_IF},ra-only"]
+        argv += ["--enable-ra", *ra]
+    return argv
+
+
+def dhcp_client_argv(topo: Topology) -> list[str]:
+    """dhcpcd for the gateway's DHCP WANs, in the foreground: IPv4 leases only (the kernel takes the router
+    advertisements, as wanlb's accept_ra 2 asks), no ARP probing of the offered address (a second less per
+    lease), no config file and no hook scripts (it must never rewrite the host's resolv.conf, NTP or
+    hostname).  It runs in a mount namespace of its own (``ip netns exec`` makes one) with private /run and
+    /var/lib/dhcpcd: its pid file, control socket and lease files never meet another lab's, or the host's."""
+    script = "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && exec \"$@\""
+    options = ["--nobackground", "--nodev", "--config", "/dev/null", "--ipv4only", "--noarp", "--script", "/bin/true"]
+    return ["sh", "-c", script, "dhcpcd", "dhcpcd", *options, "--allowinterfaces", ",".join(topo.dhcp_wans)]
 
 
 def gateway_nat_nft() -> str:
