@@ -4,8 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-# dnsmasq-base: the binary alone (the dnsmasq package would also start a system DNS service)
-for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl dnsmasq:dnsmasq-base; do
+# dnsmasq-base: the binary alone (the dnsmasq package would also start a system DNS service); the lab's
+# ISP routers use it as their DHCP server. dhcpcd-base: the lab gateway's DHCP client (no service either).
+for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl dnsmasq:dnsmasq-base \
+    dhcpcd:dhcpcd-base; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory of `wanlb check` in the bad-input tests

@@ -153,7 +153,7 @@ class Reconciler:
         for rule in todo.add_rules:
             kernel.add_rule(rule)
             changes.append(f"+rule {rule.describe()}")
-        self._sysctls(rendered.routing.sysctls, changes)
+        self._sysctls(rendered.routing.sysctls, changes, dict(rendered.routing.only_from))
         if not nft_first:
             nft_done = self._nft(rendered.nft)
         self._last_routing, self._last_active = rendered.routing, active
@@ -205,8 +205,12 @@ class Reconciler:
         self._seen = None if generation is None else (generation, unfilled, observed)
         return observed
 
-    def _sysctls(self, wanted: tuple[tuple[str, str], ...], changes: list[str]) -> None:
-        """Set wanted sysctls (recording originals first); give back the ones no longer wanted."""
+    def _sysctls(
+        self, wanted: tuple[tuple[str, str], ...], changes: list[str], only_from: Mapping[str, str] | None = None
+    ) -> None:
+        """Set wanted sysctls (recording originals first); give back the ones no longer wanted.  A key of
+        ``only_from`` is written only while it holds that value (someone else set it otherwise: theirs)."""
+        only_from = only_from or {}
         kernel = self.kernel
         recorded = self.store.state.sysctls
         originals = dict(recorded)
@@ -219,7 +223,7 @@ class Reconciler:
         to_write = []
         for key, value in wanted:
             current = kernel.sysctl_read(key)
-            if current is None or current == value:
+            if current is None or current == value or (key in only_from and current != only_from[key]):
                 continue
             originals.setdefault(key, current)
             to_write.append((key, value))

@@ -147,6 +147,9 @@ class RoutingIntent:
     routes: tuple[Route, ...]
     sysctls: tuple[tuple[str, str], ...]  # (/proc/sys relative key, value)
     protocol: int
+    # Sysctls written only while they hold this value, never fought for: accept_ra is raised from 1 to 2,
+    # but a 0 means the uplink's client handles router advertisements itself (dhcpcd, systemd-networkd).
+    only_from: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ class Rendered:
         out += ["", "# routes"]
         out += [r.describe() for r in self.routing.routes]
         out += ["", "# sysctls"]
-        out += [f"{k} = {v}" for k, v in self.routing.sysctls]
+        only = dict(self.routing.only_from)
+        out += [f"{k} = {v}" + (f"  (only if it is {only[k]})" if k in only else "") for k, v in self.routing.sysctls]
         return "\n".join(out) + "\n"
 
 
@@ -574,6 +578,7 @@ def render_routing(desired: Desired) -> RoutingIntent:
         routes=tuple(sorted(routes)),
         sysctls=tuple(sysctls),
         protocol=proto,
+        only_from=tuple((k, "1") for k, _ in sysctls if k.endswith("/accept_ra")),
     )
 
 

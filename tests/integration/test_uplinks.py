@@ -242,6 +242,10 @@ def test_two_identical_modems_both_carry_and_fail_apart(running: Callable[..., t
         assert (isps[name]["gateway"], isps[name]["addresses"]) == ("192.168.8.1", ["192.168.8.100/24"])
     assert isps["isp1"]["gateway_source"].startswith("default via 192.168.8.1 dev wan1 proto dhcp metric ")
     assert isps["isp2"]["gateway_source"].startswith("default via 192.168.8.1 dev wan2 proto dhcp metric ")
+    # The gateway's own traffic to the modems' shared address (their web UIs): the main table's first
+    # connected route, unless the socket is bound to the other modem's interface (docs/configuration.md).
+    assert " dev wan1 " in gw.run("ip", "route", "get", "192.168.8.1")
+    assert " dev wan2 " in gw.run("ip", "route", "get", "192.168.8.1", "oif", "wan2")
     counts = lab.traffic(connections=400)
     assert counts["failed"] == 0 and 120 < counts["isp1"] < 280, counts  # the servers see each modem's address
     streams = streams_on(lab, gw, 6, {"isp1", "isp2"})

@@ -319,6 +319,25 @@ def test_sysctls_of_a_removed_isp_are_given_back() -> None:
     assert "restored net/ipv4/conf/wan2/src_valid_mark=0" in result.changes
 
 
+def test_accept_ra_is_raised_from_1_to_2_but_a_client_that_set_0_is_left_alone() -> None:
+    """Forwarding on stops the kernel taking router advertisements where accept_ra is 1 (2 keeps it); a 0 means
+    a userspace client (dhcpcd, systemd-networkd) handles them, and wanlb must not start the kernel's too."""
+    v6 = TWO.replace("lan: {interfaces: [lan0]}", "lan: {interfaces: [lan0], ipv6_prefixes: [fd00::/64]}")
+    v6 = v6.replace("gateway: 100.64.2.1}", "gateway: 100.64.2.1, gateway6: fe80::1, ipv6: {mode: masquerade}}")
+    v6 = v6.replace("weight: 2}", "weight: 2, gateway6: fe80::1, ipv6: {mode: masquerade}}")
+    k = kernel()
+    k.sysctls |= {"net/ipv6/conf/all/forwarding": "0", "net/ipv6/conf/wan1/accept_ra": "1"}
+    k.sysctls["net/ipv6/conf/wan2/accept_ra"] = "0"
+    s = Setup(v6, k)
+    s.run()
+    assert k.sysctls["net/ipv6/conf/wan1/accept_ra"] == "2" and k.sysctls["net/ipv6/conf/wan2/accept_ra"] == "0"
+    assert "net/ipv6/conf/wan2/accept_ra" not in s.store.state.sysctls
+    k.sysctls["net/ipv6/conf/wan1/accept_ra"] = "0"  # a client started after wanlb took over
+    s.run()
+    assert k.sysctls["net/ipv6/conf/wan1/accept_ra"] == "0"
+    assert "accept_ra = 2  (only if it is 1)" in s.desired().describe()
+
+
 def test_a_restart_keeps_the_originals_recorded_before_it() -> None:
     s = Setup()
     s.run()

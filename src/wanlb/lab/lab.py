@@ -390,6 +390,11 @@ class Lab:
     def _start_uplinks(self) -> None:
         """Start each DHCP ISP's server and the gateway's DHCP client; wait until every DHCP WAN has its lease."""
         topo = self.topology
+        if topo.dhcp_wans:
+            missing = [tool for tool in ("dnsmasq", "dhcpcd") if shutil.which(tool) is None]
+            if missing:
+                raise LabError(f"dhcp and modem uplinks need {' and '.join(missing)}: apt-get install dnsmasq-base "
+                               "dhcpcd-base (scripts/install-deps.sh does)")  # fmt: skip
         for i in range(1, topo.isps + 1):
             if topo.mode(i) in DHCP_MODES:
                 self._start_dhcp_server(i)
