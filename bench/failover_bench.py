@@ -26,6 +26,14 @@ IPv6 health targets): c1's connections and c2's stream go to IPv6 servers in ine
 (blackhole or loss) hits only isp1's IPv6 (``link`` takes the whole link, both families), the poller
 counts isp1's IPv6 entries, and ``down``/``up`` are isp1's IPv6 health events.
 
+``--uplinks dhcp,dhcp,dhcp`` (any of the lab's uplink modes, one per ISP): the same with learned
+gateways — DHCP leases from dnsmasq in the ISP routers through dhcpcd in the gateway, a PPP-like
+point-to-point WAN, LTE modems.  Two more modes exist for such uplinks: ``lease`` (isp1 must be a dhcp
+uplink) renumbers isp1 at t0 (a new subnet and router, the gateway's client rebinding at once), and
+``reconnect`` (isp1 a p2p uplink) ends its session and starts another (the interface deleted and created
+again with another address); t1 is then when the new default route appears in the gateway's main table,
+and ``rejoin`` is t1 → the first connection through isp1 after it (there is no heal).
+
 ``--api-load``: the daemon also serves its HTTP API on the gateway's LAN address, and during every
 trial c2 keeps 10 SSE clients on ``/api/v1/stream`` and scrapes ``/metrics`` once a second (with the
 token), so the failover is measured with the observability surface busy.
@@ -34,6 +42,7 @@ token), so the failover is measured with the observability surface busy.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import random
@@ -191,10 +200,20 @@ def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False, family: i
         )
         time.sleep(1.0 + random.uniform(0, 0.2))  # the fault lands anywhere in the probe cycle
         t0 = time.time()
-        lab.fail("isp1", mode, family if family == 6 and mode != "link" else None)
-        time.sleep(max(0.0, t0 + FAULT_SECONDS - time.time()))
-        t1 = time.time()
-        lab.heal("isp1")
+        if mode in ("lease", "reconnect"):
+            old = gw.run("ip", "-4", "route", "show", "default", "dev", "wan1")
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # watching while the client works
+                routed = pool.submit(new_route, gw, old)
+                if mode == "lease":
+                    lab.lease_change("isp1")
+                else:
+                    lab.reconnect("isp1")
+                t1 = routed.result()
+        else:
+            lab.fail("isp1", mode, family if family == 6 and mode != "link" else None)
+            time.sleep(max(0.0, t0 + FAULT_SECONDS - time.time()))
+            t1 = time.time()
+            lab.heal("isp1")
         time.sleep(max(0.0, t1 + AFTER_HEAL_SECONDS - time.time()))
         status = gw.status()
         records = stop_json(pace)["connections"]
@@ -225,6 +244,17 @@ def trial(lab: Lab, gw: LabGateway, mode: str, with_api: bool = False, family: i
     }
 
 
+def new_route(gw: LabGateway, old: str, timeout: float = 20.0) -> float:
+    """When wan1's default route in the main table first differs from ``old`` (polled every 10 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = gw.run("ip", "-4", "route", "show", "default", "dev", "wan1")
+        if now.strip() and now != old:
+            return time.time()
+        time.sleep(0.01)
+    raise RuntimeError("wan1 got no new default route")
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for key in ("down", "applied", "flushed", "gone", "last_fail", "failed", "up", "rejoin"):
@@ -253,11 +283,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print every trial as JSON too")
     parser.add_argument("--api-load", action="store_true", help="API on, 10 SSE clients and a scrape per second")
     parser.add_argument("--family", type=int, choices=(4, 6), default=4, help="6: the same over IPv6 (dual-stack lab)")
+    parser.add_argument("--uplinks", default="static,static,static", help="the 3 ISPs' uplink modes (lab up --uplinks)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark builds network namespaces")
     results: dict[str, list[dict[str, Any]]] = {}
-    with Lab.up(name=f"fo{os.getpid()}{uuid.uuid4().hex[:3]}", isps=3, clients=2, ipv6=args.family == 6) as lab:
+    uplinks = tuple(args.uplinks.split(","))
+    name = f"fo{os.getpid()}{uuid.uuid4().hex[:3]}"
+    with Lab.up(name=name, isps=3, clients=2, ipv6=args.family == 6, uplinks=uplinks) as lab:
         gw = LabGateway(lab)
         if args.api_load:
             token = lab.dir / "api.token"

@@ -6,6 +6,7 @@ these check what wanlb does to nftables, ip rules, routes and sysctls.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -169,12 +170,19 @@ def test_render_passes_nft_check_and_changes_nothing(gateway: tuple[str, Path]) 
 def test_clear_errors_and_nothing_applied(gateway: tuple[str, Path], tmp_path: Path) -> None:
     ns, cfg = gateway
     before = snapshot(ns)
+    # An interface that does not exist (yet) is no error: pppd's ppp0, a modem not plugged in. The daemon
+    # says so, with the name it probably meant, and that ISP waits.
     missing = tmp_path / "missing-if.yaml"
-    missing.write_text(cfg.read_text().replace("wan2", "wan9"))
-    result = subprocess.run(
-        ["ip", "netns", "exec", ns, *WANLB, "run", "-c", str(missing)], capture_output=True, text=True
-    )
-    assert result.returncode == 1 and "wan9" in result.stderr and "do not exist" in result.stderr
+    missing.write_text(cfg.read_text().replace("wan2", "wan9").replace(str(cfg.parent), str(tmp_path)))
+    proc = start(ns, missing)
+    waiting = cli(missing, "status", "--json", ns=ns)
+    isps = {i["interface"]: i for i in json.loads(waiting.stdout)["isps"]}
+    assert (isps["wan9"]["status"], isps["wan9"]["uplink"]) == ("down", "no interface")
+    assert isps["wan1"]["status"] == "up"
+    stopped = cli(missing, "stop", "--cleanup", ns=ns)
+    assert stopped.returncode == 0, stopped.stderr
+    assert proc.wait(timeout=15) == 0
+    assert "interface wan9 does not exist now (did you mean wan2?" in (proc.stderr.read() if proc.stderr else "")
     no_nft = subprocess.run(
         ["ip", "netns", "exec", ns, "env", "PATH=/nonexistent", *WANLB, "run", "-c", str(cfg)],
         capture_output=True,
