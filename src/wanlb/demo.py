@@ -1,12 +1,15 @@
 """``wanlb demo``: the whole gateway on one machine in under a minute.
 
-Builds the dual-stack lab, runs the daemon inside the gateway namespace, pushes
-rounds of short IPv4 and IPv6 connections from the clients while a long-lived
-stream runs, changes the weights live (the stream must not notice), blackholes
-an ISP that the stream does not use (failover of both families: its share goes
-to the others, nothing else notices), heals it, then kills one ISP's IPv6 alone
-(its IPv6 share moves, its IPv4 share stays), and prints per-ISP shares as the
-servers saw them.  Everything is torn down on every exit path, Ctrl-C included.
+Builds the dual-stack lab with real uplinks — two DHCP WANs (dnsmasq in the ISPs,
+dhcpcd in the gateway) and a PPP-like point-to-point one, all ``gateway: auto`` —
+runs the daemon inside the gateway namespace, pushes rounds of short IPv4 and
+IPv6 connections from the clients while a long-lived stream runs, changes the
+weights live (the stream must not notice), blackholes an ISP that the stream
+does not use (failover of both families: its share goes to the others, nothing
+else notices), heals it, kills one ISP's IPv6 alone (its IPv6 share moves, its
+IPv4 share stays), then renumbers a DHCP ISP under traffic (a new subnet and
+router: the learned gateway follows), and prints per-ISP shares as the servers
+saw them.  Everything is torn down on every exit path, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from wanlb.control import ControlError, request, socket_in_use
 from wanlb.lab.lab import Lab
 from wanlb.lab.topology import HTTP_PORT, SERVER6_ADDRS
 
+UPLINKS = ("dhcp", "dhcp", "p2p")  # every gateway learned: DHCP leases and a point-to-point session
 ROUNDS_PER_PHASE = 8
 CONNECTIONS_PER_ROUND = 125
 ROUND_PAUSE = 0.3  # seconds: slow enough for a person to watch the shares converge
@@ -104,8 +108,12 @@ def run_demo(console: Console, name: str | None = None) -> int:
     """Run the demo; returns the process exit code (0 when every check held)."""
     name = name or f"demo{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
     started = time.monotonic()
-    console.print(f"[bold]wanlb demo[/] — building lab [cyan]{name}[/]: 2 clients, gateway, 3 ISPs, internet")
-    with Lab.up(name=name, isps=3, clients=2, weights=list(PHASES[0][1].values()), ipv6=True) as lab:
+    console.print(
+        f"[bold]wanlb demo[/] — building lab [cyan]{name}[/]: 2 clients, gateway, 3 ISPs ({', '.join(UPLINKS)}), "
+        "internet"
+    )
+    first = list(PHASES[0][1].values())
+    with Lab.up(name=name, isps=3, clients=2, weights=first, ipv6=True, uplinks=UPLINKS) as lab:
         log_path = str(lab.dir / "wanlb.log")
         with open(log_path, "w") as log:
             proc = lab.popen(
@@ -184,12 +192,31 @@ def run_demo(console: Console, name: str | None = None) -> int:
         lab.heal(other)
         up6, _ = _wait_state(lab, other, "up", seen, family="6")
         summary.append(f"{other}'s IPv6 blackholed: its IPv6 down after {down6:.2f} s, up {up6:.2f} s after healing")
+        # A DHCP ISP renumbers under traffic (one the stream does not use): a new subnet and router.
+        renumbered = next(i for i in ("isp1", "isp2") if i != _stream_isp(lab))
+        seen = _events(lab)
+        pace = lab.popen("c2", [sys.executable, "-m", "wanlb.lab.traffic", "pace", "--every", "0.02", "--timeout", "1"],
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+        address = lab.lease_change(renumbered)
+        _, up = _wait_state(lab, renumbered, "up", seen, family="4")
+        gateway = next(e for e in request(str(lab.socket_path), {"cmd": "status"})["events"][seen:]
+                       if e["isp"] == renumbered and e["event"] == "gateway")  # fmt: skip
+        back = up["time"] - gateway["time"]  # the gateway event: when the daemon saw the new lease's route
+        pace.terminate()
+        records = json.loads(pace.communicate(timeout=10)[0])["connections"]
+        failed = sum(1 for _, took, _ in records if took is None)
+        hop = gateway["reason"].split(" (")[0]
+        line = (f"{renumbered} renumbered by DHCP to {address} (next hop {hop}): back in balancing {back:.2f} s "
+                f"after the new route; {failed} of {len(records)} paced connections failed meanwhile")  # fmt: skip
+        console.print(f"[bold]{line}[/]")
+        summary.append(line)
+        phase(f"{renumbered} renumbered", weights, rounds=4)
         stream.terminate()
         result = json.loads(stream.communicate(timeout=10)[0] or "{}")
         ok &= bool(result.get("ok"))
         summary.append(
             f"long-lived stream from c1: left via {result.get('src')}, {result.get('counters', 0)} counters "
-            f"in order across the reload and {victim}'s failover: "
+            f"in order across the reload, {victim}'s failover and {renumbered}'s new lease: "
             f"{'intact' if result.get('ok') else 'BROKEN: ' + str(result.get('error'))}"
         )
         try:

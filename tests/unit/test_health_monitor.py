@@ -110,3 +110,31 @@ def test_a_crashing_probe_is_a_lost_probe_not_a_dead_monitor() -> None:
     m, _ = monitor({"192.0.2.1": 0.010, "192.0.2.2": 0.010, "192.0.2.3": "crash"})
     result = asyncio.run(m.probe_round())
     assert result.ok and result.errors == {"192.0.2.3": "probe error: ValueError('a bug in a probe')"}
+
+
+def test_the_target_gateway_is_the_next_hop_the_uplink_has_now_and_no_interface_means_no_rounds() -> None:
+    import ipaddress
+
+    from wanlb.uplink import Uplink
+
+    text = CONFIG.replace("gateway: 100.64.1.1", "gateway: auto").replace("192.0.2.1, 192.0.2.2, 192.0.2.3", "gateway")
+    isp = parse_config(text.replace("quorum: 2", "quorum: 1")).isps[0]
+    link = [Uplink("waiting for gateway")]
+    rounds: list[RoundResult] = []
+    prober = ScriptedProber({"100.64.9.1": 0.004, "10.0.0.1": 0.002})
+    m = IspMonitor(isp, 0x100, lambda _n, r, _f: rounds.append(r), uplink=lambda: link[0])
+    m.prober = prober  # type: ignore[assignment]
+
+    async def go() -> None:
+        await m._round()
+        link[0] = Uplink(None, ipaddress.IPv4Address("100.64.9.1"))  # learned: a DHCP router
+        await m._round()
+        link[0] = Uplink(None, None, peer=ipaddress.IPv4Address("10.0.0.1"))  # PPP: the peer address
+        await m._round()
+        link[0] = Uplink("no interface")
+        await m._round()  # skipped: nothing sent, nothing reported
+
+    asyncio.run(go())
+    assert [r.ok for r in rounds] == [False, True, True] and prober.started == 2
+    assert rounds[0].errors == {"gateway": "no next hop to probe (none learned, or a device route without a peer)"}
+    assert rounds[2].latency == 0.002

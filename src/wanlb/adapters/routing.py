@@ -95,7 +95,7 @@ def read_snapshot(
                     continue
                 net = ipaddress.ip_network(f"{r.get('dst')}/{r['dst_len']}")
                 dev = _ifname(r.get("oif"), names)
-                if dev is not None and dev != "lo" and not net.is_link_local and not net.is_multicast:
+                if dev is not None and not net.is_link_local and not net.is_multicast:
                     connected.append(ConnectedRoute(net, dev))
     return Snapshot(
         connected=tuple(sorted(set(connected))),

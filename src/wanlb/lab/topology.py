@@ -316,8 +316,10 @@ class Topology:
                 values |= {f"net.ipv6.conf.{scope}.accept_dad": "0", f"net.ipv6.conf.{scope}.keep_addr_on_down": "1"}
             if node.startswith("isp") or node == "gw":
                 values |= {"net.ipv6.conf.all.forwarding": "1"}
-            if node == "gw":  # a router told to take advertisements (ifupdown's `accept_ra 2`), keeping only
-                for scope in ("all", "default"):  # its static addresses: the RA gives the learned next hop
+            if node == "gw" and any(self.mode(i) == "dhcp" for i in range(1, self.isps + 1)):
+                # Set up as for DHCP WANs with router advertisements (ifupdown's `accept_ra 2`), keeping only its
+                # static addresses: the advertisements give the learned IPv6 next hop (gateway6: auto).
+                for scope in ("all", "default"):
                     values |= {f"net.ipv6.conf.{scope}.accept_ra": "2", f"net.ipv6.conf.{scope}.autoconf": "0"}
         if node == "gw":
             # Forwarding like any router; loose rp_filter like a systemd-based distro, which the
