@@ -199,6 +199,7 @@ def run_demo(console: Console, name: str | None = None) -> int:
                          stdout=subprocess.PIPE, text=True)  # fmt: skip
         address = lab.lease_change(renumbered)
         _, up = _wait_state(lab, renumbered, "up", seen, family="4")
+        _wait_state(lab, renumbered, "up", seen, family="6")  # its IPv6 went with the address too
         gateway = next(e for e in request(str(lab.socket_path), {"cmd": "status"})["events"][seen:]
                        if e["isp"] == renumbered and e["event"] == "gateway")  # fmt: skip
         back = up["time"] - gateway["time"]  # the gateway event: when the daemon saw the new lease's route
