@@ -111,7 +111,7 @@ class Fleet:
         self.machines6: dict[str, HealthMachine] = {}
         self.since: dict[str, float] = {}
         self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
-        self._hops: dict[tuple[str, int], tuple[object, ...]] = {}  # (ISP, family) -> last next hop it had
+        self._hops: dict[tuple[str, int], object] = {}  # (ISP, family) -> the last next hop it had (None: dev)
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
         for isp in config.isps:
             self._new_machine(isp, IspStatus.UP, now, wall)
@@ -325,9 +325,9 @@ class Fleet:
         if link.addresses:
             self._addresses[isp.name] = link.addresses
         if link.ready or not isp.learns:
-            self._hops[(isp.name, 4)] = (link.via if link.ready else isp.gateway, link.ready or not isp.learns)
-        if link.ready6 or (isp.gateway6 not in (None, "auto")):
-            self._hops[(isp.name, 6)] = (link.via6, True)
+            self._hops[(isp.name, 4)] = link.via if link.ready else isp.gateway
+        if link.ready6 or isp.gateway6 not in (None, "auto"):
+            self._hops[(isp.name, 6)] = link.via6 if link.ready6 else isp.gateway6
 
     def _uplink_events(self, isp: IspConfig, old: Uplink | None, new: Uplink, wall: float) -> list[Effect]:
         """A next hop that changed or was learned (per family), or addresses that changed: one event each."""
@@ -336,13 +336,13 @@ class Fleet:
         for family, ready, via, source in ((4, new.ready, new.via, new.source), (6, new.ready6, new.via6, new.source6)):
             if not ready or (family == 6 and isp.gateway6 is None):
                 continue
-            hop = (via, True)
+            known = (isp.name, family) in self._hops
             before = self._hops.get((isp.name, family))
-            self._hops[(isp.name, family)] = hop
-            if before == hop:
+            self._hops[(isp.name, family)] = via
+            if known and before == via:
                 continue
-            shown = str(via) if via is not None else f"device route (dev {isp.interface})"
-            what = f"{_hop_text(before[0], isp.interface)} → {shown}" if before else f"learned {shown}"
+            shown = _hop_text(via, isp.interface)
+            what = f"{_hop_text(before, isp.interface)} → {shown}" if known else f"learned {shown}"
             emit = self._emit(isp.name, "gateway", status, status, f"{what} ({source})", isp.interface, wall)
             family_tag = "6" if family == 6 else ("4" if isp.name in self.machines6 else "")
             effects.append(Emit(replace(emit.event, family=family_tag)))

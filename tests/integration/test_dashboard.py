@@ -189,6 +189,7 @@ def test_an_isps_ipv6_shows_on_its_card_and_dying_alone_is_explained(lab: Lab, g
     head = "isp => document.querySelector(`article[data-isp='${isp}'] .iface`).textContent"
     for isp in ISPS:
         assert dash.page.evaluate(head, isp).endswith("· IPv6 netmap up"), dash.page.evaluate(head, isp)
+    assert dash.page.evaluate(head, "isp2").startswith("wan2 → 100.64.2.1 · tier 1")  # the uplink's next hop
     dash.page.evaluate(
         """() => { const card = document.querySelector("article[data-isp='isp3']"); window.isp3States = [];
            new MutationObserver(() => window.isp3States.push(card.dataset.status))

@@ -431,7 +431,10 @@
     for (const isp of s.isps) {
       const c = state.cards.get(isp.name);
       const v6 = isp.ipv6; // null when the ISP carries no IPv6
-      c.iface.textContent = `${isp.interface} · tier ${isp.tier}${v6 ? ` · IPv6 ${v6.mode} ${v6.status}` : ""}`;
+      // The uplink: interface, next hop (learned or static; what is missing while it is not whole).
+      const hop = isp.uplink ? `${isp.interface} (${isp.uplink})` : `${isp.interface} → ${isp.gateway}`;
+      c.iface.textContent = `${hop} · tier ${isp.tier}${v6 ? ` · IPv6 ${v6.mode} ${v6.status}` : ""}`;
+      c.iface.title = isp.gateway_source || "";
       setStatus(c, isp.status, isp.since);
       const health = isp.health || {};
       if (health.monitored) {
