@@ -278,8 +278,7 @@ def inner_apply(paths: dict[str, str], apply_reps: int, reload_reps: int, profil
     from wanlb.config import load_config
     from wanlb.fleet import Fleet
     from wanlb.kernel import LinuxKernel
-    from wanlb.plan import plan
-    from wanlb.reconcile import Reconciler, cleanup, preflight, read_snapshot
+    from wanlb.reconcile import Reconciler, cleanup, plan_from, preflight, read_snapshot
     from wanlb.render import render
     from wanlb.uplink import uplinks
 
@@ -406,7 +405,7 @@ def inner_apply(paths: dict[str, str], apply_reps: int, reload_reps: int, profil
         t_alloc = time.perf_counter()
         # What Daemon._verify does before adopting a reload: the whole ruleset checked by `nft -c` in a scratch table.
         snapshot = read_snapshot(kernel, cfg, allocation.state.protocols)
-        desired = plan(cfg, allocation.state, fleet.statuses(), snapshot.connected, uplinks=uplinks(cfg, snapshot))
+        desired = plan_from(cfg, allocation.state, snapshot, fleet.statuses())
         kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
         t_verified = time.perf_counter()
         store.set_allocation(allocation.state)

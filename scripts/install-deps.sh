@@ -6,8 +6,10 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 # dnsmasq-base: the binary alone (the dnsmasq package would also start a system DNS service); the lab's
 # ISP routers use it as their DHCP server. dhcpcd-base: the lab gateway's DHCP client (no service either).
+# isc-dhcp-server: the lab ISPs' DHCPv6 prefix delegation (dnsmasq has none); its services are disabled
+# below, the lab runs dhcpd by hand inside its namespaces.
 for tool in nft:nftables conntrack:conntrack iperf3:iperf3 ip:iproute2 openssl:openssl curl:curl dnsmasq:dnsmasq-base \
-    dhcpcd:dhcpcd-base; do
+    dhcpcd:dhcpcd-base dhcpd:isc-dhcp-server; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)  # GNU time: peak memory of `wanlb check` in the bad-input tests
@@ -23,6 +25,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -d /run/systemd/system ]; then  # a machine with systemd running: no DHCP server for its own networks
+  systemctl disable --now isc-dhcp-server.service isc-dhcp-server6.service >/dev/null 2>&1 || true
 fi
 python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq python3-pip python3-venv >/dev/null; }
 # Debian's own python3 refuses system-wide pip installs (PEP 668); wanlb is a system daemon, so we

@@ -253,10 +253,8 @@ def render(config_path: str, nft_only: bool) -> None:
     """
     from wanlb.kernel import LinuxKernel
     from wanlb.nftsync import full_text
-    from wanlb.plan import plan
-    from wanlb.reconcile import read_snapshot
+    from wanlb.reconcile import plan_from, read_snapshot
     from wanlb.render import render as do_render
-    from wanlb.uplink import uplinks
 
     cfg = _load(config_path)
     state, _ = _allocation(cfg)
@@ -265,7 +263,7 @@ def render(config_path: str, nft_only: bool) -> None:
         snapshot = read_snapshot(kernel, cfg, state.protocols)
     finally:
         kernel.close()
-    rendered = do_render(plan(cfg, state, connected=snapshot.connected, uplinks=uplinks(cfg, snapshot)))
+    rendered = do_render(plan_from(cfg, state, snapshot))
     click.echo(full_text(rendered.nft) if nft_only else rendered.describe(), nl=False)
 
 

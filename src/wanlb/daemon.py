@@ -36,9 +36,9 @@ from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.hooks import run_hooks
 from wanlb.kernel import Kernel, LinuxKernel
 from wanlb.metrics import Metrics
-from wanlb.plan import IspStatus, plan
+from wanlb.plan import IspStatus
 from wanlb.policy import adjust, shares_differ
-from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, preflight, read_snapshot
+from wanlb.reconcile import Reconciler, ReconcileResult, cleanup, plan_from, preflight, read_snapshot
 from wanlb.render import render, sticky_sets
 from wanlb.rules import domain_set
 from wanlb.tune import TableStats, table_warnings
@@ -417,8 +417,7 @@ class Daemon:
         """Ask the kernel whether the new ruleset would be accepted, in a scratch table (changes nothing)."""
         # The statuses of both families: a policy whose members are all down renders another shape.
         snapshot = read_snapshot(self.kernel, config, state.protocols)
-        seen = uplinks(config, snapshot)
-        desired = plan(config, state, self.fleet.statuses(), snapshot.connected, None, self.fleet.statuses6(), seen)
+        desired = plan_from(config, state, snapshot, self.fleet.statuses(), statuses6=self.fleet.statuses6())
         try:
             self.kernel.nft_check(nftsync.full_text(render(desired).nft, table="wanlb_verify"))
         except Exception as exc:

@@ -19,7 +19,7 @@ from enum import StrEnum
 from wanlb.config import Config, RuleConfig
 from wanlb.policy import Adjusted, PolicyPlan, policies
 from wanlb.runtime import Retired, RuntimeState, mark_shift
-from wanlb.uplink import ConnectedRoute, Uplink, assumed
+from wanlb.uplink import ConnectedRoute, Interface, Uplink, assumed
 
 
 class IspStatus(StrEnum):
@@ -116,13 +116,15 @@ def plan(
     adjusted: Adjusted | None = None,
     statuses6: Mapping[str, IspStatus] | None = None,
     uplinks: Mapping[str, Uplink] | None = None,
+    interfaces: Mapping[str, Interface] | None = None,
 ) -> Desired:
     """Compute the desired state.  ISPs missing from ``statuses`` count as UP.
 
     ``statuses6``: each ISP's IPv6 status where it differs (its own IPv6 health); None: as ``statuses``.
 
     ``uplinks``: each ISP's uplink as the kernel shows it (:mod:`wanlb.uplink`); an ISP missing from it is
-    as configured (a static next hop is ready, a learned one waits).
+    as configured (a static next hop is ready, a learned one waits).  ``interfaces``: the snapshot's, whose
+    address lifetimes tell a new delegated prefix from an old one that is running out (``prefix_from``).
 
     ``adjusted``: the daemon's current weights per dynamic algorithm (``least-conn``, ``latency``).
 
@@ -133,7 +135,7 @@ def plan(
     shift = mark_shift(config.mark_mask)
     slots = {name: ((slot.mark >> shift) - 1) % 256 for name, slot in state.isps.items()}
     usable = {i.name: _usable(statuses.get(i.name, IspStatus.UP), links[i.name]) for i in config.isps}
-    followed = followed_prefixes(config, connected)
+    followed = followed_prefixes(config, connected, interfaces)
     planned = policies(config, usable, adjusted)
     # The same policies for IPv6, over the ISPs that carry it (a netmap ISP whose prefix_from interface has
     # no prefix now does not, until it has one).
@@ -198,9 +200,15 @@ def _delegable(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     return not (net.is_link_local or net.is_multicast or net.subnet_of(_ULA))  # type: ignore[arg-type]
 
 
-def followed_prefixes(config: Config, connected: tuple[ConnectedRoute, ...]) -> dict[str, ipaddress.IPv6Network | None]:
+def followed_prefixes(
+    config: Config, connected: tuple[ConnectedRoute, ...], interfaces: Mapping[str, Interface] | None = None
+) -> dict[str, ipaddress.IPv6Network | None]:
     """For each netmap ISP with ``prefix_from``: the global prefix on that interface now (from the main
-    table's connected routes), of the length of the LAN prefix it maps, or None if there is none."""
+    table's connected routes), of the length of the LAN prefix it maps, or None if there is none.
+
+    Two of them: a delegation changed, and the client keeps the old prefix until its lifetime runs out
+    (RFC 8415): the one whose address on the interface has the longest preferred lifetime is the new one.
+    """
     routed = {i.ipv6.prefix for i in config.isps if i.ipv6.mode == "routed"}
     lan = [n for n in config.lan.ipv6_prefixes if n not in routed]
     length = lan[0].prefixlen if lan else 64
@@ -214,6 +222,9 @@ def followed_prefixes(config: Config, connected: tuple[ConnectedRoute, ...]) -> 
             for r in connected
             if r.dev == dev and r.dst.version == 6 and r.dst.prefixlen == length and _delegable(r.dst)
         )
+        iface = (interfaces or {}).get(dev)
+        preferred = {a.network: left for a, left in iface.addresses6} if iface is not None else {}
+        found.sort(key=lambda net: -preferred.get(net, 0))  # (stable: the lowest prefix among equals)
         out[isp.name] = found[0] if found else None  # type: ignore[assignment]
     return out
 

@@ -53,7 +53,22 @@ def preflight(config: Config) -> None:
 def read_snapshot(kernel: Kernel, config: Config, protocols: Collection[int]) -> Snapshot:
     """What a pass plans from: the routing snapshot with the config's WANs and the tables they learn from."""
     tables = {MAIN_TABLE, *(isp.lookup_table for isp in config.isps)}
-    return kernel.snapshot(protocols, [isp.interface for isp in config.isps], tables)
+    followed = [isp.ipv6.prefix_from for isp in config.isps if isp.ipv6.prefix_from]
+    return kernel.snapshot(protocols, [isp.interface for isp in config.isps] + followed, tables)
+
+
+def plan_from(
+    config: Config,
+    state: RuntimeState,
+    snapshot: Snapshot,
+    statuses: Mapping[str, IspStatus] | None = None,
+    adjusted: Adjusted | None = None,
+    statuses6: Mapping[str, IspStatus] | None = None,
+) -> Desired:
+    """:func:`wanlb.plan.plan` with everything a routing snapshot tells: connected networks, each ISP's
+    uplink, the interfaces' addresses."""
+    seen = uplinks(config, snapshot)
+    return plan(config, state, statuses, snapshot.connected, adjusted, statuses6, seen, snapshot.interfaces)
 
 
 @dataclass(frozen=True)
@@ -132,8 +147,7 @@ class Reconciler:
         kernel = self.kernel
         protocols = set(state.protocols)
         snapshot = read_snapshot(kernel, config, protocols)
-        seen = uplinks(config, snapshot)
-        desired = plan(config, state, statuses, snapshot.connected, adjusted, statuses6, seen)
+        desired = plan_from(config, state, snapshot, statuses, adjusted, statuses6)
         rendered = render(desired)
         changes: list[str] = []
         failures: list[str] = []
@@ -170,6 +184,7 @@ class Reconciler:
             log.warning("route not installed (retried at the next pass): %s", failure)
         if nft_done is not None:
             self._pending = (rendered.nft, self.kernel.nft_generation())
+        seen = {isp.name: isp.uplink for isp in desired.isps}
         return ReconcileResult(desired, nft_done, tuple(changes), tuple(failures), seen)
 
     def _nft(self, table: nftsync.Table) -> float | None:

@@ -71,7 +71,7 @@ class Interface:
     usable: bool  # administratively up with carrier
     addresses: tuple[ipaddress.IPv4Interface, ...] = ()
     peers: tuple[IPv4, ...] = ()  # point-to-point peers (``A peer B/32``: B)
-    addresses6: tuple[ipaddress.IPv6Interface, ...] = ()  # global ones
+    addresses6: tuple[tuple[ipaddress.IPv6Interface, int], ...] = ()  # global ones, with their preferred lifetime (s)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class Snapshot:
     """One read of the kernel's routing state: what reconcile plans from and what uplinks are judged by.
 
     ``routes`` are wanlb's own (tagged with one of its protocols), ``defaults`` everybody else's default
-    routes in the tables asked for, ``interfaces`` the WANs asked for that exist now.
+    routes in the tables asked for, ``interfaces`` the interfaces asked for that exist now (the WANs, and
+    those a ``prefix_from`` names).
     """
 
     connected: tuple[ConnectedRoute, ...] = ()

@@ -22,7 +22,7 @@ import pytest
 from wanlb.control import DaemonRefused
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, LabError, python_module
-from wanlb.lab.topology import LAN_LEAK_COUNTER, isp_for_source
+from wanlb.lab.topology import LAN_LEAK_COUNTER, SERVER6_ADDRS, isp_for_source
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -141,8 +141,19 @@ def test_dhcp_and_point_to_point_uplinks_are_balanced_and_status_says_where_each
     assert leaks(lab) == dict.fromkeys(lab.isps, 0)
 
 
+def connect6(lab: Lab, n: int) -> list[str]:
+    """The sources the IPv6 server saw for ``n`` connections from c1 (the netmapped client address)."""
+    argv = python_module("wanlb.lab.traffic", "http", "--connections", str(n), "--parallel", "8", "--target",
+                         f"[{SERVER6_ADDRS[0]}]:80")  # fmt: skip
+    out = lab.run("c1", argv, capture_output=True, text=True, check=True).stdout
+    return [src for src, count in json.loads(out)["sources"].items() for _ in range(count)]
+
+
 def test_a_lease_change_under_traffic_moves_only_that_isp(running: Callable[..., tuple[Lab, LabGateway]]) -> None:
-    lab, gw = running(("dhcp", "dhcp", "p2p"))
+    """isp2 is renumbered: a new IPv4 subnet and router from its DHCP server, and a new IPv6 prefix from its
+    DHCPv6 prefix delegation, which wanlb's netmap follows (prefix_from)."""
+    lab, gw = running(("dhcp", "dhcp", "p2p"), ipv6=True)
+    assert "2001:db8:200::11" in connect6(lab, 30)  # c1's ULA netmapped onto isp2's delegated /64
     streams = streams_on(lab, gw, 9, {"isp1", "isp2", "isp3"})
     assert lab.traffic(connections=300)["failed"] == 0
     before = entries(gw)
@@ -162,6 +173,9 @@ def test_a_lease_change_under_traffic_moves_only_that_isp(running: Callable[...,
 
     counts = lab.traffic(connections=300)
     assert counts["failed"] == 0 and counts["isp2"] > 50, counts
+    wait_until("isp2's IPv6 back", lambda: by_isp(gw)["isp2"]["ipv6"]["status"] == "up")
+    sources6 = connect6(lab, 30)
+    assert "2001:db8:280::11" in sources6 and "2001:db8:200::11" not in sources6, sources6  # the new delegation
     after = entries(gw)
     assert untouched(before, after, {"isp1", "isp3"}) == [], "connections of the other ISPs were touched"
     # Only isp2's connections that could no longer work are gone: nothing is left on its old address.

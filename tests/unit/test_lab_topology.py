@@ -206,3 +206,19 @@ def test_sources_of_every_uplink_mode_map_back_to_their_isp() -> None:
     assert isp_for_source("100.64.3.6") == "isp3"  # a new PPP session
     assert isp_for_source("198.18.4.1") == "isp4"  # behind modem 4's NAT
     assert isp_for_source("100.64.2.1") is None and isp_for_source("198.18.4.2") is None
+
+
+def test_dhcp_uplinks_of_a_dual_stack_lab_delegate_a_prefix_that_the_config_follows() -> None:
+    from wanlb.lab.topology import dhcp6_server_conf, dhcp_client_conf
+
+    topo = Topology("u", isps=3, uplinks=("dhcp", "modem", "p2p"), ipv6=True)
+    assert topo.pd_isps == [1]
+    assert "link add name pd1 type bridge" in topo.ip_batch("gw")
+    assert dhcp_client_conf(topo).splitlines()[-4:] == ["interface wan1", "  ia_pd 1 pd1/0/64", "interface wan2",
+                                                          "  ipv4only"]  # fmt: skip
+    assert "prefix6 2001:db8:180:: 2001:db8:180:: /56;" in dhcp6_server_conf(1, 1)
+    cfg = yaml.safe_load(topo.config_yaml("/run/x.sock"))
+    assert cfg["isps"][0]["ipv6"] == {"mode": "netmap", "prefix_from": "pd1"}
+    assert "route add 2001:db8:180::/56 via 2001:db8:1::2" in topo.ip_batch("isp1")
+    assert isp_for_source("2001:db8:180::11") == "isp1"
+    assert Topology("v", isps=1, uplinks=("dhcp",)).pd_isps == []  # IPv4 only: no DHCPv6

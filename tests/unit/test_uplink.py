@@ -166,3 +166,17 @@ def test_config_gateway_auto_is_the_default_and_bad_values_say_what_to_write() -
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(base % bad)
+
+
+def test_a_changed_delegation_is_followed_while_the_old_prefix_runs_out() -> None:
+    """dhcpcd keeps a delegated prefix it failed to renew until its lifetime ends (RFC 8415): with two on
+    the interface, the one with the longest preferred lifetime is the delegation now."""
+    from wanlb.plan import followed_prefixes
+    from wanlb.uplink import ConnectedRoute
+
+    cfg = parse_config(CONFIG.replace("ipv6: {mode: masquerade}", "ipv6: {mode: netmap, prefix_from: pd2}"))
+    old, new = ipaddress.IPv6Network("2001:db8:100::/64"), ipaddress.IPv6Network("2001:db8:180::/64")
+    routes = (ConnectedRoute(old, "pd2"), ConnectedRoute(new, "pd2"))
+    assert followed_prefixes(cfg, routes) == {"cable": old}  # nothing tells them apart: the lowest
+    pd2 = Interface("pd2", 9, True, addresses6=((IF6("2001:db8:100::1/64"), 40), (IF6("2001:db8:180::1/64"), 3600)))
+    assert followed_prefixes(cfg, routes, {"pd2": pd2}) == {"cable": new}

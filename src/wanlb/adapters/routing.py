@@ -22,6 +22,7 @@ from wanlb.uplink import ConnectedRoute, DefaultRoute, Interface, Snapshot
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+FOREVER = 0xFFFFFFFF  # an address lifetime that does not run out
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 _ACTIONS = {1: "lookup", 6: "blackhole", 7: "unreachable"}
@@ -64,7 +65,8 @@ def read_snapshot(
       client's ``proto dhcp`` subnet route, RA prefixes; IPv6 link-local and multicast left out);
     * every default route in ``tables`` that is not ours (each nexthop of a multipath one), by device;
     * the routes tagged with one of ``protocols`` (wanlb's, in any table);
-    * the interfaces named in ``wans`` that exist: index, usable, IPv4 addresses and peers, global IPv6.
+    * the interfaces named in ``wans`` that exist: index, usable, IPv4 addresses and peers, global IPv6
+      addresses with their preferred lifetimes.
     """
     names: dict[int, str | None] = {}
     connected: list[ConnectedRoute] = []
@@ -135,7 +137,7 @@ def _interfaces(ipr: IPRoute, wans: Collection[str]) -> dict[str, Interface]:
     by_index = {index: name for name, (index, _) in found.items()}
     addrs: dict[str, list[ipaddress.IPv4Interface]] = {n: [] for n in found}
     peers: dict[str, list[ipaddress.IPv4Address]] = {n: [] for n in found}
-    addrs6: dict[str, list[ipaddress.IPv6Interface]] = {n: [] for n in found}
+    addrs6: dict[str, list[tuple[ipaddress.IPv6Interface, int]]] = {n: [] for n in found}
     for a in ipr.get_addr():
         name = by_index.get(a["index"])
         if name is None:
@@ -146,7 +148,8 @@ def _interfaces(ipr: IPRoute, wans: Collection[str]) -> dict[str, Interface]:
             if local and address and local != address:  # `A peer B/32`: IFA_ADDRESS is the peer
                 peers[name].append(ipaddress.IPv4Address(address))
         elif a["family"] == socket.AF_INET6 and address and a["scope"] == 0:
-            addrs6[name].append(ipaddress.IPv6Interface(f"{address}/{a['prefixlen']}"))
+            preferred = (a.get("cacheinfo") or {}).get("ifa_preferred", FOREVER)
+            addrs6[name].append((ipaddress.IPv6Interface(f"{address}/{a['prefixlen']}"), preferred))
     return {
         name: Interface(name, index, usable, tuple(addrs[name]), tuple(peers[name]), tuple(addrs6[name]))
         for name, (index, usable) in found.items()

@@ -9,6 +9,7 @@ from the namespace names alone, so even a crashed run can be cleaned up (`down_a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -46,12 +47,16 @@ from wanlb.lab.topology import (
     FailMode,
     Topology,
     TopologyError,
+    dhcp6_server_argv,
+    dhcp6_server_conf,
     dhcp_client_argv,
     dhcp_server_argv,
     fail_nft,
     gateway_nat_nft,
+    isp6_prefix,
     isp_for_source,
     p2p_local,
+    pd_holder,
     wan_subnet,
 )
 
@@ -391,19 +396,62 @@ class Lab:
         """Start each DHCP ISP's server and the gateway's DHCP client; wait until every DHCP WAN has its lease."""
         topo = self.topology
         if topo.dhcp_wans:
-            missing = [tool for tool in ("dnsmasq", "dhcpcd") if shutil.which(tool) is None]
+            tools = {"dnsmasq": "dnsmasq-base", "dhcpcd": "dhcpcd-base"}
+            tools |= {"dhcpd": "isc-dhcp-server"} if topo.pd_isps else {}
+            missing = [package for tool, package in tools.items() if shutil.which(tool) is None]
             if missing:
-                raise LabError(f"dhcp and modem uplinks need {' and '.join(missing)}: apt-get install dnsmasq-base "
-                               "dhcpcd-base (scripts/install-deps.sh does)")  # fmt: skip
+                raise LabError(f"the lab's dhcp and modem uplinks need {', '.join(missing)}: apt-get install them "
+                               "(scripts/install-deps.sh does)")  # fmt: skip
         for i in range(1, topo.isps + 1):
             if topo.mode(i) in DHCP_MODES:
                 self._start_dhcp_server(i)
+            if i in topo.pd_isps:
+                self._start_dhcp6_server(i)
         if topo.dhcp_wans:
             with open(self.dir / "dhcpcd.log", "ab") as log:
                 self.popen("gw", dhcp_client_argv(topo), label="dhcpcd", stdout=log, stderr=subprocess.STDOUT)
             for i in range(1, topo.isps + 1):
                 if topo.mode(i) in DHCP_MODES:
                     self.wait_lease(f"isp{i}")
+                if i in topo.pd_isps:
+                    self.wait_delegation(f"isp{i}")
+
+    def _start_dhcp6_server(self, i: int) -> None:
+        lease = self._state["leases"].get(f"isp{i}", 0)
+        conf = self.dir / f"dhcp6-isp{i}.conf"
+        conf.write_text(dhcp6_server_conf(i, lease))
+        leases = self.dir / f"dhcp6-isp{i}.leases"
+        leases.touch()
+        pid = self.dir / f"dhcp6-isp{i}.pid"
+        pid.unlink(missing_ok=True)  # dhcpd refuses to start while its pid file names a live process
+        argv = dhcp6_server_argv(str(conf), str(leases), str(pid))
+        with open(self.dir / f"dhcp6-isp{i}.log", "ab") as log:
+            self.popen(f"isp{i}", argv, label=f"dhcp6-isp{i}", stdout=log, stderr=subprocess.STDOUT)
+
+    def delegated(self, isp: str) -> str | None:
+        """The /64 the gateway holds now of the ISP's DHCPv6 delegation (on its holder interface): the one
+        with the longest preferred lifetime (a changed delegation's old prefix stays until it runs out)."""
+        i = self._isp_index(isp)
+        out = _run(["ip", "-n", self.ns("gw"), "-j", "-6", "addr", "show", "dev", pd_holder(i), "scope", "global"])
+        found = [(a.get("preferred_life_time", 0), f"{a['local']}/{a['prefixlen']}")
+                 for info in (json.loads(out) if out.strip() else []) for a in info.get("addr_info", [])
+                 if "local" in a]  # fmt: skip
+        if not found:
+            return None
+        return str(ipaddress.IPv6Interface(max(found)[1]).network)
+
+    def wait_delegation(self, isp: str, lease: int | None = None, timeout: float = 20.0) -> str:
+        """Wait until the gateway holds the ISP's delegated prefix (of ``lease``, default its current one)."""
+        i = self._isp_index(isp)
+        self._reload()
+        wanted = isp6_prefix(i, self._state["leases"].get(f"isp{i}", 0) if lease is None else lease)
+        deadline = time.monotonic() + timeout
+        while (held := self.delegated(isp)) != wanted:
+            if time.monotonic() > deadline:
+                log = (self.dir / "dhcpcd.log").read_text(errors="replace")[-1500:]
+                raise LabError(f"isp{i} delegated no {wanted} in {timeout:g}s (holds {held}):\n{log}")
+            time.sleep(0.05)
+        return wanted
 
     def _start_dhcp_server(self, i: int) -> None:
         lease = self._state["leases"].get(f"isp{i}", 0)
@@ -465,15 +513,22 @@ class Lab:
         old = self._state["leases"].get(f"isp{i}", 0)
         before = self.gw_address(isp)
         self._stop(f"dhcp-isp{i}")
+        if i in self.topology.pd_isps:
+            self._stop(f"dhcp6-isp{i}")
         ns = self.ns(f"isp{i}")
         old_addr, new_addr = f"{wan_subnet(i, old)}.1/24", f"{wan_subnet(i, 1 - old)}.1/24"
         _run(["ip", "-n", ns, "-batch", "-"], f"addr del {old_addr} dev {ISP_CUSTOMER_IF}\n"
              f"addr add {new_addr} dev {ISP_CUSTOMER_IF}\n")  # fmt: skip
         self._update("leases", f"isp{i}", 1 - old)
         self._start_dhcp_server(i)
-        time.sleep(0.2)  # the server binds its port
+        if i in self.topology.pd_isps:
+            self._start_dhcp6_server(i)  # and another delegated prefix
+        time.sleep(0.2)  # the servers bind their ports
         self._signal("dhcpcd", signal.SIGHUP)
-        return self.wait_lease(isp, not_from=before)
+        address = self.wait_lease(isp, not_from=before)
+        if i in self.topology.pd_isps:
+            self.wait_delegation(isp)
+        return address
 
     def _signal(self, label: str, sig: int) -> None:
         self._reload()

@@ -140,7 +140,7 @@ def isp_for_source(addr: str) -> str | None:
     m = re.fullmatch(r"100\.(?:64|80)\.(\d{1,3})\.[26]|198\.18\.(\d{1,3})\.1", addr)
     if m:  # a WAN address of ISP i (any lease, any PPP session), or modem i's own uplink address
         return f"isp{int(m.group(1) or m.group(2))}"
-    m = re.fullmatch(r"2001:db8:(\d{1,2})(00)?:[0-9a-f:]+", addr)
+    m = re.fullmatch(r"2001:db8:(\d{1,2})(00|80)?:[0-9a-f:]+", addr)
     return f"isp{int(m.group(1))}" if m else None
 
 
@@ -168,14 +168,21 @@ def isp6_gateway(i: int) -> str:
     return f"2001:db8:{i}::1"
 
 
-def isp6_prefix(i: int) -> str:
+def isp6_prefix(i: int, lease: int = 0) -> str:
     """ISP i's customer prefix that the LAN's ULA prefix is netmapped to: the first /64 of its delegation."""
-    return f"2001:db8:{i}00::/64"
+    return f"2001:db8:{i}{'80' if lease else '00'}::/64"
 
 
-def isp6_delegation(i: int) -> str:
-    """What ISP i routes to the gateway and accepts from it besides the link prefix (a /56, as delegated)."""
-    return f"2001:db8:{i}00::/56"
+def isp6_delegation(i: int, lease: int = 0) -> str:
+    """What ISP i routes to the gateway and accepts from it besides the link prefix (a /56, as delegated:
+    by DHCPv6-PD on a dhcp uplink, where a lease change moves it to the other one)."""
+    return f"2001:db8:{i}{'80' if lease else '00'}::/56"
+
+
+def pd_holder(i: int) -> str:
+    """The gateway's interface (an empty bridge) where dhcpcd puts the /64 it carves from ISP i's delegated
+    prefix, as it would on a LAN: wanlb's ``prefix_from`` follows it."""
+    return f"pd{i}"
 
 
 def isp6_uplink_addr(i: int) -> str:
@@ -255,6 +262,11 @@ class Topology:
     def carries_ipv6(self, i: int) -> bool:
         """Whether ISP i has IPv6 (a dual-stack lab; the modems NAT IPv4 only)."""
         return self.ipv6 and self.mode(i) != "modem"
+
+    @property
+    def pd_isps(self) -> list[int]:
+        """The ISPs that delegate the gateway an IPv6 prefix by DHCPv6-PD (dhcp uplinks, dual-stack)."""
+        return [i for i in range(1, self.isps + 1) if self.mode(i) == "dhcp" and self.ipv6]
 
     @property
     def dhcp_wans(self) -> list[str]:
@@ -387,7 +399,7 @@ class Topology:
         if self.mode(i) == "p2p":
             gw.append(f"route add default dev wan{i} metric {100 + i}")
         if self.carries_ipv6(i):
-            isp.append(f"route add {isp6_delegation(i)} via {wan6_addr(i)}")
+            isp += [f"route add {isp6_delegation(i, lease)} via {wan6_addr(i)}" for lease in (0, 1)]
         return gw, isp
 
     def _wan_mac(self, i: int) -> str:
@@ -425,13 +437,15 @@ class Topology:
             static = self.mode(1) in ("static", "p2p") and self.ipv6
             return [f"::/0 via {isp6_gateway(1)} dev wan1"] if static else []
         if node == "inet":
-            nets = [(i, net) for i in n if self.carries_ipv6(i) for net in (f"2001:db8:{i}::/64", isp6_delegation(i))]
+            nets = [(i, net) for i in n if self.carries_ipv6(i)
+                    for net in (f"2001:db8:{i}::/64", isp6_delegation(i, 0), isp6_delegation(i, 1))]  # fmt: skip
             return [f"{net} via {isp6_uplink_addr(i)} dev isp{i}" for i, net in nets]
         if node in self.isp_names:
             i = self.isp_index(node)
             if not self.carries_ipv6(i):
                 return []
-            return [f"::/0 via {inet6_addr(i)} dev {ISP_UPLINK_IF}", f"{isp6_delegation(i)} via {wan6_addr(i)}"]
+            return [f"::/0 via {inet6_addr(i)} dev {ISP_UPLINK_IF}",
+                    *(f"{isp6_delegation(i, lease)} via {wan6_addr(i)}" for lease in (0, 1))]  # fmt: skip
         return [f"::/0 via {LAN6_GW} dev {CLIENT_IF}"]
 
     def _routes4(self, node: str) -> list[str]:
@@ -456,6 +470,9 @@ class Topology:
         if node == "gw":
             lines.append(f"link add name {LAN_IF} type bridge")
             interfaces.append(LAN_IF)
+            for i in self.pd_isps:
+                lines.append(f"link add name {pd_holder(i)} type bridge")
+                interfaces.append(pd_holder(i))
         lines += [f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {self.ns(ln.b)}" for ln in owned]
         if node == "gw":
             lines += [f"link set lanp{k} master {LAN_IF}" for k in range(1, self.clients + 1)]
@@ -515,7 +532,8 @@ class Topology:
             "    chain forward {\n"
             "        type filter hook forward priority filter; policy accept;\n"
             f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr fc00::/7 counter name "{LAN_LEAK_COUNTER}" drop\n'
-            f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr != {{ 2001:db8:{i}::/64, {isp6_delegation(i)} }}'
+            f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr != {{ 2001:db8:{i}::/64, {isp6_delegation(i, 0)}, '
+            f'{isp6_delegation(i, 1)} }}'
             f' counter name "{SPOOF_COUNTER}" drop\n'
             "        jump fail\n"
             "    }\n"
@@ -552,8 +570,11 @@ class Topology:
             ]
             if self.carries_ipv6(i):  # IPv6 targets too: each family's health is its own
                 lines[-1] = lines[-1].replace(f"[{targets}]", f"[{targets}, {', '.join(HEALTH6_TARGETS)}]")
-                gateway6 = "auto  # from the router advertisements" if mode == "dhcp" else isp6_gateway(i)
-                lines += [f"    gateway6: {gateway6}", f"    ipv6: {{ mode: netmap, prefix: {isp6_prefix(i)} }}"]
+                if mode == "dhcp":  # the next hop from the advertisements, the prefix delegated by DHCPv6-PD
+                    lines += ["    gateway6: auto", f"    ipv6: {{ mode: netmap, prefix_from: {pd_holder(i)} }}"]
+                else:
+                    netmap = f"    ipv6: {{ mode: netmap, prefix: {isp6_prefix(i)} }}"
+                    lines += [f"    gateway6: {isp6_gateway(i)}", netmap]
         lines += [
             "balance:",
             "  algorithm: weighted",
@@ -588,15 +609,48 @@ def dhcp_server_argv(topo: Topology, i: int, lease: int, lease_file: str) -> lis
     return argv
 
 
+def dhcp6_server_conf(i: int, lease: int) -> str:
+    """ISC dhcpd's configuration for ISP i's DHCPv6 prefix delegation: one /56, short lifetimes."""
+    prefix = isp6_delegation(i, lease).split("/")[0]
+    return (
+        f"# written by wanlb's lab: ISP {i}'s DHCPv6 server, prefix delegation only\n"
+        "default-lease-time 120;\npreferred-lifetime 90;\nmax-lease-time 240;\n"
+        f"subnet6 2001:db8:{i}::/64 {{\n  prefix6 {prefix} {prefix} /56;\n}}\n"
+    )
+
+
+def dhcp6_server_argv(conf: str, leases: str, pid: str) -> list[str]:
+    """ISC dhcpd in DHCPv6 mode, in the foreground, on the ISP router's customer port."""
+    return ["dhcpd", "-6", "-f", "-q", "-cf", conf, "-lf", leases, "-pf", pid, ISP_CUSTOMER_IF]
+
+
+def dhcp_client_conf(topo: Topology) -> str:
+    """dhcpcd's configuration: IPv4 leases on every DHCP WAN; on a dual-stack dhcp one also a DHCPv6
+    delegated prefix, whose first /64 goes on that ISP's holder interface (the kernel takes the router
+    advertisements, as wanlb's accept_ra 2 asks: ``noipv6rs``); no ARP probing of an offered address (a
+    second less per lease); no hook scripts (the host's resolv.conf, NTP and hostname are never touched)."""
+    lines = ["noipv6rs", "noarp", "script /bin/true"]
+    for i in range(1, topo.isps + 1):
+        if topo.mode(i) not in DHCP_MODES:
+            continue
+        lines.append(f"interface wan{i}")
+        lines.append(f"  ia_pd 1 {pd_holder(i)}/0/64" if i in topo.pd_isps else "  ipv4only")
+    return "\n".join(lines) + "\n"
+
+
 def dhcp_client_argv(topo: Topology) -> list[str]:
     """dhcpcd for the gateway's DHCP WANs, in the foreground: IPv4 leases only (the kernel takes the router
     advertisements, as wanlb's accept_ra 2 asks), no ARP probing of the offered address (a second less per
     lease), no config file and no hook scripts (it must never rewrite the host's resolv.conf, NTP or
     hostname).  It runs in a mount namespace of its own (``ip netns exec`` makes one) with private /run and
     /var/lib/dhcpcd: its pid file, control socket and lease files never meet another lab's, or the host's."""
-    script = "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && exec \"$@\""
-    options = ["--nobackground", "--nodev", "--config", "/dev/null", "--ipv4only", "--noarp", "--script", "/bin/true"]
-    return ["sh", "-c", script, "dhcpcd", "dhcpcd", *options, "--allowinterfaces", ",".join(topo.dhcp_wans)]
+    conf = "/run/dhcpcd/dhcpcd.conf"  # written inside its own /run: a SIGHUP (rebind) reads it again
+    script = (
+        "mount -t tmpfs tmpfs /run && mkdir /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd"
+        f' && printf "%s" "$1" > {conf} && shift && exec "$@"'
+    )
+    options = ["--nobackground", "--nodev", "--config", conf, "--allowinterfaces", ",".join(topo.dhcp_wans)]
+    return ["sh", "-c", script, "dhcpcd", dhcp_client_conf(topo), "dhcpcd", *options]
 
 
 def gateway_nat_nft() -> str:
