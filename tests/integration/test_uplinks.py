@@ -327,3 +327,23 @@ def test_bad_uplink_input_is_a_clear_warning_or_error_and_the_running_isps_are_u
     kept = [r for r in results if isp_for_source(r["src"] or "") in ("isp1", "isp3")]
     assert kept and all(r["ok"] for r in kept), results
     assert leaks(lab) == dict.fromkeys(lab.isps, 0)
+
+
+def test_the_kernel_deletes_connections_masqueraded_to_an_address_that_went_away(
+    running: Callable[..., tuple[Lab, LabGateway]],
+) -> None:
+    """With on_down: keep wanlb flushes nothing, and still no connection is left on isp2's old address after a
+    lease change: nf_nat_masquerade deletes exactly those entries when the address goes (docs/configuration.md
+    relies on it); isp1's stay."""
+    lab, gw = running(("dhcp", "dhcp"), lambda cfg: cfg.update(failover={"on_down": "keep"}))
+    streams = streams_on(lab, gw, 6, {"isp1", "isp2"})
+    before = entries(gw)
+    old = [e for e in before if e["isp"] == "isp2" and e.get("state") == "ESTABLISHED"]
+    assert {e["reply"]["dst"] for e in old} == {"100.64.2.2"}
+    lab.lease_change("isp2")
+    wait_until("the old address's entries gone", lambda: not [
+        e for e in entries(gw) if e["reply"]["dst"] == "100.64.2.2"
+    ])  # fmt: skip
+    assert all(e["flushed"] is None for e in gw.status()["events"])  # wanlb flushed nothing
+    assert untouched(before, entries(gw), {"isp1"}) == []
+    stop_streams(streams)
