@@ -26,17 +26,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from wanlb import commands, view
 from wanlb.config import ApiConfig, read_bounded
-
-if TYPE_CHECKING:
-    from wanlb.daemon import Daemon
 
 log = logging.getLogger("wanlb.api")
 
@@ -105,13 +103,13 @@ class _Rates:
     counters: dict[str, dict[str, int]]
 
 
-def stats_message(status: dict[str, Any], counters: dict[str, dict[str, int]], before: _Rates | None,
+def stats_message(status: view.Status, counters: dict[str, dict[str, int]], before: _Rates | None,
                   now: float) -> dict[str, Any]:  # fmt: skip
     """Per ISP: connections, new connections per second, bytes per second in and out (since ``before``)."""
     dt = now - before.at if before is not None else 0.0
     out = {}
-    for isp in status.get("isps", []):
-        name = isp["name"]
+    for isp in status.isps:
+        name = isp.name
 
         def rate(counter: str, field: str, name: str = name) -> float | None:
             if before is None or dt <= 0:
@@ -121,8 +119,8 @@ def stats_message(status: dict[str, Any], counters: dict[str, dict[str, int]], b
             return None if new is None or old is None or new < old else round((new - old) / dt, 1)
 
         out[name] = {
-            "status": isp["status"],
-            "connections": status.get("conn_counts", {}).get(name, 0),
+            "status": isp.status,
+            "connections": status.conn_counts.get(name, 0),
             "new_per_second": rate(f"isp_{name}_new", "packets"),
             "rx_bytes_per_second": rate(f"isp_{name}_rx", "bytes"),
             "tx_bytes_per_second": rate(f"isp_{name}_tx", "bytes"),
@@ -131,10 +129,10 @@ def stats_message(status: dict[str, Any], counters: dict[str, dict[str, int]], b
 
 
 class Api:
-    """The FastAPI app bound to a daemon, its SSE hub and its servers."""
+    """The FastAPI app on the daemon's port (:class:`wanlb.commands.Port`), its SSE hub and its servers."""
 
-    def __init__(self, daemon: Daemon, config: ApiConfig) -> None:
-        self.daemon = daemon
+    def __init__(self, port: commands.Port, config: ApiConfig) -> None:
+        self.port = port
         self.config = config
         self.token: str | None = read_token(config.token_file) if config.token_file else None
         self.hub = Hub()
@@ -217,11 +215,11 @@ class Api:
             docs_url=None,
             redoc_url=None,
         )
-        d = self.daemon
+        port = self.port
         read, write = Depends(self._read), Depends(self._write)
 
-        async def status() -> dict[str, Any]:
-            return d.status(await d.read_counters())
+        async def status() -> view.Status:
+            return port.snapshot(await port.read_counters())
 
         @app.get("/healthz", summary="Liveness: the daemon's loop answers")
         async def healthz() -> dict[str, Any]:
@@ -229,23 +227,23 @@ class Api:
 
         @app.get("/api/v1/status", summary="Everything `wanlb status --json` shows", dependencies=[read])
         async def get_status() -> dict[str, Any]:
-            return await status()
+            return view.to_json(await status())  # type: ignore[no-any-return]
 
         @app.get("/api/v1/isps", summary="Every ISP", dependencies=[read])
         async def get_isps() -> list[dict[str, Any]]:
-            return (await status())["isps"]
+            return [view.to_json(isp) for isp in (await status()).isps]
 
         @app.get("/api/v1/isps/{name}", summary="One ISP", dependencies=[read],
                  responses={404: {"description": "No such ISP"}})  # fmt: skip
         async def get_isp(name: str) -> dict[str, Any]:
-            for isp in (await status())["isps"]:
-                if isp["name"] == name:
-                    return isp
-            raise HTTPException(404, f"no ISP named {name!r}")
+            isp = (await status()).isp(name)
+            if isp is None:
+                raise HTTPException(404, f"no ISP named {name!r}")
+            return view.to_json(isp)  # type: ignore[no-any-return]
 
         @app.get("/api/v1/events", summary="Recent ISP events, oldest first", dependencies=[read])
         async def get_events(limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
-            return list(d.events)[-limit:]
+            return [view.to_json(e) for e in port.recent_events()[-limit:]]
 
         @app.get("/api/v1/connections", summary="Conntrack entries, filtered", dependencies=[read],
                  responses={400: {"description": "Bad filter"}})  # fmt: skip
@@ -272,24 +270,26 @@ class Api:
         @app.post("/api/v1/isps/{name}/disable", summary="Drain an ISP", dependencies=[write],
                   responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
         async def disable(name: str) -> dict[str, Any]:
-            return _answer(await d.admin(name, enable=False))
+            return _answer(await port.submit(commands.Disable(name)))
 
         @app.post("/api/v1/isps/{name}/enable", summary="Hand an ISP back to its probes", dependencies=[write],
                   responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
         async def enable(name: str) -> dict[str, Any]:
-            return _answer(await d.admin(name, enable=True))
+            return _answer(await port.submit(commands.Enable(name)))
 
         @app.post("/api/v1/reload", summary="Reload the config file", dependencies=[write],
                   responses={409: {"description": "Refused or not applied"}})  # fmt: skip
         async def reload() -> JSONResponse:
-            ok, text = await d.reload()
-            return JSONResponse({"ok": ok, "message": text}, status_code=200 if ok else 409)
+            reply = await port.submit(commands.Reload())
+            ok = bool(reply.get("ok"))
+            return JSONResponse({"ok": ok, "message": reply.get("message" if ok else "error")},
+                                status_code=200 if ok else 409)  # fmt: skip
 
         @app.get("/metrics", summary="Prometheus text exposition", dependencies=[read],
                  response_class=Response, responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
         async def metrics() -> Response:
-            counters = await d.read_counters()
-            body = d.metrics.render(d.status(counters), counters)
+            counters = await port.read_counters()
+            body = port.metrics_text(port.snapshot(counters), counters)
             return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
         web = resources.files("wanlb") / "web"
@@ -325,9 +325,9 @@ class Api:
     async def _tick(self) -> None:
         """Once a second while anyone listens: per-ISP connections and rates."""
         while self.hub.clients:
-            counters = await self.daemon.read_counters()
+            counters = await self.port.read_counters()
             now = time.monotonic()
-            status = self.daemon.status(counters)
+            status = self.port.snapshot(counters)
             self.hub.publish("stats", stats_message(status, counters, self.rates, now))
             self.rates = _Rates(now, counters)
             await asyncio.sleep(STATS_INTERVAL)
@@ -340,14 +340,13 @@ class Api:
         from wanlb.ctnetlink.filters import Filter
         from wanlb.ctnetlink.format import entry_json
 
-        d = self.daemon
+        marks, mask = self.port.isp_marks()
         kwargs: dict[str, Any] = {}
         try:
             if isp is not None:
-                slot = d.fleet.state.isps.get(isp)
-                if slot is None:
+                if isp not in marks:
                     raise ValueError(f"no ISP named {isp!r}")
-                kwargs.update(mark=slot.mark, mark_mask=d.config.mark_mask)
+                kwargs.update(mark=marks[isp], mark_mask=mask)
             if proto is not None:
                 kwargs["proto"] = PROTOS[proto] if proto in PROTOS else int(proto)
             if src is not None:
@@ -357,8 +356,7 @@ class Api:
             flt = Filter(**kwargs)
         except (ValueError, KeyError) as exc:
             raise HTTPException(400, f"bad filter: {exc}") from None
-        names = {slot.mark: name for name, slot in d.fleet.state.isps.items()}
-        mask = d.config.mark_mask
+        names = {mark: name for name, mark in marks.items()}
 
         def dump() -> tuple[list[dict[str, Any]], bool]:
             out, more = [], False

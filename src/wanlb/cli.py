@@ -19,6 +19,7 @@ from wanlb import __version__
 
 if TYPE_CHECKING:
     from wanlb.config import Config
+    from wanlb.view import Domain, DomainSide, Isp
 
 # Heavy modules (rich, pydantic via wanlb.config, yaml, the lab) are imported inside the
 # commands that use them: `wanlb conntrack …` is timed against conntrack-tools and
@@ -145,31 +146,27 @@ def main() -> None:
     """
 
 
-def domain_line(d: dict[str, Any]) -> str:
+def domain_line(d: Domain) -> str:
     """A resolved name's addresses (both families) and what is wrong, for ``status``: a family without
     records (``none``) is not a problem unless no family has any address."""
-    sides = [("", d), *((("IPv6 ", d["ipv6"]),) if "ipv6" in d else ())]
-    addrs = ", ".join(a for _, side in sides for a in side["addresses"])
-    problems = [
-        f"{label}{side['state']}: {side['error']}" for label, side in sides if side["state"] in ("stale", "failed")
-    ]
-    if not addrs and not problems and any(side["state"] == "none" for _, side in sides):
-        return "no address (" + "; ".join(side["error"] for _, side in sides if side["error"]) + ")"
+    sides: list[tuple[str, DomainSide]] = [("", d), *((("IPv6 ", d.ipv6),) if d.ipv6 is not None else ())]
+    addrs = ", ".join(a for _, side in sides for a in side.addresses)
+    problems = [f"{label}{side.state}: {side.error}" for label, side in sides if side.state in ("stale", "failed")]
+    if not addrs and not problems and any(side.state == "none" for _, side in sides):
+        return "no address (" + "; ".join(side.error for _, side in sides if side.error) + ")"
     return (addrs or "none yet") + (f" ({'; '.join(problems)})" if problems else "")
 
 
-def uplink_line(isp: dict[str, Any]) -> str:
+def uplink_line(isp: Isp) -> str:
     """``isp1 wan1 100.64.1.2/24 → 100.64.1.1 (default via 100.64.1.1 dev wan1 proto dhcp metric 1003)``, what
     its uplink misses if anything, and its IPv6 next hop: where each ISP's traffic goes and why."""
-    addresses = ", ".join(isp.get("addresses") or ()) or "no address"
-    line = f"{isp['name']} {isp['interface']} {addresses} → {isp.get('gateway', '?')}"
-    if isp.get("gateway_source"):  # (a daemon older than the CLI sends neither)
-        line += f" ({isp['gateway_source']})"
-    if isp.get("uplink"):
-        line += f": {isp['uplink']}"
-    six = isp.get("ipv6")
-    if six and six.get("gateway_source"):
-        line += f"; IPv6 → {six['gateway'] or 'none'} ({six['gateway_source']})"
+    line = f"{isp.name} {isp.interface} {', '.join(isp.addresses) or 'no address'} → {isp.gateway}"
+    if isp.gateway_source:  # (a daemon older than the CLI sends none)
+        line += f" ({isp.gateway_source})"
+    if isp.uplink:
+        line += f": {isp.uplink}"
+    if isp.ipv6 is not None and isp.ipv6.gateway_source:
+        line += f"; IPv6 → {isp.ipv6.gateway or 'none'} ({isp.ipv6.gateway_source})"
     return line
 
 
@@ -370,95 +367,89 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     from rich.console import Console
     from rich.table import Table
 
-    from wanlb.top import (
-        Sample,
-        any_ipv6,
-        event_line,
-        human_bytes,
-        human_count_rate,
-        human_rate,
-        ipv6_text,
-        rates_json,
-    )
+    from wanlb.commands import GetStatus, message
+    from wanlb.top import Sample, event_line, human_bytes, human_count_rate, human_rate, ipv6_text, rates_of
+    from wanlb.view import Status, from_json
 
     sock = resolve_socket(socket_path, config_path)
-    reply = ask_daemon(sock, {"cmd": "status"})
+    reply = ask_daemon(sock, message(GetStatus()))
+    rated = None
     if rates:
-        first = Sample(time.monotonic(), reply)
+        first = Sample.of(time.monotonic(), reply)
         time.sleep(max(0.0, first.at + 1.0 - time.monotonic()))
-        reply = ask_daemon(sock, {"cmd": "status"})
-        rated = rates_json(first, Sample(time.monotonic(), reply))
+        reply = ask_daemon(sock, message(GetStatus()))
+        rated = rates_of(first, Sample.of(time.monotonic(), reply))
     if as_json:
-        click.echo(json.dumps({**reply, "rates": rated} if rates else reply, indent=2))
+        click.echo(json.dumps({**reply, "rates": rated.json()} if rated else reply, indent=2))
         return
-    table = Table(title=f"wanlb (pid {reply['pid']}, up {reply['uptime_seconds']}s)")
-    ipv6 = any_ipv6(reply)
+    status = from_json(Status, reply)
+    table = Table(title=f"wanlb (pid {status.pid}, up {status.uptime_seconds}s)")
+    ipv6 = status.any_ipv6
     columns = ["isp", "status", *(["ipv6"] if ipv6 else []), "tier", "weight", "share", "mark", "table", "interface",
                "conns", "loss", "rtt", "new", "rx", "tx"]  # fmt: skip
-    if rates:
+    if rated:
         columns += ["new/s", "rx/s", "tx/s"]
     numeric = {"conns", "new", "rx", "tx", "new/s", "rx/s", "tx/s"}
     for col in columns:
         table.add_column(col, justify="right" if col in numeric else "left")
-    counts = reply.get("conn_counts", {})
-    for isp in reply["isps"]:
-        health = isp.get("health", {})
-        status = isp["status"] + ("" if isp["active"] or isp["status"] != "up" else " (standby)")
-        if isp.get("uplink"):  # what its uplink misses: the short ones in the cell, every one in "uplinks:"
-            status += f" ({isp['uplink'] if len(isp['uplink']) <= 20 else 'uplink'})"
-        if health.get("held_down_seconds"):
-            status += f" (held {health['held_down_seconds']}s)"
-        monitored = health.get("monitored")
-        new = isp.get("new_connections")
+    for isp in status.isps:
+        health = isp.health
+        state = isp.status + ("" if isp.active or isp.status != "up" else " (standby)")
+        if isp.uplink:  # what its uplink misses: the short ones in the cell, every one in "uplinks:"
+            state += f" ({isp.uplink if len(isp.uplink) <= 20 else 'uplink'})"
+        if health.held_down_seconds:
+            state += f" (held {health.held_down_seconds}s)"
         row = [
-            isp["name"],
-            status,
+            isp.name,
+            state,
             *([ipv6_text(isp)] if ipv6 else []),
-            str(isp["tier"]),
-            str(isp["weight"]),
-            f"{isp['share_percent']:.1f}%",
-            f"{isp['mark']:#x}",
-            str(isp["table"]),
-            isp["interface"],
-            str(counts.get(isp["name"], "-")),
-            f"{health['loss_percent']:g}%" if monitored else "unmonitored",
-            f"{health['latency_ms']:.1f} ms" if monitored and health.get("latency_ms") is not None else "-",
-            "-" if new is None else str(new),
-            human_bytes(isp.get("bytes_rx")),
-            human_bytes(isp.get("bytes_tx")),
+            str(isp.tier),
+            str(isp.weight),
+            f"{isp.share_percent:.1f}%",
+            f"{isp.mark:#x}",
+            str(isp.table),
+            isp.interface,
+            str(status.conn_counts.get(isp.name, "-")),
+            f"{health.loss_percent:g}%" if health.monitored else "unmonitored",
+            f"{health.latency_ms:.1f} ms" if health.monitored and health.latency_ms is not None else "-",
+            "-" if isp.new_connections is None else str(isp.new_connections),
+            human_bytes(isp.bytes_rx),
+            human_bytes(isp.bytes_tx),
         ]
-        if rates:
-            r = rated["isps"].get(isp["name"], {})
-            row += [human_count_rate(r.get("new_per_second")), human_rate(r.get("rx_bytes_per_second")),
-                    human_rate(r.get("tx_bytes_per_second"))]  # fmt: skip
+        if rated:
+            r = rated.isps.get(isp.name)
+            if r is not None:
+                row += [human_count_rate(r.new_per_second), human_rate(r.rx_bytes_per_second),
+                        human_rate(r.tx_bytes_per_second)]  # fmt: skip
+            else:
+                row += ["-", "-", "-"]
         table.add_row(*row)
     # Piped output is not cut to 80 columns: the table keeps its natural width.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
-    if rates:
-        console.print(f"rates over the last {rated['interval_seconds']:.1f} s", markup=False)
+    if rated:
+        console.print(f"rates over the last {rated.interval_seconds:.1f} s", markup=False)
     console.print("uplinks:")
-    for isp in reply["isps"]:
+    for isp in status.isps:
         console.print(f"  {uplink_line(isp)}", markup=False)
-    policies = [p for p in reply.get("policies", []) if p["name"] != "default" or p["algorithm"] != "weighted"]
-    for p in policies:
-        using = ", ".join(f"{isp}×{w}" for isp, w in p["active"].items()) or "no usable member"
-        sticky = ", sticky" if p["sticky"] else ""
-        console.print(f"policy {p['name']}: {p['algorithm']}{sticky}: {using}", markup=False)
-    rules = reply.get("rules", [])
-    if rules:
+    for p in status.policies:
+        if p.name == "default" and p.algorithm == "weighted":
+            continue
+        using = ", ".join(f"{isp}×{w}" for isp, w in p.active.items()) or "no usable member"
+        console.print(f"policy {p.name}: {p.algorithm}{', sticky' if p.sticky else ''}: {using}", markup=False)
+    if status.rules:
         rt = Table(title="rules (first match wins)")
-        for col in ("rule", "target", "hits", *(("hits/s",) if rates else ())):
+        for col in ("rule", "target", "hits", *(("hits/s",) if rated else ())):
             rt.add_column(col)
-        for r in rules:
-            cells = [r["name"], r["target"], "-" if r["hits"] is None else str(r["hits"])]
-            if rates:
-                cells.append(human_count_rate(rated["rules"].get(r["name"])))
+        for rule in status.rules:
+            cells = [rule.name, rule.target, "-" if rule.hits is None else str(rule.hits)]
+            if rated:
+                cells.append(human_count_rate(rated.rules.get(rule.name)))
             rt.add_row(*cells)
         console.print(rt)
-    for name, d in reply.get("domains", {}).items():
+    for name, d in status.domains.items():
         console.print(f"domain {name}: {domain_line(d)}", markup=False)
-    events = reply.get("events", [])[-EVENTS_SHOWN:]
+    events = status.events[-EVENTS_SHOWN:]
     if events:
         console.print("recent events:")
         for ev in events:

@@ -14,22 +14,21 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 
+from wanlb.conntrack_io import Out, event_stream, kernel_call
 from wanlb.ctnetlink import constants as C
 from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.entry import Entry
 from wanlb.ctnetlink.filters import Filter
 from wanlb.ctnetlink.format import EVENT_PREFIX, TextFormatter, json_line
-from wanlb.ctnetlink.nlsock import DumpInterrupted
 
 DEFAULT_CONFIG = "/etc/wanlb/wanlb.yaml"
 DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
-_WRITE_BATCH = 4096
 EXIT_READER_LEFT = 128 + 13  # SIGPIPE
 
 
@@ -259,58 +258,6 @@ def _filter_opts(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in (*keys, "family")}
 
 
-def _kernel_call(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except BrokenPipeError:
-        raise  # our reader left (`| head`): not a conntrack error, see _Group.invoke
-    except PermissionError:
-        raise click.ClickException("permission denied: conntrack needs CAP_NET_ADMIN (run as root)") from None
-    except DumpInterrupted:
-        raise click.ClickException(
-            "the table changed during the dump (NLM_F_DUMP_INTR): entries may be missing or repeated; run again"
-        ) from None
-    except OSError as err:
-        raise click.ClickException(f"conntrack: {err.strerror or err}") from None
-
-
-class _Out:
-    """Batched writes to stdout: one write per few thousand lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.limit = _WRITE_BATCH
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= self.limit:
-            self.flush()
-
-    def extend(self, lines: list[str]) -> None:
-        self.lines += lines
-        if len(self.lines) >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-        if self.lines:
-            lines, self.lines = self.lines, []  # dropped even if the write fails: never written twice
-            lines.append("")
-            _write_all("\n".join(lines).encode())
-
-
-def _write_all(data: bytes) -> None:
-    """Write everything to stdout's descriptor, or raise BrokenPipeError.
-
-    Not through ``sys.stdout``: unbuffered (``PYTHONUNBUFFERED``, ``-u``) it ignores a
-    partial write, which is what a pipe gives when its reader leaves during a large
-    write, so the command would end with status 0 and lines silently lost.
-    """
-    view, fd = memoryview(data), sys.stdout.fileno()
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -373,10 +320,10 @@ def conntrack(cctx: click.Context, config: str, socket_path: str | None) -> None
 @click.pass_obj
 def list_cmd(ctx: Ctx, output: str, **kw: Any) -> None:
     """List entries like ``conntrack -L`` (text keeps its field order; json: one object per line)."""
-    _list(ctx, _filter_opts(kw), output, _Out())
+    _list(ctx, _filter_opts(kw), output, Out())
 
 
-def _list(ctx: Ctx, opts: dict[str, Any], output: str, out: _Out) -> None:
+def _list(ctx: Ctx, opts: dict[str, Any], output: str, out: Out) -> None:
     flt = build_filter(ctx, opts)
     isps = ctx.isps(required=False)
 
@@ -396,7 +343,7 @@ def _list(ctx: Ctx, opts: dict[str, Any], output: str, out: _Out) -> None:
                     out.extend([line(shape, buf, off) for off, shape in items])
         out.flush()
 
-    _kernel_call(run)
+    kernel_call(run)
 
 
 @conntrack.command()
@@ -417,18 +364,18 @@ def count(ctx: Ctx, by: str | None, as_json: bool, **kw: Any) -> None:
             raw = {int(m): n for m, n in live["counts"].items()}
             source = "daemon"
         else:
-            raw = _kernel_call(lambda: _count_marks(flt, isps.mark_mask))
+            raw = kernel_call(lambda: _count_marks(flt, isps.mark_mask))
         for mark, n in sorted(raw.items()):
             key = isps.names.get(mark, "-" if mark == 0 else f"mark={mark:#x}")
             counts[key] = counts.get(key, 0) + n
         for name in isps.names.values():
             counts.setdefault(name, 0)
     elif by == "mark":
-        raw = _kernel_call(lambda: _count_marks(flt, 0xFFFFFFFF))
+        raw = kernel_call(lambda: _count_marks(flt, 0xFFFFFFFF))
         counts = {str(m): n for m, n in sorted(raw.items())}
     elif by is not None:
-        counts = dict(_kernel_call(lambda: _count_fields(flt, by)).most_common())
-    total = sum(counts.values()) if by else _kernel_call(lambda: _total(flt))
+        counts = dict(kernel_call(lambda: _count_fields(flt, by)).most_common())
+    total = sum(counts.values()) if by else kernel_call(lambda: _total(flt))
     if as_json:
         click.echo(json.dumps({"by": by, "counts": counts, "total": total, "source": source}))
         return
@@ -478,14 +425,14 @@ def watch(ctx: Ctx, events: str, as_json: bool, **kw: Any) -> None:
     isps = ctx.isps(required=False)
     fmt = TextFormatter(isps=isps.names if isps else None, mark_mask=isps.mark_mask if isps else 0xFFFFFFFF)
     check = None if flt.empty else flt.matches
-    out = _Out()
+    out = Out()
     seen: Counter[str] = Counter()
-    sock = _kernel_call(lambda: EventSocket(kinds))
+    sock = kernel_call(lambda: EventSocket(kinds))
     sock.setblocking(False)
     # SIGTERM ends the watch like Ctrl-C (conntrack -E does the same): what was read is written, then the summary.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        for ev in _event_stream(sock):
+        for ev in event_stream(sock):
             if ev is LOST:
                 msg = f"lost events: the kernel dropped events (receive buffer full), {sock.lost} so far"
                 if as_json:
@@ -515,20 +462,6 @@ def watch(ctx: Ctx, events: str, as_json: bool, **kw: Any) -> None:
             sock.close()
             summary = ", ".join(f"{k} {seen[k]}" for k in kinds)
             click.echo(f"wanlb: events {summary}; lost reports {sock.lost}", err=True)
-
-
-def _event_stream(sock: Any) -> Iterator[Any]:
-    """Events from a non-blocking EventSocket; yields None when idle (time to flush output)."""
-    import select
-
-    while True:
-        got = False
-        for ev in sock.read():
-            got = True
-            yield ev
-        if not got:
-            yield None
-            select.select([sock], [], [])
 
 
 @conntrack.command()
@@ -568,7 +501,7 @@ def _delete_here(ctx: Ctx, opts: dict[str, Any], everything: bool) -> int:
         with Conntrack() as ct:
             return ct.delete_matching(flt)
 
-    deleted: int = _kernel_call(run)
+    deleted: int = kernel_call(run)
     return deleted
 
 
@@ -626,7 +559,7 @@ def get(
         with Conntrack() as ct:
             return ct.get_match(key)
 
-    found = _kernel_call(run)
+    found = kernel_call(run)
     if found is None:
         click.echo("wanlb: no such entry", err=True)
         sys.exit(1)
@@ -652,7 +585,7 @@ def stats(as_json: bool) -> None:
         with Conntrack() as ct:
             return ct.stats()
 
-    s = _kernel_call(run)
+    s = kernel_call(run)
     usage = 100.0 * s.count / s.max if s.max else 0.0
     if as_json:
         click.echo(json.dumps({"count": s.count, "max": s.max, "usage_pct": round(usage, 2), "cpus": s.cpus}))

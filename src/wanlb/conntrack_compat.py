@@ -207,7 +207,7 @@ def build(p: Parsed) -> tuple[Filter, dict[str, Any]]:
 
 def run(argv: list[str]) -> int:
     """Run one conntrack(8) command line; returns the exit status."""
-    from wanlb.conntrack_cli import _kernel_call, _Out, _write_all  # the same I/O as the native commands
+    from wanlb.conntrack_io import Out, kernel_call, write_all  # the same I/O as the native commands
     from wanlb.ctnetlink.client import Conntrack
     from wanlb.ctnetlink.format import EVENT_PREFIX, TextFormatter
 
@@ -221,7 +221,7 @@ def run(argv: list[str]) -> int:
     if cmd == "list":
 
         def dump() -> int:
-            out, n = _Out(), 0
+            out, n = Out(), 0
             with Conntrack(relay=True) as ct:
                 for buf, items in ct.batches(flt):
                     out.extend([fmt.line(shape, buf, off) for off, shape in items])
@@ -229,7 +229,7 @@ def run(argv: list[str]) -> int:
             out.flush()
             return n
 
-        shown = _kernel_call(dump)
+        shown = kernel_call(dump)
         _say(f"{shown} flow entries have been shown.")
         return 0
     if cmd == "count":
@@ -243,7 +243,7 @@ def run(argv: list[str]) -> int:
         for row in stats.cpus:
             counters = " ".join(f"{name}={row.get(name, 0)}" for name in C.CPU_STAT_NAMES.values())
             lines.append(f"cpu={row['cpu']:<4}\t{counters} ")
-        _write_all(("\n".join(lines) + "\n").encode())
+        write_all(("\n".join(lines) + "\n").encode())
         return 0
     if cmd == "flush":
         with Conntrack() as ct:
@@ -259,11 +259,11 @@ def run(argv: list[str]) -> int:
 
 def _delete(flt: Filter, fmt: Any) -> int:
     """Like conntrack -D: print each entry deleted, exit 1 when none was."""
-    from wanlb.conntrack_cli import _kernel_call, _Out
+    from wanlb.conntrack_io import Out, kernel_call
     from wanlb.ctnetlink.client import Conntrack
 
     def go() -> int:
-        out, victims = _Out(), []
+        out, victims = Out(), []
         with Conntrack() as ct:
             for buf, off, shape in ct.matches(flt):
                 victims.append(shape.decode(buf, off))
@@ -272,13 +272,13 @@ def _delete(flt: Filter, fmt: Any) -> int:
         out.flush()
         return deleted
 
-    deleted = _kernel_call(go)
+    deleted = kernel_call(go)
     _say(f"{deleted} flow entries have been deleted.")
     return 0 if deleted else 1
 
 
 def _get(flt: Filter, fmt: Any, key: dict[str, int | None]) -> int:
-    from wanlb.conntrack_cli import _kernel_call
+    from wanlb.conntrack_io import kernel_call
     from wanlb.ctnetlink.client import Conntrack
 
     if flt.src is None or flt.dst is None or flt.proto is None:
@@ -294,7 +294,7 @@ def _get(flt: Filter, fmt: Any, key: dict[str, int | None]) -> int:
         with Conntrack() as ct:
             return ct.get_match(e)
 
-    found = _kernel_call(go)
+    found = kernel_call(go)
     if found is None:
         _say("Operation failed: such conntrack doesn't exist")
         return 1
@@ -305,19 +305,19 @@ def _get(flt: Filter, fmt: Any, key: dict[str, int | None]) -> int:
 
 
 def _events(flt: Filter, fmt: Any, mask: str, prefix: dict[str, str]) -> int:
-    from wanlb.conntrack_cli import _event_stream, _kernel_call, _Out
+    from wanlb.conntrack_io import Out, event_stream, kernel_call
     from wanlb.ctnetlink.events import LOST, EventSocket
 
     wanted = {k.strip().upper() for k in mask.split(",")}
     if wanted - {"ALL", "NEW", "UPDATE", "DESTROY"}:
         return _usage(f"-e {mask!r}: use NEW, UPDATE, DESTROY or ALL")
     kinds = ("new", "update", "destroy") if "ALL" in wanted else tuple(k.lower() for k in sorted(wanted))
-    sock = _kernel_call(lambda: EventSocket(kinds))
+    sock = kernel_call(lambda: EventSocket(kinds))
     sock.setblocking(False)
-    out, shown = _Out(), 0
+    out, shown = Out(), 0
     check = None if flt.empty else flt.matches
     try:
-        for ev in _event_stream(sock):
+        for ev in event_stream(sock):
             if ev is LOST:
                 _say("WARNING: We have hit ENOBUFS! We are losing events.")
                 continue

@@ -14,6 +14,7 @@ saw them.  Everything is torn down on every exit path, Ctrl-C included.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,14 +23,15 @@ import time
 import uuid
 from collections import Counter
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from wanlb.control import ControlError, request, socket_in_use
+from wanlb.control import ControlError
+from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 from wanlb.lab.topology import HTTP_PORT, SERVER6_ADDRS
+from wanlb.view import Event, Status
 
 UPLINKS = ("dhcp", "dhcp", "p2p")  # every gateway learned: DHCP leases and a point-to-point session
 ROUNDS_PER_PHASE = 8
@@ -43,28 +45,22 @@ PHASES: tuple[tuple[str, dict[str, int]], ...] = (
 
 
 def _table(
-    title: str, counts: dict[int, Counter[str]], weights: dict[int, dict[str, int]], status: dict | None
+    title: str, counts: dict[int, Counter[str]], weights: dict[int, dict[str, int]], status: Status | None
 ) -> Table:
     table = Table(title=title)
     for col in ("isp", "IPv4", "IPv6", "v4 target", "v4 seen", "v6 target", "v6 seen"):
         table.add_column(col, justify="right" if col != "isp" else "left")
-    isps = {i["name"]: i for i in (status or {}).get("isps", [])}
+    isps = {i.name: i for i in status.isps} if status else {}
     totals = {f: sum(counts[f].values()) or 1 for f in (4, 6)}
     wsums = {f: sum(weights[f].values()) or 1 for f in (4, 6)}
     for isp in weights[4]:
-        info = isps.get(isp, {})
+        info = isps.get(isp)
         shares = []
         for f in (4, 6):
             shares += [f"{100 * weights[f].get(isp, 0) / wsums[f]:.1f}%", f"{100 * counts[f][isp] / totals[f]:.1f}%"]
-        table.add_row(isp, info.get("status", "?"), (info.get("ipv6") or {}).get("status", "-"), *shares)
+        six = info.ipv6.status if info is not None and info.ipv6 is not None else "-"
+        table.add_row(isp, info.status if info is not None else "?", six, *shares)
     return table
-
-
-def _write_weights(lab: Lab, weights: dict[str, int]) -> None:
-    data = yaml.safe_load(lab.config_path.read_text())
-    for isp in data["isps"]:
-        isp["weight"] = weights[isp["name"]]
-    lab.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _stream_isp(lab: Lab) -> str | None:
@@ -76,32 +72,18 @@ def _stream_isp(lab: Lab) -> str | None:
     return isps[0] if isps else None
 
 
-def _events(lab: Lab) -> int:
-    """How many events the daemon has recorded so far."""
-    return len(request(str(lab.socket_path), {"cmd": "status"})["events"])
-
-
-def _wait_state(lab: Lab, isp: str, state: str, seen: int, family: str | None = None) -> tuple[float, dict]:
+def _wait_state(gw: LabGateway, isp: str, state: str, seen: int, family: str | None = None) -> tuple[float, Event]:
     """Seconds until the daemon has applied ``isp``'s change to ``state`` (of one ``family``'s health, "4" or
     "6", if given) in an event after the first ``seen``, and that event (raises after 5 s)."""
     start, timeout = time.monotonic(), 5.0
     while True:
-        events = request(str(lab.socket_path), {"cmd": "status"})["events"][seen:]
-        found = [e for e in events if e["isp"] == isp and e["status"] == state and family in (None, e["family"])]
+        events = gw.view().events[seen:]
+        found = [e for e in events if e.isp == isp and e.status == state and family in (None, e.family)]
         if found:
             return time.monotonic() - start, found[-1]
         if time.monotonic() - start > timeout:
             raise RuntimeError(f"{isp} did not become {state} within {timeout} s")
         time.sleep(0.02)
-
-
-def _wait_for_daemon(lab: Lab, proc: subprocess.Popen, log_path: str) -> None:
-    deadline = time.monotonic() + 20
-    while not socket_in_use(str(lab.socket_path)):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with open(log_path) as fh:
-                raise RuntimeError(f"the daemon did not start:\n{fh.read()[-2000:]}")
-        time.sleep(0.05)
 
 
 def run_demo(console: Console, name: str | None = None) -> int:
@@ -114,13 +96,9 @@ def run_demo(console: Console, name: str | None = None) -> int:
     )
     first = list(PHASES[0][1].values())
     with Lab.up(name=name, isps=3, clients=2, weights=first, ipv6=True, uplinks=UPLINKS) as lab:
-        log_path = str(lab.dir / "wanlb.log")
-        with open(log_path, "w") as log:
-            proc = lab.popen(
-                "gw", [sys.executable, "-m", "wanlb.cli", "run", "-c", str(lab.config_path)], label="wanlb", stderr=log
-            )
-        _wait_for_daemon(lab, proc, log_path)
-        console.print(f"daemon running in the gateway namespace (log: {log_path})")
+        gw = LabGateway(lab)
+        gw.start(timeout=20)
+        console.print(f"daemon running in the gateway namespace (log: {gw.log})")
         stream = lab.popen(
             "c1",
             [sys.executable, "-m", "wanlb.lab.traffic", "stream", "--duration", "0", "--stall", "3"],
@@ -144,7 +122,7 @@ def run_demo(console: Console, name: str | None = None) -> int:
                         report = lab.traffic(connections=CONNECTIONS_PER_ROUND, parallel=32, target=target)
                         failed[family] += report["failed"]
                         counts[family].update({k: v for k, v in report.items() if k.startswith("isp")})
-                    status = request(str(lab.socket_path), {"cmd": "status"})
+                    status = gw.view()
                     done = sum(counts[4].values()) + sum(counts[6].values())
                     live.update(_table(f"{title}: {done} new connections", counts, wanted, status))
                     time.sleep(ROUND_PAUSE)
@@ -158,55 +136,55 @@ def run_demo(console: Console, name: str | None = None) -> int:
 
         for title, weights in PHASES:
             if title != PHASES[0][0]:
-                _write_weights(lab, weights)
-                request(str(lab.socket_path), {"cmd": "reload"})
+                retuned = dataclasses.replace(lab.topology, weights=tuple(weights.values()))
+                gw.config.write_text(retuned.config_yaml(str(lab.socket_path)))
+                gw.reload()
             phase(title, weights)
 
         # Failover: blackhole the busiest ISP the stream does not use (its link stays up).
         weights = PHASES[-1][1]
         victim = max((i for i in weights if i != _stream_isp(lab)), key=lambda i: weights[i])
-        seen = _events(lab)
+        seen = len(gw.view().events)
         lab.fail(victim, "blackhole")  # both families: each health declares it down
-        down_after, event = _wait_state(lab, victim, "down", seen, family="4")
-        down_after = max(down_after, _wait_state(lab, victim, "down", seen, family="6")[0])
+        down_after, event = _wait_state(gw, victim, "down", seen, family="4")
+        down_after = max(down_after, _wait_state(gw, victim, "down", seen, family="6")[0])
         console.print(
             f"[bold]{victim} blackholed[/]: declared down after {down_after:.2f} s "
-            f"({event['reason']}), {event['flushed']} of its connections flushed"
+            f"({event.reason}), {event.flushed} of its connections flushed"
         )
         phase(f"{victim} down", {i: (0 if i == victim else w) for i, w in weights.items()})
-        seen = _events(lab)
+        seen = len(gw.view().events)
         lab.heal(victim)
-        up_after, _ = _wait_state(lab, victim, "up", seen, family="4")
-        up_after = max(up_after, _wait_state(lab, victim, "up", seen, family="6")[0])
+        up_after, _ = _wait_state(gw, victim, "up", seen, family="4")
+        up_after = max(up_after, _wait_state(gw, victim, "up", seen, family="6")[0])
         console.print(f"[bold]{victim} healed[/]: back up after {up_after:.2f} s")
         summary.append(f"{victim} blackholed: down after {down_after:.2f} s, up {up_after:.2f} s after healing")
 
         # One family alone: another ISP's IPv6 dies, its IPv4 stays up (health per family).
         other = next(i for i in weights if i != victim and i != _stream_isp(lab))
-        seen = _events(lab)
+        seen = len(gw.view().events)
         lab.fail(other, "blackhole", family=6)
-        down6, event = _wait_state(lab, other, "down", seen, family="6")
+        down6, event = _wait_state(gw, other, "down", seen, family="6")
         console.print(f"[bold]{other}'s IPv6 blackholed[/]: its IPv6 down after {down6:.2f} s, its IPv4 stays up")
         phase(f"{other} IPv6 down", weights, {i: (0 if i == other else w) for i, w in weights.items()}, rounds=4)
-        seen = _events(lab)
+        seen = len(gw.view().events)
         lab.heal(other)
-        up6, _ = _wait_state(lab, other, "up", seen, family="6")
+        up6, _ = _wait_state(gw, other, "up", seen, family="6")
         summary.append(f"{other}'s IPv6 blackholed: its IPv6 down after {down6:.2f} s, up {up6:.2f} s after healing")
         # A DHCP ISP renumbers under traffic (one the stream does not use): a new subnet and router.
         renumbered = next(i for i in ("isp1", "isp2") if i != _stream_isp(lab))
-        seen = _events(lab)
+        seen = len(gw.view().events)
         pace = lab.popen("c2", [sys.executable, "-m", "wanlb.lab.traffic", "pace", "--every", "0.02", "--timeout", "1"],
                          stdout=subprocess.PIPE, text=True)  # fmt: skip
         address = lab.lease_change(renumbered)
-        _, up = _wait_state(lab, renumbered, "up", seen, family="4")
-        _wait_state(lab, renumbered, "up", seen, family="6")  # its IPv6 went with the address too
-        gateway = next(e for e in request(str(lab.socket_path), {"cmd": "status"})["events"][seen:]
-                       if e["isp"] == renumbered and e["event"] == "gateway")  # fmt: skip
-        back = up["time"] - gateway["time"]  # the gateway event: when the daemon saw the new lease's route
+        _, up = _wait_state(gw, renumbered, "up", seen, family="4")
+        _wait_state(gw, renumbered, "up", seen, family="6")  # its IPv6 went with the address too
+        gateway = next(e for e in gw.view().events[seen:] if e.isp == renumbered and e.event == "gateway")
+        back = up.time - gateway.time  # the gateway event: when the daemon saw the new lease's route
         pace.terminate()
         records = json.loads(pace.communicate(timeout=10)[0])["connections"]
         failed = sum(1 for _, took, _ in records if took is None)
-        hop = gateway["reason"].split(" (")[0]
+        hop = gateway.reason.split(" (")[0]
         line = (f"{renumbered} renumbered by DHCP to {address} (next hop {hop}): back in balancing {back:.2f} s "
                 f"after the new route; {failed} of {len(records)} paced connections failed meanwhile")  # fmt: skip
         console.print(f"[bold]{line}[/]")
@@ -221,8 +199,7 @@ def run_demo(console: Console, name: str | None = None) -> int:
             f"{'intact' if result.get('ok') else 'BROKEN: ' + str(result.get('error'))}"
         )
         try:
-            request(str(lab.socket_path), {"cmd": "stop", "cleanup": True})
-            proc.wait(timeout=15)
+            gw.stop(cleanup=True)
         except (ControlError, subprocess.TimeoutExpired):
             ok = False
     console.print("[bold]summary[/]")

@@ -47,6 +47,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
+from wanlb.tasks import log_crash
+
 log = logging.getLogger("wanlb.domains")
 
 MAX_NAME = 253  # characters of a domain name, without the trailing dot
@@ -500,3 +502,53 @@ class DomainWatcher:
             for name, entry in tables[4].items():
                 entry["ipv6"] = tables[6][name]
         return tables[4]
+
+
+class DomainSets:
+    """The resolver of the rules' ``dst_domains`` and the nft sets it fills, for the daemon.
+
+    :meth:`configure` (at start and after each reload) restarts the watcher when the names or the resolver
+    settings changed; :meth:`push` (after every change and every reconcile, which may have re-created the
+    sets empty) hands ``apply`` the transaction that rewrites every domain rule's sets, as ``render`` writes
+    it (:func:`wanlb.rules.domain_sets_text`).  ``apply`` must not block: the daemon queues it behind its
+    reconciles.
+    """
+
+    def __init__(self, apply: Callable[[str], None], render: Callable[[Iterable[int], Any, Any], str],
+                 ipv6: Callable[[], bool]) -> None:  # fmt: skip
+        self.apply = apply
+        self.render = render  # (families, addresses of a name, element timeouts) → the transaction
+        self.ipv6 = ipv6  # whether the config in force balances IPv6
+        self._running: tuple[DomainWatcher, asyncio.Task[None], ResolverSettings] | None = None
+
+    def configure(self, config: Any) -> None:
+        dns = config.dns
+        names = tuple(dict.fromkeys(n for r in config.rules for n in r.dst_domains)) if dns.resolve else ()
+        settings = ResolverSettings(
+            dns.servers, timeout=dns.timeout, min_ttl=dns.min_ttl, max_ttl=dns.max_ttl, ipv6=config.ipv6
+        )
+        if self._running is not None and (self._running[0].names, self._running[2]) == (names, settings):
+            return
+        self.stop()
+        if names:
+            watcher = DomainWatcher(names, settings, lambda _elements: self.push())
+            task = asyncio.create_task(watcher.run())
+            task.add_done_callback(log_crash)
+            self._running = (watcher, task, settings)
+
+    def push(self) -> None:
+        if self._running is None:
+            return
+        watcher = self._running[0]
+        families = watcher.tables if self.ipv6() else (4,)  # a reload may just have dropped dom6_
+        text = self.render(families, watcher.addresses, watcher.elements(time.monotonic()))
+        if text:
+            self.apply(text)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return self._running[0].status() if self._running else {}
+
+    def stop(self) -> None:
+        if self._running is not None:
+            self._running[1].cancel()
+            self._running = None

@@ -4,7 +4,8 @@ Every input that can change an ISP — a probe round, an admin drain or enable,
 a WAN link going down or up, a reload, the periodic resync — is a method of
 :class:`Fleet`.  Each returns the effects to carry out, as data:
 
-* :class:`Reconcile` — make the kernel match (balancing, routes, rules);
+* :class:`Reconcile` — make the kernel match (balancing, routes, rules; the least-conn/latency weights
+  that :meth:`Fleet.adjust` keeps);
 * :class:`Flush` — delete the conntrack entries carrying a mark, *only after*
   the reconcile of the same batch succeeded (else a flushed connection could
   come back to the ISP that is leaving); also, with ``on_recover:
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 from wanlb.config import Config, IspConfig
 from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transition
 from wanlb.plan import IspStatus
-from wanlb.policy import policies
+from wanlb.policy import adjust, policies, shares_differ
 from wanlb.runtime import Allocation, RuntimeState
 from wanlb.uplink import Uplink, assumed
 
@@ -113,6 +114,7 @@ class Fleet:
         self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
         self._hops: dict[tuple[str, int], object] = {}  # (ISP, family) -> the last next hop it had (None: dev)
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
+        self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency: the weights in force, per policy
         for isp in config.isps:
             self._new_machine(isp, IspStatus.UP, now, wall)
             self._new_machine6(isp, IspStatus.UP, now)
@@ -271,6 +273,26 @@ class Fleet:
                 fresh.disabled, fresh.link_down = machine.disabled, machine.link_down
                 self.machines[isp.name] = fresh
         return effects + events
+
+    def adjust(self, counts: Mapping[str, int]) -> list[Effect]:
+        """least-conn / latency: new weights from the live connection counts and the probes' latency and loss;
+        a reconcile only when some ISP's share moves by more than 5 points (or the adjusted policies change)."""
+        qualities = {isp.name: self.quality(isp.name) for isp in self.config.isps}
+        latency = {name: q.latency for name, q in qualities.items()}
+        loss = {name: q.loss_percent / 100 for name, q in qualities.items()}
+        fresh, base = adjust(self.config, self.statuses(), counts, latency, loss)
+        changed = [p for p, w in fresh.items() if shares_differ(self.adjusted.get(p, base[p]), w)]
+        if not changed and set(fresh) == set(self.adjusted):
+            return []
+        self.adjusted = fresh
+        weights = "; ".join(f"{p}: {dict(w)}" for p, w in fresh.items())
+        return [Reconcile(f"weights adjusted ({', '.join(changed) or 'policies changed'}): {weights}")]
+
+    def flush_asked(self, name: str) -> Flush:
+        """An operator asks for an ISP's connections to be deleted (``wanlb conntrack delete --isp``): its
+        mark under the mask in force (the marks the state file shows).  KeyError: no such ISP."""
+        slot = self.state.isps[name]
+        return Flush(name, slot.mark, self.config.mark_mask, "asked on the control socket")
 
     def resync(self, counts: Mapping[int, int]) -> list[Effect]:
         """Flushes still missing, from live per-mark counts (``mark & mark_mask`` → entries)."""

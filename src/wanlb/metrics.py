@@ -11,11 +11,12 @@ a removal of the ISP or ``stop --cleanup``, which Prometheus' ``rate`` handles).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from wanlb.view import USABLE, Status
 
 STATES = ("up", "degraded", "down", "disabled")
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -47,20 +48,20 @@ class Metrics:
         self._state = _StateCollector()
         self.registry.register(self._state)
 
-    def render(self, status: Mapping[str, Any], counters: Mapping[str, Mapping[str, int]]) -> bytes:
-        """The text exposition for one scrape, from a ``status`` answer and our named nft counters."""
+    def render(self, status: Status, counters: Mapping[str, Mapping[str, int]]) -> bytes:
+        """The text exposition for one scrape, from the read model and our named nft counters."""
         self._state.status, self._state.counters = status, counters
         try:
             return generate_latest(self.registry)
         finally:
-            self._state.status, self._state.counters = {}, {}
+            self._state.status, self._state.counters = Status(), {}
 
 
 class _StateCollector(Collector):
     """Gauges and totals read from a status snapshot (set by :meth:`Metrics.render` around each scrape)."""
 
     def __init__(self) -> None:
-        self.status: Mapping[str, Any] = {}
+        self.status = Status()
         self.counters: Mapping[str, Mapping[str, int]] = {}
 
     def describe(self) -> Iterator[Metric]:
@@ -68,8 +69,7 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status, counters = self.status, self.counters
-        isps = status.get("isps", [])
-        conns = status.get("conn_counts", {})
+        conns = status.conn_counts
         up = GaugeMetricFamily("wanlb_isp_up", "1 if the ISP takes new connections' traffic (up or degraded).",
                                labels=["isp"])  # fmt: skip
         state = GaugeMetricFamily("wanlb_isp_state", "1 for the ISP's current state.", labels=["isp", "state"])
@@ -84,35 +84,33 @@ class _StateCollector(Collector):
                                  labels=["isp", "family"])  # fmt: skip
         up6 = GaugeMetricFamily("wanlb_isp_ipv6_up", "1 if the ISP takes new IPv6 connections (ISPs carrying IPv6).",
                                 labels=["isp"])  # fmt: skip
-        for isp in isps:
-            name = isp["name"]
-            up.add_metric([name], 1.0 if isp["status"] in ("up", "degraded") else 0.0)
+        for isp in status.isps:
+            name = isp.name
+            up.add_metric([name], 1.0 if isp.usable else 0.0)
             for s in STATES:
-                state.add_metric([name, s], 1.0 if isp["status"] == s else 0.0)
-            weight.add_metric([name], isp["weight"])
-            share.add_metric([name], isp["share_percent"] / 100)
+                state.add_metric([name, s], 1.0 if isp.status == s else 0.0)
+            weight.add_metric([name], isp.weight)
+            share.add_metric([name], isp.share_percent / 100)
             connections.add_metric([name], conns.get(name, 0))
             new.add_metric([name], counters.get(f"isp_{name}_new", {}).get("packets", 0))
             traffic.add_metric([name, "rx"], counters.get(f"isp_{name}_rx", {}).get("bytes", 0))
             traffic.add_metric([name, "tx"], counters.get(f"isp_{name}_tx", {}).get("bytes", 0))
-            health = isp.get("health", {})
-            if health.get("monitored"):
-                loss.add_metric([name, "4"], health["loss_percent"] / 100)
-            ipv6 = isp.get("ipv6")
-            if ipv6:
-                up6.add_metric([name], 1.0 if ipv6["status"] in ("up", "degraded") else 0.0)
-                if (ipv6.get("health") or {}).get("monitored"):
-                    loss.add_metric([name, "6"], ipv6["health"]["loss_percent"] / 100)
+            if isp.health.monitored:
+                loss.add_metric([name, "4"], isp.health.loss_percent / 100)
+            if isp.ipv6 is not None:
+                up6.add_metric([name], 1.0 if isp.ipv6.status in USABLE else 0.0)
+                if isp.ipv6.health is not None and isp.ipv6.health.monitored:
+                    loss.add_metric([name, "6"], isp.ipv6.health.loss_percent / 100)
         yield from (up, state, weight, share, connections, new, traffic, loss, up6)
-        table = status.get("conntrack", {})
-        if table.get("entries") is not None:
-            yield GaugeMetricFamily("wanlb_conntrack_entries", "Entries in the conntrack table.", table["entries"])
-        if table.get("max") is not None:
-            yield GaugeMetricFamily("wanlb_conntrack_max", "nf_conntrack_max.", table["max"])
+        table = status.conntrack
+        if table.entries is not None:
+            yield GaugeMetricFamily("wanlb_conntrack_entries", "Entries in the conntrack table.", table.entries)
+        if table.max is not None:
+            yield GaugeMetricFamily("wanlb_conntrack_max", "nf_conntrack_max.", table.max)
         yield CounterMetricFamily(
-            "wanlb_events_lost", "Conntrack event losses the kernel reported (ENOBUFS).", status.get("events_lost", 0)
+            "wanlb_events_lost", "Conntrack event losses the kernel reported (ENOBUFS).", status.events_lost
         )
         hits = CounterMetricFamily("wanlb_rule_hits", "NEW packets matched by each rule.", labels=["rule"])
-        for rule in status.get("rules", []):
-            hits.add_metric([rule["name"]], rule["hits"] or 0)
+        for rule in status.rules:
+            hits.add_metric([rule.name], rule.hits or 0)
         yield hits

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from wanlb.config import RuleConfig
-from wanlb.nftsync import Chain, Counter, Helper, Object, Set, Table, full_text
+from wanlb.nftsync import FAMILY, TABLE, Chain, Counter, Helper, Object, Set, Table, full_text
 from wanlb.plan import Desired, IspPlan
 from wanlb.policy import DEFAULT, HASH_SEED, PolicyPlan
 from wanlb.rules import CompiledRules, compile_rules
@@ -212,6 +212,12 @@ def sticky_sets(desired: Desired, isp: str, family: int = 0) -> list[str]:
     if family in (0, 6):
         names += [sticky_set(p, isp, 6) for p in desired.policies6 if p.sticky and isp in p.members]
     return names
+
+
+def forget_clients(desired: Desired, isp: str, family: int = 0) -> str:
+    """The nft transaction that empties the sets pinning clients to ``isp`` (of one family, or both): their
+    next connection is balanced afresh.  Empty when no policy of ``isp`` is sticky."""
+    return "".join(f"flush set {FAMILY} {TABLE} {name}\n" for name in sticky_sets(desired, isp, family))
 
 
 def _policy_objects(desired: Desired, policy: PolicyPlan, family: int = 4) -> list[Object]:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from wanlb.config import DSCP_NAMES, RuleConfig
-from wanlb.nftsync import Chain, Counter, Object, Set
+from wanlb.nftsync import FAMILY, TABLE, Chain, Counter, Object, Set
 
 # (field, nft key expression, nft type)
 FIELDS = (
@@ -59,6 +59,30 @@ def rule_chain(name: str) -> str:
 def domain_set(name: str, family: int = 4) -> str:
     """The set of a rule's ``dst_domains`` addresses in one family (IPv4 ``dom_``, IPv6 ``dom6_``)."""
     return f"dom6_{name}" if family == 6 else f"dom_{name}"
+
+
+def domain_sets_text(
+    rules: Sequence[RuleConfig],
+    families: Iterable[int],
+    addresses: Callable[[str], Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]],
+    timeouts: Mapping[ipaddress.IPv4Address | ipaddress.IPv6Address, int],
+) -> str:
+    """The nft transaction that rewrites every domain rule's sets (``dom_`` IPv4, ``dom6_`` IPv6, of
+    ``families``) with its names' ``addresses`` that have a ``timeouts`` entry (seconds left)."""
+    lines = []
+    families = tuple(families)
+    for rule in rules:
+        if not rule.dst_domains:
+            continue
+        wanted = {a for name in rule.dst_domains for a in addresses(name)}
+        for family in families:
+            name = domain_set(rule.name, family)
+            lines.append(f"flush set {FAMILY} {TABLE} {name}")
+            mine = sorted(a for a in wanted if a.version == family and a in timeouts)
+            if mine:
+                items = ", ".join(f"{a} timeout {timeouts[a]}s" for a in mine)
+                lines.append(f"add element {FAMILY} {TABLE} {name} {{ {items} }}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _protos(rule: RuleConfig) -> list[int]:

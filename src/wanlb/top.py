@@ -38,6 +38,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from wanlb.view import Event, Isp, Status, from_json
+
 BLOCKS = "▁▂▃▄▅▆▇█"
 HISTORY = 60  # samples kept per ISP for the sparklines (a minute at the default interval)
 REQUEST_TIMEOUT = 5.0  # the daemon may take up to 2 s for the nft counters; more than this is "not answering"
@@ -58,10 +60,15 @@ QUIT_KEYS = frozenset("qQ")
 
 @dataclass(frozen=True)
 class Sample:
-    """One ``status`` answer and when it arrived (``time.monotonic()``)."""
+    """One ``status`` answer (read into the view) and when it arrived (``time.monotonic()``)."""
 
     at: float
-    status: Mapping[str, Any]
+    status: Status
+
+    @classmethod
+    def of(cls, at: float, reply: Mapping[str, Any]) -> Sample:
+        """A sample of the daemon's JSON answer."""
+        return cls(at, from_json(Status, reply))
 
 
 @dataclass(frozen=True)
@@ -87,50 +94,58 @@ def per_second(old: float | None, new: float | None, seconds: float) -> float | 
     return (new - old) / seconds
 
 
-def _isps(sample: Sample) -> dict[str, Mapping[str, Any]]:
-    return {isp["name"]: isp for isp in sample.status.get("isps", [])}
-
-
 def isp_rates(before: Sample | None, after: Sample) -> dict[str, IspRates]:
     """Per ISP of ``after``: new connections, bytes in and bytes out per second since ``before``."""
-    old = _isps(before) if before is not None else {}
+    old = {isp.name: isp for isp in before.status.isps} if before is not None else {}
     dt = after.at - before.at if before is not None else 0.0
     out = {}
-    for name, isp in _isps(after).items():
-        prev = old.get(name, {})
-        out[name] = IspRates(
-            per_second(prev.get("new_connections"), isp.get("new_connections"), dt),
-            per_second(prev.get("bytes_rx"), isp.get("bytes_rx"), dt),
-            per_second(prev.get("bytes_tx"), isp.get("bytes_tx"), dt),
+    for isp in after.status.isps:
+        prev = old.get(isp.name, Isp())
+        out[isp.name] = IspRates(
+            per_second(prev.new_connections, isp.new_connections, dt),
+            per_second(prev.bytes_rx, isp.bytes_rx, dt),
+            per_second(prev.bytes_tx, isp.bytes_tx, dt),
         )
     return out
 
 
 def rule_rates(before: Sample | None, after: Sample) -> dict[str, float | None]:
     """Per rule of ``after``: hits (NEW packets matched) per second since ``before``."""
-    old = {r["name"]: r.get("hits") for r in before.status.get("rules", [])} if before is not None else {}
+    old = {r.name: r.hits for r in before.status.rules} if before is not None else {}
     dt = after.at - before.at if before is not None else 0.0
-    return {r["name"]: per_second(old.get(r["name"]), r.get("hits"), dt) for r in after.status.get("rules", [])}
+    return {r.name: per_second(old.get(r.name), r.hits, dt) for r in after.status.rules}
 
 
-def rates_json(before: Sample, after: Sample) -> dict[str, Any]:
-    """The ``rates`` object of ``wanlb status --json --rates`` (documented in docs/operations.md)."""
+@dataclass(frozen=True)
+class Rates:
+    """Per second between two answers: each ISP's new connections and bytes, each rule's hits."""
 
-    def r(value: float | None) -> float | None:
-        return None if value is None else round(value, 1)
+    interval_seconds: float
+    isps: Mapping[str, IspRates]
+    rules: Mapping[str, float | None]
 
-    return {
-        "interval_seconds": round(after.at - before.at, 3),
-        "isps": {
-            name: {
-                "new_per_second": r(v.new_per_second),
-                "rx_bytes_per_second": r(v.rx_bytes_per_second),
-                "tx_bytes_per_second": r(v.tx_bytes_per_second),
-            }
-            for name, v in isp_rates(before, after).items()
-        },
-        "rules": {name: r(v) for name, v in rule_rates(before, after).items()},
-    }
+    def json(self) -> dict[str, Any]:
+        """The ``rates`` object of ``wanlb status --json --rates`` (documented in docs/operations.md)."""
+
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "interval_seconds": round(self.interval_seconds, 3),
+            "isps": {
+                name: {
+                    "new_per_second": r(v.new_per_second),
+                    "rx_bytes_per_second": r(v.rx_bytes_per_second),
+                    "tx_bytes_per_second": r(v.tx_bytes_per_second),
+                }
+                for name, v in self.isps.items()
+            },
+            "rules": {name: r(v) for name, v in self.rules.items()},
+        }
+
+
+def rates_of(before: Sample, after: Sample) -> Rates:
+    return Rates(after.at - before.at, isp_rates(before, after), rule_rates(before, after))
 
 
 # --- formatting -------------------------------------------------------------------------------------
@@ -194,48 +209,40 @@ def sparkline(values: Iterable[float | None], width: int, top: float | None = No
     return "".join(chars).rjust(width)
 
 
-def event_line(ev: Mapping[str, Any]) -> str:
+def event_line(ev: Event) -> str:
     """``14:02:11 isp1 down (up → down): 3 failed rounds: …, flushed 48 connections``; an event of one
     family of an ISP with health per family names it (``isp1 IPv6 down …``)."""
-    when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
-    flushed = f", flushed {ev['flushed']} connections" if ev.get("flushed") is not None else ""
-    change = f"{ev['from']} → {ev['status']}" if ev.get("from") else ev["status"]
-    family = f" IPv{ev['family']}" if ev.get("family") else ""
-    line = f"{when} {ev['isp']}{family} {ev['event']} ({change}): {ev['reason']}{flushed}"
-    return line + (f" [apply failed: {ev['error']}]" if ev.get("error") else "")
+    when = time.strftime("%H:%M:%S", time.localtime(ev.time))
+    flushed = f", flushed {ev.flushed} connections" if ev.flushed is not None else ""
+    change = f"{ev.from_} → {ev.status}" if ev.from_ else ev.status
+    family = f" IPv{ev.family}" if ev.family else ""
+    line = f"{when} {ev.isp}{family} {ev.event} ({change}): {ev.reason}{flushed}"
+    return line + (f" [apply failed: {ev.error}]" if ev.error else "")
 
 
-def state_text(isp: Mapping[str, Any]) -> Text:
-    """The ISP's state, coloured, with what qualifies it (standby, held down, link down)."""
-    status = str(isp["status"])
-    label = status
-    if status == "up" and not isp.get("active", True):
+def state_text(isp: Isp) -> Text:
+    """The ISP's state, coloured, with what qualifies it (standby, held down, what its uplink misses)."""
+    label = isp.status
+    if isp.status == "up" and not isp.active:
         label += " (standby)"
-    held = isp.get("health", {}).get("held_down_seconds")
-    if held:
-        label += f" (held {held:g}s)"
-    if isp.get("link_down"):
-        label += " (link down)"
-    return Text(label, style=STATE_STYLES.get(status, ""))
+    if isp.health.held_down_seconds:
+        label += f" (held {isp.health.held_down_seconds:g}s)"
+    if isp.link_down:
+        label += f" ({isp.uplink or 'link down'})"
+    return Text(label, style=STATE_STYLES.get(isp.status, ""))
 
 
-def ipv6_text(isp: Mapping[str, Any]) -> Text:
+def ipv6_text(isp: Isp) -> Text:
     """The ISP's IPv6: its mode and status, coloured like the state (``-`` when it carries none); with
     IPv6 health targets of its own, their loss."""
-    ipv6 = isp.get("ipv6")
-    if not ipv6:
+    ipv6 = isp.ipv6
+    if ipv6 is None:
         return Text("-")
-    status = str(ipv6["status"])
-    label = f"{ipv6['mode']} {status}"
-    health = ipv6.get("health") or {}
-    if health.get("monitored") and health.get("loss_percent"):
-        label += f" (loss {health['loss_percent']:g}%)"
-    return Text(label, style=STATE_STYLES.get(status, ""))
-
-
-def any_ipv6(status: Mapping[str, Any]) -> bool:
-    """Whether some ISP carries IPv6 (then the tables have an ``ipv6`` column)."""
-    return any(isp.get("ipv6") for isp in status.get("isps", []))
+    label = f"{ipv6.mode} {ipv6.status}"
+    health = ipv6.health
+    if health is not None and health.monitored and health.loss_percent:
+        label += f" (loss {health.loss_percent:g}%)"
+    return Text(label, style=STATE_STYLES.get(ipv6.status, ""))
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -284,8 +291,8 @@ class TopModel:
         self.rule_rates = rule_rates(self.previous, sample)
         self.error = self.failing_since = None
         self.answers += 1
-        counts = sample.status.get("conn_counts", {})
-        names = [isp["name"] for isp in sample.status.get("isps", [])]
+        counts = sample.status.conn_counts
+        names = [isp.name for isp in sample.status.isps]
         self.history.add(
             {name: counts.get(name) for name in names},
             {name: self.rates[name].throughput for name in names},
@@ -306,11 +313,11 @@ def _header(model: TopModel, now_wall: float, now_mono: float, interval: float, 
     text.append("wanlb top", style="bold")
     status = model.current.status if model.current else None
     if status is not None:
-        text.append(f"  pid {status.get('pid')}  up {human_duration(status.get('uptime_seconds'))}")
-        text.append(f"  reloads {status.get('reloads', 0)}  nft applies {status.get('nft_applies', 0)}")
-        ct = status.get("conntrack", {})
-        if ct.get("entries") is not None:
-            text.append(f"  conntrack {ct['entries']}" + (f"/{ct['max']}" if ct.get("max") else ""))
+        text.append(f"  pid {status.pid}  up {human_duration(status.uptime_seconds)}")
+        text.append(f"  reloads {status.reloads}  nft applies {status.nft_applies}")
+        ct = status.conntrack
+        if ct.entries is not None:
+            text.append(f"  conntrack {ct.entries}" + (f"/{ct.max}" if ct.max else ""))
     text.append(f"  {time.strftime('%H:%M:%S', time.localtime(now_wall))}  every {interval:g}s  q quits", style="dim")
     if model.error is not None:
         since = now_mono - model.failing_since if model.failing_since is not None else 0.0
@@ -320,40 +327,37 @@ def _header(model: TopModel, now_wall: float, now_mono: float, interval: float, 
         text.append(f"\nwaiting for the daemon at {target} …", style="yellow")
     elif model.current is not None and now_mono - model.current.at > max(3.0, 3 * interval):
         text.append(f"\nlast answer {human_duration(now_mono - model.current.at)} ago", style="yellow")
-    elif status.get("last_error"):
-        text.append(f"\nlast apply failed: {status['last_error']}", style="red")
+    elif status.last_error:
+        text.append(f"\nlast apply failed: {status.last_error}", style="red")
     return text
 
 
 def isp_table(model: TopModel, now_wall: float) -> Table:
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
-    status = model.current.status if model.current else {}
-    ipv6 = any_ipv6(status)
+    status = model.current.status if model.current else Status()
+    ipv6 = status.any_ipv6
     for col, justify in (("isp", "left"), ("state", "left"), *((("ipv6", "left"),) if ipv6 else ()),
                          ("since", "right"), ("weight", "right"), ("share", "right"), ("conns", "right"),
                          ("new/s", "right"), ("rx/s", "right"), ("tx/s", "right"), ("loss", "right"),
                          ("rtt", "right")):  # fmt: skip
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    counts = status.get("conn_counts", {})
-    for isp in status.get("isps", []):
-        name = isp["name"]
-        health = isp.get("health", {})
-        monitored = health.get("monitored")
-        rates = model.rates.get(name, IspRates())
-        since = isp.get("since")
+    counts = status.conn_counts
+    for isp in status.isps:
+        health = isp.health
+        rates = model.rates.get(isp.name, IspRates())
         table.add_row(
-            name,
+            isp.name,
             state_text(isp),
             *((ipv6_text(isp),) if ipv6 else ()),
-            human_duration(now_wall - since) if since is not None else "-",
-            str(isp.get("weight", "-")),
-            f"{isp['share_percent']:.1f}%" if isp.get("share_percent") is not None else "-",
-            str(counts.get(name, "-")),
+            human_duration(now_wall - isp.since) if isp.since else "-",
+            str(isp.weight),
+            f"{isp.share_percent:.1f}%",
+            str(counts.get(isp.name, "-")),
             human_count_rate(rates.new_per_second),
             human_rate(rates.rx_bytes_per_second),
             human_rate(rates.tx_bytes_per_second),
-            f"{health['loss_percent']:g}%" if monitored and health.get("loss_percent") is not None else "-",
-            f"{health['latency_ms']:.1f} ms" if monitored and health.get("latency_ms") is not None else "-",
+            f"{health.loss_percent:g}%" if health.monitored else "-",
+            f"{health.latency_ms:.1f} ms" if health.monitored and health.latency_ms is not None else "-",
         )
     return table
 
@@ -382,28 +386,27 @@ def history_table(model: TopModel, width: int) -> Table:
 
 
 def rules_table(model: TopModel) -> Table | None:
-    rules = model.current.status.get("rules", []) if model.current else []
+    rules = model.current.status.rules if model.current else ()
     if not rules:
         return None
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
     for col, justify in (("rule", "left"), ("target", "left"), ("hits", "right"), ("hits/s", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rules:
-        hits = r.get("hits")
-        table.add_row(r["name"], r["target"], "-" if hits is None else str(hits),
-                      human_count_rate(model.rule_rates.get(r["name"])))  # fmt: skip
+        table.add_row(r.name, r.target, "-" if r.hits is None else str(r.hits),
+                      human_count_rate(model.rule_rates.get(r.name)))  # fmt: skip
     return table
 
 
 def events_panel(model: TopModel, lines: int) -> Panel:
     """The latest events that fit in ``lines``, newest at the bottom."""
-    events = list(model.current.status.get("events", [])) if model.current else []
+    events = list(model.current.status.events) if model.current else []
     shown = events[-lines:] if lines > 0 else []
     body = Text(no_wrap=True, overflow="ellipsis")
     for i, ev in enumerate(shown):
         if i:
             body.append("\n")
-        body.append(event_line(ev), style=STATE_STYLES.get(str(ev.get("status")), ""))
+        body.append(event_line(ev), style=STATE_STYLES.get(ev.status, ""))
     if not shown:
         body.append("no events yet", style="dim")
     return Panel(body, title=f"events ({len(events)})", title_align="left", box=box.ROUNDED)
@@ -614,7 +617,7 @@ def run_top(socket_path: str, interval: float = 1.0, console: Console | None = N
                         except queue.Empty:
                             break
                         if reply is not None:
-                            model.update(Sample(at, reply))
+                            model.update(Sample.of(at, reply))
                         else:
                             model.fail(error or "no answer", at)
                     live.update(frame(), refresh=True)

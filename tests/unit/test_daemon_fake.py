@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import pytest
 from fakekernel import FakeCounter, FakeKernel
 
-from wanlb import daemon as daemon_module
-from wanlb import runtime
+from wanlb import runtime, view
 from wanlb.adapters import nft
 from wanlb.config import load_config
 from wanlb.daemon import Daemon
+from wanlb.daemon.surface import Surface
 from wanlb.domains import DomainWatcher, ResolverSettings
 from wanlb.health.monitor import RoundResult
 from wanlb.runtime import RuntimeState, StateStore
@@ -88,7 +88,6 @@ class Harness:
         self.clock = Clock()
         # Monitors are stubs (they open raw sockets).
         StubMonitor.started = []
-        monkeypatch.setattr(daemon_module, "IspMonitor", StubMonitor)
         self.daemon: Daemon | None = None
 
     def write(self, text: str) -> None:
@@ -103,6 +102,7 @@ class Harness:
             counter=self.counter,  # type: ignore[arg-type]
             clock=self.clock,
             wall=self.clock,
+            monitor=StubMonitor,  # type: ignore[arg-type]
         )
         return self.daemon
 
@@ -124,9 +124,22 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 
 
 async def stop_monitors(d: Daemon) -> None:
-    for _monitor, task in d.monitors.values():
-        task.cancel()
-    await asyncio.gather(*(t for _, t in d.monitors.values()), return_exceptions=True)
+    tasks = [t for _, t in d.monitors.running.values()]
+    d.monitors.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def events(d: Daemon) -> list[dict[str, Any]]:
+    """The daemon's event history as status sends it."""
+    return [view.to_json(e) for e in d.history.events]
+
+
+def status_of(d: Daemon) -> dict[str, Any]:
+    return view.to_json(Surface(d).snapshot())  # type: ignore[no-any-return]
+
+
+async def handle(d: Daemon, message: dict[str, Any]) -> dict[str, Any]:
+    return await Surface(d).handle(message)
 
 
 # --- failover ---------------------------------------------------------------------------------------
@@ -150,12 +163,12 @@ def test_failover_takes_the_isp_out_of_balancing_then_flushes_exactly_its_mark(
         calls = [c[0] for c in h.kernel.calls]
         assert calls.index("nft_apply") < calls.index("ct_flush")  # out of balancing before the flush
         assert sorted(h.kernel.conntrack) == [0] * 4 + [0x200] * 2 + [0x300]
-        event = d.events[-1]
+        event = events(d)[-1]
         assert (event["isp"], event["event"], event["status"], event["from"]) == ("a", "down", "down", "up")
         assert event["flushed"] == 3 and event["error"] is None
         assert "192.0.2.1 no answer in 300 ms" in event["reason"]
         assert h.counter.forgotten == [0x100]
-        status = d.status()
+        status = status_of(d)
         assert [(i["name"], i["status"], i["active"]) for i in status["isps"]] == [
             ("a", "down", False),
             ("b", "up", True),
@@ -180,7 +193,7 @@ def test_a_failed_apply_during_failover_flushes_nothing_and_resync_finishes_the_
         await settle(d)
         assert h.flushes() == []  # a flushed connection could come back to the ISP still in balancing
         assert "isp_a" in h.balance()
-        event = d.events[-1]
+        event = events(d)[-1]
         assert event["event"] == "down" and "Cannot allocate memory" in event["error"] and event["flushed"] is None
         assert d.last_error is not None and "Cannot allocate memory" in d.last_error
         assert h.kernel.conntrack.count(0x100) == 3
@@ -203,11 +216,11 @@ def test_a_link_down_is_a_failover_at_once(tmp_path: Path, monkeypatch: pytest.M
         d = h.build()
         await d.reconcile("start")
         h.kernel.set_link("wan2", False, drop_routes=True)
-        d._link_changed("wan2", False)
-        d._link_changed("eth9", False)  # not ours
+        d.link_changed("wan2", False)
+        d.link_changed("eth9", False)  # not ours
         await settle(d)
         assert "isp_b" not in h.balance() and h.flushes() == [("ct_flush", 0x200, 0xFF00)]
-        assert d.events[-1]["reason"] == "link down (wan2)" and d.link_events == 1
+        assert events(d)[-1]["reason"] == "link down (wan2)" and d.link_events == 1
 
     run(test)
 
@@ -228,14 +241,14 @@ def test_reload_removing_an_isp_flushes_its_old_mark_and_says_removed(
         assert (ok, message) == (True, "reloaded")
         assert h.flushes() == [("ct_flush", 0x200, 0xFF00)]
         assert 0x200 not in h.kernel.conntrack
-        event = d.events[-1]
+        event = events(d)[-1]
         assert (event["isp"], event["event"], event["status"], event["flushed"]) == ("b", "removed", "removed", 2)
         assert "isp_b" not in h.balance() and ("chain", "isp_b") not in h.kernel.nft_objects()
         assert not [r for r in h.kernel.ip_rules if r.fwmark == 0x200]
         # the flush released the retired mark, in memory and in the store
         assert d.fleet.state.retired == () and h.store.state.retired == ()
         assert set(h.store.state.isps) == {"a", "c"} and h.counter.marks == {0x100: "a", 0x300: "c"}
-        assert StubMonitor.started == ["a"] and set(d.monitors) == {"a"}
+        assert StubMonitor.started == ["a"] and {name for name, _ in d.monitors.running} == {"a"}
         await d.resync()  # the drop rule for the retired mark goes with the next pass
         assert not [r for r in h.kernel.nft_rules("prerouting") if "0x200 } drop" in r]
         assert len(h.flushes()) == 1
@@ -277,8 +290,8 @@ def test_disable_then_enable_emits_enabled_and_never_down(tmp_path: Path, monkey
             d.on_round("a", GOOD)
         await settle(d)
         assert await d.admin("a", enable=True) == {"ok": True, "message": "a is up"}
-        assert [e["event"] for e in d.events] == ["disabled", "enabled"]
-        assert d.events[-1]["status"] == "up" and "isp_a" in h.balance() and h.flushes() == []
+        assert [e["event"] for e in events(d)] == ["disabled", "enabled"]
+        assert events(d)[-1]["status"] == "up" and "isp_a" in h.balance() and h.flushes() == []
         assert await d.admin("zz", enable=True) == {"ok": False, "error": "no ISP named 'zz'"}
 
     run(test)
@@ -295,8 +308,8 @@ def test_enable_of_a_failing_isp_is_enabled_down_and_flushed(tmp_path: Path, mon
             d.on_round("a", FAIL)
         await settle(d)
         assert await d.admin("a", enable=True) == {"ok": True, "message": "a is down"}
-        assert [e["event"] for e in d.events] == ["disabled", "enabled"]
-        assert d.events[-1]["status"] == "down" and d.events[-1]["flushed"] == 3
+        assert [e["event"] for e in events(d)] == ["disabled", "enabled"]
+        assert events(d)[-1]["status"] == "down" and events(d)[-1]["flushed"] == 3
         assert h.flushes() == [("ct_flush", 0x100, 0xFF00)]
 
     run(test)
@@ -308,18 +321,18 @@ def test_control_commands_answer_from_the_fakes(tmp_path: Path, monkeypatch: pyt
     async def test() -> None:
         d = h.build()
         await d.reconcile("start")
-        counts = await d.handle({"cmd": "conn_counts"})
+        counts = await handle(d, {"cmd": "conn_counts"})
         assert counts["by_isp"] == {"a": 3, "b": 2, "c": 1} and counts["counts"]["0"] == 4
-        flushed = await d.handle({"cmd": "flush", "isp": "c"})
+        flushed = await handle(d, {"cmd": "flush", "isp": "c"})
         assert flushed == {"ok": True, "isp": "c", "mark": 0x300, "mark_mask": 0xFF00, "deleted": 1}
-        assert (await d.handle({"cmd": "flush", "isp": "zz"}))["ok"] is False
-        assert (await d.handle({"cmd": "nope"}))["error"] == "unknown command 'nope'"
+        assert (await handle(d, {"cmd": "flush", "isp": "zz"}))["ok"] is False
+        assert (await handle(d, {"cmd": "nope"}))["error"] == "unknown command 'nope'"
         # Strict types: the string "false" is an error, not a truthy value that cleans up.
-        refused = await d.handle({"cmd": "stop", "cleanup": "false"})
-        assert refused["ok"] is False and not d.cleanup_on_exit and not d._stop.is_set()
+        refused = await handle(d, {"cmd": "stop", "cleanup": "false"})
+        assert refused["ok"] is False and not d.cleanup_on_exit and not d.stopping.is_set()
         for bad in ({"cmd": "try", "config": "relative.yaml"}, {"cmd": "try", "config": "/x", "timeout": True}):
-            assert (await d.handle(bad))["ok"] is False
-        assert (await d.handle({"cmd": "confirm"}))["error"] == "no trial is pending"
+            assert (await handle(d, bad))["ok"] is False
+        assert (await handle(d, {"cmd": "confirm"}))["error"] == "no trial is pending"
 
     run(test)
 
@@ -327,7 +340,6 @@ def test_control_commands_answer_from_the_fakes(tmp_path: Path, monkeypatch: pyt
 def test_reload_is_verified_through_the_kernel_it_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(tmp_path, monkeypatch)
     monkeypatch.undo()  # the real nft.check, as the daemon has it
-    monkeypatch.setattr(daemon_module, "IspMonitor", StubMonitor)
     monkeypatch.setattr(nft.shutil, "which", lambda name: None)  # a machine without the nft binary
 
     async def test() -> None:
@@ -352,7 +364,7 @@ def test_a_failed_apply_during_reload_leaves_the_flush_to_the_resync(
         h.kernel.fail_nft = "Error: Could not process rule: Cannot allocate memory"
         ok, message = await d.reload()
         assert not ok and message.startswith("reloaded, but applying it failed") and d.reloads == 1
-        assert h.flushes() == [] and d.events[-1]["event"] == "removed" and d.events[-1]["error"]
+        assert h.flushes() == [] and events(d)[-1]["event"] == "removed" and events(d)[-1]["error"]
         assert d.fleet.state.retired == (runtime.Retired(0x200, 0xFF00, "b"),)
         assert h.store.state.retired == d.fleet.state.retired  # saved before the apply: a restart still flushes it
         h.kernel.fail_nft = None
@@ -395,11 +407,11 @@ def test_resync_warns_when_the_table_fills_or_drops(tmp_path: Path, monkeypatch:
         d = h.build()
         await d.reconcile("start")
         await d.resync()
-        assert d.status()["conntrack"]["warnings"] == []
+        assert status_of(d)["conntrack"]["warnings"] == []
         h.kernel.ct_max = 10  # 10 entries in the fake table: 100 % full
         h.kernel.ct_trouble["early_drop"] = 3
         await d.resync()
-        warnings = d.status()["conntrack"]["warnings"]
+        warnings = status_of(d)["conntrack"]["warnings"]
         assert any("100% full" in w for w in warnings) and any("early_drop rose by 3" in w for w in warnings)
 
     run(test)
@@ -418,7 +430,7 @@ def test_a_dead_isps_sticky_clients_are_forgotten_at_once(tmp_path: Path, monkey
         h.kernel.nft_add_dynamic("sticky_balance_a", "192.168.77.12")
         assert "@sticky_balance_b" in h.balance()
         h.kernel.set_link("wan2", False, drop_routes=True)
-        d._link_changed("wan2", False)
+        d.link_changed("wan2", False)
         await settle(d)
         assert "@sticky_balance_b" not in h.balance()  # its lookup left with it
         sets = h.kernel.tables["wanlb"].sets
@@ -440,7 +452,7 @@ def test_status_shows_rules_with_their_hits_and_policies(tmp_path: Path, monkeyp
         d = h.build()
         await d.reconcile("start")
         h.kernel.nft_bump("rule_pin", 7)
-        status = await d.handle({"cmd": "status"})
+        status = await handle(d, {"cmd": "status"})
         assert [(r["name"], r["target"], r["hits"]) for r in status["rules"]] == [
             ("pin", "via b", 7),
             ("vpn", "bypass", 0),
@@ -470,9 +482,9 @@ def test_domain_sets_are_pushed_only_for_the_families_the_config_balances(
         watcher.tables[4].succeeded("video.example", [ipaddress.IPv4Address("192.0.2.80")], 300, time.monotonic())
         watcher.tables[6].succeeded("video.example", [ipaddress.IPv6Address("2001:db8::80")], 300, time.monotonic())
         idle = asyncio.create_task(asyncio.Event().wait())
-        d._domains = (watcher, idle, watcher._settings)
+        d.domains._running = (watcher, idle, watcher._settings)
         sent.clear()
-        d._push_domains()
+        d.domains.push()
         await settle(d)
         idle.cancel()
         assert len(sent) == 1 and "dom_video" in sent[0] and "192.0.2.80 timeout" in sent[0], sent

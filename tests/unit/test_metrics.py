@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from wanlb.metrics import Metrics
+from wanlb.view import Status, from_json
 
 
 def _isp(name: str, status: str, loss: float, ipv6: dict[str, Any] | None) -> dict[str, Any]:
@@ -30,7 +31,8 @@ def test_ipv6_health_has_its_own_up_gauge_loss_and_rtt_series() -> None:
     metrics = Metrics()
     metrics.probe_rtt.labels("fiber", "4").observe(0.010)
     metrics.probe_rtt.labels("fiber", "6").observe(0.020)
-    families = {f.name: f for f in text_string_to_metric_families(metrics.render(status, {}).decode())}
+    text = metrics.render(from_json(Status, status), {}).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
 
     def samples(name: str, suffix: str = "") -> dict[tuple[str, ...], float]:
         return {

@@ -4,7 +4,6 @@ per-ISP counter fields; and the status JSON documentation covering every field t
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -24,11 +23,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_daemon_fake import CONFIG, Harness, run, settle
+from test_daemon_fake import Harness, run
 from test_top_screen import status as fake_status
 
 from wanlb import cli
-from wanlb.domains import DomainWatcher, ResolverSettings
+from wanlb.daemon.surface import Surface
+from wanlb.view import Domain, from_json
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -279,7 +279,8 @@ def test_the_daemon_reports_each_isps_counter_totals(tmp_path: Path, monkeypatch
         h.kernel.nft_bump("isp_a_rx", 3)
         h.kernel.nft_bump("isp_a_tx", 2)
         h.kernel.nft_bump("isp_b_new", 5)
-        isps = {i["name"]: i for i in (await d.handle({"cmd": "status"}))["isps"]}
+        surface = Surface(d)
+        isps = {i["name"]: i for i in (await surface.handle({"cmd": "status"}))["isps"]}
         counters = ("packets_rx", "packets_tx", "bytes_rx", "bytes_tx", "new_connections")
         assert [isps["a"][c] for c in counters] == [3, 2, 300, 200, 0]
         assert [isps["b"][c] for c in counters] == [0, 0, 0, 0, 5]
@@ -288,91 +289,34 @@ def test_the_daemon_reports_each_isps_counter_totals(tmp_path: Path, monkeypatch
             raise RuntimeError("nft: cannot list")
 
         monkeypatch.setattr(h.kernel, "nft_read", broken)
-        unreadable = (await d.handle({"cmd": "status"}))["isps"]
+        unreadable = (await surface.handle({"cmd": "status"}))["isps"]
         assert all(isp[c] is None for isp in unreadable for c in counters)  # unknown, not zero
-        assert d.status()["isps"][0]["bytes_rx"] is None  # status without counters at all
+        assert surface.snapshot().isps[0].bytes_rx is None  # status without counters at all
 
     run(test)
-
-
-# Maps whose keys are names: documented as `path.<placeholder>.field`, or as a whole when the values are plain.
-MAPS = {"domains": "<name>", "rates.isps": "<isp>", "conn_counts": None, "adjusted_weights": None,
-        "policies[].active": None, "isps[].health.last_errors": None, "rates.rules": None}  # fmt: skip
-WHOLE = {"domains.<name>.ipv6"}  # objects documented in one row, as the fields beside them
-
-
-def _paths(value: Any, prefix: str = "") -> set[str]:
-    out = set()
-    if prefix in WHOLE:
-        return out
-    if isinstance(value, dict):
-        if prefix in MAPS:
-            if MAPS[prefix] is None:
-                return set()
-            return set().union(*(_paths(v, f"{prefix}.{MAPS[prefix]}") for v in value.values()))
-        for key, v in value.items():
-            path = f"{prefix}.{key}" if prefix else key
-            out |= {path} | _paths(v, path)
-    elif isinstance(value, list):
-        for item in value:
-            out |= _paths(item, f"{prefix}[]")
-    return out
-
-
-def _documented() -> set[str]:
-    section = DOCS.read_text().split("## Status JSON")[1].split("\n## ")[0]
-    return {m.group(1) for m in re.finditer(r"^\| `([^`]+)` \|", section, re.M)}
-
-
-def test_every_field_of_the_status_json_is_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rules = "rules:\n  - {name: pin, src: [192.168.77.11], via: b}\n"
-    h = Harness(tmp_path, monkeypatch, CONFIG + rules)
-    answers: list[dict[str, Any]] = []
-
-    async def test() -> None:
-        d = h.build()
-        await d.reconcile("start")
-        d._start_monitors()
-        await d.admin("a", False)
-        await d.reload()
-        await settle(d)
-        answers.append(await d.handle({"cmd": "status"}))
-        for task in [t for _, t in d.monitors.values()]:
-            task.cancel()
-        await asyncio.gather(*(t for _, t in d.monitors.values()), return_exceptions=True)
-
-    run(test)
-    answer = answers[0]
-    answer["retired"] = [{"mark": 0x400, "isp": "old"}]  # as after a reload that removed an ISP
-    answer["domains"] = DomainWatcher(["example.com"], ResolverSettings(ipv6=True), lambda _: None).status()
-    per_isp = {"new_per_second": 1.0, "rx_bytes_per_second": 1.0, "tx_bytes_per_second": 1.0}
-    answer["rates"] = {"interval_seconds": 1.0, "isps": {"a": per_isp}, "rules": {"pin": 1.0}}
-    assert answer["last_reload"] and answer["events"] and answer["rules"]
-    sent = _paths(answer)
-    documented = _documented()
-    assert sent - documented == set(), "fields the daemon sends that docs/operations.md does not describe"
-    # The rest of the table names fields that exist: only the daemon's keys, the placeholders' and rates'.
-    assert documented - sent == set(), "docs/operations.md describes fields the daemon does not send"
 
 
 def test_status_shows_a_domains_addresses_of_both_families_and_only_real_problems() -> None:
+    def line(d: dict[str, Any]) -> str:
+        return cli.domain_line(from_json(Domain, d))
+
     def side(state: str, addresses: list[str], error: str | None = None) -> dict[str, Any]:
         return {"state": state, "addresses": addresses, "error": error}
 
     v4 = side("ok", ["192.0.2.1"])
-    assert cli.domain_line(v4) == "192.0.2.1"
+    assert line(v4) == "192.0.2.1"
     no_aaaa = side("none", [], "x.example: no IPv6 address (the domain has no AAAA record)")
-    assert cli.domain_line(v4 | {"ipv6": no_aaaa}) == "192.0.2.1"  # an IPv4-only name is fine
-    assert cli.domain_line(v4 | {"ipv6": side("ok", ["2001:db8::1"])}) == "192.0.2.1, 2001:db8::1"
+    assert line(v4 | {"ipv6": no_aaaa}) == "192.0.2.1"  # an IPv4-only name is fine
+    assert line(v4 | {"ipv6": side("ok", ["2001:db8::1"])}) == "192.0.2.1, 2001:db8::1"
     stale = side("stale", ["2001:db8::1"], "x.example: no answer within 2s")
     shown = "192.0.2.1, 2001:db8::1 (IPv6 stale: x.example: no answer within 2s)"
-    assert cli.domain_line(v4 | {"ipv6": stale}) == shown
+    assert line(v4 | {"ipv6": stale}) == shown
     no_a = side("none", [], "x.example: no IPv4 address (the domain has no A record)")
-    assert cli.domain_line(no_a | {"ipv6": no_aaaa}) == (
+    assert line(no_a | {"ipv6": no_aaaa}) == (
         "no address (x.example: no IPv4 address (the domain has no A record); "
         "x.example: no IPv6 address (the domain has no AAAA record))"
     )
-    assert cli.domain_line(side("pending", [])) == "none yet"
-    assert cli.domain_line(side("failed", [], "x.example: no such domain (NXDOMAIN)")) == (
+    assert line(side("pending", [])) == "none yet"
+    assert line(side("failed", [], "x.example: no such domain (NXDOMAIN)")) == (
         "none yet (failed: x.example: no such domain (NXDOMAIN))"
     )

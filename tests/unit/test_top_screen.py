@@ -19,21 +19,40 @@ from wanlb.top import (
     Sample,
     TopModel,
     build_screen,
-    event_line,
     human_bytes,
     human_count_rate,
     human_duration,
     human_rate,
-    ipv6_text,
     isp_rates,
     per_second,
-    rates_json,
+    rates_of,
     rule_rates,
     sparkline,
-    state_text,
 )
+from wanlb.top import (
+    event_line as top_event_line,
+)
+from wanlb.top import (
+    ipv6_text as top_ipv6_text,
+)
+from wanlb.top import (
+    state_text as top_state_text,
+)
+from wanlb.view import Event, Isp, from_json
 
 NAMES = ("isp1", "isp2", "isp3")
+
+
+def state_text(isp: dict[str, Any]) -> Any:
+    return top_state_text(from_json(Isp, isp))
+
+
+def ipv6_text(isp: dict[str, Any]) -> Any:
+    return top_ipv6_text(from_json(Isp, isp))
+
+
+def event_line(ev: dict[str, Any]) -> str:
+    return top_event_line(from_json(Event, ev))
 
 
 def status(k: int, *, statuses: tuple[str, ...] = ("up", "down", "degraded"), counters: bool = True) -> dict[str, Any]:
@@ -102,27 +121,27 @@ def test_per_second_is_the_difference_over_the_time_and_unknown_when_it_cannot_b
 
 
 def test_isp_rates_between_two_answers() -> None:
-    rates = isp_rates(Sample(10.0, status(4)), Sample(12.0, status(6)))
+    rates = isp_rates(Sample.of(10.0, status(4)), Sample.of(12.0, status(6)))
     assert rates["isp1"] == IspRates(5.0, 1000.0, 100.0)
     assert rates["isp3"] == IspRates(15.0, 3000.0, 300.0)
     assert rates["isp2"].throughput == 2200.0
-    assert isp_rates(None, Sample(1.0, status(1)))["isp1"] == IspRates()  # a first answer has no rates
-    unreadable = isp_rates(Sample(1.0, status(1)), Sample(2.0, status(2, counters=False)))
+    assert isp_rates(None, Sample.of(1.0, status(1)))["isp1"] == IspRates()  # a first answer has no rates
+    unreadable = isp_rates(Sample.of(1.0, status(1)), Sample.of(2.0, status(2, counters=False)))
     assert unreadable["isp1"] == IspRates() and unreadable["isp1"].throughput is None
 
 
 def test_an_isp_added_between_answers_has_no_rate_yet() -> None:
     before = status(1)
     before["isps"] = before["isps"][:2]
-    rates = isp_rates(Sample(0.0, before), Sample(1.0, status(2)))
+    rates = isp_rates(Sample.of(0.0, before), Sample.of(1.0, status(2)))
     assert rates["isp1"].rx_bytes_per_second == 1000.0 and rates["isp3"] == IspRates()
 
 
 def test_rule_rates_and_the_json_of_status_rates() -> None:
-    before, after = Sample(100.0, status(10)), Sample(101.25, status(15))
+    before, after = Sample.of(100.0, status(10)), Sample.of(101.25, status(15))
     assert rule_rates(before, after) == {"pin": 12.0}
     assert rule_rates(None, after) == {"pin": None}
-    out = rates_json(before, after)
+    out = rates_of(before, after).json()
     assert out["interval_seconds"] == 1.25
     assert out["isps"]["isp2"] == {"new_per_second": 40.0, "rx_bytes_per_second": 8000.0, "tx_bytes_per_second": 800.0}
     assert out["rules"] == {"pin": 12.0}
@@ -175,7 +194,7 @@ def test_the_screen_has_an_ipv6_column_only_with_ipv6() -> None:
     model = TopModel()
     answer = status(1)
     answer["isps"][0]["ipv6"] = {"mode": "masquerade", "status": "degraded", "health": None}
-    model.update(Sample(1.0, answer))
+    model.update(Sample.of(1.0, answer))
     text = render(model, now_mono=1.5)
     assert "ipv6" in text
     assert next(line for line in text.splitlines() if line.split()[:1] == ["isp1"]).split()[:4] == [
@@ -210,16 +229,16 @@ def test_history_keeps_the_last_samples_forgets_removed_isps_and_marks_gaps() ->
 
 def test_model_update_and_failure() -> None:
     m = TopModel()
-    m.update(Sample(0.0, status(1)))
+    m.update(Sample.of(0.0, status(1)))
     assert m.rates["isp1"] == IspRates() and m.answers == 1
-    m.update(Sample(1.0, status(2)))
+    m.update(Sample.of(1.0, status(2)))
     assert m.rates["isp1"].new_per_second == 5.0 and m.rule_rates == {"pin": 3.0}
     assert list(m.history.connections["isp1"]) == [10, 20]
     assert list(m.history.throughput["isp1"]) == [None, 1100.0]
     m.fail("no wanlb daemon is running", 2.0)
     m.fail("no wanlb daemon is running", 3.0)
     assert m.error and m.failing_since == 2.0 and list(m.history.connections["isp1"]) == [10, 20, None, None]
-    m.update(Sample(4.0, status(4)))
+    m.update(Sample.of(4.0, status(4)))
     assert m.error is None and m.failing_since is None
     assert m.rates["isp1"].rx_bytes_per_second == pytest.approx(2000 / 3)  # across the gap: the last answer, 3 s ago
 
@@ -227,7 +246,7 @@ def test_model_update_and_failure() -> None:
 def _model(steps: int = 20) -> TopModel:
     m = TopModel()
     for k in range(1, steps + 1):
-        m.update(Sample(float(k), status(k)))
+        m.update(Sample.of(float(k), status(k)))
     return m
 
 
@@ -265,7 +284,7 @@ def test_a_stale_answer_is_flagged_and_an_apply_error_shown() -> None:
     assert "last answer 8s ago" in render(m, now_mono=10.0)
     s = status(3)
     s["last_error"] = "start: nft refused"
-    m.update(Sample(11.0, s))
+    m.update(Sample.of(11.0, s))
     assert "last apply failed: start: nft refused" in render(m, now_mono=11.0)
 
 
@@ -273,7 +292,7 @@ def test_the_screen_without_rules_or_counters_and_in_a_tiny_terminal() -> None:
     s = status(1, counters=False)
     s["rules"] = []
     m = TopModel()
-    m.update(Sample(0.0, s))
+    m.update(Sample.of(0.0, s))
     text = render(m)
     assert "hits/s" not in text and all(name in text for name in NAMES)
     small = render(_model(), width=50, height=12)  # crops, never fails
@@ -325,5 +344,5 @@ def test_keyboard_without_a_terminal_does_nothing() -> None:
 
 @pytest.mark.parametrize("k", [0, 1])
 def test_rates_json_of_a_first_answer_pair_with_equal_counters(k: int) -> None:
-    out = rates_json(Sample(0.0, status(k)), Sample(1.0, status(k)))
+    out = rates_of(Sample.of(0.0, status(k)), Sample.of(1.0, status(k))).json()
     assert out["isps"]["isp1"] == {"new_per_second": 0.0, "rx_bytes_per_second": 0.0, "tx_bytes_per_second": 0.0}

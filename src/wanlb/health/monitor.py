@@ -15,15 +15,22 @@ own, so cancelling a monitor (a reload) can never cut a failover short.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from wanlb.config import NEXT_HOP_TARGETS, HealthConfig, IspConfig
+from wanlb.config import NEXT_HOP_TARGETS, Config, HealthConfig, IspConfig
 from wanlb.health.probes import Egress, IcmpPinger, ProbeFailed, dns_probe, http_probe, tcp_probe
+from wanlb.tasks import log_crash
 from wanlb.uplink import Uplink, assumed
+from wanlb.view import Probes
+
+if TYPE_CHECKING:
+    from wanlb.fleet import Fleet
 
 log = logging.getLogger("wanlb.health")
 
@@ -160,3 +167,38 @@ class IspMonitor:
         self.rounds += 1
         self.last = result
         self.on_round(self.isp.name, result, self.family)
+
+
+class Monitors:
+    """One :class:`IspMonitor` task per ISP and address family that has targets, restarted as a whole when
+    the config changes (the fleet keeps the health state, so nothing is lost)."""
+
+    def __init__(self, on_round: RoundHandler, monitor: type[IspMonitor] = IspMonitor) -> None:
+        self.on_round = on_round
+        self.monitor = monitor  # (tests give a stub: the real one opens raw sockets)
+        self.running: dict[tuple[str, int], tuple[IspMonitor, asyncio.Task[None]]] = {}
+
+    def start(self, config: Config, fleet: Fleet) -> None:
+        """(Re)start the monitors ``config`` asks for; IPv6 targets only where the fleet keeps an IPv6 state."""
+        self.stop()
+        for isp in config.isps:
+            for family in (4, 6):
+                if not isp.health.targets_of(family) or (family == 6 and isp.name not in fleet.machines6):
+                    continue
+                monitor = self.monitor(isp, fleet.state.mark_of(isp.name), self.on_round, family=family,
+                                       uplink=functools.partial(fleet.uplink, isp.name))  # fmt: skip
+                task = asyncio.create_task(monitor.run())
+                task.add_done_callback(log_crash)
+                self.running[(isp.name, family)] = (monitor, task)
+
+    def stop(self) -> None:
+        for _monitor, task in self.running.values():
+            task.cancel()
+        self.running.clear()
+
+    def probes(self) -> dict[tuple[str, int], Probes]:
+        """What each monitor knows for status: its method, targets, rounds and last errors."""
+        return {
+            key: Probes(m.health.method, tuple(str(t) for t in m.targets), m.rounds, m.last.errors if m.last else {})
+            for key, (m, _task) in self.running.items()
+        }

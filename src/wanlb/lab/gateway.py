@@ -21,6 +21,7 @@ import yaml
 
 from wanlb.control import request, socket_in_use
 from wanlb.lab.lab import Lab, LabError, module_env
+from wanlb.view import Status, from_json, to_json
 
 WANLB = [sys.executable, "-m", "wanlb.cli"]
 
@@ -66,35 +67,42 @@ class LabGateway:
         return request(str(self.lab.socket_path), {"cmd": cmd, **fields})
 
     def status(self) -> dict[str, Any]:
+        """The daemon's status answer as it arrives (the wire format)."""
         return self.request("status")
+
+    def view(self) -> Status:
+        """The status answer as the read model."""
+        return from_json(Status, self.status())
 
     def reload(self) -> dict[str, Any]:
         return self.request("reload")
 
     def isp_status(self) -> dict[str, str]:
-        return {isp["name"]: isp["status"] for isp in self.status()["isps"]}
+        return {isp.name: isp.status for isp in self.view().isps}
 
     def wait_for(self, want: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
         """Poll status until every named ISP has the wanted status; returns that status reply."""
         deadline = time.monotonic() + timeout
         while True:
             reply = self.status()
-            seen = {isp["name"]: isp["status"] for isp in reply["isps"]}
+            seen = {isp.name: isp.status for isp in from_json(Status, reply).isps}
             if all(seen.get(name) == status for name, status in want.items()):
                 return reply
             if time.monotonic() > deadline:
                 raise LabError(f"wanted {want}, still {seen} after {timeout}s")
             time.sleep(0.05)
 
-    def wait_event(self, isp: str, event: str, timeout: float = 10.0, family: str | None = None) -> dict[str, Any]:
+    def wait_event(
+        self, isp: str, event: str, timeout: float = 10.0, family: str | None = None, after: int = 0
+    ) -> dict[str, Any]:
         """Poll until the daemon has recorded (finished handling) an ``event`` of ``isp`` (of that address
-        ``family``, "4", "6" or "" for both, if given); returns it."""
+        ``family``, "4", "6" or "" for both, if given; among the events after the first ``after``); returns it."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [e for e in self.status()["events"] if e["isp"] == isp and e["event"] == event
-                     and family in (None, e.get("family"))]  # fmt: skip
+            found = [e for e in self.view().events[after:] if e.isp == isp and e.event == event
+                     and family in (None, e.family)]  # fmt: skip
             if found:
-                return found[-1]
+                return to_json(found[-1])  # type: ignore[no-any-return]
             if time.monotonic() > deadline:
                 raise LabError(f"no {event} event for {isp} after {timeout}s")
             time.sleep(0.05)

@@ -1,0 +1,411 @@
+"""The read model: what ``status``, ``top``, the API, ``/metrics``, SSE and the dashboard show, as frozen data.
+
+:func:`build` makes a :class:`Status` from the daemon's parts — the fleet (per-ISP state), the last
+reconcile's plan, the nft counters, the live conntrack counts, the probes — and is pure: everything it
+needs is passed in.  :func:`to_json` is the wire format (the control socket's ``status`` answer, the API's
+``/api/v1/status``, the events on SSE), :func:`from_json` reads it back on the CLI's and ``top``'s side of
+the socket.  Nothing else reads the status structure by its keys (``tests/unit/test_view.py`` checks
+that by walking the consumers' syntax trees), so a field is added here, once, and typed.
+
+The JSON is the one the daemon has always sent: the fields below, in this order; ``health`` of an ISP
+nobody probes is ``{"monitored": false}`` alone, and a destination domain has an ``ipv6`` member only when
+IPv6 is balanced.  Every field is documented in docs/operations.md (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wanlb.config import Config
+    from wanlb.fleet import Fleet
+    from wanlb.plan import Desired
+
+USABLE = frozenset({"up", "degraded"})
+
+
+@dataclass(frozen=True)
+class Health:
+    """One address family's probes of an ISP, as its health machine and monitor see them."""
+
+    monitored: bool = False  # it has targets of this family; when false no other field is sent
+    method: str = ""
+    targets: tuple[str, ...] = ()
+    rounds: int = 0
+    loss_percent: float = 0.0
+    latency_ms: float | None = None
+    jitter_ms: float | None = None
+    held_down_seconds: float = 0.0
+    last_errors: Mapping[str, str] = field(default_factory=dict)
+
+    def _json(self, out: dict[str, Any]) -> dict[str, Any]:
+        return out if self.monitored else {"monitored": False}
+
+
+@dataclass(frozen=True)
+class Ipv6:
+    mode: str = "off"
+    gateway: str | None = None  # its IPv6 next hop, "device route", or None while none is learned
+    gateway_source: str = ""
+    uplink: str | None = None  # "waiting for IPv6 gateway" while it has none
+    status: str = "up"
+    own_health: bool = False
+    health: Health | None = None
+
+
+@dataclass(frozen=True)
+class Isp:
+    name: str = ""
+    interface: str = ""
+    gateway: str = "none"
+    gateway_source: str = ""
+    uplink: str | None = None
+    addresses: tuple[str, ...] = ()
+    status: str = "up"  # what the kernel has (the last applied plan)
+    decided: str = "up"  # what the fleet decided: differs only while applying, or when applying failed
+    active: bool = True
+    weight: int = 1
+    tier: int = 1
+    share_percent: float = 0.0
+    mark: int = 0
+    table: int = 0
+    since: float = 0.0
+    link_down: bool = False
+    health: Health = field(default_factory=Health)
+    ipv6: Ipv6 | None = None
+    packets_rx: int | None = None
+    packets_tx: int | None = None
+    bytes_rx: int | None = None
+    bytes_tx: int | None = None
+    new_connections: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.status in USABLE
+
+
+@dataclass(frozen=True)
+class Reload:
+    time: float = 0.0
+    ok: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Retired:
+    mark: int = 0
+    isp: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str = ""
+    algorithm: str = "weighted"
+    active: Mapping[str, int] = field(default_factory=dict)
+    sticky: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str = ""
+    target: str = ""
+    hits: int | None = None
+
+
+@dataclass(frozen=True)
+class DomainSide:
+    """One address family's resolution of a rule's destination domain."""
+
+    state: str = "pending"
+    addresses: tuple[str, ...] = ()
+    ttl: int | None = None
+    last_success: float | None = None
+    last_failure: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Domain(DomainSide):
+    ipv6: DomainSide | None = None  # with IPv6 balanced: the AAAA side
+
+    def _json(self, out: dict[str, Any]) -> dict[str, Any]:
+        if self.ipv6 is None:
+            del out["ipv6"]
+        return out
+
+
+@dataclass(frozen=True)
+class Conntrack:
+    entries: int | None = None
+    max: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One ISP event, as recorded when the daemon finished handling it."""
+
+    time: float = 0.0
+    isp: str = ""
+    event: str = ""
+    family: str = ""
+    status: str = ""
+    from_: str | None = field(default=None, metadata={"json": "from"})
+    reason: str = ""
+    gateway: str = ""
+    loss_percent: float | None = None
+    latency_ms: float | None = None
+    flushed: int | None = None
+    error: str | None = None
+    applied_ms: float | None = None
+    done_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Status:
+    ok: bool = True
+    pid: int = 0
+    config: str = ""
+    uptime_seconds: float = 0.0
+    mark_mask: int = 0
+    local_traffic: bool = True
+    nft_applies: int = 0
+    reloads: int = 0
+    link_events: int = 0
+    last_error: str | None = None
+    last_reload: Reload | None = None
+    route_failures: tuple[str, ...] = ()
+    retired: tuple[Retired, ...] = ()
+    isps: tuple[Isp, ...] = ()
+    policies: tuple[Policy, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    adjusted_weights: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    domains: Mapping[str, Domain] = field(default_factory=dict)
+    conn_counts: Mapping[str, int] = field(default_factory=dict)
+    events_lost: int = 0
+    conntrack: Conntrack = field(default_factory=Conntrack)
+    events: tuple[Event, ...] = ()
+
+    def isp(self, name: str) -> Isp | None:
+        return next((i for i in self.isps if i.name == name), None)
+
+    @property
+    def any_ipv6(self) -> bool:
+        """Whether some ISP carries IPv6 (then the tables have an ``ipv6`` column)."""
+        return any(i.ipv6 is not None for i in self.isps)
+
+
+# --- building it --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What an ISP's monitor of one family knows that its health machine does not."""
+
+    method: str
+    targets: tuple[str, ...]
+    rounds: int
+    last_errors: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DaemonFacts:
+    """The daemon's own counters and settings that status shows."""
+
+    pid: int
+    config_path: str
+    uptime_seconds: float
+    nft_applies: int
+    reloads: int
+    link_events: int
+    last_error: str | None
+    last_reload: Reload | None
+    route_failures: tuple[str, ...]  # routes the kernel refused at the last reconcile
+    started: float  # wall time: an ISP's ``since`` before it ever changed
+    events_lost: int
+    table_entries: int | None
+    table_max: int | None
+    table_warnings: tuple[str, ...]
+
+
+def build(
+    *,
+    config: Config,
+    fleet: Fleet,
+    desired: Desired | None,
+    facts: DaemonFacts,
+    counters: Mapping[str, Mapping[str, int]],
+    counts: Mapping[str, int],
+    probes: Mapping[tuple[str, int], Probes],
+    domains: Mapping[str, Mapping[str, Any]],
+    events: Sequence[Event],
+    now: float,
+) -> Status:
+    """The status: the ISPs as the kernel has them (``desired``, the last applied plan) with the fleet's view of
+    each; ``counters`` are our named nft counters (rules' hits, ISPs' traffic), ``counts`` the live conntrack
+    entries per ISP, ``probes`` each monitored ISP's monitor per family, ``now`` the monotonic clock."""
+    isps = []
+    for isp in desired.isps if desired else ():
+        machine = fleet.machines.get(isp.name)
+        if machine is None:
+            continue
+        traffic = {f"{way}_{d}": counters.get(f"isp_{isp.name}_{d}", {}).get(way) for way in ("packets", "bytes")
+                   for d in ("rx", "tx")}  # fmt: skip
+        isps.append(
+            Isp(
+                name=isp.name,
+                interface=isp.interface,
+                gateway=isp.uplink.next_hop,
+                gateway_source=isp.uplink.source,
+                uplink=isp.uplink.problem,
+                addresses=isp.uplink.addresses,
+                status=isp.status.value,
+                decided=machine.status.value,
+                active=isp.active,
+                weight=isp.weight,
+                tier=isp.tier,
+                share_percent=round(isp.share * 100, 2),
+                mark=isp.mark,
+                table=isp.table,
+                since=round(fleet.since.get(isp.name, facts.started), 3),
+                link_down=machine.link_down,
+                health=_health(fleet, probes, isp.name, 4, now),
+                ipv6=_ipv6(config, fleet, probes, isp.name, now),
+                new_connections=counters.get(f"isp_{isp.name}_new", {}).get("packets"),
+                **traffic,
+            )
+        )
+    return Status(
+        pid=facts.pid,
+        config=facts.config_path,
+        uptime_seconds=round(facts.uptime_seconds, 1),
+        mark_mask=config.mark_mask,
+        local_traffic=config.local_traffic,
+        nft_applies=facts.nft_applies,
+        reloads=facts.reloads,
+        link_events=facts.link_events,
+        last_error=facts.last_error,
+        last_reload=facts.last_reload,
+        route_failures=facts.route_failures,
+        retired=tuple(Retired(r.mark, r.name) for r in fleet.state.retired),
+        isps=tuple(isps),
+        policies=tuple(
+            Policy(p.name, p.algorithm, dict(p.active), p.sticky is not None)
+            for p in (desired.policies if desired else ())
+        ),
+        rules=tuple(
+            Rule(r.name, r.action or (f"via {r.via}" if r.via else f"policy {r.policy}"),
+                 counters.get(f"rule_{r.name}", {}).get("packets"))
+            for r in (desired.rules if desired else ())
+        ),
+        adjusted_weights={p: dict(w) for p, w in fleet.adjusted.items()},
+        domains={name: from_json(Domain, d) for name, d in domains.items()},
+        conn_counts=dict(counts),
+        events_lost=facts.events_lost,
+        conntrack=Conntrack(facts.table_entries, facts.table_max, facts.table_warnings),
+        events=tuple(events),
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _health(fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, family: int, now: float) -> Health:
+    machine = (fleet.machines6 if family == 6 else fleet.machines).get(name)
+    probe = probes.get((name, family))
+    if machine is None or probe is None:
+        return Health()
+    quality = machine.quality()
+    held = machine.hold_until - now
+    return Health(
+        monitored=True,
+        method=probe.method,
+        targets=probe.targets,
+        rounds=probe.rounds,
+        loss_percent=round(quality.loss_percent, 1),
+        latency_ms=_ms(quality.latency),
+        jitter_ms=_ms(quality.jitter),
+        held_down_seconds=round(held, 1) if held > 0 and machine.status.value == "down" else 0,
+        last_errors=dict(probe.last_errors),
+    )
+
+
+def _ipv6(config: Config, fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, now: float) -> Ipv6 | None:
+    """An ISP's IPv6: its mode, next hop, status (its own with IPv6 targets, else its one status) and health."""
+    isp = next((i for i in config.isps if i.name == name), None)
+    if isp is None or isp.ipv6.mode == "off":
+        return None
+    own = name in fleet.machines6
+    link = fleet.uplink(name)
+    return Ipv6(
+        mode=isp.ipv6.mode,
+        gateway=str(link.via6) if link.via6 is not None else ("device route" if link.ready6 else None),
+        gateway_source=link.source6,
+        uplink=link.problem6,
+        status=fleet.statuses6().get(name, fleet.statuses()[name]).value,
+        own_health=own,
+        health=_health(fleet, probes, name, 6, now) if own else None,
+    )
+
+
+# --- the wire format ----------------------------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """A view (or a part of one) as JSON-able data: the wire format."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {_json_name(f): to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        hook = getattr(value, "_json", None)
+        return hook(out) if hook is not None else out
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(cls: type, data: Any) -> Any:
+    """``data`` (a JSON object as :func:`to_json` wrote it) as a ``cls``; missing fields take their defaults,
+    unknown ones are ignored (a newer daemon may send more)."""
+    return _decode(cls, data)
+
+
+def _json_name(f: dataclasses.Field[Any]) -> str:
+    return f.metadata.get("json", f.name)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _decode(args[0], value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            return tp()
+        hints = _hints(tp)
+        kwargs = {f.name: _decode(hints[f.name], value[_json_name(f)])
+                  for f in dataclasses.fields(tp) if _json_name(f) in value}  # fmt: skip
+        return tp(**kwargs)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return tuple(_decode(item, v) for v in value or ())
+    if origin in (Mapping, dict, typing.Mapping):
+        value_type = typing.get_args(tp)[1]
+        return {k: _decode(value_type, v) for k, v in (value or {}).items()}
+    return value
