@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 
 from wanlb.config import Config, IspConfig
 from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transition
-from wanlb.plan import IspStatus
 from wanlb.policy import adjust, policies, shares_differ
 from wanlb.runtime import Allocation, RuntimeState
+from wanlb.states import FAMILIES, Family, IspStatus
 from wanlb.uplink import Uplink, assumed
 
 
@@ -46,7 +46,7 @@ class Event:
     interface: str
     loss_percent: float | None = None
     latency_ms: float | None = None
-    family: str = ""  # "6": the ISP's IPv6 health alone; "4": its IPv4 alone (it has IPv6 health too); "": both
+    family: int = 0  # 6: the ISP's IPv6 health alone; 4: its IPv4 alone (it has IPv6 health too); 0: both
     gateway: str = ""  # the ISP's next hop when it happened (an address, "device route" or "none")
 
 
@@ -102,33 +102,39 @@ def params_of(isp: IspConfig) -> HealthParams:
 
 
 class Fleet:
-    """Per-ISP health machines, admin and link state, allocations; see the module docstring."""
+    """Per-ISP health machines (per address family), admin and link state, allocations; see the module
+    docstring.
+
+    ``machines[4]`` holds every ISP's one health (its IPv4 probes, its link, its drain); ``machines[6]`` an
+    IPv6 health of their own for the ISPs that carry IPv6 and have IPv6 targets — any other ISP's IPv6
+    follows its one state.  An effect's or event's ``family`` is what it covers: 4 or 6, or 0 for both (an
+    ISP without IPv6 health of its own).
+    """
 
     def __init__(self, config: Config, state: RuntimeState, uplinks: Mapping[str, Uplink], now: float, wall: float):
         self.config = config
         self.state = state
-        self.machines: dict[str, HealthMachine] = {}
-        # IPv6 health, for ISPs with IPv6 targets; any other ISP's IPv6 follows its one state.
-        self.machines6: dict[str, HealthMachine] = {}
+        self.machines: dict[Family, dict[str, HealthMachine]] = {4: {}, 6: {}}
         self.since: dict[str, float] = {}
         self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
         self._hops: dict[tuple[str, int], object] = {}  # (ISP, family) -> the last next hop it had (None: dev)
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency: the weights in force, per policy
         for isp in config.isps:
-            self._new_machine(isp, IspStatus.UP, now, wall)
-            self._new_machine6(isp, IspStatus.UP, now)
+            for family in FAMILIES:
+                self._new_machine(isp, IspStatus.UP, now, wall, family)
             self._remember_hops(isp, self.uplink(isp.name))
 
     # --- what the rest of wanlb reads -------------------------------------------------------
 
-    def statuses(self) -> dict[str, IspStatus]:
-        return {name: m.status for name, m in self.machines.items()}
+    def statuses(self, family: Family = 4) -> dict[str, IspStatus]:
+        """Every ISP's status; of ``family`` 6: its own IPv6 health where it has one, else its one status."""
+        own = self.machines[family]
+        return {name: (own.get(name) or m).status for name, m in self.machines[4].items()}
 
-    def statuses6(self) -> dict[str, IspStatus]:
-        """IPv6 status of every ISP: its own IPv6 health where it has IPv6 targets, else its one status."""
-        return {name: self.machines6[name].status if name in self.machines6 else m.status
-                for name, m in self.machines.items()}  # fmt: skip
+    def own_ipv6(self, name: str) -> bool:
+        """Whether the ISP's IPv6 has a health of its own (IPv6 targets)."""
+        return name in self.machines[6]
 
     def uplink(self, name: str) -> Uplink:
         """The ISP's uplink as last observed (as configured before the first observation)."""
@@ -138,16 +144,11 @@ class Fleet:
         return bool(self.config.isp(name).health.targets_of(4))
 
     def quality(self, name: str) -> Quality:
-        return self.machines[name].quality()
+        return self.machines[4][name].quality()
 
-    def wants_empty(self, name: str) -> bool:
-        """Its connections cannot work and the config says flush them."""
-        m = self.machines[name]
-        return self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
-
-    def wants_empty6(self, name: str) -> bool:
-        """The same for the IPv6 connections of an ISP with IPv6 health of its own."""
-        m = self.machines6.get(name)
+    def wants_empty(self, name: str, family: Family = 4) -> bool:
+        """Its connections (of that health's family) cannot work and the config says flush them."""
+        m = self.machines[family].get(name)
         return m is not None and self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
 
     # --- inputs -----------------------------------------------------------------------------
@@ -161,10 +162,10 @@ class Fleet:
         latency: float | None,
         loss: float,
         errors: str = "",
-        family: int = 4,
+        family: Family = 4,
     ) -> list[Effect]:
         """One finished probe round of ISP ``name`` (of its IPv4 or its IPv6 targets)."""
-        machine = (self.machines6 if family == 6 else self.machines).get(name)
+        machine = self.machines[family].get(name)
         if machine is None:  # a round that finished after its ISP (or its IPv6 targets) was removed by a reload
             return []
         t = machine.round(now, ok, latency, loss)
@@ -172,9 +173,7 @@ class Fleet:
             return []
         if errors and not ok:
             t = replace(t, reason=f"{t.reason}: {errors}")
-        if family == 6:
-            return self._changed6(name, t, t.new.value, wall)
-        return self._changed(name, t, t.new.value, wall)
+        return self._changed(name, t, t.new.value, wall, family)
 
     def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
         """A link event: a WAN that went down is DOWN at once (the fast path of a failover); anything
@@ -187,7 +186,7 @@ class Fleet:
             link = self.uplink(isp.name)
             if link.ready:
                 self._uplinks[isp.name] = replace(link, problem="link down")
-            effects += self._link(isp, False, "link down", now, wall)
+            effects += self._link(isp, {4: (False, "link down"), 6: (False, "link down")}, now, wall)
         lan = interface in self.config.lan.interfaces
         if (lan or any(i.interface == interface for i in self.config.isps)) and not effects:
             effects.append(Reconcile(f"link {interface} {'up' if usable else 'down'}"))
@@ -206,24 +205,29 @@ class Fleet:
                 continue
             old = self._uplinks.get(isp.name)
             self._uplinks[isp.name] = new
-            effects += self._link(isp, new.ready, new.problem or "", now, wall, new.ready6, new.problem6)
+            usable = {4: (new.ready, new.problem or ""), 6: (new.ready6, new.problem or new.problem6 or "")}
+            effects += self._link(isp, usable, now, wall)
             effects += self._uplink_events(isp, old, new, wall)
         return effects
 
     def disable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
         """Drain both families (an admin drains an uplink, not one of its address families)."""
-        t = self._machine(name).disable(now)
-        effects = [] if t is None else self._changed(name, t, "disabled", wall)
-        t6 = self.machines6[name].disable(now) if name in self.machines6 else None
-        effects += [] if t6 is None else self._changed6(name, t6, "disabled", wall)
-        return f"{name} is {self.machines[name].status.value}", effects
+        self._machine(name)
+        effects: list[Effect] = []
+        for family in FAMILIES:
+            m = self.machines[family].get(name)
+            t = None if m is None else m.disable(now)
+            effects += [] if t is None else self._changed(name, t, "disabled", wall, family)
+        return f"{name} is {self.machines[4][name].status.value}", effects
 
     def enable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
-        t = self._machine(name).enable(now, self.probed(name))
-        effects = [] if t is None else self._changed(name, t, "enabled", wall)
-        t6 = self.machines6[name].enable(now, True) if name in self.machines6 else None
-        effects += [] if t6 is None else self._changed6(name, t6, "enabled", wall)
-        return f"{name} is {self.machines[name].status.value}", effects
+        self._machine(name)
+        effects: list[Effect] = []
+        for family in FAMILIES:
+            m = self.machines[family].get(name)
+            t = None if m is None else m.enable(now, family == 6 or self.probed(name))
+            effects += [] if t is None else self._changed(name, t, "enabled", wall, family)
+        return f"{name} is {self.machines[4][name].status.value}", effects
 
     def reload(self, config: Config, allocation: Allocation, now: float, wall: float) -> list[Effect]:
         """Adopt a new config and its allocation: carry each staying ISP's state, report every change."""
@@ -234,8 +238,8 @@ class Fleet:
         gone = set(allocation.removed) | set(allocation.replaced)
         for name in sorted(gone):
             old_isp = old_config.isp(name)
-            machine = self.machines.pop(name)
-            self.machines6.pop(name, None)
+            machine = self.machines[4].pop(name)
+            self.machines[6].pop(name, None)
             self.since.pop(name, None)
             self._uplinks.pop(name, None)  # (a replaced ISP may have another interface: observed afresh)
             self._hops.pop((name, 4), None)
@@ -254,13 +258,13 @@ class Fleet:
             if staying and isp.ipv6.mode == "off" and old_config.isp(isp.name).ipv6.mode != "off":
                 slot = old_state.isps[isp.name]  # its IPv6 connections have no route through it any more
                 effects.append(Flush(isp.name, slot.mark, old_state.mark_mask, "its IPv6 was turned off", 6))
-            machine = self.machines.get(isp.name)
+            machine = self.machines[4].get(isp.name)
             if machine is None:
                 self._new_machine(isp, IspStatus.UP, now, wall)
                 self._remember_hops(isp, self.uplink(isp.name))
                 what = "replaced" if isp.name in allocation.replaced else "added"
                 why = "interface or mark changed: a new uplink" if what == "replaced" else "added to the config"
-                status = self.machines[isp.name].status.value
+                status = self.machines[4][isp.name].status.value
                 events.append(self._emit(isp.name, what, status, None, why, isp.interface, wall))
                 continue
             status = machine.status
@@ -271,7 +275,7 @@ class Fleet:
             elif machine.params != params_of(isp):
                 fresh = HealthMachine(params_of(isp), status)
                 fresh.disabled, fresh.link_down = machine.disabled, machine.link_down
-                self.machines[isp.name] = fresh
+                self.machines[4][isp.name] = fresh
         return effects + events
 
     def adjust(self, counts: Mapping[str, int]) -> list[Effect]:
@@ -298,12 +302,12 @@ class Fleet:
         """Flushes still missing, from live per-mark counts (``mark & mark_mask`` → entries)."""
         effects: list[Effect] = []
         mask = self.config.mark_mask
+        why = {4: "still has connections while down", 6: "still has IPv6 connections while its IPv6 is down"}
         for name, slot in self.state.isps.items():
-            if name in self.machines and self.wants_empty(name) and counts.get(slot.mark, 0) > 0:
-                effects.append(Flush(name, slot.mark, mask, "still has connections while down", self._family4(name)))
             # The counts do not tell the families apart: a flush of one family may find nothing to do.
-            if self.wants_empty6(name) and counts.get(slot.mark, 0) > 0:
-                effects.append(Flush(name, slot.mark, mask, "still has IPv6 connections while its IPv6 is down", 6))
+            for family in FAMILIES:
+                if self.wants_empty(name, family) and counts.get(slot.mark, 0) > 0:
+                    effects.append(Flush(name, slot.mark, mask, why[family], self._scope(name, family)))
         # A retired mark is flushed (counted exactly by the kernel) and then released, whatever the counts say.
         effects += [Flush(r.name, r.mark, r.mask, "its ISP was removed") for r in self.state.retired]
         return effects
@@ -319,26 +323,17 @@ class Fleet:
     # --- internals ----------------------------------------------------------------------------
 
     def _link(
-        self,
-        isp: IspConfig,
-        usable: bool,
-        why: str,
-        now: float,
-        wall: float,
-        usable6: bool | None = None,
-        why6: str | None = None,
+        self, isp: IspConfig, usable: Mapping[Family, tuple[bool, str]], now: float, wall: float
     ) -> list[Effect]:
-        """Feed an uplink's usability to the ISP's machines (its IPv6 one: ``usable6``, default the same)."""
+        """Feed an uplink's usability (and, when unusable, why) to the ISP's machine of each family."""
         effects: list[Effect] = []
-        t = self.machines[isp.name].link(now, usable, self.probed(isp.name), why)
-        if t is not None:
-            effects += self._changed(isp.name, replace(t, reason=f"{t.reason} ({isp.interface})"), t.new.value, wall)
-        m6 = self.machines6.get(isp.name)
-        ok6 = usable if usable6 is None else usable6
-        t6 = None if m6 is None else m6.link(now, ok6, True, why if not usable else why6 or why)
-        if t6 is not None:
-            t6 = replace(t6, reason=f"{t6.reason} ({isp.interface})")
-            effects += self._changed6(isp.name, t6, t6.new.value, wall)
+        for family in FAMILIES:
+            m = self.machines[family].get(isp.name)
+            ok, why = usable[family]
+            t = None if m is None else m.link(now, ok, family == 6 or self.probed(isp.name), why)
+            if t is not None:
+                t = replace(t, reason=f"{t.reason} ({isp.interface})")
+                effects += self._changed(isp.name, t, t.new.value, wall, family)
         return effects
 
     def _remember_hops(self, isp: IspConfig, link: Uplink) -> None:
@@ -354,8 +349,10 @@ class Fleet:
     def _uplink_events(self, isp: IspConfig, old: Uplink | None, new: Uplink, wall: float) -> list[Effect]:
         """A next hop that changed or was learned (per family), or addresses that changed: one event each."""
         effects: list[Effect] = []
-        status = self.machines[isp.name].status.value
-        for family, ready, via, source in ((4, new.ready, new.via, new.source), (6, new.ready6, new.via6, new.source6)):
+        status = self.machines[4][isp.name].status.value
+        hops: tuple[tuple[Family, bool, object, str], ...] = (
+            (4, new.ready, new.via, new.source), (6, new.ready6, new.via6, new.source6))  # fmt: skip
+        for family, ready, via, source in hops:
             if not ready or (family == 6 and isp.gateway6 is None):
                 continue
             known = (isp.name, family) in self._hops
@@ -365,9 +362,8 @@ class Fleet:
                 continue
             shown = _hop_text(via, isp.interface)
             what = f"{_hop_text(before, isp.interface)} → {shown}" if known else f"learned {shown}"
-            emit = self._emit(isp.name, "gateway", status, status, f"{what} ({source})", isp.interface, wall)
-            family_tag = "6" if family == 6 else ("4" if isp.name in self.machines6 else "")
-            effects.append(Emit(replace(emit.event, family=family_tag)))
+            effects.append(self._emit(isp.name, "gateway", status, status, f"{what} ({source})", isp.interface, wall,
+                                      self._scope(isp.name, family)))  # fmt: skip
         before = self._addresses.get(isp.name)
         if new.addresses:
             self._addresses[isp.name] = new.addresses
@@ -377,83 +373,67 @@ class Fleet:
         return effects
 
     def _machine(self, name: str) -> HealthMachine:
-        if name not in self.machines:
+        if name not in self.machines[4]:
             raise KeyError(f"no ISP named {name!r}")
-        return self.machines[name]
+        return self.machines[4][name]
 
-    def _family4(self, name: str) -> int:
-        """What a flush for the ISP's one state covers: IPv4 alone if its IPv6 has a health of its own."""
-        return 4 if name in self.machines6 else 0
+    def _scope(self, name: str, family: Family) -> int:
+        """What a change of the ISP's ``family`` health covers: 6 its IPv6; 4 its IPv4 alone if its IPv6 has a
+        health of its own, else both (0)."""
+        return family if family == 6 or self.own_ipv6(name) else 0
 
-    def _new_machine6(self, isp: IspConfig, status: IspStatus, now: float) -> None:
-        """An IPv6 health machine, for an ISP that carries IPv6 and has IPv6 targets."""
-        if isp.ipv6.mode == "off" or not isp.health.targets_of(6):
-            self.machines6.pop(isp.name, None)
+    def _new_machine(self, isp: IspConfig, status: IspStatus, now: float, wall: float, family: Family = 4) -> None:
+        """A fresh health machine of one family (IPv6: only for an ISP that carries IPv6 and has IPv6 targets);
+        an ISP whose uplink is not usable starts down, at start as after a reload."""
+        if family == 6 and (isp.ipv6.mode == "off" or not isp.health.targets_of(6)):
+            self.machines[6].pop(isp.name, None)
             return
         machine = HealthMachine(params_of(isp), status)
         link = self.uplink(isp.name)
-        if not link.ready6:
-            machine.link(now, False, True, link.problem or link.problem6 or "")
-        self.machines6[isp.name] = machine
+        if not (link.ready6 if family == 6 else link.ready):
+            why = link.problem or (link.problem6 if family == 6 else None) or ""
+            machine.link(now, False, family == 6 or bool(isp.health.targets_of(4)), why)
+        self.machines[family][isp.name] = machine
+        if family == 4:
+            self.since[isp.name] = wall
 
     def _reload6(self, isp: IspConfig, now: float) -> None:
         """Keep a staying ISP's IPv6 state through a reload; start or drop its IPv6 health as the config says.
 
         Newly added IPv6 targets start from the ISP's admin and link state (drained stays drained).
         """
-        old = self.machines6.get(isp.name)
-        self._new_machine6(isp, old.status if old is not None else IspStatus.UP, now)
-        new = self.machines6.get(isp.name)
+        old = self.machines[6].get(isp.name)
+        self._new_machine(isp, old.status if old is not None else IspStatus.UP, now, 0.0, 6)
+        new = self.machines[6].get(isp.name)
         if new is None:
             return
         if old is not None and old.params == new.params:
-            self.machines6[isp.name] = old
+            self.machines[6][isp.name] = old
         elif old is not None:
             new.disabled, new.link_down = old.disabled, old.link_down
-        elif isp.name in self.machines and self.machines[isp.name].disabled:
+        elif isp.name in self.machines[4] and self.machines[4][isp.name].disabled:
             new.disable(now)
 
-    def _changed6(self, name: str, t: Transition, event: str, wall: float) -> list[Effect]:
-        """A change of an ISP's IPv6 health: reconcile (IPv6 balancing), flush its IPv6 entries if broken, event."""
+    def _changed(self, name: str, t: Transition, event: str, wall: float, family: Family = 4) -> list[Effect]:
+        """A status change of one family's health: reconcile, forget its sticky clients and flush its
+        connections if it is now broken and down, bring connections back from worse tiers if asked, and one
+        event."""
         isp = self.config.isp(name)
-        effects: list[Effect] = [Reconcile(f"{name} IPv6 {event}")]
+        scope = self._scope(name, family)
+        effects: list[Effect] = [Reconcile(f"{name}{' IPv6' if family == 6 else ''} {event}")]
+        if family == 4:
+            self.since[name] = wall
         sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
         if sticky and not t.new.usable:
-            effects.append(ClearSticky(name, 6))
-        if self.wants_empty6(name):
-            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, 6))
-        event_ = self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall, self.machines6[name])
-        effects.append(Emit(replace(event_.event, family="6")))
-        return effects
-
-    def _new_machine(self, isp: IspConfig, status: IspStatus, now: float, wall: float) -> None:
-        """A fresh health machine; an ISP whose WAN link is down starts down, at start as after a reload."""
-        machine = HealthMachine(params_of(isp), status)
-        link = self.uplink(isp.name)
-        if not link.ready:
-            machine.link(now, False, bool(isp.health.targets_of(4)), link.problem or "")
-        self.machines[isp.name] = machine
-        self.since[isp.name] = wall
-
-    def _changed(self, name: str, t: Transition, event: str, wall: float) -> list[Effect]:
-        """A status change: reconcile, flush if it is now broken and down, and one event."""
-        self.since[name] = wall
-        isp = self.config.isp(name)
-        effects: list[Effect] = [Reconcile(f"{name} {event}")]
-        sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
-        if sticky and not t.new.usable:
-            effects.append(ClearSticky(name, self._family4(name)))
-        if self.wants_empty(name):
-            effects.append(
-                Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, self._family4(name))
-            )
+            effects.append(ClearSticky(name, scope))
+        if self.wants_empty(name, family):
+            effects.append(Flush(name, self.state.isps[name].mark, self.config.mark_mask, t.reason, scope))
         # A recovery: back in use from down or disabled, or up again after degraded (a degraded ISP takes
         # connections only while nothing is up, so an up worse tier carried its traffic meanwhile).
         recovered = not t.old.usable or (t.old == IspStatus.DEGRADED and t.new == IspStatus.UP)
-        if t.new.usable and recovered and self.config.failover.on_recover == "move-lower-tier":
+        if family == 4 and t.new.usable and recovered and self.config.failover.on_recover == "move-lower-tier":
             effects += self._move_back(name, t.old)
-        emit = self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall)
-        effects.append(Emit(replace(emit.event, family="4")) if name in self.machines6 else emit)
+        effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall, scope))
         return effects
 
     def _move_back(self, name: str, old: IspStatus) -> list[Effect]:
@@ -481,14 +461,15 @@ class Fleet:
         reason: str,
         interface: str,
         wall: float,
-        machine: HealthMachine | None = None,
+        family: int = 0,
     ) -> Emit:
-        machine = machine or self.machines.get(name)
+        """One event; its quality figures are of the health it concerns (IPv6's for ``family`` 6)."""
+        machine = self.machines[6 if family == 6 else 4].get(name)
         q = machine.quality() if machine is not None else None
         latency = None if q is None or q.latency is None else round(q.latency * 1000, 2)
         loss = None if q is None else round(q.loss_percent, 1)
-        hop = self.uplink(name).next_hop if name in self.machines else ""
-        return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency, gateway=hop))
+        hop = self.uplink(name).next_hop if name in self.machines[4] else ""
+        return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency, family, hop))
 
 
 def _hop_text(via: object, interface: str) -> str:

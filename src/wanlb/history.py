@@ -53,6 +53,7 @@ class EventLog:
         """One event handled: ``decided`` when the fleet decided it, ``applied`` when the kernel had the
         change, ``now`` (wall times)."""
         level = logging.WARNING if event.event in ("down", "removed", "replaced") else logging.INFO
+        tag = str(event.family) if event.family else ""  # the wire's "4", "6" or "" (both)
         family = f" IPv{event.family}" if event.family else ""
         if event.old is not None and event.old != event.status:  # a transition: from → to, as status shows it
             log.log(level, "isp %s%s %s: %s → %s (%s)", event.isp, family, event.event, event.old, event.status,
@@ -67,7 +68,7 @@ class EventLog:
             time=event.at,
             isp=event.isp,
             event=event.event,
-            family=event.family,
+            family=tag,
             status=event.status,
             from_=event.old,
             reason=event.reason,
@@ -88,7 +89,7 @@ class EventLog:
                 "WANLB_EVENT": event.event,
                 "WANLB_STATUS": event.status,
                 "WANLB_INTERFACE": event.interface,
-                "WANLB_FAMILY": event.family,  # "4" or "6" when the ISP has health per family, else ""
+                "WANLB_FAMILY": tag,  # "4" or "6" when the ISP has health per family, else ""
                 "WANLB_GATEWAY": event.gateway,  # its next hop then: an address, "device route" or "none"
                 "WANLB_REASON": event.reason[:1000],
             }

@@ -14,25 +14,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 from wanlb.config import Config, RuleConfig
 from wanlb.policy import Adjusted, PolicyPlan, policies
 from wanlb.runtime import Retired, RuntimeState, mark_shift
+from wanlb.states import IspStatus
 from wanlb.uplink import ConnectedRoute, Interface, Uplink, assumed
-
-
-class IspStatus(StrEnum):
-    """What the health monitor (or an admin) says about an ISP."""
-
-    UP = "up"
-    DEGRADED = "degraded"  # quality limits exceeded but still usable as a last choice
-    DOWN = "down"
-    DISABLED = "disabled"  # administratively drained
-
-    @property
-    def usable(self) -> bool:
-        return self in (IspStatus.UP, IspStatus.DEGRADED)
 
 
 @dataclass(frozen=True)

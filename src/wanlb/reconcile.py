@@ -23,10 +23,11 @@ from pathlib import Path
 from wanlb import nftsync
 from wanlb.config import Config
 from wanlb.kernel import Kernel
-from wanlb.plan import Desired, IspStatus, plan
+from wanlb.plan import Desired, plan
 from wanlb.policy import Adjusted
 from wanlb.render import Route, RoutingIntent, Rule, render
 from wanlb.runtime import RuntimeState, StateStore, state_dir_problem
+from wanlb.states import IspStatus
 from wanlb.uplink import MAIN_TABLE, Snapshot, Uplink, uplinks
 
 log = logging.getLogger("wanlb.reconcile")

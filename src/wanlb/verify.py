@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from wanlb import nftsync, runtime
 from wanlb.config import Config
 from wanlb.kernel import Kernel
-from wanlb.plan import IspStatus
 from wanlb.reconcile import plan_from, read_snapshot
 from wanlb.render import render
+from wanlb.states import IspStatus
 from wanlb.uplink import interface_warnings, uplink_warnings, uplinks
 
 SCRATCH_TABLE = "wanlb_verify"

@@ -251,7 +251,7 @@ def build(
     entries per ISP, ``probes`` each monitored ISP's monitor per family, ``now`` the monotonic clock."""
     isps = []
     for isp in desired.isps if desired else ():
-        machine = fleet.machines.get(isp.name)
+        machine = fleet.machines[4].get(isp.name)
         if machine is None:
             continue
         traffic = {f"{way}_{d}": counters.get(f"isp_{isp.name}_{d}", {}).get(way) for way in ("packets", "bytes")
@@ -317,7 +317,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def _health(fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, family: int, now: float) -> Health:
-    machine = (fleet.machines6 if family == 6 else fleet.machines).get(name)
+    machine = fleet.machines[6 if family == 6 else 4].get(name)
     probe = probes.get((name, family))
     if machine is None or probe is None:
         return Health()
@@ -341,14 +341,14 @@ def _ipv6(config: Config, fleet: Fleet, probes: Mapping[tuple[str, int], Probes]
     isp = next((i for i in config.isps if i.name == name), None)
     if isp is None or isp.ipv6.mode == "off":
         return None
-    own = name in fleet.machines6
+    own = fleet.own_ipv6(name)
     link = fleet.uplink(name)
     return Ipv6(
         mode=isp.ipv6.mode,
         gateway=str(link.via6) if link.via6 is not None else ("device route" if link.ready6 else None),
         gateway_source=link.source6,
         uplink=link.problem6,
-        status=fleet.statuses6().get(name, fleet.statuses()[name]).value,
+        status=fleet.statuses(6)[name].value,
         own_health=own,
         health=_health(fleet, probes, name, 6, now) if own else None,
     )

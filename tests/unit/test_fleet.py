@@ -10,7 +10,7 @@ import pytest
 from wanlb import runtime
 from wanlb.config import Config, parse_config
 from wanlb.fleet import Effect, Emit, Fleet, Flush, Reconcile, SaveState
-from wanlb.plan import IspStatus
+from wanlb.states import IspStatus
 from wanlb.uplink import Uplink
 
 UP, DOWN, DEGRADED, DISABLED = IspStatus.UP, IspStatus.DOWN, IspStatus.DEGRADED, IspStatus.DISABLED
@@ -290,7 +290,7 @@ def test_reload_removing_an_isp_flushes_its_old_mark_and_says_removed() -> None:
     assert effects[:2] == [SaveState(allocation.state), Reconcile("reload")]
     assert summary(effects[2:]) == [("flush", "b", 0x200, 0xFF00), ("emit", "b", "removed", "removed", "up")]
     assert events(effects)[0].interface == "wan2"
-    assert set(fleet.machines) == {"a", "c"} and fleet.state == allocation.state
+    assert set(fleet.machines[4]) == {"a", "c"} and fleet.state == allocation.state
     assert fleet.state.retired == (runtime.Retired(0x200, 0xFF00, "b"),)
 
 
@@ -333,15 +333,15 @@ def test_reload_changing_health_parameters_keeps_the_status() -> None:
     _, effects = reload(fleet, clock, config("abc", extra="hooks: []\n", **slower))
     assert summary(effects) == [("save",), ("reconcile",)]
     assert fleet.statuses() == {"a": DOWN, "b": DISABLED, "c": DOWN}
-    assert fleet.machines["a"].params.down_after == 4 and fleet.machines["c"].link_down
+    assert fleet.machines[4]["a"].params.down_after == 4 and fleet.machines[4]["c"].link_down
 
 
 def test_reload_without_changes_only_saves_and_reconciles() -> None:
     fleet, clock = make()
     rounds(fleet, clock, "a", "---")
-    machine = fleet.machines["a"]
+    machine = fleet.machines[4]["a"]
     _, effects = reload(fleet, clock, config())
-    assert summary(effects) == [("save",), ("reconcile",)] and fleet.machines["a"] is machine
+    assert summary(effects) == [("save",), ("reconcile",)] and fleet.machines[4]["a"] is machine
 
 
 # --- resync: the flushes still missing ------------------------------------------------------------

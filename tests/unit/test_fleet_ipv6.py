@@ -11,7 +11,8 @@ import pytest
 from wanlb import runtime
 from wanlb.config import Config, ConfigError, parse_config
 from wanlb.fleet import Effect, Emit, Fleet, Flush
-from wanlb.plan import IspStatus, plan
+from wanlb.plan import plan
+from wanlb.states import IspStatus
 
 UP, DOWN, DISABLED = IspStatus.UP, IspStatus.DOWN, IspStatus.DISABLED
 V6 = "ipv6: {mode: masquerade}"
@@ -52,13 +53,13 @@ def events(effects: list[Effect]) -> list[tuple[str, str, str]]:
 
 def test_ipv6_down_alone_keeps_ipv4_up_and_flushes_only_ipv6() -> None:
     fleet, _, clock = make()
-    assert set(fleet.machines6) == {"a"}  # b has no IPv6 targets, c no IPv6
+    assert set(fleet.machines[6]) == {"a"}  # b has no IPv6 targets, c no IPv6
     effects = rounds(fleet, clock, "a", "---", family=6)
-    assert fleet.statuses()["a"] == UP and fleet.statuses6()["a"] == DOWN
+    assert fleet.statuses()["a"] == UP and fleet.statuses(6)["a"] == DOWN
     assert flushes(effects) == [("a", 6)]
-    assert events(effects) == [("a", "down", "6")]
+    assert events(effects) == [("a", "down", 6)]
     # balancing: IPv4 keeps a, IPv6 loses it
-    desired = plan(fleet.config, fleet.state, fleet.statuses(), statuses6=fleet.statuses6())
+    desired = plan(fleet.config, fleet.state, fleet.statuses(), statuses6=fleet.statuses(6))
     assert "a" in {i.name for i in desired.active} and "a" not in dict(desired.balance6)
     assert dict(desired.balance6) == {"b": 1}
 
@@ -66,29 +67,29 @@ def test_ipv6_down_alone_keeps_ipv4_up_and_flushes_only_ipv6() -> None:
 def test_ipv4_down_alone_flushes_only_ipv4_when_ipv6_has_its_own_health() -> None:
     fleet, _, clock = make()
     effects = rounds(fleet, clock, "a", "---", family=4)
-    assert fleet.statuses()["a"] == DOWN and fleet.statuses6()["a"] == UP
+    assert fleet.statuses()["a"] == DOWN and fleet.statuses(6)["a"] == UP
     assert flushes(effects) == [("a", 4)]
-    assert events(effects) == [("a", "down", "4")]
+    assert events(effects) == [("a", "down", 4)]
 
 
 def test_without_ipv6_targets_ipv6_follows_the_isp_and_both_families_are_flushed() -> None:
     fleet, _, clock = make()
     effects = rounds(fleet, clock, "b", "---", family=4)
-    assert fleet.statuses6()["b"] == DOWN
+    assert fleet.statuses(6)["b"] == DOWN
     assert flushes(effects) == [("b", 0)]
-    assert events(effects) == [("b", "down", "")]
+    assert events(effects) == [("b", "down", 0)]
     assert rounds(fleet, clock, "b", "---", family=6) == []  # no IPv6 state: a stray round changes nothing
 
 
 def test_a_dead_link_and_an_admin_drain_take_both_families() -> None:
     fleet, _, _ = make()
     effects = fleet.link("wan1", False, 1.0, 1e9)
-    assert fleet.statuses()["a"] == DOWN and fleet.statuses6()["a"] == DOWN
+    assert fleet.statuses()["a"] == DOWN and fleet.statuses(6)["a"] == DOWN
     assert sorted(flushes(effects)) == [("a", 4), ("a", 6)]
     fleet.link("wan1", True, 2.0, 1e9)
     _, effects = fleet.disable("a", 3.0, 1e9)
-    assert fleet.statuses()["a"] == DISABLED and fleet.statuses6()["a"] == DISABLED
-    assert sorted(events(effects)) == [("a", "disabled", "4"), ("a", "disabled", "6")]
+    assert fleet.statuses()["a"] == DISABLED and fleet.statuses(6)["a"] == DISABLED
+    assert sorted(events(effects)) == [("a", "disabled", 4), ("a", "disabled", 6)]
     assert flushes(effects) == []  # a drain keeps connections
 
 
@@ -96,8 +97,8 @@ def test_ipv6_recovers_on_its_own_rounds() -> None:
     fleet, _, clock = make()
     rounds(fleet, clock, "a", "---", family=6)
     effects = rounds(fleet, clock, "a", "+++++", family=6)
-    assert fleet.statuses6()["a"] == UP
-    assert events(effects) == [("a", "up", "6")]
+    assert fleet.statuses(6)["a"] == UP
+    assert events(effects) == [("a", "up", 6)]
 
 
 def test_the_resync_retries_an_ipv6_flush_that_left_entries() -> None:
@@ -113,10 +114,10 @@ def test_a_reload_keeps_the_ipv6_state_and_drops_it_with_the_targets() -> None:
     rounds(fleet, clock, "a", "---", family=6)
     allocation = runtime.allocate(cfg, fleet.state, reload=True)
     fleet.reload(cfg, allocation, 5.0, 1e9)
-    assert fleet.statuses6()["a"] == DOWN  # the same config: the state is kept
+    assert fleet.statuses(6)["a"] == DOWN  # the same config: the state is kept
     fewer = parse_config(TEXT.replace("[192.0.2.1, 2001:db8:f::10]", "[192.0.2.1]"))
     fleet.reload(fewer, runtime.allocate(fewer, fleet.state, reload=True), 6.0, 1e9)
-    assert "a" not in fleet.machines6 and fleet.statuses6()["a"] == UP  # follows the ISP again
+    assert "a" not in fleet.machines[6] and fleet.statuses(6)["a"] == UP  # follows the ISP again
 
 
 def test_ipv6_targets_need_an_isp_that_carries_ipv6() -> None:

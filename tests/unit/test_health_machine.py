@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wanlb.health.machine import HealthMachine, HealthParams
-from wanlb.plan import IspStatus
+from wanlb.states import IspStatus
 
 UP, DOWN, DEGRADED, DISABLED = IspStatus.UP, IspStatus.DOWN, IspStatus.DEGRADED, IspStatus.DISABLED
 

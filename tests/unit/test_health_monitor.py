@@ -11,7 +11,7 @@ from wanlb.config import parse_config
 from wanlb.health.machine import HealthMachine, HealthParams
 from wanlb.health.monitor import IspMonitor, RoundResult
 from wanlb.health.probes import ProbeFailed
-from wanlb.plan import IspStatus
+from wanlb.states import IspStatus
 
 CONFIG = """
 lan: {interfaces: [lan0]}

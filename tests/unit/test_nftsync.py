@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from wanlb import nftsync, runtime
 from wanlb.config import Config, parse_config
 from wanlb.nftsync import Chain, Counter, Helper, Set, Table
-from wanlb.plan import IspStatus, plan
+from wanlb.plan import plan
 from wanlb.render import render_nft
+from wanlb.states import IspStatus
 from wanlb.uplink import ConnectedRoute
 
 LAN = (ConnectedRoute(ipaddress.IPv4Network("192.168.77.0/24"), "lan0"),)

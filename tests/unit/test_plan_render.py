@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from wanlb import runtime
 from wanlb.config import Config, parse_config
 from wanlb.nftsync import Chain, full_text
-from wanlb.plan import Desired, IspStatus
+from wanlb.plan import Desired
 from wanlb.plan import plan as plan_with_state
 from wanlb.render import PRIORITY_SPAN, render, render_nft, render_routing
+from wanlb.states import IspStatus
 from wanlb.uplink import ConnectedRoute
 
 

@@ -12,10 +12,11 @@ from fakekernel import FakeKernel, table_objects
 from wanlb import runtime
 from wanlb.adapters.nft import NftError
 from wanlb.config import Config, parse_config
-from wanlb.plan import IspStatus, plan
+from wanlb.plan import plan
 from wanlb.reconcile import Reconciler, cleanup, routing_changes
 from wanlb.render import Route, Rule, render, render_nft, render_routing
 from wanlb.runtime import RuntimeState, StateStore
+from wanlb.states import IspStatus
 from wanlb.uplink import ConnectedRoute
 
 NET = ipaddress.IPv4Network

@@ -133,7 +133,7 @@ class Daemon:
         """
         async with self.reconcile_lock:
             fleet = self.fleet
-            args = (fleet.config, fleet.state, fleet.statuses(), dict(fleet.adjusted), fleet.statuses6())
+            args = (fleet.config, fleet.state, fleet.statuses(), dict(fleet.adjusted), fleet.statuses(6))
             # Shielded: a cancelled caller must not release the lock while the thread still works.
             started = time.monotonic()
             work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
@@ -303,7 +303,7 @@ class Daemon:
             return False, str(exc)
         fleet = self.fleet
         verdict = await asyncio.to_thread(
-            verify, new, fleet.state, self.kernel, reload=True, statuses=fleet.statuses(), statuses6=fleet.statuses6()
+            verify, new, fleet.state, self.kernel, reload=True, statuses=fleet.statuses(), statuses6=fleet.statuses(6)
         )
         if verdict.allocation is None or verdict.errors:
             text = "\n".join(f"{path}: {e}" if e.startswith("the kernel") else e for e in verdict.errors)

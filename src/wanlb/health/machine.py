@@ -29,7 +29,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from wanlb.plan import IspStatus
+from wanlb.states import IspStatus
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ class Monitors:
         self.stop()
         for isp in config.isps:
             for family in (4, 6):
-                if not isp.health.targets_of(family) or (family == 6 and isp.name not in fleet.machines6):
+                if not isp.health.targets_of(family) or (family == 6 and not fleet.own_ipv6(isp.name)):
                     continue
                 monitor = self.monitor(isp, fleet.state.mark_of(isp.name), self.on_round, family=family,
                                        uplink=functools.partial(fleet.uplink, isp.name))  # fmt: skip
