@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 
 from wanlb import commands, view
 from wanlb.config import ApiConfig, read_bounded
+from wanlb.protocols import NUMBERS as PROTOCOLS
 
 log = logging.getLogger("wanlb.api")
 
@@ -46,7 +47,6 @@ KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream
 MAX_TOKEN_BYTES = 4096
 MAX_CONNECTIONS = 10_000
 CONNECTIONS_TIMEOUT = 10.0
-PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "gre": 47}
 
 
 class TokenError(Exception):
@@ -348,7 +348,7 @@ class Api:
                     raise ValueError(f"no ISP named {isp!r}")
                 kwargs.update(mark=marks[isp], mark_mask=mask)
             if proto is not None:
-                kwargs["proto"] = PROTOS[proto] if proto in PROTOS else int(proto)
+                kwargs["proto"] = PROTOCOLS[proto] if proto in PROTOCOLS else int(proto)
             if src is not None:
                 kwargs["src"] = ipaddress.ip_network(src)
             if dst is not None:

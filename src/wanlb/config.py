@@ -36,6 +36,8 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
+from wanlb.protocols import NUMBERS as PROTOCOLS
+from wanlb.protocols import PORT_PROTOS
 from wanlb.runtime import mark_shift
 
 DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"
@@ -385,8 +387,6 @@ class LanConfig(_Model):
 Algorithm = Literal["weighted", "hash", "least-conn", "latency", "failover"]
 HashField = Literal["src", "dst", "proto", "sport", "dport"]
 _RULE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,23}")
-_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "udplite": 136, "gre": 47, "esp": 50, "ah": 51}
-PORT_PROTOS = (6, 17, 132, 136)  # protocols with ports (th sport/dport)
 _DSCP = {"ef": 46, "va": 44, **{f"cs{i}": i * 8 for i in range(8)}}
 _DSCP.update({f"af{c}{d}": c * 8 + d * 2 for c in range(1, 5) for d in range(1, 4)})
 DSCP_NAMES = {v: k for k, v in _DSCP.items()}
@@ -417,11 +417,11 @@ def _parse_port(value: Any) -> tuple[int, int]:
 
 
 def _parse_proto(value: Any) -> int:
-    if isinstance(value, str) and value.lower() in _PROTOS:
-        return _PROTOS[value.lower()]
+    if isinstance(value, str) and value.lower() in PROTOCOLS:
+        return PROTOCOLS[value.lower()]
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
         return value
-    raise ValueError(f"{_clip(repr(value), 40)}: use tcp, udp, icmp, sctp, udplite, gre, esp, ah or a number 0-255")
+    raise ValueError(f"{_clip(repr(value), 40)}: use {', '.join(PROTOCOLS)} or a number 0-255")
 
 
 def _parse_dscp(value: Any) -> int:
@@ -548,7 +548,7 @@ class RuleConfig(_Model):
         if len(targets) != 1:
             raise ValueError("give exactly one of via (an ISP), policy (a policy name) or action (bypass, drop)")
         if (self.sport or self.dport) and self.proto is not None and self.proto not in PORT_PROTOS:
-            raise ValueError("ports need proto tcp, udp, sctp or udplite (or no proto: tcp and udp)")
+            raise ValueError("ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)")
         return self
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from wanlb.config import DSCP_NAMES, RuleConfig
 from wanlb.nftsync import FAMILY, TABLE, Chain, Counter, Object, Set
+from wanlb.protocols import NAMES as PROTO_NAMES
 
 # (field, nft key expression, nft type)
 FIELDS = (
@@ -42,7 +43,6 @@ FIELDS = (
 FIELDS6 = (("src", "ip6 saddr", "ipv6_addr"), ("dst", "ip6 daddr", "ipv6_addr"), *FIELDS[2:])
 MAX_MAP_ELEMENTS = 4096  # a rule whose product of values is larger stays a rule of its own
 MAX_PARTS = 256  # distinct leading-field values in one map (bounds the overlap checks) before a new map starts
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 132: "sctp", 136: "udplite", 47: "gre", 50: "esp", 51: "ah"}
 Interval = tuple[int, int]
 
 

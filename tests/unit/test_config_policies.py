@@ -122,12 +122,12 @@ def test_no_policies_and_no_rules_by_default() -> None:
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: icmp, dport: [80], via: fiber}\n",
-            "wanlb.yaml:6: rules.0: ports need proto tcp, udp, sctp or udplite (or no proto: tcp and udp)",
+            "wanlb.yaml:6: rules.0: ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)",
             id="ports with proto icmp",
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: 47, sport: 80, via: fiber}\n",
-            "wanlb.yaml:6: rules.0: ports need proto tcp, udp, sctp or udplite (or no proto: tcp and udp)",
+            "wanlb.yaml:6: rules.0: ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)",
             id="ports with proto gre by number",
         ),
         pytest.param(
@@ -190,12 +190,14 @@ def test_no_policies_and_no_rules_by_default() -> None:
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: tcpp, via: fiber}\n",
-            "wanlb.yaml:6: rules.0.proto: 'tcpp': use tcp, udp, icmp, sctp, udplite, gre, esp, ah or a number 0-255",
+            "wanlb.yaml:6: rules.0.proto: 'tcpp': use tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, esp, ah or a "
+            "number 0-255",
             id="unknown protocol",
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: 256, via: fiber}\n",
-            "wanlb.yaml:6: rules.0.proto: 256: use tcp, udp, icmp, sctp, udplite, gre, esp, ah or a number 0-255",
+            "wanlb.yaml:6: rules.0.proto: 256: use tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, esp, ah or a "
+            "number 0-255",
             id="protocol number too large",
         ),
         pytest.param(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+from wanlb import protocols
+
 NETLINK_NETFILTER = 12
 
 # netlink message header flags / types
@@ -206,20 +208,10 @@ IPPROTO_SCTP = 132
 IPPROTO_DCCP = 33
 IPPROTO_UDPLITE = 136
 IPPROTO_GRE = 47
-PORT_PROTOS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP})
-ICMP_PROTOS = frozenset({IPPROTO_ICMP, IPPROTO_ICMPV6})
-
-PROTO_NAMES: dict[int, str] = {
-    IPPROTO_TCP: "tcp",
-    IPPROTO_UDP: "udp",
-    IPPROTO_ICMP: "icmp",
-    IPPROTO_ICMPV6: "icmpv6",
-    IPPROTO_SCTP: "sctp",
-    IPPROTO_DCCP: "dccp",
-    IPPROTO_UDPLITE: "udplite",
-    IPPROTO_GRE: "gre",
-}
-PROTO_NUMBERS: dict[str, int] = {v: k for k, v in PROTO_NAMES.items()}
+PORT_PROTOS = protocols.PORT_PROTOS
+ICMP_PROTOS = protocols.ICMP_PROTOS
+PROTO_NAMES: dict[int, str] = protocols.NAMES
+PROTO_NUMBERS: dict[str, int] = protocols.NUMBERS
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
