@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from wanlb import __version__
+from wanlb.paths import DEFAULT_CONFIG_PATH, find_socket
 
 if TYPE_CHECKING:
     from wanlb.config import Config
@@ -29,8 +30,6 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 EXIT_NO_DAEMON = 3
 EVENTS_SHOWN = 5
-DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"  # = wanlb.config's (a unit test checks), without importing it
-DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
 
 config_option = click.option(
     "--config",
@@ -66,23 +65,8 @@ def _load(config_path: str) -> Config:
 
 
 def resolve_socket(socket_path: str | None, config_path: str) -> str:
-    """Explicit --socket wins; else the config's control.socket if the config is readable."""
-    if socket_path:
-        return socket_path
-    import yaml
-
-    from wanlb.config import ConfigError, load_config
-
-    try:
-        return load_config(config_path).control.socket
-    except ConfigError:
-        # An invalid config may still name the socket (e.g. `wanlb reload` of a broken
-        # file must reach the daemon so it can refuse it and say why).
-        try:
-            with open(config_path) as fh:
-                return str(yaml.safe_load(fh)["control"]["socket"])
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            return DEFAULT_SOCKET
+    """Explicit --socket wins; else the config's control.socket (see :func:`wanlb.paths.find_socket`)."""
+    return find_socket(socket_path, config_path)
 
 
 def ask_daemon(socket_path: str, message: dict[str, Any]) -> dict[str, Any]:

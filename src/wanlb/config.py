@@ -36,11 +36,11 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
+from wanlb.paths import DEFAULT_SOCKET
 from wanlb.protocols import NUMBERS as PROTOCOLS
 from wanlb.protocols import PORT_PROTOS
 from wanlb.runtime import mark_shift
 
-DEFAULT_CONFIG_PATH = "/etc/wanlb/wanlb.yaml"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 50
 MIN_INTERVAL = 0.01  # seconds between probe rounds, at least
@@ -48,7 +48,6 @@ MAX_TIMEOUT = 60.0
 MAX_ROUNDS_IN_FLIGHT = 100
 MAX_NODES = 50_000
 MAX_ISSUES = 20
-DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
 
 _DURATION_RE = re.compile(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*(ms|s|m|h)?\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

@@ -26,9 +26,8 @@ from wanlb.ctnetlink.client import Conntrack
 from wanlb.ctnetlink.entry import Entry
 from wanlb.ctnetlink.filters import Filter
 from wanlb.ctnetlink.format import EVENT_PREFIX, TextFormatter, json_line
+from wanlb.paths import DEFAULT_CONFIG_PATH, DEFAULT_SOCKET, find_socket
 
-DEFAULT_CONFIG = "/etc/wanlb/wanlb.yaml"
-DEFAULT_SOCKET = "/run/wanlb/wanlb.sock"
 EXIT_READER_LEFT = 128 + 13  # SIGPIPE
 
 
@@ -63,7 +62,7 @@ class Ctx:
         """--socket, else the config's ``control.socket`` (a plain YAML read), else the default."""
         if self.explicit_socket:
             return self.explicit_socket
-        return (_yaml_socket(self.config) if os.path.exists(self.config) else None) or DEFAULT_SOCKET
+        return find_socket(None, self.config)
 
     def isps(self, required: bool) -> Isps | None:
         """ISP marks as the running wanlb allocated them (its runtime state), else as the config would.
@@ -132,25 +131,6 @@ def _ask(socket_path: str, req: dict[str, Any]) -> dict[str, Any] | None:
     try:
         return request(socket_path, req)
     except (ControlError, OSError):
-        return None
-
-
-def _read_yaml(path: str) -> Any:
-    """The file's YAML as plain data (no validation, no pydantic); None if unreadable."""
-    import yaml
-
-    try:
-        with open(path) as fh:
-            return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _yaml_socket(path: str) -> str | None:
-    """``control.socket`` as written in the file, if it is; only used to find the daemon."""
-    try:
-        return str(_read_yaml(path)["control"]["socket"])
-    except (TypeError, KeyError):
         return None
 
 
@@ -301,7 +281,7 @@ def _reader_left() -> NoReturn:
 
 
 @click.group(name="conntrack", cls=_Group)
-@click.option("--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG, show_default=True)
+@click.option("--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG_PATH, show_default=True)
 @click.option(
     "--socket",
     "socket_path",

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from wanlb import cli, config, conntrack_cli
+from wanlb import cli, config, conntrack_cli, paths
 
 HEAVY = ("rich", "pydantic", "yaml", "wanlb.config", "wanlb.lab", "wanlb.daemon")
 EXAMPLE = next((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
@@ -69,5 +69,14 @@ def test_help_lists_every_command_once() -> None:
 
 
 def test_defaults_equal_the_configs() -> None:
-    assert cli.DEFAULT_CONFIG_PATH == conntrack_cli.DEFAULT_CONFIG == config.DEFAULT_CONFIG_PATH
-    assert cli.DEFAULT_SOCKET == conntrack_cli.DEFAULT_SOCKET == config.DEFAULT_SOCKET
+    assert config.ControlConfig().socket == paths.DEFAULT_SOCKET  # the one place both CLIs and the config read
+    assert [p.default for p in conntrack_cli.conntrack.params if p.name == "config"] == [paths.DEFAULT_CONFIG_PATH]
+
+
+def test_the_socket_is_found_even_in_a_broken_config(tmp_path: Path) -> None:
+    broken = tmp_path / "wanlb.yaml"
+    broken.write_text("control: {socket: /run/x/y.sock}\nisps: [oops\n")
+    assert paths.find_socket(None, str(broken)) == paths.DEFAULT_SOCKET  # not YAML at all: the default
+    broken.write_text("control: {socket: /run/x/y.sock}\nisps: 3\n")  # YAML, not a valid config
+    assert paths.find_socket(None, str(broken)) == "/run/x/y.sock"
+    assert paths.find_socket("/explicit.sock", str(broken)) == "/explicit.sock"
