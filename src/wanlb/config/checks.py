@@ -1,0 +1,171 @@
+"""Checks across the whole file that single-field validation cannot see: duplicate names, interfaces, marks
+and tables, policies and rules naming what exists, IPv6 prefixes that fit together."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from wanlb.config.errors import ConfigIssue, _format_loc
+from wanlb.config.schema import Config
+from wanlb.runtime import mark_shift
+
+if TYPE_CHECKING:
+    from wanlb.config.loader import _LineMap
+
+
+def _ipv6_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """An ISP's IPv6 needs the LAN's prefixes; a routed prefix is one of them; netmap needs exactly one LAN
+    prefix left to translate (not a routed one) of its own prefix's length; prefixes never overlap."""
+    issues: list[ConfigIssue] = []
+    lan6 = cfg.lan.ipv6_prefixes
+    routed = [isp.ipv6.prefix for isp in cfg.isps if isp.ipv6.mode == "routed" and isp.ipv6.prefix is not None]
+    translated = [n for n in lan6 if n not in routed]
+    seen: dict[ipaddress.IPv6Network, int] = {}
+    for i, isp in enumerate(cfg.isps):
+        mode, prefix = isp.ipv6.mode, isp.ipv6.prefix
+        loc: tuple[str | int, ...] = ("isps", i, "ipv6", "mode")
+        problem = None
+        if mode != "off" and not lan6:
+            problem = f"ipv6 mode {mode} needs lan.ipv6_prefixes (the LAN's IPv6 prefixes)"
+        elif isp.ipv6.prefix_from is not None and len(translated) != 1:
+            loc = ("isps", i, "ipv6", "prefix_from")
+            problem = f"netmap maps one LAN prefix; lan.ipv6_prefixes has {len(translated)} not routed by an ISP"
+        elif prefix is not None:
+            loc = ("isps", i, "ipv6", "prefix")
+            if mode == "routed" and prefix not in lan6:
+                problem = f"{prefix} must be one of lan.ipv6_prefixes: a routed prefix is the LAN's"
+            elif mode == "netmap" and len(translated) != 1:
+                problem = f"netmap maps one LAN prefix; lan.ipv6_prefixes has {len(translated)} not routed by an ISP"
+            elif mode == "netmap" and translated[0].prefixlen != prefix.prefixlen:  # (prefix_from: checked live)
+                problem = f"{prefix} must have the LAN prefix's length (/{translated[0].prefixlen}) to keep host bits"
+            elif any(prefix.overlaps(other) for other in seen):
+                problem = f"{prefix} overlaps isps.{seen[next(o for o in seen if prefix.overlaps(o))]}'s prefix"
+            seen.setdefault(prefix, i)
+        if problem:
+            issues.append(ConfigIssue(lines.line_for(loc), _format_loc(loc), problem))
+    return issues
+
+
+def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """Checks across ISPs that single-field validation cannot see."""
+    issues: list[ConfigIssue] = []
+
+    def dup(field: str, value_of) -> None:
+        seen: dict[Any, int] = {}
+        for i, isp in enumerate(cfg.isps):
+            value = value_of(isp)
+            if value is None:
+                continue
+            if value in seen:
+                loc = ("isps", i, field)
+                issues.append(
+                    ConfigIssue(
+                        lines.line_for(loc),
+                        _format_loc(loc),
+                        f"duplicate {field} {_show(value)} (also used by isps.{seen[value]})",
+                    )
+                )
+            else:
+                seen[value] = i
+
+    dup("name", lambda i: i.name)
+    dup("interface", lambda i: i.interface)
+    dup("mark", lambda i: i.mark)
+    dup("table", lambda i: i.table)
+    tables = {isp.table: isp.name for isp in cfg.isps if isp.table is not None}
+    for i, isp in enumerate(cfg.isps):
+        if isp.gateway_table is not None and isp.gateway_table in tables:
+            loc = ("isps", i, "gateway_table")
+            issues.append(
+                ConfigIssue(
+                    lines.line_for(loc),
+                    _format_loc(loc),
+                    f"table {isp.gateway_table} is the routing table wanlb fills for ISP {tables[isp.gateway_table]!r}"
+                    ": gateway_table names the table the uplink's own client writes its default route to",
+                )
+            )
+
+    shift = mark_shift(cfg.mark_mask)
+    for i, isp in enumerate(cfg.isps):
+        if isp.mark is not None and (isp.mark & ~cfg.mark_mask or not isp.mark & cfg.mark_mask):
+            loc = ("isps", i, "mark")
+            issues.append(
+                ConfigIssue(
+                    lines.line_for(loc),
+                    _format_loc(loc),
+                    f"mark {isp.mark:#x} is outside mark_mask {cfg.mark_mask:#x}",
+                )
+            )
+        if isp.interface in cfg.lan.interfaces:
+            loc = ("isps", i, "interface")
+            issues.append(
+                ConfigIssue(lines.line_for(loc), _format_loc(loc), f"{isp.interface} is also a LAN interface")
+            )
+    issues += _policy_checks(cfg, lines)
+    issues += _ipv6_checks(cfg, lines)
+    capacity = cfg.mark_mask >> shift
+    if len(cfg.isps) > capacity:
+        loc = ("mark_mask",)
+        issues.append(
+            ConfigIssue(
+                lines.line_for(loc),
+                "mark_mask",
+                f"mark_mask {cfg.mark_mask:#x} holds only {capacity} ISP marks, {len(cfg.isps)} ISPs configured",
+            )
+        )
+    return issues
+
+
+def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """Policies and rules name ISPs and policies that exist; names are unique."""
+    issues: list[ConfigIssue] = []
+    isps = {i.name for i in cfg.isps}
+
+    def issue(loc: tuple[Any, ...], message: str) -> None:
+        issues.append(ConfigIssue(lines.line_for(loc), _format_loc(loc), message))
+
+    if "default" in cfg.policies:
+        issue(("policies", "default"), "'default' is the implicit policy of every ISP (balance); pick another name")
+    for name, pol in cfg.policies.items():
+        seen: set[str] = set()
+        for j, member in enumerate(pol.members):
+            if member.isp not in isps:
+                issue(("policies", name, "members", j, "isp"), f"no ISP named {_show(member.isp)}")
+            elif member.isp in seen:
+                issue(("policies", name, "members", j, "isp"), f"{_show(member.isp)} is listed twice")
+            seen.add(member.isp)
+    names: dict[str, int] = {}
+    for i, rule in enumerate(cfg.rules):
+        if rule.name in names:
+            issue(("rules", i, "name"), f"duplicate rule name {_show(rule.name)} (also rules.{names[rule.name]})")
+        names.setdefault(rule.name, i)
+        if rule.via is not None and rule.via not in isps:
+            issue(("rules", i, "via"), f"no ISP named {_show(rule.via)}")
+        if rule.policy is not None and rule.policy != "default" and rule.policy not in cfg.policies:
+            issue(("rules", i, "policy"), f"no policy named {_show(rule.policy)} (policies: {_known(cfg.policies)})")
+        for j, iif in enumerate(rule.iif):
+            if any(iif == isp.interface for isp in cfg.isps):
+                issue(("rules", i, "iif", j), f"{iif} is a WAN interface: rules match traffic from the LAN")
+            elif iif not in cfg.lan.interfaces:  # only lan.interfaces reach the rules: it could never match
+                lan = ", ".join(cfg.lan.interfaces)
+                issue(("rules", i, "iif", j), f"{iif} is not in lan.interfaces ({lan}): add it there to balance it")
+    return issues
+
+
+def _known(names: Iterable[str]) -> str:
+    listed = sorted(names)
+    return ", ".join(listed[:10]) + (" …" if len(listed) > 10 else "") if listed else "none defined"
+
+
+def _show(value: Any) -> str:
+    return (
+        f"{value:#x}"
+        if isinstance(value, int) and value > 255
+        else repr(value)
+        if isinstance(value, str)
+        else str(value)
+    )
+
+
