@@ -322,9 +322,7 @@ class Fleet:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _link(
-        self, isp: IspConfig, usable: Mapping[Family, tuple[bool, str]], now: float, wall: float
-    ) -> list[Effect]:
+    def _link(self, isp: IspConfig, usable: Mapping[Family, tuple[bool, str]], now: float, wall: float) -> list[Effect]:
         """Feed an uplink's usability (and, when unusable, why) to the ISP's machine of each family."""
         effects: list[Effect] = []
         for family in FAMILIES:

@@ -299,8 +299,11 @@ def build(
             for p in (desired.policies if desired else ())
         ),
         rules=tuple(
-            Rule(r.name, r.action or (f"via {r.via}" if r.via else f"policy {r.policy}"),
-                 counters.get(f"rule_{r.name}", {}).get("packets"))
+            Rule(
+                r.name,
+                r.action or (f"via {r.via}" if r.via else f"policy {r.policy}"),
+                counters.get(f"rule_{r.name}", {}).get("packets"),
+            )
             for r in (desired.rules if desired else ())
         ),
         adjusted_weights={p: dict(w) for p, w in fleet.adjusted.items()},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -18,6 +17,8 @@ TESTS = str(Path(__file__).resolve().parents[1])
 if TESTS not in sys.path:  # the shared test helpers in tests/ (badinputs) import as top-level modules
     sys.path.insert(0, TESTS)
 
+from harness import gw, unique_lab_name  # noqa: E402, F401  (the shared lab harness: tests/integration/harness.py)
+
 
 @pytest.fixture
 def require_root() -> None:
@@ -25,11 +26,6 @@ def require_root() -> None:
     `pytestmark = pytest.mark.usefixtures("require_root")`; `lab_factory` and `lab_name` imply it."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
         pytest.skip("needs root, iproute2 and nft")
-
-
-def unique_lab_name() -> str:
-    """`t<pid><4 hex>`: unique across concurrent test runs on one machine, valid as a lab name."""
-    return f"t{os.getpid()}{secrets.token_hex(2)}"
 
 
 @pytest.fixture

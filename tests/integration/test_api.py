@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness import module_lab
 from prometheus_client.parser import text_string_to_metric_families
 
 from wanlb.lab.gateway import LabGateway
@@ -43,10 +44,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"api{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
-        yield lab
+lab = module_lab(isps=3, clients=2)
 
 
 @pytest.fixture(scope="module")

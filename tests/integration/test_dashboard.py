@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
@@ -52,10 +52,7 @@ TOKEN = "dashboard-token-for-the-lab-0123456789"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"dash{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2, ipv6=True) as lab:
-        yield lab
+lab = module_lab(isps=3, clients=2, ipv6=True)
 
 
 @pytest.fixture(scope="module")

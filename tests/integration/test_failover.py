@@ -10,12 +10,12 @@ import json
 import os
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import module_lab
 
 from wanlb.lab.gateway import WANLB, LabGateway
 from wanlb.lab.lab import Lab, python_module
@@ -24,23 +24,7 @@ from wanlb.lab.topology import isp_for_source
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 ALL_UP = {"isp1": "up", "isp2": "up", "isp3": "up"}
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"f{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
-        yield lab
-
-
-@pytest.fixture
-def gw(lab: Lab) -> Iterator[LabGateway]:
-    g = LabGateway(lab)
-    try:
-        yield g
-    finally:
-        for isp in lab.isps:
-            lab.heal(isp)
-        g.stop(cleanup=True)
+lab = module_lab(isps=3, clients=2)
 
 
 def start(gw: LabGateway, edit: Callable[[dict[str, Any]], None] = lambda cfg: None) -> None:

@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
@@ -43,10 +43,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"p{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
-        yield lab
+lab = module_lab(isps=3, clients=2)
 
 
 @pytest.fixture

@@ -17,12 +17,11 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness import module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
@@ -139,23 +138,14 @@ def wait_file(path: Any, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"v6{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2, ipv6=True) as lab:
-        sink = lab.dir / "sink6.ready"
-        lab.popen("inet", ["python3", "-c", f"READY = {str(sink)!r}\n" + _SINK], label="sink6")
-        wait_file(sink, "the IPv6 sink")
-        yield lab
+def _sink(lab: Lab) -> None:
+    """An IPv6 sink in inet that the tests' connections go to."""
+    sink = lab.dir / "sink6.ready"
+    lab.popen("inet", ["python3", "-c", f"READY = {str(sink)!r}\n" + _SINK], label="sink6")
+    wait_file(sink, "the IPv6 sink")
 
 
-@pytest.fixture
-def gw(lab: Lab) -> Iterator[LabGateway]:
-    gateway = LabGateway(lab)
-    yield gateway
-    if gateway.proc is not None and gateway.proc.poll() is None:
-        gateway.stop(cleanup=True)
-    for i in (1, 2, 3):
-        lab.heal(f"isp{i}")
+lab = module_lab(_sink, isps=3, clients=2, ipv6=True)
 
 
 def start(gw: LabGateway, edit: Any = lambda _d: None, want: dict[str, str] = ALL_UP) -> None:

@@ -17,10 +17,9 @@ import os
 import re
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
+from harness import module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
@@ -88,22 +87,7 @@ def gw_ipv6(lab: Lab, *args: str) -> str:
     return lab.run("gw", ["ip", "-6", *args], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"v{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
-        enable_ipv6(lab)
-        start_http6(lab)
-        yield lab
-
-
-@pytest.fixture
-def gw(lab: Lab) -> Iterator[LabGateway]:
-    g = LabGateway(lab)
-    g.write(lambda cfg: None)  # the lab's default config
-    try:
-        yield g
-    finally:
-        g.stop(cleanup=True)
+lab = module_lab(lambda built: (enable_ipv6(built), start_http6(built)), isps=3, clients=2)
 
 
 def test_ipv6_is_forwarded_untouched_while_the_daemon_runs(lab: Lab, gw: LabGateway) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from acceptance import STALL, Streams, wait_streams_established
+from harness import module_lab
 
 from wanlb.control import DaemonRefused
 from wanlb.lab.gateway import LabGateway
@@ -31,24 +31,14 @@ STREAMS = 9
 INITIAL = ("isp1", "isp2", "isp3")
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"e{os.getpid()}{uuid.uuid4().hex[:4]}", isps=4, clients=2) as lab:
-        # A connection whose conntrack entry was flushed must not be re-adopted mid-stream (loose TCP
-        # pickup): re-balanced onto the renamed ISP's same interface it could keep its address and port
-        # and flow on as if nothing happened, which would make "its connections were flushed" unobservable.
-        lab.run("gw", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"], check=True)
-        yield lab
+def _strict_tcp(lab: Lab) -> None:
+    """A connection whose conntrack entry was flushed must not be re-adopted mid-stream (loose TCP pickup):
+    re-balanced onto the renamed ISP's same interface it could keep its address and port and flow on as if
+    nothing happened, which would make "its connections were flushed" unobservable."""
+    lab.run("gw", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"], check=True)
 
 
-@pytest.fixture
-def gw(lab: Lab) -> Iterator[LabGateway]:
-    g = LabGateway(lab)
-    try:
-        yield g
-    finally:
-        g.stop(cleanup=True)
-        lab.run("gw", ["conntrack", "-F"], capture_output=True, check=False)
+lab = module_lab(_strict_tcp, isps=4, clients=2)
 
 
 @pytest.fixture

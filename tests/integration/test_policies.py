@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness import module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
@@ -54,25 +53,26 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab.up(name=f"po{os.getpid()}{uuid.uuid4().hex[:4]}", isps=3, clients=2) as lab:
-        for addr in EXTRA:
-            sh(lab, "inet", "ip", "addr", "add", f"{addr}/32", "dev", "lo")
-        for addr in SOURCES:
-            sh(lab, "c1", "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
-        ready = []
-        for port in (8080, 8081):
-            flag = lab.dir / f"http{port}.ready"
-            flag.unlink(missing_ok=True)
-            lab.popen("inet", python_module("wanlb.lab.servers", "http", "--listen", f"0.0.0.0:{port}",
-                                            "--ready-file", str(flag)), label=f"http{port}")  # fmt: skip
-            ready.append(flag)
-        deadline = time.monotonic() + 15
-        while not all(f.exists() for f in ready):
-            assert time.monotonic() < deadline, "extra HTTP servers did not start"
-            time.sleep(0.05)
-        yield lab
+def _extra_servers(lab: Lab) -> None:
+    """Extra addresses on inet and c1, and HTTP servers on 8080 and 8081."""
+    for addr in EXTRA:
+        sh(lab, "inet", "ip", "addr", "add", f"{addr}/32", "dev", "lo")
+    for addr in SOURCES:
+        sh(lab, "c1", "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+    ready = []
+    for port in (8080, 8081):
+        flag = lab.dir / f"http{port}.ready"
+        flag.unlink(missing_ok=True)
+        lab.popen("inet", python_module("wanlb.lab.servers", "http", "--listen", f"0.0.0.0:{port}",
+                                        "--ready-file", str(flag)), label=f"http{port}")  # fmt: skip
+        ready.append(flag)
+    deadline = time.monotonic() + 15
+    while not all(f.exists() for f in ready):
+        assert time.monotonic() < deadline, "extra HTTP servers did not start"
+        time.sleep(0.05)
+
+
+lab = module_lab(_extra_servers, isps=3, clients=2)
 
 
 def sh(lab: Lab, node: str, *argv: str, stdin: str | None = None) -> str:

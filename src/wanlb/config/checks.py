@@ -167,5 +167,3 @@ def _show(value: Any) -> str:
         if isinstance(value, str)
         else str(value)
     )
-
-

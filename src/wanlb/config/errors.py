@@ -48,5 +48,3 @@ def _clip(text: str, limit: int = 200) -> str:
 
 def _format_loc(loc: Iterable[Any]) -> str:
     return ".".join(str(p) for p in loc)
-
-

@@ -663,5 +663,3 @@ class Config(_Model):
     def state_path(self) -> Path:
         """The runtime state (allocations, what was installed), next to the control socket."""
         return Path(self.control.socket).with_suffix(".state.json")
-
-

@@ -533,7 +533,7 @@ class Topology:
             "        type filter hook forward priority filter; policy accept;\n"
             f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr fc00::/7 counter name "{LAN_LEAK_COUNTER}" drop\n'
             f'        iifname "{ISP_CUSTOMER_IF}" ip6 saddr != {{ 2001:db8:{i}::/64, {isp6_delegation(i, 0)}, '
-            f'{isp6_delegation(i, 1)} }}'
+            f"{isp6_delegation(i, 1)} }}"
             f' counter name "{SPOOF_COUNTER}" drop\n'
             "        jump fail\n"
             "    }\n"
