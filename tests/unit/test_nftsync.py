@@ -553,4 +553,10 @@ def test_a_recreated_base_chain_does_not_block_removing_an_isp() -> None:
     kernel.nft_edit("add chain inet wanlb prerouting { type filter hook prerouting priority -150; policy drop; }")
     cfg2 = config("ac")
     state2 = runtime.allocate(cfg2, state3, reload=True).state
+    kernel.nft_bump("isp_a_rx", 3)
     converge(kernel, table(cfg2, state2), record)  # prerouting's counter map still names isp_b_rx
+    left = kernel.tables["wanlb"]
+    assert left.chains["prerouting"].hook == ("filter", "prerouting", -150, "accept")
+    assert not any("isp_b" in name for name in [*left.counters, *left.sets, *left.chains])
+    assert not any("isp_b" in ref for _, (_, ref) in left.references())
+    assert left.counters["isp_a_rx"][0] == 3  # the other ISPs' counters survive the rebuilt chain

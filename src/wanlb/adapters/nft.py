@@ -59,14 +59,6 @@ def table_json() -> list[dict] | None:
     return json.loads(proc.stdout)["nftables"]
 
 
-def delete_table() -> bool:
-    """Remove our table (and only ours).  Returns whether it existed."""
-    if table_text() is None:
-        return False
-    _run(["delete", "table", FAMILY, TABLE])
-    return True
-
-
 _NFNL_SUBSYS_NFTABLES = 10
 _NFT_MSG_GETGEN = 16
 _NFTA_GEN_ID = 1

@@ -1,1 +1,1 @@
-"""Health monitoring: the pure state machine (probes and the monitor loop come with the health issue)."""
+"""Health monitoring: the pure per-ISP state machine (machine), the probes (probes) and the probing loop (monitor)."""
