@@ -22,12 +22,24 @@ done
 # runs without systemd as init) and runs the daemon under setpriv (util-linux, always there).
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# keepalived (VRRP) and conntrackd (conntrack state sync): the HA pair; wanlb renders their configs and runs
+# them itself, so their packages' own services must never start here (they would speak VRRP / sync on the
+# host's networks): a policy-rc.d refuses every service start while apt runs, and under systemd they are disabled.
+for tool in keepalived:keepalived conntrackd:conntrackd; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
 if [ "${#need[@]}" -gt 0 ]; then
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [ -d /run/systemd/system ]; then  # a machine with systemd running: no DHCP server for its own networks
-  systemctl disable --now isc-dhcp-server.service isc-dhcp-server6.service >/dev/null 2>&1 || true
+if [ -d /run/systemd/system ]; then  # a machine with systemd running: none of these services for its own networks
+  systemctl disable --now isc-dhcp-server.service isc-dhcp-server6.service keepalived.service conntrackd.service \
+    >/dev/null 2>&1 || true
 fi
 python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq python3-pip python3-venv >/dev/null; }
 # Debian's own python3 refuses system-wide pip installs (PEP 668); wanlb is a system daemon, so we

@@ -7,7 +7,7 @@
 # What it creates (each path can be moved by an option or environment variable):
 #   /opt/wanlb/                     a Python virtual environment (Debian's python3 -m venv) holding wanlb
 #                                   (pip-installed from this checkout, not editable) and its dependencies;
-#                                   also share/doc/wanlb (docs), share/wanlb (example, manifest, this script)
+#                                   also share/doc/wanlb (docs), share/wanlb (example, alert rules, manifest, this script)
 #   /usr/local/sbin/wanlb           symlink to /opt/wanlb/bin/wanlb
 #   /etc/systemd/system/wanlb.service   packaging/wanlb.service with the paths above filled in
 #   /etc/wanlb/ (0755) and /etc/wanlb/wanlb.yaml, the example config, only if there is none (never
@@ -238,6 +238,7 @@ do_install() {
   cp "$SRC"/examples/*.yaml "$share/examples/"
   cp "$SRC/README.md" "$SRC"/docs/*.md "$doc/"
   cp "$SRC/scripts/install.sh" "$share/install.sh" # to uninstall without the checkout
+  cp "$SRC/packaging/wanlb-alerts.yml" "$share/"    # Prometheus alerting rules (docs/operations.md)
 
   mkdir -p "$BIN_DIR"
   ln -sfn "$PREFIX/bin/wanlb" "$LINK.new" && mv -Tf "$LINK.new" "$LINK"

@@ -178,7 +178,7 @@ GENERATED = [
     BadInput(
         "targets_49000.yaml",
         _line("      targets: [203.0.113.10, 203.0.113.30]"),
-        "isps.0.health.targets",
+        "isps[fiber].health.targets",
         "at most 64 items",
         "49,000 bad health targets (each would be one validation error)",
         _write(
@@ -212,7 +212,7 @@ GENERATED = [
     BadInput(
         "long_name_1mb.yaml",
         _line("  - name: lte"),
-        "isps.1.name",
+        "isps[2].name",
         "must match",
         "a 1,000,000-character ISP name (quoted back clipped)",
         _write(_base_with("  - name: lte", ["  - name: " + "l" * 1_000_000])),
@@ -220,7 +220,7 @@ GENERATED = [
     BadInput(
         "max_valid_looking.yaml",
         _WAN0[1],  # isp63's (isp0's is the first)
-        "isps.63.interface",
+        "isps[isp63].interface",
         "duplicate interface 'wan0'",
         "~1 MiB: 64 ISPs x 64 targets, 10,000 bypass networks; the last ISP repeats wan0",
         _write(MAX_VALID_LOOKING),

@@ -9,7 +9,9 @@ need it too unless ``api.public_read``.  A wrong or missing token is 401 and cha
 ``/api/v1/stream`` is Server-Sent Events: every ISP event and reload as it happens, and once a second
 while anyone listens a ``stats`` message (per ISP: connections, new connections/s, bytes/s in and out,
 from the nft counters).  Each client has a bounded queue; one that does not keep up is disconnected
-rather than let the daemon buffer for it.
+rather than let the daemon buffer for it.  Events and reloads carry ids, and a client that reconnects with
+``Last-Event-ID`` gets what it missed from the last :data:`REPLAY` (:class:`Hub`).  ``/api/v1/history`` is
+the daemon's last day of 10 s samples per ISP (:mod:`wanlb.trends`), for the dashboard's charts.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import stat
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +46,9 @@ log = logging.getLogger("wanlb.api")
 MAX_STREAM_CLIENTS = 32
 MAX_HTTP_CONNECTIONS = 100
 STREAM_QUEUE = 256  # messages buffered per SSE client before it is dropped as too slow
+REPLAY = 256  # events and reloads kept for clients that reconnect with Last-Event-ID
+UNNUMBERED = frozenset({"stats"})  # SSE messages without an id (not replayed)
+_EVENT_ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,18})")
 STATS_INTERVAL = 1.0
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream
 MAX_TOKEN_BYTES = 4096
@@ -72,13 +79,26 @@ def read_token(path: str) -> str:
 
 
 class Hub:
-    """Fan-out of SSE messages to bounded per-client queues."""
+    """Fan-out of SSE messages to bounded per-client queues, and the last :data:`REPLAY` events and reloads.
 
-    def __init__(self) -> None:
+    Events and reloads carry an ``id:`` (``<run>-<n>``: ``run`` is random per daemon start, ``n`` counts up),
+    so a client that reconnects with ``Last-Event-ID`` gets what it missed.  Stats carry none: they are a
+    gauge, the next one a second later says all, and ``/api/v1/history`` has the past."""
+
+    def __init__(self, run: str | None = None) -> None:
         self.clients: set[asyncio.Queue[str | None]] = set()
+        self.run = run or os.urandom(4).hex()
+        self.sent = 0  # ids given so far
+        self.kept: deque[tuple[int, str]] = deque(maxlen=REPLAY)  # (n, message), for resuming clients
 
     def publish(self, kind: str, data: Any) -> None:
-        message = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        body = json.dumps(data, separators=(",", ":"))
+        if kind in UNNUMBERED:
+            message = f"event: {kind}\ndata: {body}\n\n"
+        else:
+            self.sent += 1
+            message = f"event: {kind}\nid: {self.run}-{self.sent}\ndata: {body}\n\n"
+            self.kept.append((self.sent, message))
         for queue in list(self.clients):
             try:
                 queue.put_nowait(message)
@@ -88,10 +108,30 @@ class Hub:
                     queue.get_nowait()
                     queue.put_nowait(None)
 
-    def subscribe(self) -> asyncio.Queue[str | None]:
+    def subscribe(self, last_event_id: str | None) -> tuple[asyncio.Queue[str | None], list[str]]:
+        """A new client's queue, and what it missed since ``last_event_id`` (its ``Last-Event-ID``, None
+        on a first connect): the kept messages after it, or a ``gap`` message and all that is kept when it
+        is older than those or not this run's.  Raises ValueError for a malformed id (nothing subscribed)."""
+        backlog = [] if last_event_id is None else self._since(last_event_id)
         queue: asyncio.Queue[str | None] = asyncio.Queue(STREAM_QUEUE)
         self.clients.add(queue)
-        return queue
+        return queue, backlog
+
+    def _since(self, last_event_id: str) -> list[str]:
+        m = _EVENT_ID.fullmatch(last_event_id)
+        if m is None:
+            raise ValueError(f"bad Last-Event-ID {last_event_id[:80]!r}: the stream's ids look like 1a2b3c4d-42")
+        seen = int(m.group(2))
+        oldest = self.kept[0][0] if self.kept else self.sent + 1
+        if m.group(1) != self.run or seen > self.sent:
+            reason = "not this daemon's (it restarted since)"
+        elif seen < oldest - 1:
+            reason = f"older than the last {REPLAY} messages kept"
+        else:
+            return [message for n, message in self.kept if n > seen]
+        gap = {"last_event_id": last_event_id, "oldest": f"{self.run}-{oldest}" if self.kept else None,
+               "reason": reason}  # fmt: skip
+        return [f"event: gap\ndata: {json.dumps(gap, separators=(',', ':'))}\n\n", *(m for _, m in self.kept)]
 
     def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
         self.clients.discard(queue)
@@ -124,6 +164,8 @@ def stats_message(status: view.Status, counters: dict[str, dict[str, int]], befo
             "new_per_second": rate(f"isp_{name}_new", "packets"),
             "rx_bytes_per_second": rate(f"isp_{name}_rx", "bytes"),
             "tx_bytes_per_second": rate(f"isp_{name}_tx", "bytes"),
+            "rtt_ms": isp.health.latency_ms if isp.health.monitored else None,
+            "loss_percent": isp.health.loss_percent if isp.health.monitored else None,
         }
     return {"time": round(time.time(), 3), "isps": out}
 
@@ -258,19 +300,38 @@ class Api:
 
         @app.get("/api/v1/stream", summary="Server-Sent Events: events, reloads, stats every second",
                  dependencies=[read], response_class=StreamingResponse,
-                 responses={200: {"content": {"text/event-stream": {}}}, 503: {"description": "Too many"}})  # fmt: skip
+                 responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "Bad Last-Event-ID"},
+                            503: {"description": "Too many"}})  # fmt: skip
         async def stream(request: Request) -> StreamingResponse:
             if len(self.hub.clients) >= MAX_STREAM_CLIENTS:
                 raise HTTPException(503, "too many stream clients")
-            queue = self.hub.subscribe()
+            try:
+                queue, backlog = self.hub.subscribe(request.headers.get("last-event-id"))
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
             self._ensure_ticker()
-            return StreamingResponse(self._events(queue, request), media_type="text/event-stream",
+            return StreamingResponse(self._events(queue, backlog, request), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
 
-        @app.post("/api/v1/isps/{name}/disable", summary="Drain an ISP", dependencies=[write],
-                  responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
-        async def disable(name: str) -> dict[str, Any]:
-            return _answer(await port.submit(commands.Disable(name)))
+        @app.get("/api/v1/history", summary="Per ISP, a sample every 10 s over the last day", dependencies=[read])
+        async def history(since: float = Query(0.0, ge=0, le=1e11, allow_inf_nan=False)) -> Response:
+            body = await asyncio.to_thread(_json_bytes, (await port.history(since)).json())
+            return Response(body, media_type="application/json")
+
+        @app.post("/api/v1/isps/{name}/disable", summary="Drain an ISP (optionally with a reason, for a time)",
+                  dependencies=[write], responses={400: {"description": "Bad reason or seconds"},
+                                                   404: {"description": "No such ISP"},
+                                                   409: {"description": "Not applied"}})  # fmt: skip
+        async def disable(
+            name: str,
+            reason: str = Query("", max_length=commands.MAX_REASON, description="Shown with the drain"),
+            seconds: float | None = Query(None, ge=1, le=commands.MAX_DRAIN_SECONDS, description="Ends it after"),
+        ) -> dict[str, Any]:
+            try:
+                command = commands.drain(name, reason, seconds)
+            except commands.BadRequest as exc:
+                raise HTTPException(400, str(exc)) from None
+            return _answer(await port.submit(command))
 
         @app.post("/api/v1/isps/{name}/enable", summary="Hand an ISP back to its probes", dependencies=[write],
                   responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
@@ -301,9 +362,12 @@ class Api:
         app.mount("/static", StaticFiles(directory=str(web)), name="static")
         return app
 
-    async def _events(self, queue: asyncio.Queue[str | None], request: Request) -> AsyncIterator[str]:
+    async def _events(self, queue: asyncio.Queue[str | None], backlog: list[str],
+                      request: Request) -> AsyncIterator[str]:  # fmt: skip
         try:
             yield ": wanlb stream\n\n"
+            for message in backlog:  # what it missed while away, before anything new
+                yield message
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), KEEPALIVE)
@@ -360,12 +424,15 @@ class Api:
 
         def dump() -> tuple[list[dict[str, Any]], bool]:
             out, more = [], False
+            own = own_addresses()
             with Conntrack() as ct:
                 for entry in ct.dump(flt):
                     if len(out) == limit:
                         more = True
                         break
-                    out.append(entry_json(entry, names.get((entry.mark or 0) & mask)))
+                    item = entry_json(entry, names.get((entry.mark or 0) & mask))
+                    item["from_gateway"] = entry.src in own or ipaddress.ip_address(entry.src).is_loopback
+                    out.append(item)
             return out, more
 
         try:
@@ -376,6 +443,20 @@ class Api:
         except TimeoutError:
             raise HTTPException(503, "the conntrack dump took too long") from None
         return {"connections": entries, "count": len(entries), "truncated": more}
+
+
+def own_addresses() -> frozenset[bytes]:
+    """This host's addresses (packed), on every interface: WAN, LAN, loopback.  A connection from one of them is
+    the gateway's own (its probes, its resolver, a local service), not a LAN client's."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = {a.get("local") or a.get("address") for a in ipr.get_addr()}
+    return frozenset(ipaddress.ip_address(a.split("%")[0]).packed for a in found if a)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _answer(reply: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,11 @@ from wanlb import __version__
 from wanlb.paths import DEFAULT_CONFIG_PATH, find_socket
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from wanlb.config import Config
-    from wanlb.view import Domain, DomainSide, Isp
+    from wanlb.top import Rates
+    from wanlb.view import Domain, DomainSide, Isp, Status
 
 # Heavy modules (rich, pydantic via wanlb.config, yaml, the lab) are imported inside the
 # commands that use them: `wanlb conntrack …` is timed against conntrack-tools and
@@ -30,6 +33,7 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 EXIT_NO_DAEMON = 3
 EVENTS_SHOWN = 5
+STATUS_WIDTH = 80  # what `status` fits on a pipe or in a file, without COLUMNS
 
 config_option = click.option(
     "--config",
@@ -154,6 +158,116 @@ def uplink_line(isp: Isp) -> str:
     return line
 
 
+def status_width(wide: bool, columns: str | None, terminal: int | None) -> int:
+    """The width ``status`` fits: all it takes with ``--wide``; else ``COLUMNS`` (set by a user or a script), the
+    terminal's width, or on a pipe 80, so that ``status | less`` and mail stay readable (scripts: ``--json``)."""
+    from wanlb.top import WIDE
+
+    if wide:
+        return WIDE
+    if columns is not None and columns.isdigit() and int(columns) > 0:
+        return min(int(columns), WIDE)
+    return min(terminal, WIDE) if terminal else STATUS_WIDTH
+
+
+def status_report(status: Status, rated: Rates | None, width: int) -> list[RenderableType]:
+    """What ``status`` prints, each line at most ``width`` long (unless names alone are longer).
+
+    The ISP table keeps name, state, share, conns, loss and rtt, then what matters next (IPv6, the rates,
+    weight, tier, traffic, interface, mark, table — its columns ``keep``); what does not fit is listed under
+    it per ISP, so nothing is lost at any width.  The lines below wrap with a hanging indent.
+    """
+    from rich import box
+    from rich.table import Table
+
+    from wanlb import top
+    from wanlb.top import Column, fit_table, human_bytes, human_count_rate, human_rate, wrap
+
+    def table(title: str) -> Table:  # at least as wide as its title, so that the title does not wrap
+        return Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False,
+                     min_width=min(len(title), width))  # fmt: skip
+
+    isps = status.isps
+    health = [isp.health for isp in isps]
+    loss = tuple(f"{h.loss_percent:g}%" if h.monitored else "unmonitored" for h in health)
+    rtt = tuple(f"{h.latency_ms:.1f} ms" if h.monitored and h.latency_ms is not None else "-" for h in health)
+    states = []
+    for isp in isps:
+        state = isp.status + ("" if isp.active or isp.status != "up" else " (standby)")
+        if left := top.drain_left(isp, time.time()):
+            state += f" ({left})"
+        if isp.uplink:  # what its uplink misses: the short ones in the cell, every one in "uplinks:"
+            state += f" ({isp.uplink if len(isp.uplink) <= 20 else 'uplink'})"
+        if isp.health.held_down_seconds:
+            state += f" (held {isp.health.held_down_seconds}s)"
+        states.append(state)
+    columns = [
+        Column("isp", tuple(isp.name for isp in isps), justify="left"),
+        Column("status", tuple(states), justify="left", cap=top.STATE_CAP),
+        *([Column("ipv6", tuple(map(top.ipv6_text, isps)), 1, "left", top.IPV6_CAP)] if status.any_ipv6 else []),
+        Column("tier", tuple(str(isp.tier) for isp in isps), 6, "left"),
+        Column("weight", tuple(str(isp.weight) for isp in isps), 5, "left"),
+        Column("share", tuple(f"{isp.share_percent:.1f}%" for isp in isps), justify="left"),
+        Column("mark", tuple(f"{isp.mark:#x}" for isp in isps), 11, "left"),
+        Column("table", tuple(str(isp.table) for isp in isps), 12, "left"),
+        Column("interface", tuple(isp.interface for isp in isps), 10, "left"),
+        Column("conns", tuple(str(status.conn_counts.get(isp.name, "-")) for isp in isps)),
+        Column("loss", loss, justify="left"),
+        Column("rtt", rtt, justify="left"),
+        Column("new", tuple("-" if isp.new_connections is None else str(isp.new_connections) for isp in isps), 9),
+        Column("rx", tuple(human_bytes(isp.bytes_rx) for isp in isps), 7),
+        Column("tx", tuple(human_bytes(isp.bytes_tx) for isp in isps), 8),
+    ]
+    if rated:
+        per = [rated.isps.get(isp.name) for isp in isps]
+        columns += [
+            Column("new/s", tuple("-" if r is None else human_count_rate(r.new_per_second) for r in per), 4),
+            Column("rx/s", tuple("-" if r is None else human_rate(r.rx_bytes_per_second) for r in per), 2),
+            Column("tx/s", tuple("-" if r is None else human_rate(r.tx_bytes_per_second) for r in per), 3),
+        ]
+    title = f"wanlb (pid {status.pid}, up {status.uptime_seconds}s)"
+    isp_table, left_out = fit_table(columns, width, lambda: table(title), wrap_from=6)
+    width = max(width, top.measure(isp_table).maximum)  # a width narrower than names: the lines keep them whole too
+    out: list[RenderableType] = [isp_table]
+    if left_out:  # a no-break space keeps each "column value" on one line
+        out.append("details:")
+        for i, isp in enumerate(isps):
+            items = ", ".join(f"{c.header} {c.cells[i]}".replace(" ", "\xa0") for c in left_out)
+            out += wrap(f"{isp.name}: {items}", width, indent=2)
+    if rated:
+        out.append(f"rates over the last {rated.interval_seconds:.1f} s")
+    out.append("uplinks:")
+    for isp in isps:
+        out += wrap(uplink_line(isp), width, indent=2)
+    drains = [line for isp in isps if (line := top.drain_line(isp, time.time()))]
+    if drains:
+        out.append("drains:")
+        out += [row for line in drains for row in wrap(line, width, indent=2)]
+    for p in status.policies:
+        if p.name == "default" and p.algorithm == "weighted":
+            continue
+        using = ", ".join(f"{isp}×{w}" for isp, w in p.active.items()) or "no usable member"
+        out += wrap(f"policy {p.name}: {p.algorithm}{', sticky' if p.sticky else ''}: {using}", width)
+    if status.rules:
+        rules = status.rules
+        rule_columns = [
+            Column("rule", tuple(r.name for r in rules), justify="left"),
+            Column("target", tuple(r.target for r in rules), justify="left", cap=top.STATE_CAP),
+            Column("hits", tuple("-" if r.hits is None else str(r.hits) for r in rules), justify="left"),
+            *([Column("hits/s", tuple(human_count_rate(rated.rules.get(r.name)) for r in rules), justify="left")]
+              if rated else []),
+        ]  # fmt: skip
+        out.append(fit_table(rule_columns, width, lambda: table("rules (first match wins)"))[0])
+    for name, d in status.domains.items():
+        out += wrap(f"domain {name}: {domain_line(d)}", width)
+    events = status.events[-EVENTS_SHOWN:]
+    if events:
+        out.append("recent events:")
+        for ev in events:
+            out += wrap(top.event_line(ev), width, indent=2, hang=9)
+    return out
+
+
 @main.command()
 @config_option
 def check(config_path: str) -> None:
@@ -169,8 +283,13 @@ def check(config_path: str) -> None:
     isps = ", ".join(
         f"{i.name} (mark {state.isps[i.name].mark:#x}, table {state.isps[i.name].table})" for i in cfg.isps
     )
+    errors, warnings = _verify(cfg)
+    for error in errors:
+        click.echo(f"{config_path}: {error}", err=True)
+    if errors:
+        sys.exit(EXIT_CONFIG)
     click.echo(f"{config_path}: ok — {len(cfg.isps)} ISP(s): {isps} [{source}]")
-    for warning in _kernel_warnings(cfg, state):
+    for warning in warnings:
         click.echo(f"{config_path}: warning: {warning}", err=True)
     if cfg.rules or cfg.policies:
         from wanlb.render import rule_lookups
@@ -183,23 +302,29 @@ def check(config_path: str) -> None:
         )
 
 
-def _kernel_warnings(cfg: Config, state: Any) -> list[str]:
-    """What this machine says about the config (read-only): interfaces that do not exist (with a "did you
-    mean"), uplinks that are not usable yet and why (no learned gateway, a static one off the interface's
-    networks).  None of them stops wanlb: the ISP waits until its uplink is whole."""
-    from wanlb.kernel import LinuxKernel
-    from wanlb.reconcile import read_snapshot
-    from wanlb.uplink import interface_warnings, uplink_warnings, uplinks
+def _verify(cfg: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """:func:`wanlb.verify.verify`, as the next reload (or first start) would run it, read-only: the kernel's
+    word on the ruleset (``nft -c``, as root) and what this machine says about the uplinks — interfaces that do
+    not exist (with a "did you mean"), uplinks not usable yet and why, a static gateway on the LAN."""
+    import shutil
 
+    from wanlb import runtime
+    from wanlb.kernel import LinuxKernel
+    from wanlb.verify import verify
+
+    try:
+        previous = runtime.load(cfg.state_path)
+    except (runtime.StateError, PermissionError):
+        previous = None
     kernel = LinuxKernel()
     try:
-        present = kernel.links()
-        seen = uplinks(cfg, read_snapshot(kernel, cfg, state.protocols))
+        as_root = os.geteuid() == 0 and shutil.which("nft") is not None
+        verdict = verify(cfg, previous, kernel, reload=previous is not None, check_nft=as_root)
     except OSError as exc:  # no netlink here (a container without it): the config itself is fine
-        return [f"cannot read the interfaces and routes to check them: {exc}"]
+        return (), (f"cannot read the interfaces and routes to check them: {exc}",)
     finally:
         kernel.close()
-    return interface_warnings(cfg, present) + uplink_warnings(cfg, seen)
+    return verdict.errors, verdict.warnings
 
 
 def _allocation(cfg: Config) -> tuple[Any, str]:
@@ -340,19 +465,21 @@ def run(config_path: str, cleanup_on_exit: bool, verbose: bool, log_format: str)
     is_flag=True,
     help="Ask twice, a second apart, and add new connections, bytes and rule hits per second.",
 )
-def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool) -> None:
-    """Show each ISP's state, weight, share of NEW connections, mark, table, interface and traffic.
+@click.option("--wide", is_flag=True, help="Every column in the table, however wide (else: the terminal, COLUMNS, 80).")
+def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool, wide: bool) -> None:
+    """Show each ISP's state, share of NEW connections, connections, loss and rtt, weight, mark, table,
+    interface and traffic.
 
     Traffic is the totals of the ISP's nft counters (new connections, bytes in and out); --rates adds
     their rate over one second.  Then the policies (algorithm and the ISPs in use), the rules with their
-    hits (NEW packets matched), the resolved destination domains, and recent events.  `wanlb top` shows
+    hits (NEW packets matched), the resolved destination domains, and recent events.  It fits the terminal
+    (COLUMNS, or 80 on a pipe): the columns that do not fit are listed under the table.  `wanlb top` shows
     the same live.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from wanlb.commands import GetStatus, message
-    from wanlb.top import Sample, event_line, human_bytes, human_count_rate, human_rate, ipv6_text, rates_of
+    from wanlb.top import WIDE, Sample, rates_of
     from wanlb.view import Status, from_json
 
     sock = resolve_socket(socket_path, config_path)
@@ -366,78 +493,11 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     if as_json:
         click.echo(json.dumps({**reply, "rates": rated.json()} if rated else reply, indent=2))
         return
-    status = from_json(Status, reply)
-    table = Table(title=f"wanlb (pid {status.pid}, up {status.uptime_seconds}s)")
-    ipv6 = status.any_ipv6
-    columns = ["isp", "status", *(["ipv6"] if ipv6 else []), "tier", "weight", "share", "mark", "table", "interface",
-               "conns", "loss", "rtt", "new", "rx", "tx"]  # fmt: skip
-    if rated:
-        columns += ["new/s", "rx/s", "tx/s"]
-    numeric = {"conns", "new", "rx", "tx", "new/s", "rx/s", "tx/s"}
-    for col in columns:
-        table.add_column(col, justify="right" if col in numeric else "left")
-    for isp in status.isps:
-        health = isp.health
-        state = isp.status + ("" if isp.active or isp.status != "up" else " (standby)")
-        if isp.uplink:  # what its uplink misses: the short ones in the cell, every one in "uplinks:"
-            state += f" ({isp.uplink if len(isp.uplink) <= 20 else 'uplink'})"
-        if health.held_down_seconds:
-            state += f" (held {health.held_down_seconds}s)"
-        row = [
-            isp.name,
-            state,
-            *([ipv6_text(isp)] if ipv6 else []),
-            str(isp.tier),
-            str(isp.weight),
-            f"{isp.share_percent:.1f}%",
-            f"{isp.mark:#x}",
-            str(isp.table),
-            isp.interface,
-            str(status.conn_counts.get(isp.name, "-")),
-            f"{health.loss_percent:g}%" if health.monitored else "unmonitored",
-            f"{health.latency_ms:.1f} ms" if health.monitored and health.latency_ms is not None else "-",
-            "-" if isp.new_connections is None else str(isp.new_connections),
-            human_bytes(isp.bytes_rx),
-            human_bytes(isp.bytes_tx),
-        ]
-        if rated:
-            r = rated.isps.get(isp.name)
-            if r is not None:
-                row += [human_count_rate(r.new_per_second), human_rate(r.rx_bytes_per_second),
-                        human_rate(r.tx_bytes_per_second)]  # fmt: skip
-            else:
-                row += ["-", "-", "-"]
-        table.add_row(*row)
-    # Piped output is not cut to 80 columns: the table keeps its natural width.
-    console = Console() if sys.stdout.isatty() else Console(width=200)
-    console.print(table)
-    if rated:
-        console.print(f"rates over the last {rated.interval_seconds:.1f} s", markup=False)
-    console.print("uplinks:")
-    for isp in status.isps:
-        console.print(f"  {uplink_line(isp)}", markup=False)
-    for p in status.policies:
-        if p.name == "default" and p.algorithm == "weighted":
-            continue
-        using = ", ".join(f"{isp}×{w}" for isp, w in p.active.items()) or "no usable member"
-        console.print(f"policy {p.name}: {p.algorithm}{', sticky' if p.sticky else ''}: {using}", markup=False)
-    if status.rules:
-        rt = Table(title="rules (first match wins)")
-        for col in ("rule", "target", "hits", *(("hits/s",) if rated else ())):
-            rt.add_column(col)
-        for rule in status.rules:
-            cells = [rule.name, rule.target, "-" if rule.hits is None else str(rule.hits)]
-            if rated:
-                cells.append(human_count_rate(rated.rules.get(rule.name)))
-            rt.add_row(*cells)
-        console.print(rt)
-    for name, d in status.domains.items():
-        console.print(f"domain {name}: {domain_line(d)}", markup=False)
-    events = status.events[-EVENTS_SHOWN:]
-    if events:
-        console.print("recent events:")
-        for ev in events:
-            console.print(f"  {event_line(ev)}", markup=False)
+    terminal = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    width = status_width(wide, os.environ.get("COLUMNS"), terminal)
+    console = Console(width=WIDE)  # the report is fitted to `width` already: rich must not squeeze it again
+    for part in status_report(from_json(Status, reply), rated, width):
+        console.print(part, markup=False)
 
 
 @main.command()
@@ -468,11 +528,21 @@ def top(config_path: str, socket_path: str | None, interval: float) -> None:
 @main.command()
 @config_option
 @socket_option
+@click.option("--reason", default="", metavar="TEXT", help="Why (shown by status, top, the dashboard, events, hooks).")
+@click.option("--for", "for_", metavar="DURATION", help="End the drain by itself after this long (e.g. 30m, 2h).")
 @click.argument("isp")
-def disable(config_path: str, socket_path: str | None, isp: str) -> None:
-    """Drain ISP: no NEW connections go to it; its existing ones continue. Until `wanlb enable`."""
-    reply = ask_daemon(resolve_socket(socket_path, config_path), {"cmd": "disable", "isp": isp})
-    click.echo(reply["message"])
+def disable(config_path: str, socket_path: str | None, reason: str, for_: str | None, isp: str) -> None:
+    """Drain ISP: no NEW connections go to it; its existing ones continue. Until `wanlb enable`, or for a
+    while with --for (the drain then ends at the daemon's next 5 s resync and the ISP rejoins on its probes)."""
+    from wanlb.commands import drain, message
+    from wanlb.config import parse_duration
+
+    try:
+        seconds = None if for_ is None else parse_duration(for_)
+        request = message(drain(isp, reason, seconds))
+    except ValueError as exc:  # (BadRequest is one)
+        raise click.BadParameter(str(exc).removeprefix("bad request: "), param_hint="--for/--reason") from None
+    click.echo(ask_daemon(resolve_socket(socket_path, config_path), request)["message"])
 
 
 @main.command()
@@ -506,21 +576,42 @@ def reload(config_path: str, socket_path: str | None) -> None:
     metavar="[PATH]",
     help="Write them to a sysctl.d file (default /etc/sysctl.d/90-wanlb.conf) after showing the diff.",
 )
-@click.option("--yes", is_flag=True, help="Do not ask before --persist writes the file.")
+@click.option(
+    "--modules-load",
+    "modules_load",
+    default="/etc/modules-load.d/wanlb.conf",
+    show_default=True,
+    metavar="PATH",
+    help="With --persist: where the line that loads nf_conntrack at boot goes (so the sysctls apply).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask before --persist writes its files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def tune(expect: int | None, do_apply: bool, persist: str | None, yes: bool, as_json: bool) -> None:
+@click.pass_context
+def tune(
+    ctx: click.Context,
+    expect: int | None,
+    do_apply: bool,
+    persist: str | None,
+    modules_load: str,
+    yes: bool,
+    as_json: bool,
+) -> None:
     """Report the conntrack table's size, usage and timeouts, and what a gateway should use.
 
     Read-only unless --apply or --persist. The recommendation starts from the
-    values a multi-WAN gateway needs (max 262144 entries, TCP established
-    3600 s, UDP stream 60 s), grows the table to twice --expect, and keeps it
-    within 1/16 of RAM. Each value is explained. Inside a network namespace other
-    than the host's, nf_conntrack_max and nf_conntrack_buckets are read-only
-    (the table is shared): --apply says so and sets the rest.
+    values a multi-WAN gateway needs (max 262144 entries; TCP established
+    7440 s and UDP stream 120 s, the least RFC 5382 and RFC 4787 allow a NAT),
+    grows the table to twice --expect, and keeps it within 1/16 of RAM. Each
+    value is explained. Inside a network namespace other than the host's,
+    nf_conntrack_max and nf_conntrack_buckets are read-only (the table is
+    shared): --apply says so and sets the rest. --persist also writes a
+    modules-load.d line for nf_conntrack: without it the sysctl.d values are
+    skipped at boot.
     """
-    import difflib
-
     from wanlb import tune as t
+
+    if ctx.get_parameter_source("modules_load") is not click.core.ParameterSource.DEFAULT and not persist:
+        fail("--modules-load goes with --persist", EXIT_CONFIG)
 
     reading = t.read()
     rows, notes = t.recommend(reading, expect)
@@ -563,25 +654,40 @@ def tune(expect: int | None, do_apply: bool, persist: str | None, yes: bool, as_
         for line in skipped:
             click.echo(f"not set: {line}")
     if persist:
-        new = t.sysctl_file(rows)
-        try:
-            old = open(persist).read()  # noqa: SIM115 - a small file read once
-        except FileNotFoundError:
-            old = ""
-        except OSError as exc:
-            fail(f"{persist}: {exc.strerror}")
-        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), persist, persist))
-        if not diff:
-            click.echo(f"{persist} already holds these values")
-            return
-        click.echo(diff, nl=False)
-        if not yes and not click.confirm(f"write {persist}?", default=False):
-            fail("not written", EXIT_RUNTIME)
-        tmp = f"{persist}.tmp"
+        if _write_with_diff(persist, t.sysctl_file(rows), yes):
+            click.echo(f"wrote {persist} (load it now with: sysctl -p {persist})")
+        if _write_with_diff(modules_load, t.modules_load_file(persist), yes, why=t.MODULES_LOAD_WARNING):
+            click.echo(f"wrote {modules_load} (systemd-modules-load reads it at boot)")
+
+
+def _write_with_diff(path: str, new: str, yes: bool, why: str = "") -> bool:
+    """Show how ``path`` would change (after ``why``), ask (unless ``yes``) and write it atomically; False if it
+    already holds ``new``.  The diff is exactly what is written, so the user sees every byte before saying yes."""
+    import difflib
+
+    try:
+        old = open(path).read()  # noqa: SIM115 - a small file read once
+    except FileNotFoundError:
+        old = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), path, path))
+    if not diff:
+        click.echo(f"{path} already holds these values")
+        return False
+    if why:
+        click.echo(why)
+    click.echo(diff, nl=False)
+    if not yes and not click.confirm(f"write {path}?", default=False):
+        fail(f"{path}: not written", EXIT_RUNTIME)
+    tmp = f"{path}.tmp"
+    try:
         with open(tmp, "w") as fh:
             fh.write(new)
-        os.replace(tmp, persist)
-        click.echo(f"wrote {persist} (load it now with: sysctl -p {persist})")
+        os.replace(tmp, path)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}")
+    return True
 
 
 @main.command(name="try")

@@ -7,7 +7,7 @@ directly) and hand it to the daemon's :meth:`Port.submit`; the daemon answers wi
 JSON line a request is sent as.
 
 :class:`Port` is all the API knows of the daemon: a snapshot of the read model, the submit door, the
-recent events, the counters and the ISPs' marks — no daemon internals, so nothing here or in the API
+recent events, the counters, the ISPs' marks and the kept history — no daemon internals, so nothing here or in the API
 imports the daemon.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from wanlb import view
+from wanlb import trends, view
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,12 @@ class Enable:
 
 @dataclass(frozen=True)
 class Disable:
+    """Drain ``isp``; ``reason`` is shown with it (status, events, hooks), and after ``seconds`` (if given) the
+    drain ends by itself."""
+
     isp: str
+    reason: str = ""
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ NAMES: dict[str, type] = {
 }
 _CMD = {cls: name for name, cls in NAMES.items()}
 MAX_TRY_SECONDS = 3600
+MAX_DRAIN_SECONDS = 7 * 86400
+MAX_REASON = 200
 
 
 class BadRequest(ValueError):
@@ -97,7 +104,9 @@ def parse(message: Mapping[str, Any]) -> Command:
     cls = NAMES.get(cmd) if isinstance(cmd, str) else None
     if cls is None:
         raise BadRequest(f"unknown command {cmd!r}")
-    if cls in (Enable, Disable, Flush):
+    if cls is Disable:
+        return drain(str(message.get("isp")), message.get("reason", ""), message.get("seconds"))
+    if cls in (Enable, Flush):
         return cls(str(message.get("isp")))
     if cls is Try:
         timeout = message.get("timeout", 60)
@@ -113,6 +122,16 @@ def parse(message: Mapping[str, Any]) -> Command:
             raise BadRequest("bad request: cleanup must be true or false")
         return Stop(cleanup)
     return cls()
+
+
+def drain(isp: str, reason: Any = "", seconds: Any = None) -> Disable:
+    """A checked :class:`Disable` (the socket's and the API's): a reason is one line of printable text of at most
+    :data:`MAX_REASON` characters (it reaches logs, hooks' environment and the dashboard); a timer is 1 s..7 days."""
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
+        raise BadRequest(f"bad request: reason must be one line of printable text, at most {MAX_REASON} characters")
+    if seconds is not None and (type(seconds) not in (int, float) or not 1 <= seconds <= MAX_DRAIN_SECONDS):
+        raise BadRequest(f"bad request: seconds must be a number in 1..{MAX_DRAIN_SECONDS} (7 days)")
+    return Disable(isp, reason.strip(), None if seconds is None else float(seconds))
 
 
 def message(command: Command) -> dict[str, Any]:
@@ -142,3 +161,6 @@ class Port(Protocol):
 
     def isp_marks(self) -> tuple[dict[str, int], int]:
         """Each ISP's conntrack mark, and the mark mask."""
+
+    async def history(self, since: float) -> trends.History:
+        """The kept 10 s samples (the dashboard's charts) newer than ``since`` (wall time)."""

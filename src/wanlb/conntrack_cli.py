@@ -253,7 +253,7 @@ class _Group(click.Group):
         """A conntrack(8) command line (``-L -p tcp``, ``-D -m 0x200/0xff00``, …) runs as conntrack would."""
         from wanlb import conntrack_compat
 
-        if conntrack_compat.is_compat(args):
+        if conntrack_compat.is_compat(args, native=tuple(self.commands)):
             try:
                 code = conntrack_compat.run(args)
                 sys.stdout.flush()
@@ -280,8 +280,18 @@ def _reader_left() -> NoReturn:
     sys.exit(EXIT_READER_LEFT)
 
 
+def _config_here(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``-c/--config`` after the subcommand too (``count --by isp -c FILE``), as ``wanlb check -c`` takes it."""
+
+    def use(cctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            cctx.find_object(Ctx).config = value  # type: ignore[union-attr]
+
+    return click.option("-c", "--config", expose_value=False, callback=use, help="same as before the subcommand")(fn)
+
+
 @click.group(name="conntrack", cls=_Group)
-@click.option("--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG_PATH, show_default=True)
+@click.option("-c", "--config", envvar="WANLB_CONFIG", default=DEFAULT_CONFIG_PATH, show_default=True)
 @click.option(
     "--socket",
     "socket_path",
@@ -295,6 +305,7 @@ def conntrack(cctx: click.Context, config: str, socket_path: str | None) -> None
 
 
 @conntrack.command(name="list")
+@_config_here
 @_filter_options
 @click.option("-o", "--output", type=click.Choice(["text", "extended", "json"]), default="text")
 @click.pass_obj
@@ -327,6 +338,7 @@ def _list(ctx: Ctx, opts: dict[str, Any], output: str, out: Out) -> None:
 
 
 @conntrack.command()
+@_config_here
 @_filter_options
 @click.option("--by", type=click.Choice(["isp", "mark", "proto", "state", "src"]))
 @click.option("--json", "as_json", is_flag=True)
@@ -346,7 +358,7 @@ def count(ctx: Ctx, by: str | None, as_json: bool, **kw: Any) -> None:
         else:
             raw = kernel_call(lambda: _count_marks(flt, isps.mark_mask))
         for mark, n in sorted(raw.items()):
-            key = isps.names.get(mark, "-" if mark == 0 else f"mark={mark:#x}")
+            key = isps.names.get(mark, "none" if mark == 0 else f"mark={mark:#x}")
             counts[key] = counts.get(key, 0) + n
         for name in isps.names.values():
             counts.setdefault(name, 0)
@@ -389,6 +401,7 @@ def _total(flt: Filter) -> int:
 
 
 @conntrack.command()
+@_config_here
 @_filter_options
 @click.option("-e", "--events", default="new,update,destroy", help="comma separated: new, update, destroy")
 @click.option("--json", "as_json", is_flag=True)
@@ -445,6 +458,7 @@ def watch(ctx: Ctx, events: str, as_json: bool, **kw: Any) -> None:
 
 
 @conntrack.command()
+@_config_here
 @_filter_options
 @click.option("--all", "everything", is_flag=True, help="delete every entry (needed when no filter is given)")
 @click.option("--json", "as_json", is_flag=True, help='print {"deleted": N, "source": "daemon"|"kernel"}')
@@ -486,6 +500,7 @@ def _delete_here(ctx: Ctx, opts: dict[str, Any], everything: bool) -> int:
 
 
 @conntrack.command()
+@_config_here
 @click.option("-p", "--proto", required=True)
 @click.option("-s", "--src", required=True)
 @click.option("-d", "--dst", required=True)

@@ -51,6 +51,16 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """An admin drain: why (free text, may be empty) and until when (monotonic and wall seconds; None: until
+    ``enable``)."""
+
+    reason: str
+    until: float | None = None
+    until_wall: float | None = None
+
+
+@dataclass(frozen=True)
 class Reconcile:
     why: str
 
@@ -116,6 +126,7 @@ class Fleet:
         self.state = state
         self.machines: dict[Family, dict[str, HealthMachine]] = {4: {}, 6: {}}
         self.since: dict[str, float] = {}
+        self.drains: dict[str, Drain] = {}  # ISP -> its admin drain (reason, timer), while disabled
         self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
         self._hops: dict[tuple[str, int], object] = {}  # (ISP, family) -> the last next hop it had (None: dev)
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
@@ -210,24 +221,44 @@ class Fleet:
             effects += self._uplink_events(isp, old, new, wall)
         return effects
 
-    def disable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
-        """Drain both families (an admin drains an uplink, not one of its address families)."""
+    def disable(
+        self, name: str, now: float, wall: float, reason: str = "", seconds: float | None = None
+    ) -> tuple[str, list[Effect]]:
+        """Drain both families (an admin drains an uplink, not one of its address families); ``reason`` is
+        shown with it, and after ``seconds`` (if given) :meth:`expire_drains` hands it back to its probes."""
         self._machine(name)
         effects: list[Effect] = []
         for family in FAMILIES:
             m = self.machines[family].get(name)
             t = None if m is None else m.disable(now)
             effects += [] if t is None else self._changed(name, t, "disabled", wall, family)
-        return f"{name} is {self.machines[4][name].status.value}", effects
+        until = None if seconds is None else (now + seconds, wall + seconds)
+        self.drains[name] = Drain(reason, *(until or (None, None)))
+        if reason:
+            effects = [_with_reason(e, f"disabled by admin: {reason}") for e in effects]
+        for_how_long = "" if seconds is None else f" for {_duration(seconds)}"
+        return f"{name} is {self.machines[4][name].status.value}{for_how_long}", effects
 
-    def enable(self, name: str, now: float, wall: float) -> tuple[str, list[Effect]]:
+    def enable(self, name: str, now: float, wall: float, why: str = "") -> tuple[str, list[Effect]]:
+        """Hand a drained ISP back to its probes (``why``: what the event says instead of "enabled by admin")."""
         self._machine(name)
+        self.drains.pop(name, None)
         effects: list[Effect] = []
         for family in FAMILIES:
             m = self.machines[family].get(name)
             t = None if m is None else m.enable(now, family == 6 or self.probed(name))
             effects += [] if t is None else self._changed(name, t, "enabled", wall, family)
+        if why:
+            effects = [_with_reason(e, why) for e in effects]
         return f"{name} is {self.machines[4][name].status.value}", effects
+
+    def expire_drains(self, now: float, wall: float) -> list[Effect]:
+        """Drains whose timer ran out end (the daemon asks at every resync, so within its interval)."""
+        effects: list[Effect] = []
+        for name, drain in sorted(self.drains.items()):
+            if drain.until is not None and now >= drain.until:
+                effects += self.enable(name, now, wall, "drain timer ran out")[1]
+        return effects
 
     def reload(self, config: Config, allocation: Allocation, now: float, wall: float) -> list[Effect]:
         """Adopt a new config and its allocation: carry each staying ISP's state, report every change."""
@@ -241,6 +272,7 @@ class Fleet:
             machine = self.machines[4].pop(name)
             self.machines[6].pop(name, None)
             self.since.pop(name, None)
+            self.drains.pop(name, None)  # (a replaced ISP starts undrained, as its state does)
             self._uplinks.pop(name, None)  # (a replaced ISP may have another interface: observed afresh)
             self._hops.pop((name, 4), None)
             self._hops.pop((name, 6), None)
@@ -468,6 +500,17 @@ class Fleet:
         loss = None if q is None else round(q.loss_percent, 1)
         hop = self.uplink(name).next_hop if name in self.machines[4] else ""
         return Emit(Event(round(wall, 3), name, event, status, old, reason, interface, loss, latency, family, hop))
+
+
+def _with_reason(effect: Effect, reason: str) -> Effect:
+    """An ``Emit`` with the event's reason replaced (what the operator said, what ended a drain)."""
+    return replace(effect, event=replace(effect.event, reason=reason)) if isinstance(effect, Emit) else effect
+
+
+def _duration(seconds: float) -> str:
+    """``90`` → "1m30s", ``3600`` → "60m": how long a drain lasts, as an operator wrote it."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes and rest else f"{minutes}m" if minutes else f"{rest}s"
 
 
 def _hop_text(via: object, interface: str) -> str:

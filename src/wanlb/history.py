@@ -19,7 +19,7 @@ from typing import Any
 from wanlb.config import Config
 from wanlb.fleet import Event
 from wanlb.hooks import run_hooks
-from wanlb.metrics import Metrics
+from wanlb.metrics import Metrics, family_label
 from wanlb.view import Event as EventView
 from wanlb.view import to_json
 
@@ -61,9 +61,9 @@ class EventLog:
         else:  # news about an ISP whose state stays (gateway, address), or one just added
             log.log(level, "isp %s%s %s (%s): %s", event.isp, family, event.event, event.status, event.reason)
         if event.status != event.old:
-            self.metrics.transitions.labels(event.isp, event.status).inc()
+            self.metrics.transitions.labels(event.isp, family_label(event.family), event.status).inc()
         if event.status in ("down", "disabled") and event.old in ("up", "degraded"):
-            self.metrics.failovers.inc()
+            self.metrics.failovers.labels(event.isp, family_label(event.family)).inc()
         view = EventView(
             time=event.at,
             isp=event.isp,

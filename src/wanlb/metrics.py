@@ -12,10 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from wanlb import __version__
 from wanlb.view import USABLE, Status
 
 STATES = ("up", "degraded", "down", "disabled")
@@ -23,6 +34,12 @@ RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 disable_created_metrics()  # no *_created series: they double the output and nobody alerts on them
+
+
+def family_label(family: int) -> str:
+    """An event's family as a label value: "4" or "6" for one family's own health, "all" for an ISP's one
+    health covering both (so a dual-stack failover is one series per family, never one event counted twice)."""
+    return str(family) if family else "all"
 
 
 class Metrics:
@@ -39,11 +56,16 @@ class Metrics:
             buckets=APPLY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.transitions = Counter(
-            "wanlb_isp_transitions", "ISP state changes, by the state entered.", ["isp", "to"], registry=self.registry
-        )
+            "wanlb_isp_transitions", "ISP state changes, by address family (4, 6 or all) and the state entered.",
+            ["isp", "family", "to"], registry=self.registry,
+        )  # fmt: skip
         self.failovers = Counter(
-            "wanlb_failovers", "ISPs taken out of service (down or disabled).", registry=self.registry
-        )
+            "wanlb_failovers", "ISPs taken out of service (down or disabled), by address family (4, 6 or all).",
+            ["isp", "family"], registry=self.registry,
+        )  # fmt: skip
+        Info("wanlb_build", "The running wanlb.", registry=self.registry).info({"version": __version__})
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # what every Python exporter has
+            self.registry.register(standard)
         self.reloads = Counter("wanlb_reloads", "Configuration reloads, by result.", ["result"], registry=self.registry)
         self._state = _StateCollector()
         self.registry.register(self._state)
@@ -79,7 +101,9 @@ class _StateCollector(Collector):
                                         labels=["isp"])  # fmt: skip
         new = CounterMetricFamily("wanlb_isp_new_connections", "New connections balanced to the ISP.", labels=["isp"])
         traffic = CounterMetricFamily("wanlb_isp_bytes", "Bytes through the ISP's WAN interface.",
-                                      labels=["isp", "direction"])  # fmt: skip
+                                      labels=["isp", "interface", "direction"])  # fmt: skip
+        info = GaugeMetricFamily("wanlb_isp_info", "1 per ISP, naming its WAN interface (to join with node_exporter's "
+                                 "device label).", labels=["isp", "interface"])  # fmt: skip
         loss = GaugeMetricFamily("wanlb_isp_probe_loss_ratio", "Probe loss over the health window (0-1).",
                                  labels=["isp", "family"])  # fmt: skip
         up6 = GaugeMetricFamily("wanlb_isp_ipv6_up", "1 if the ISP takes new IPv6 connections (ISPs carrying IPv6).",
@@ -93,15 +117,16 @@ class _StateCollector(Collector):
             share.add_metric([name], isp.share_percent / 100)
             connections.add_metric([name], conns.get(name, 0))
             new.add_metric([name], counters.get(f"isp_{name}_new", {}).get("packets", 0))
-            traffic.add_metric([name, "rx"], counters.get(f"isp_{name}_rx", {}).get("bytes", 0))
-            traffic.add_metric([name, "tx"], counters.get(f"isp_{name}_tx", {}).get("bytes", 0))
+            info.add_metric([name, isp.interface], 1.0)
+            traffic.add_metric([name, isp.interface, "rx"], counters.get(f"isp_{name}_rx", {}).get("bytes", 0))
+            traffic.add_metric([name, isp.interface, "tx"], counters.get(f"isp_{name}_tx", {}).get("bytes", 0))
             if isp.health.monitored:
                 loss.add_metric([name, "4"], isp.health.loss_percent / 100)
             if isp.ipv6 is not None:
                 up6.add_metric([name], 1.0 if isp.ipv6.status in USABLE else 0.0)
                 if isp.ipv6.health is not None and isp.ipv6.health.monitored:
                     loss.add_metric([name, "6"], isp.ipv6.health.loss_percent / 100)
-        yield from (up, state, weight, share, connections, new, traffic, loss, up6)
+        yield from (up, state, info, weight, share, connections, new, traffic, loss, up6)
         table = status.conntrack
         if table.entries is not None:
             yield GaugeMetricFamily("wanlb_conntrack_entries", "Entries in the conntrack table.", table.entries)

@@ -21,18 +21,20 @@ import select
 import signal
 import sys
 import termios
+import textwrap
 import threading
 import time
 import tty
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console, JustifyMethod, RenderableType
 from rich.layout import Layout
 from rich.live import Live
+from rich.measure import Measurement
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
@@ -53,6 +55,9 @@ STATE_STYLES = {
     "replaced": "cyan",
 }
 QUIT_KEYS = frozenset("qQ")
+WIDE = 1000  # columns "as wide as it takes" (status --wide) and the most COLUMNS is taken at
+STATE_CAP, IPV6_CAP = 16, 14  # what a too wide table squeezes its state and ipv6 columns to (their words wrap)
+EVENTS_MIN = 3  # the fewest lines of the events panel: its borders and one line
 
 
 # --- rates ------------------------------------------------------------------------------------------
@@ -220,11 +225,33 @@ def event_line(ev: Event) -> str:
     return line + (f" [apply failed: {ev.error}]" if ev.error else "")
 
 
-def state_text(isp: Isp) -> Text:
-    """The ISP's state, coloured, with what qualifies it (standby, held down, what its uplink misses)."""
+def drain_left(isp: Isp, now: float) -> str | None:
+    """How long a timed drain still holds the ISP (``12m left``), for its state cell; None without a timer."""
+    if isp.drain is None or isp.drain.until is None:
+        return None
+    minutes, seconds = divmod(max(0, round(isp.drain.until - now)), 60)
+    return f"{minutes}m left" if minutes else f"{seconds}s left"
+
+
+def drain_line(isp: Isp, now: float) -> str | None:
+    """``isp2: drained: ISP maintenance, ends 14:52:10 (12m left)``: why and until when an admin drain holds it."""
+    drain = isp.drain
+    if drain is None:
+        return None
+    line = f"{isp.name}: drained" + (f": {drain.reason}" if drain.reason else "")
+    if drain.until is None:
+        return f"{line}, until `wanlb enable`"
+    return f"{line}, ends {time.strftime('%H:%M:%S', time.localtime(drain.until))} ({drain_left(isp, now)})"
+
+
+def state_text(isp: Isp, now: float | None = None) -> Text:
+    """The ISP's state, coloured, with what qualifies it (standby, a drain's time left, held down, what its
+    uplink misses)."""
     label = isp.status
     if isp.status == "up" and not isp.active:
         label += " (standby)"
+    if left := drain_left(isp, time.time() if now is None else now):
+        label += f" ({left})"
     if isp.health.held_down_seconds:
         label += f" (held {isp.health.held_down_seconds:g}s)"
     if isp.link_down:
@@ -243,6 +270,83 @@ def ipv6_text(isp: Isp) -> Text:
     if health is not None and health.monitored and health.loss_percent:
         label += f" (loss {health.loss_percent:g}%)"
     return Text(label, style=STATE_STYLES.get(ipv6.status, ""))
+
+
+# --- fitting a width ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Column:
+    """A column of a table fitted to a width (:func:`fit_table`).
+
+    ``keep`` says what goes first when the table is too wide: 0 is never left out, the highest goes first.
+    ``cap`` is for cells of words (a state): the width they wrap at, rather than a column be left out.  Other
+    cells (names, numbers) never wrap, so a name is never cut.
+    """
+
+    header: str
+    cells: tuple[RenderableType, ...]
+    keep: int = 0
+    justify: JustifyMethod = "right"
+    cap: int | None = None
+
+
+def measure(renderable: RenderableType) -> Measurement:
+    """The narrowest and the natural width of ``renderable``."""
+    console = Console(width=WIDE, file=io.StringIO(), color_system=None)
+    return Measurement.get(console, console.options, renderable)
+
+
+def fit_table(columns: Sequence[Column], width: int, new: Callable[[], Table],
+              wrap_from: int = 0) -> tuple[Table, tuple[Column, ...]]:  # fmt: skip
+    """``columns`` as rows of ``new()`` at most ``width`` wide if they can be, and the columns left out.
+
+    Columns are left out highest ``keep`` first until the table fits, but before one of ``keep`` ``wrap_from``
+    or less goes, the capped columns wrap at their caps.  When only the ``keep`` 0 columns are left and they are
+    still too wide, the capped ones wrap narrower, down to their longest word.  The table's natural width is then
+    what it needs: print it at that width at least, or rich cuts the cells that do not wrap (names).
+    """
+
+    def build(shown: Sequence[Column], caps: Mapping[Column, int]) -> Table:
+        table = new()
+        for c in shown:
+            table.add_column(c.header, justify=c.justify, no_wrap=c.cap is None, max_width=caps.get(c))
+        for row in zip(*(c.cells for c in shown), strict=True):
+            table.add_row(*row)
+        return table
+
+    shown, caps, wrapped = list(columns), {}, False
+    while (excess := measure(table := build(shown, caps)).maximum - width) > 0:
+        first = max((c for c in shown if c.keep), key=lambda c: c.keep, default=None)
+        if not wrapped and (first is None or first.keep <= wrap_from):
+            caps, wrapped = {c: c.cap for c in columns if c.cap is not None}, True
+        elif first is not None:
+            shown.remove(first)
+        else:
+            table = build(shown, _narrower(shown, caps, excess))
+            break
+    return table, tuple(c for c in columns if c not in shown)
+
+
+def _narrower(shown: Sequence[Column], caps: Mapping[Column, int], excess: int) -> dict[Column, int]:
+    """``caps`` made ``excess`` narrower in all, no column's narrower than its longest word."""
+    out = dict(caps)
+    for c in shown:
+        if c in out and excess > 0:
+            cells = (c.header, *c.cells)
+            now = min(out[c], max(measure(cell).maximum for cell in cells))
+            out[c] = max(max(measure(cell).minimum for cell in cells), now - excess)
+            excess -= now - out[c]
+    return out
+
+
+def wrap(line: str, width: int, indent: int = 0, hang: int = 4) -> list[str]:
+    """``line`` in lines of at most ``width``, indented by ``indent`` and its continuations by ``hang`` more,
+    broken at spaces (a no-break space keeps two words together): nothing is cut, only a word longer than a
+    whole line is split."""
+    lines = textwrap.wrap(line, max(width, indent + hang + 8), initial_indent=" " * indent,
+                          subsequent_indent=" " * (indent + hang), break_on_hyphens=False)  # fmt: skip
+    return [part.replace("\xa0", " ") for part in lines]
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -332,84 +436,108 @@ def _header(model: TopModel, now_wall: float, now_mono: float, interval: float, 
     return text
 
 
-def isp_table(model: TopModel, now_wall: float) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
+def _table() -> Table:
+    """A table of top: a rule under the headings, two spaces between columns, as wide as the screen."""
+    return Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), expand=True, show_edge=False)
+
+
+def isp_table(model: TopModel, now_wall: float, width: int) -> Table:
+    """The ISPs, fitted to ``width``: name, state, share, connections, loss and rtt always; then the rates,
+    since and weight; on a wide terminal also tier, interface and next hop (the extras are on the right, so
+    the columns before them stay where they are)."""
     status = model.current.status if model.current else Status()
-    ipv6 = status.any_ipv6
-    for col, justify in (("isp", "left"), ("state", "left"), *((("ipv6", "left"),) if ipv6 else ()),
-                         ("since", "right"), ("weight", "right"), ("share", "right"), ("conns", "right"),
-                         ("new/s", "right"), ("rx/s", "right"), ("tx/s", "right"), ("loss", "right"),
-                         ("rtt", "right")):  # fmt: skip
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    counts = status.conn_counts
-    for isp in status.isps:
-        health = isp.health
-        rates = model.rates.get(isp.name, IspRates())
-        table.add_row(
-            isp.name,
-            state_text(isp),
-            *((ipv6_text(isp),) if ipv6 else ()),
-            human_duration(now_wall - isp.since) if isp.since else "-",
-            str(isp.weight),
-            f"{isp.share_percent:.1f}%",
-            str(counts.get(isp.name, "-")),
-            human_count_rate(rates.new_per_second),
-            human_rate(rates.rx_bytes_per_second),
-            human_rate(rates.tx_bytes_per_second),
-            f"{health.loss_percent:g}%" if health.monitored else "-",
-            f"{health.latency_ms:.1f} ms" if health.monitored and health.latency_ms is not None else "-",
-        )
-    return table
+    isps, counts = status.isps, status.conn_counts
+    rates = [model.rates.get(isp.name, IspRates()) for isp in isps]
+    health = [isp.health for isp in isps]
+    columns = [
+        Column("isp", tuple(isp.name for isp in isps), justify="left"),
+        Column("state", tuple(state_text(isp) for isp in isps), justify="left", cap=STATE_CAP),
+        *([Column("ipv6", tuple(ipv6_text(isp) for isp in isps), 1, "left", IPV6_CAP)] if status.any_ipv6 else []),
+        Column("since", tuple(human_duration(now_wall - isp.since) if isp.since else "-" for isp in isps), 5),
+        Column("weight", tuple(str(isp.weight) for isp in isps), 6),
+        Column("share", tuple(f"{isp.share_percent:.1f}%" for isp in isps)),
+        Column("conns", tuple(str(counts.get(isp.name, "-")) for isp in isps)),
+        Column("new/s", tuple(human_count_rate(r.new_per_second) for r in rates), 4),
+        Column("rx/s", tuple(human_rate(r.rx_bytes_per_second) for r in rates), 2),
+        Column("tx/s", tuple(human_rate(r.tx_bytes_per_second) for r in rates), 3),
+        Column("loss", tuple(f"{h.loss_percent:g}%" if h.monitored else "-" for h in health)),
+        Column(
+            "rtt", tuple(f"{h.latency_ms:.1f} ms" if h.monitored and h.latency_ms is not None else "-" for h in health)
+        ),
+        Column("tier", tuple(str(isp.tier) for isp in isps), 7),
+        Column("interface", tuple(isp.interface for isp in isps), 8, "left"),
+        Column("gateway", tuple(isp.gateway for isp in isps), 9, "left"),
+    ]
+    return fit_table(columns, width, _table, wrap_from=6)[0]
 
 
-def history_table(model: TopModel, width: int) -> Table:
-    """Per ISP, a sparkline of connections and one of throughput over the kept samples, on one scale per
-    column (so the ISPs compare), with the scale's top in the heading."""
-    spark = max(8, min(model.history.size, (width - 40) // 2))
+def history_table(model: TopModel, width: int) -> Table | None:
+    """Per ISP, a sparkline of connections and one of throughput, on one scale per column (so the ISPs
+    compare: the top of the kept samples, in the heading), as long as ``width`` has room for; None when
+    it has none."""
     conns, through = model.history.connections, model.history.throughput
 
     def peak(series: Mapping[str, deque[float | None]]) -> float:
-        return max((v for values in series.values() for v in list(values)[-spark:] if v is not None), default=0.0)
+        return max((v for values in series.values() for v in values if v is not None), default=0.0)
 
     conn_top, through_top = peak(conns), peak(through)
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
-    table.add_column("history", no_wrap=True)
-    table.add_column(f"connections (top {conn_top:g})", no_wrap=True, style="cyan")
-    table.add_column(f"rx+tx (top {human_rate(through_top)})", no_wrap=True, style="green")
-    for name in conns:
-        table.add_row(
-            name,
-            sparkline(conns[name], spark, conn_top),
-            sparkline(through.get(name, ()), spark, through_top),
-        )
-    return table
+    heads = (f"conns (top {conn_top:g})", f"rx+tx (top {human_rate(through_top)})")
+
+    def table(spark: int) -> Table:
+        t = _table()
+        t.add_column("history", no_wrap=True)
+        t.add_column(heads[0], no_wrap=True, style="cyan")
+        t.add_column(heads[1], no_wrap=True, style="green")
+        for name in conns:
+            t.add_row(
+                name, sparkline(conns[name], spark, conn_top), sparkline(through.get(name, ()), spark, through_top)
+            )
+        return t
+
+    fixed = measure(table(0)).maximum - len(heads[0]) - len(heads[1])  # the names' column and the padding
+    fitting = (
+        s for s in range(model.history.size, 0, -1) if fixed + max(s, len(heads[0])) + max(s, len(heads[1])) <= width
+    )
+    spark = next(fitting, 0)
+    return table(spark) if spark else None
 
 
 def rules_table(model: TopModel) -> Table | None:
     rules = model.current.status.rules if model.current else ()
     if not rules:
         return None
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), expand=True, show_edge=False)
+    table = _table()
     for col, justify in (("rule", "left"), ("target", "left"), ("hits", "right"), ("hits/s", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, no_wrap=col != "target")  # type: ignore[arg-type]
     for r in rules:
         table.add_row(r.name, r.target, "-" if r.hits is None else str(r.hits),
                       human_count_rate(model.rule_rates.get(r.name)))  # fmt: skip
     return table
 
 
-def events_panel(model: TopModel, lines: int) -> Panel:
-    """The latest events that fit in ``lines``, newest at the bottom."""
+def events_panel(model: TopModel, lines: int, width: int) -> Panel:
+    """The latest events that fit in ``lines`` inside a panel ``width`` wide, newest at the bottom, each whole
+    (wrapped under its time), but for the newest when even it alone does not fit."""
     events = list(model.current.status.events) if model.current else []
-    shown = events[-lines:] if lines > 0 else []
-    body = Text(no_wrap=True, overflow="ellipsis")
-    for i, ev in enumerate(shown):
-        if i:
-            body.append("\n")
-        body.append(event_line(ev), style=STATE_STYLES.get(ev.status, ""))
+    shown: list[tuple[Event, list[str]]] = []
+    used = 0
+    for ev in reversed(events):
+        wrapped = _event_lines(ev, width)
+        if shown and used + len(wrapped) > lines:
+            break
+        shown.insert(0, (ev, wrapped[: max(1, lines)]))
+        used += len(wrapped)
+    body = Text()
+    for i, (ev, wrapped) in enumerate(shown):
+        body.append(("\n" if i else "") + "\n".join(wrapped), style=STATE_STYLES.get(ev.status, ""))
     if not shown:
         body.append("no events yet", style="dim")
     return Panel(body, title=f"events ({len(events)})", title_align="left", box=box.ROUNDED)
+
+
+def _event_lines(ev: Event, width: int) -> list[str]:
+    """An event's line wrapped under its time to fit in the events panel (its borders and padding take 4)."""
+    return wrap(event_line(ev), width - 4, hang=9)
 
 
 def _height(renderable: RenderableType, width: int) -> int:
@@ -420,25 +548,28 @@ def _height(renderable: RenderableType, width: int) -> int:
 
 def build_screen(model: TopModel, width: int, height: int, *, now_wall: float | None = None,
                  now_mono: float | None = None, interval: float = 1.0, target: str = "") -> Layout:  # fmt: skip
-    """The whole screen for a terminal of ``width`` × ``height``: header, ISPs, history, rules, events."""
+    """The whole screen for a terminal of ``width`` × ``height``: header, ISPs, history, rules, events.
+
+    On a screen too short for all of them the history goes first, then the rules, so that every ISP and
+    the newest event, whole, stay in view."""
     now_wall = time.time() if now_wall is None else now_wall
     now_mono = time.monotonic() if now_mono is None else now_mono
-    parts: list[tuple[str, RenderableType]] = [
-        ("header", _header(model, now_wall, now_mono, interval, target)),
-        ("isps", isp_table(model, now_wall)),
-        ("history", Padding(history_table(model, width), (1, 0, 0, 0))),
+    history, rules = history_table(model, width), rules_table(model)
+    parts: list[tuple[str, RenderableType, int]] = [  # name, what, which goes first on a short screen (0: never)
+        ("header", _header(model, now_wall, now_mono, interval, target), 0),
+        ("isps", isp_table(model, now_wall, width), 0),
+        *([("history", Padding(history, (1, 0, 0, 0)), 2)] if history is not None else []),
+        *([("rules", Padding(rules, (1, 0, 0, 0)), 1)] if rules is not None else []),
     ]
-    if (rules := rules_table(model)) is not None:
-        parts.append(("rules", Padding(rules, (1, 0, 0, 0))))
+    events = model.current.status.events if model.current else ()
+    need = 2 + (len(_event_lines(events[-1], width)) if events else 1)  # the panel's borders and the newest event
+    sized = [(name, renderable, drop, _height(renderable, width)) for name, renderable, drop in parts]
+    while sum(p[3] for p in sized) + need > height and any(p[2] for p in sized):
+        sized.remove(max((p for p in sized if p[2]), key=lambda p: p[2]))
+    children = [Layout(renderable, name=name, size=size) for name, renderable, _, size in sized]
+    lines = max(1, height - sum(p[3] for p in sized) - 2)
+    children.append(Layout(events_panel(model, lines, width), name="events", minimum_size=EVENTS_MIN, ratio=1))
     layout = Layout(name="root")
-    children = []
-    used = 0
-    for name, renderable in parts:
-        size = _height(renderable, width)
-        used += size
-        children.append(Layout(renderable, name=name, size=size))
-    lines = max(1, height - used - 2)
-    children.append(Layout(events_panel(model, lines), name="events", minimum_size=3, ratio=1))
     layout.split_column(*children)
     return layout
 

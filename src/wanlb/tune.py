@@ -6,10 +6,18 @@ vanished without a FIN should not hold an entry for five days.  The report and
 the recommendation are pure functions of what was read (:class:`Reading`);
 reading, applying and persisting are the thin I/O around them.
 
-Baseline (the seed's values): max 262,144 entries, TCP established 3,600 s,
-UDP stream 60 s.  ``--expect N`` raises the table to twice N (bursts, and
+Baseline: max 262,144 entries (the seed's), TCP established 7,440 s and UDP
+stream 120 s: the least the NAT standards allow (RFC 5382 REQ-5, RFC 4787
+REQ-5), where the seed's 3,600 s and 60 s trade them for a table that empties
+sooner.  ``--expect N`` raises the table to twice N (bursts, and
 TIME_WAIT/closing entries that linger), rounded up to a power of two, within a
-memory budget of 1/16 of RAM.
+memory budget of 1/16 of RAM; when that budget binds, the notes name the
+seed's shorter timeouts as the other way to make room.
+
+``--persist`` also writes a modules-load.d line: systemd-sysctl applies
+/etc/sysctl.d before anything loads nf_conntrack, and a ``net.netfilter.*``
+key that does not exist yet is skipped, so without the module loaded at boot
+the persisted values would never apply.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ PROC = Path("/proc/sys/net/netfilter")
 SLABINFO = Path("/proc/slabinfo")
 MEMINFO = Path("/proc/meminfo")
 PERSIST_PATH = "/etc/sysctl.d/90-wanlb.conf"
+MODULE = "nf_conntrack"
 BASELINE_MAX = 262144
 ENTRY_BYTES_FALLBACK = 320  # struct nf_conn and its usual extensions, when /proc/slabinfo is not readable
 BUCKET_BYTES = 8  # one hash bucket: an hlist_nulls_head pointer
@@ -36,17 +45,27 @@ EXPLAIN = {
     "nf_conntrack_count": "entries now (this network namespace)",
     "nf_conntrack_buckets": "hash buckets; one per entry keeps lookups short (the kernel's own default ratio)",
     "nf_conntrack_tcp_timeout_established": "seconds an idle established TCP connection keeps its entry; "
-    "the default 5 days lets vanished peers fill the table",
+    "the default 5 days lets vanished peers fill the table; RFC 5382 REQ-5 asks a NAT for at least 7,440 "
+    "(2 h 4 min: a TCP keepalive every 2 h keeps an idle SSH session), as OpenWrt ships; the seed's 3,600 "
+    "empties a busy table sooner, but a connection idle for an hour then loses its entry",
     "nf_conntrack_udp_timeout": "seconds a one-way UDP flow keeps its entry",
-    "nf_conntrack_udp_timeout_stream": "seconds an idle two-way UDP flow (DNS, QUIC, VPN) keeps its entry",
+    "nf_conntrack_udp_timeout_stream": "seconds an idle two-way UDP flow (DNS, QUIC, VPN) keeps its entry; "
+    "RFC 4787 REQ-5 asks a NAT for at least 120 (it recommends 300), recent kernels' default; the seed's 60 "
+    "empties a busy table sooner, but a flow quiet for a minute (a VPN's keepalive) then starts over, "
+    "perhaps on another ISP",
     "nf_conntrack_events": "0 off, 1 on, 2 only while a listener exists; wanlb counts from events "
     "and resyncs from dumps, so 2 works (1 makes counts exact between resyncs)",
     "nf_conntrack_acct": "per-entry packet/byte counters (shown by wanlb conntrack list); costs a little per packet",
 }
 RECOMMENDED_FIXED = {
-    "nf_conntrack_tcp_timeout_established": 3600,
-    "nf_conntrack_udp_timeout_stream": 60,
+    "nf_conntrack_tcp_timeout_established": 7440,  # RFC 5382 REQ-5: not less than 2 hours 4 minutes
+    "nf_conntrack_udp_timeout_stream": 120,  # RFC 4787 REQ-5: not less than 2 minutes
 }
+SEED_TIMEOUTS_NOTE = (
+    "if the table still fills, the seed's shorter timeouts (TCP established 3,600 s, UDP stream 60 s) free "
+    "entries sooner, below what RFC 5382 and RFC 4787 ask: an idle SSH session or a quiet VPN then loses its "
+    "entry, and its next packet starts a NEW connection that may get another ISP"
+)
 SHARED_KEYS = ("nf_conntrack_max", "nf_conntrack_buckets")  # read-only inside a non-init network namespace
 
 
@@ -90,6 +109,7 @@ def recommend(reading: Reading, expect: int | None = None) -> tuple[list[Row], l
             f"more than 1/{MEMORY_SHARE} of RAM: recommending {cap:,}"
         )
         want = max(cap, current_max)
+        notes.append(SEED_TIMEOUTS_NOTE)
     rows = []
     for key, note in EXPLAIN.items():
         current = v.get(key)
@@ -127,6 +147,22 @@ def sysctl_file(rows: list[Row]) -> str:
             lines.append(f"# {row.note}")
             lines.append(f"net.netfilter.{row.key} = {row.recommended}")
     return "\n".join(lines) + "\n"
+
+
+MODULES_LOAD_WARNING = (
+    "net.netfilter.* lines in /etc/sysctl.d apply at boot only if nf_conntrack is loaded by then: "
+    "systemd-sysctl runs early, before a firewall's or wanlb's rules load the module, and skips keys that do "
+    "not exist yet, so the kernel's defaults would stay. A modules-load.d line loads it before systemd-sysctl:"
+)
+
+
+def modules_load_file(sysctl_path: str) -> str:
+    """The modules-load.d file (systemd-modules-load, which runs before systemd-sysctl) that loads nf_conntrack."""
+    return (
+        "# Written by `wanlb tune --persist`: load nf_conntrack at boot, before systemd-sysctl applies\n"
+        f"# the net.netfilter.* settings of {sysctl_path} (a key that does not exist yet is skipped).\n"
+        f"{MODULE}\n"
+    )
 
 
 @dataclass(frozen=True)

@@ -220,19 +220,40 @@ def interface_warnings(config: Config, present: Collection[str]) -> list[str]:
     return out
 
 
-def uplink_warnings(config: Config, seen: Mapping[str, Uplink]) -> list[str]:
-    """An ISP whose uplink is present but not usable, and why (``check`` prints these)."""
+def uplink_warnings(
+    config: Config, seen: Mapping[str, Uplink], connected: Collection[ConnectedRoute] = ()
+) -> list[str]:
+    """An ISP whose uplink is present but not usable, and why; a static gateway on the LAN (one of
+    ``connected`` through a LAN interface), usable or not (``check`` prints these).
+
+    Warnings, not errors: they depend on the kernel now (addresses come and go with DHCP), and a daemon
+    started with the same config would run it, the ISP waiting until its uplink is whole."""
+    lan = [r for r in connected if r.dev in config.lan.interfaces and r.dst.version == 4]
     out = []
     for isp in config.isps:
         link = seen.get(isp.name)
+        if not isp.learns and (on_lan := next((r for r in lan if isp.gateway in r.dst), None)):
+            out.append(f"isp {isp.name}: gateway {isp.gateway} is on the LAN ({on_lan.dev}: {on_lan.dst}): a WAN's "
+                       f"next hop is on its own network, reached through {isp.interface}")  # fmt: skip
         if link is None or link.problem in (None, "no interface"):
             problem6 = None if link is None else link.problem6
             if problem6 and link is not None and link.ready:
                 out.append(f"isp {isp.name}: {problem6}: {link.source6}")
             continue
         detail = f": {link.source}" if link.problem == "waiting for gateway" else ""
+        if link.problem == "link down" and (off := _off_link(isp, link)):
+            detail = f", and {off}"
         out.append(f"isp {isp.name}: {isp.interface}: {link.problem}{detail}; the ISP is down until it is resolved")
     return out
+
+
+def _off_link(isp: IspConfig, link: Uplink) -> str | None:
+    """What :func:`uplink` says of a static gateway outside its interface's networks, for an uplink whose
+    first problem is another (the link is down): so both are said at once."""
+    networks = [ipaddress.IPv4Interface(a).network for a in link.addresses]
+    if isp.learns or not networks or any(isp.gateway in n for n in networks) or isp.gateway == link.peer:
+        return None
+    return f"gateway {isp.gateway} is not on {isp.interface}'s networks ({', '.join(str(n) for n in networks)})"
 
 
 def _did_you_mean(name: str, present: Collection[str]) -> str:

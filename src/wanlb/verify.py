@@ -9,7 +9,8 @@ config runs:
 * errors — the allocation would move live connections (:func:`wanlb.runtime.allocate` refuses), or the
   kernel would refuse the ruleset (``nft -c`` in a scratch table, with the statuses in force);
 * warnings — an interface that does not exist now (it may come: ppp0, a USB modem), an uplink that is not
-  usable yet and why (no learned gateway, a static one off the interface's networks).
+  usable yet and why (no learned gateway, a static one off the interface's networks), a static gateway on
+  a LAN interface's network.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def verify(
     except runtime.AllocationRefused as exc:
         return Verdict(None, (str(exc),))
     snapshot = read_snapshot(kernel, config, allocation.state.protocols)
-    warnings = interface_warnings(config, kernel.links()) + uplink_warnings(config, uplinks(config, snapshot))
+    seen = uplinks(config, snapshot)
+    warnings = interface_warnings(config, kernel.links()) + uplink_warnings(config, seen, snapshot.connected)
     errors = []
     if check_nft:
         # The statuses of both families: a policy whose members are all down renders another shape.

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wanlb.config import Config
+    from wanlb.config import Config, RuleConfig
     from wanlb.fleet import Fleet
     from wanlb.plan import Desired
 
@@ -42,6 +42,15 @@ class Health:
     jitter_ms: float | None = None
     held_down_seconds: float = 0.0
     last_errors: Mapping[str, str] = field(default_factory=dict)
+    # The probe timing in force (the ISP's ``health`` config), for the dashboard's configuration view:
+    interval_seconds: float = 0.0
+    timeout_seconds: float = 0.0
+    down_after: int = 0
+    up_after: int = 0
+    quorum: int = 0
+    window: int = 0
+    max_loss_percent: float | None = None
+    max_latency_ms: float | None = None
 
     def _json(self, out: dict[str, Any]) -> dict[str, Any]:
         return out if self.monitored else {"monitored": False}
@@ -56,6 +65,14 @@ class Ipv6:
     status: str = "up"
     own_health: bool = False
     health: Health | None = None
+
+
+@dataclass(frozen=True)
+class Drain:
+    """An admin drain: what the operator said, and when it ends by itself (wall time; None: at ``enable``)."""
+
+    reason: str = ""
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class Isp:
     table: int = 0
     since: float = 0.0
     link_down: bool = False
+    drain: Drain | None = None  # while an admin drain holds it (status "disabled")
     health: Health = field(default_factory=Health)
     ipv6: Ipv6 | None = None
     packets_rx: int | None = None
@@ -103,11 +121,23 @@ class Retired:
 
 
 @dataclass(frozen=True)
+class Member:
+    """A policy member as configured: its tier and weight in that policy (the ISP's own unless overridden)."""
+
+    isp: str = ""
+    tier: int = 1
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str = ""
     algorithm: str = "weighted"
     active: Mapping[str, int] = field(default_factory=dict)
     sticky: bool = False
+    members: tuple[Member, ...] = ()  # every member, in config order, whether it is in use now or not
+    hash_fields: tuple[str, ...] = ()  # algorithm hash: what the hash covers
+    on_unavailable: str = "default"
 
 
 @dataclass(frozen=True)
@@ -115,6 +145,7 @@ class Rule:
     name: str = ""
     target: str = ""
     hits: int | None = None
+    match: str = ""  # what it matches, as one bounded line (``everything`` when it has no condition)
 
 
 @dataclass(frozen=True)
@@ -233,6 +264,11 @@ class DaemonFacts:
     table_warnings: tuple[str, ...]
 
 
+def _drain(fleet: Fleet, name: str) -> Drain | None:
+    drain = fleet.drains.get(name)
+    return None if drain is None else Drain(drain.reason, drain.until_wall)
+
+
 def build(
     *,
     config: Config,
@@ -274,7 +310,8 @@ def build(
                 table=isp.table,
                 since=round(fleet.since.get(isp.name, facts.started), 3),
                 link_down=machine.link_down,
-                health=_health(fleet, probes, isp.name, 4, now),
+                drain=_drain(fleet, isp.name),
+                health=_health(config, fleet, probes, isp.name, 4, now),
                 ipv6=_ipv6(config, fleet, probes, isp.name, now),
                 new_connections=counters.get(f"isp_{isp.name}_new", {}).get("packets"),
                 **traffic,
@@ -295,7 +332,15 @@ def build(
         retired=tuple(Retired(r.mark, r.name) for r in fleet.state.retired),
         isps=tuple(isps),
         policies=tuple(
-            Policy(p.name, p.algorithm, dict(p.active), p.sticky is not None)
+            Policy(
+                p.name,
+                p.algorithm,
+                dict(p.active),
+                p.sticky is not None,
+                members=_members(config, p.name),
+                hash_fields=p.hash_fields if p.algorithm == "hash" else (),
+                on_unavailable=p.on_unavailable,
+            )
             for p in (desired.policies if desired else ())
         ),
         rules=tuple(
@@ -303,6 +348,7 @@ def build(
                 r.name,
                 r.action or (f"via {r.via}" if r.via else f"policy {r.policy}"),
                 counters.get(f"rule_{r.name}", {}).get("packets"),
+                _match(r),
             )
             for r in (desired.rules if desired else ())
         ),
@@ -319,13 +365,17 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-def _health(fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, family: int, now: float) -> Health:
+def _health(
+    config: Config, fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, family: int, now: float
+) -> Health:
     machine = fleet.machines[6 if family == 6 else 4].get(name)
     probe = probes.get((name, family))
-    if machine is None or probe is None:
+    isp = next((i for i in config.isps if i.name == name), None)
+    if machine is None or probe is None or isp is None:
         return Health()
     quality = machine.quality()
     held = machine.hold_until - now
+    timing = isp.health
     return Health(
         monitored=True,
         method=probe.method,
@@ -336,7 +386,57 @@ def _health(fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, f
         jitter_ms=_ms(quality.jitter),
         held_down_seconds=round(held, 1) if held > 0 and machine.status.value == "down" else 0,
         last_errors=dict(probe.last_errors),
+        interval_seconds=timing.interval,
+        timeout_seconds=timing.timeout,
+        down_after=timing.down_after,
+        up_after=timing.up_after,
+        quorum=timing.quorum_of(family),
+        window=timing.window,
+        max_loss_percent=timing.max_loss,
+        max_latency_ms=_ms(timing.max_latency),
     )
+
+
+def _members(config: Config, policy: str) -> tuple[Member, ...]:
+    """A policy's members as configured: ``default`` is every ISP, ``via_<isp>`` a rule's one ISP."""
+    isps = {i.name: i for i in config.isps}
+    if policy in config.policies:
+        return tuple(Member(m.isp, m.tier or isps[m.isp].tier, m.weight or isps[m.isp].weight)
+                     for m in config.policies[policy].members if m.isp in isps)  # fmt: skip
+    if policy.startswith("via_") and policy[4:] in isps:
+        return (Member(policy[4:], 1, 1),)
+    return tuple(Member(i.name, i.tier, i.weight) for i in config.isps)
+
+
+MATCH_VALUES = 8  # values of one condition a rule's ``match`` lists before "(+N more)"
+
+
+def _match(rule: RuleConfig) -> str:
+    """A rule's conditions as one line: ``src 192.168.77.11/32 · proto tcp · dport 443, 8000-8080``."""
+    from wanlb.config import DSCP_NAMES
+    from wanlb.protocols import NAMES
+
+    def ports(values: Sequence[tuple[int, int]]) -> list[str]:
+        return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in values]
+
+    conditions = [
+        ("src", [str(n) for n in rule.src]),
+        ("not src", [str(n) for n in rule.src_not]),
+        ("dst", [str(n) for n in rule.dst]),
+        ("not dst", [str(n) for n in rule.dst_not]),
+        ("dst domains", list(rule.dst_domains)),
+        ("proto", [] if rule.proto is None else [NAMES.get(rule.proto, str(rule.proto))]),
+        ("sport", ports(rule.sport)),
+        ("dport", ports(rule.dport)),
+        ("iif", list(rule.iif)),
+        ("dscp", [DSCP_NAMES.get(d, str(d)) for d in rule.dscp]),
+    ]
+    parts = []
+    for name, values in conditions:
+        if values:
+            more = f" (+{len(values) - MATCH_VALUES} more)" if len(values) > MATCH_VALUES else ""
+            parts.append(f"{name} {', '.join(values[:MATCH_VALUES])}{more}")
+    return " · ".join(parts) or "everything"
 
 
 def _ipv6(config: Config, fleet: Fleet, probes: Mapping[tuple[str, int], Probes], name: str, now: float) -> Ipv6 | None:
@@ -353,7 +453,7 @@ def _ipv6(config: Config, fleet: Fleet, probes: Mapping[tuple[str, int], Probes]
         uplink=link.problem6,
         status=fleet.statuses(6)[name].value,
         own_health=own,
-        health=_health(fleet, probes, name, 6, now) if own else None,
+        health=_health(config, fleet, probes, name, 6, now) if own else None,
     )
 
 

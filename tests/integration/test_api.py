@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,18 +48,25 @@ print(json.dumps(out))
 lab = module_lab(isps=3, clients=2)
 
 
+def configure(lab: Lab, without: str | None = None) -> Callable[[dict[str, Any]], None]:
+    """The module's config: the API on the LAN address, a rule; ``without`` an ISP (a reload removing it)."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["api"] = {"listen": [f"{LAN_GW}:{PORT}"], "token_file": str(lab.dir / "api.token")}
+        cfg["rules"] = [{"name": "to-stream", "dst": ["203.0.113.20/32"], "via": "isp2"}]
+        cfg["isps"] = [isp for isp in cfg["isps"] if isp["name"] != without]
+
+    return edit
+
+
 @pytest.fixture(scope="module")
 def gw(lab: Lab) -> Iterator[LabGateway]:
     token = lab.dir / "api.token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
 
-    def edit(cfg: dict[str, Any]) -> None:
-        cfg["api"] = {"listen": [f"{LAN_GW}:{PORT}"], "token_file": str(token)}
-        cfg["rules"] = [{"name": "to-stream", "dst": ["203.0.113.20/32"], "via": "isp2"}]
-
     g = LabGateway(lab)
-    g.write(edit)
+    g.write(configure(lab))
     g.start()
     g.wait_for(ALL_UP)
     try:
@@ -105,9 +113,14 @@ def test_writes_without_a_valid_token_change_nothing(lab: Lab, gw: LabGateway) -
     assert call(lab, "POST", "/api/v1/reload")["status"] == 200 and gw.status()["reloads"] == 1
 
 
+def failovers_of(families: dict[str, Any], isp: str) -> dict[str, float]:
+    """``wanlb_failovers_total`` of one ISP, by family label."""
+    return {s.labels["family"]: s.value for s in families["wanlb_failovers"].samples if s.labels["isp"] == isp}
+
+
 def test_connections_events_and_metrics_reflect_real_traffic_and_a_failover(lab: Lab, gw: LabGateway) -> None:
     before = {f.name: f for f in text_string_to_metric_families(get(lab, "/metrics"))}
-    failovers_before = before["wanlb_failovers"].samples[0].value
+    failovers_before = failovers_of(before, "isp2")
     counts = lab.traffic(connections=150, parallel=16)
     assert counts["failed"] == 0
     conns = get(lab, "/api/v1/connections?isp=isp1&proto=tcp&limit=5")
@@ -138,7 +151,11 @@ def test_connections_events_and_metrics_reflect_real_traffic_and_a_failover(lab:
     assert all(rx[i] > 0 for i in ("isp1", "isp2", "isp3")), rx
     new = {s.labels["isp"]: s.value for s in families["wanlb_isp_new_connections"].samples}
     assert sum(new.values()) >= 150
-    assert families["wanlb_failovers"].samples[0].value == failovers_before + 1
+    failovers = failovers_of(families, "isp2")  # one per family whose health went down, each counted once
+    assert failovers and all(failovers[f] == failovers_before.get(f, 0) + 1 for f in failovers), failovers
+    transitions = {s.labels["family"] for s in families["wanlb_isp_transitions"].samples
+                   if s.labels["isp"] == "isp2" and s.labels["to"] == "down"}  # fmt: skip
+    assert transitions == set(failovers)
     rtt = [s for s in families["wanlb_isp_probe_rtt_seconds"].samples if s.name.endswith("_count")]
     assert all(s.value > 0 for s in rtt) and len(rtt) == 3
     assert families["wanlb_conntrack_max"].samples[0].value > 0
@@ -171,12 +188,165 @@ def test_the_stream_sends_stats_every_second_and_events_as_they_happen(lab: Lab,
     assert [(e["isp"], e["event"]) for e in events] == [("isp3", "disabled"), ("isp3", "enabled")], events
 
 
+# An SSE client in a client namespace: connects with an optional Last-Event-ID, prints each message that is not
+# `stats` as a JSON line {"event", "id", "data"} until it has seen N of them (or the HTTP status if not 200).
+_SSE = """
+import http.client, json, sys
+host, port, token, last, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+conn = http.client.HTTPConnection(host, port, timeout=30)
+headers = {"Authorization": "Bearer " + token}
+if last != "-":
+    headers["Last-Event-ID"] = last
+conn.request("GET", "/api/v1/stream", headers=headers)
+r = conn.getresponse()
+if r.status != 200:
+    print(json.dumps({"status": r.status, "body": r.read().decode()}), flush=True)
+    sys.exit()
+print(json.dumps({"status": 200}), flush=True)
+block = {}
+while want:
+    line = r.fp.readline().decode().rstrip("\\n")
+    if line:
+        name, _, value = line.partition(": ")
+        block[name] = value
+        continue
+    if "event" in block and block["event"] != "stats":
+        print(json.dumps({"event": block["event"], "id": block.get("id"), "data": json.loads(block["data"])}),
+              flush=True)
+        want -= 1
+    block = {}
+"""
+
+
+def sse(lab: Lab, last: str | None, want: int) -> tuple[int, list[dict[str, Any]]]:
+    """Connect to the stream (resuming from ``last``), read ``want`` messages besides stats; (status, messages)."""
+    out = lab.run("c2", ["python3", "-c", _SSE, LAN_GW, str(PORT), TOKEN, last or "-", str(want)],
+                  capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+    first, *messages = (json.loads(line) for line in out.splitlines())
+    return first["status"], messages
+
+
+def test_a_stream_client_that_reconnects_with_last_event_id_gets_what_it_missed(lab: Lab, gw: LabGateway) -> None:
+    """Events carry ids; a client that was away resumes with the last one it saw and gets exactly the events
+    it missed, in order; one whose id the daemon cannot serve (another run's) gets a ``gap`` first; a malformed
+    id is refused with 400."""
+    listening = lab.popen("c2", ["python3", "-c", _SSE, LAN_GW, str(PORT), TOKEN, "-", "1"], label="sse1",
+                          stdout=-1, text=True)  # fmt: skip
+    assert listening.stdout is not None and json.loads(listening.stdout.readline())["status"] == 200
+    gw.request("disable", isp="isp3")
+    seen = json.loads(listening.stdout.readline())
+    listening.wait(20)
+    assert seen["event"] == "event" and seen["data"]["event"] == "disabled" and seen["id"], seen
+    # Away: three events happen without the client.
+    after = len(gw.view().events)
+    gw.request("enable", isp="isp3")
+    gw.wait_for(ALL_UP)
+    gw.request("disable", isp="isp3")
+    gw.request("enable", isp="isp3")
+    gw.wait_event("isp3", "enabled", after=after + 2)
+    gw.wait_for(ALL_UP)
+    status, missed = sse(lab, seen["id"], 3)
+    assert status == 200
+    assert [(m["event"], m["data"]["isp"], m["data"]["event"]) for m in missed] == [
+        ("event", "isp3", "enabled"), ("event", "isp3", "disabled"), ("event", "isp3", "enabled")
+    ], missed  # fmt: skip
+    run, n = seen["id"].split("-")
+    assert [m["id"] for m in missed] == [f"{run}-{int(n) + k}" for k in (1, 2, 3)]
+    # An id of another run (the daemon restarted since): a gap marker, then everything the daemon kept.
+    status, replay = sse(lab, "00000000-1", 2)
+    assert status == 200 and replay[0]["event"] == "gap" and replay[0]["id"] is None, replay
+    assert replay[0]["data"]["reason"] == "not this daemon's (it restarted since)"
+    assert replay[1]["id"] == replay[0]["data"]["oldest"]
+    status, _ = sse(lab, "not-an-id", 0)
+    assert status == 400
+
+
+def test_the_history_keeps_a_sample_per_isp_every_10s_and_a_reload_keeps_it(lab: Lab, gw: LabGateway) -> None:
+    """``/api/v1/history``: state, connections, probe RTT and loss, throughput per ISP, the same times for all;
+    a reload (SIGHUP) keeps it; an ISP a reload removes drops out, and added back it starts anew."""
+    deadline = time.monotonic() + 40
+    while len((history := get(lab, "/api/v1/history"))["times"]) < 2:  # the daemon samples every 10 s
+        assert time.monotonic() < deadline, history
+        time.sleep(1)
+    times = history["times"]
+    assert history["interval_seconds"] == 10 and history["capacity"] == 8640 and times == sorted(times)
+    assert set(history["isps"]) == {"isp1", "isp2", "isp3"}
+    for series in history["isps"].values():
+        assert all(len(column) == len(times) for column in series.values()), series
+        assert all(s in ("up", "degraded", "down", "disabled") for s in series["status"]), series
+        assert (series["rtt_ms"][-1] or 0) > 0 and series["loss_percent"][-1] is not None  # probed: monitored
+        assert series["rx_bytes_per_second"][-1] is not None  # the rate between the last two samples
+    assert get(lab, f"/api/v1/history?since={times[-1]}")["times"] == []  # only what came after
+    for bad in ("abc", "-1", "nan", "1e300"):
+        assert call(lab, "GET", f"/api/v1/history?since={bad}")["status"] == 422, bad
+    assert call(lab, "GET", "/api/v1/history", None)["status"] == 401
+
+    reloads = gw.status()["reloads"]
+    assert gw.proc is not None
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while gw.status()["reloads"] == reloads:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert get(lab, "/api/v1/history")["times"][: len(times)] == times  # kept over the reload
+
+    gw.write(configure(lab, without="isp3"))
+    try:
+        assert gw.reload()["ok"]
+        last = get(lab, "/api/v1/history")["times"][-1]
+        deadline = time.monotonic() + 30
+        while not (later := get(lab, f"/api/v1/history?since={last}"))["times"]:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        assert set(later["isps"]) == {"isp1", "isp2"}
+        assert get(lab, "/api/v1/history")["times"][: len(times)] == times
+    finally:
+        gw.write(configure(lab))
+        assert gw.reload()["ok"]
+    gw.wait_for(ALL_UP)
+    deadline = time.monotonic() + 30
+    while (back := get(lab, "/api/v1/history")["isps"].get("isp3", {"status": [None]}))["status"][-1] != "up":
+        assert time.monotonic() < deadline, back
+        time.sleep(1)
+    assert back["status"][0] is None  # a new ISP: nothing of the old one's day
+
+
+_HOLD_LOOPBACK = """
+import socket, time
+server = socket.create_server(("127.0.0.1", 18123))
+clients = [socket.create_connection(("127.0.0.1", 18123)) for _ in range(20)]
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_connections_from_the_gateways_own_addresses_are_marked(lab: Lab, gw: LabGateway) -> None:
+    """Loopback connections and the probes from the WAN addresses are the gateway's; a LAN client's are not."""
+    held = lab.popen("gw", ["python3", "-c", _HOLD_LOOPBACK], label="loopback", stdout=-1, text=True)
+    try:
+        assert held.stdout is not None and held.stdout.readline().strip() == "open"
+        lab.traffic(connections=20, parallel=4)
+        conns = get(lab, "/api/v1/connections?limit=10000")["connections"]
+    finally:
+        held.kill()
+        held.wait(10)
+    wan = {a.split("/")[0] for isp in gw.status()["isps"] for a in isp["addresses"]}
+    by_source: dict[str, set[bool]] = {}
+    for c in conns:
+        by_source.setdefault(c["orig"]["src"], set()).add(c["from_gateway"])
+    assert by_source["127.0.0.1"] == {True}, by_source
+    assert any(by_source.get(a) == {True} for a in wan), (wan, by_source)  # the ICMP probes
+    lan = [src for src in by_source if src.startswith("192.168.77.") and src != LAN_GW]
+    assert lan and all(by_source[src] == {False} for src in lan), by_source
+
+
 def test_openapi_describes_what_the_server_does(lab: Lab, gw: LabGateway) -> None:
     spec = get(lab, "/api/v1/openapi.json")
     paths = spec["paths"]
     assert {
         "/healthz", "/api/v1/status", "/api/v1/isps", "/api/v1/isps/{name}", "/api/v1/events",
-        "/api/v1/connections", "/api/v1/stream", "/api/v1/isps/{name}/disable", "/api/v1/isps/{name}/enable",
+        "/api/v1/connections", "/api/v1/stream", "/api/v1/history", "/api/v1/isps/{name}/disable",
+        "/api/v1/isps/{name}/enable",
         "/api/v1/reload", "/metrics", "/",
     } == set(paths)  # fmt: skip
     for path, ops in paths.items():

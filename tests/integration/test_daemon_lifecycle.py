@@ -138,7 +138,7 @@ def test_bad_reload_keeps_running_rules_good_reload_applies(gateway: tuple[str, 
         ruleset = sh(ns, "nft list table inet wanlb").stdout
         cfg.write_text(good.replace("weight: 3", "weight: banana"))
         result = cli(cfg, "reload")
-        assert result.returncode != 0 and "isps.0.weight" in result.stderr
+        assert result.returncode != 0 and "isps[fiber].weight: expected a whole number" in result.stderr
         assert sh(ns, "nft list table inet wanlb").stdout == ruleset
         cfg.write_text(good.replace("weight: 3", "weight: 1"))
         assert cli(cfg, "reload").returncode == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,12 @@ def gw(lab: Lab) -> Iterator[LabGateway]:
 
     def edit(cfg: dict[str, Any]) -> None:
         cfg["api"] = {"listen": [f"{LAN_GW}:{PORT}"], "token_file": str(token), "public_read": False}
+        # For the configuration view: a policy and two rules that no lab traffic matches.
+        cfg["policies"] = {"video": {"members": [{"isp": "isp1", "weight": 3}, {"isp": "isp2", "tier": 2}]}}
+        cfg["rules"] = [
+            {"name": "voip", "dst": ["198.51.100.0/24"], "proto": "udp", "dport": [5060], "via": "isp1"},
+            {"name": "to-video", "dst": ["198.51.100.80/32"], "policy": "video"},
+        ]
 
     g = LabGateway(lab)
     g.write(edit)
@@ -180,6 +187,27 @@ def test_the_page_asks_for_the_token_and_shows_every_isp(dash: Dashboard) -> Non
     assert dash.page.evaluate("sessionStorage.getItem('wanlb.token')") == TOKEN
 
 
+def test_the_configuration_view_shows_policies_rules_and_probe_timing(gw: LabGateway, dash: Dashboard) -> None:
+    """Read-only, from the status the daemon sends: what each policy balances over, what each rule matches and
+    where it sends it (with its hits), and each ISP's probes and timing."""
+    page = dash.page
+    page.wait_for_selector("#config-policies tr[data-policy='video']")
+    rows = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#config tr[data-policy], #config tr[data-rule],'
+             + ' #config tr[data-isp]')].map(r => [r.dataset.policy || r.dataset.rule || r.dataset.isp,
+             [...r.cells].map(c => c.textContent)]))"""
+    )
+    assert rows["default"][:3] == ["default", "weighted", "isp1 (1, 1), isp2 (1, 1), isp3 (1, 1)"], rows
+    assert rows["video"][2:] == ["isp1 (1, 3), isp2 (2, 1)", "isp1 1", "default"], rows  # tier 1: isp1 alone
+    assert rows["voip"] == ["1", "voip", "dst 198.51.100.0/24 · proto udp · dport 5060", "via isp1", "0"], rows
+    assert rows["to-video"][2:4] == ["dst 198.51.100.80/32", "policy video"], rows
+    health = gw.view().isp("isp2")
+    assert health is not None and health.health.interval_seconds == 0.2
+    assert rows["isp2"][1] == "icmp → 203.0.113.10, 203.0.113.30", rows
+    assert rows["isp2"][2:5] == ["200 ms / 300 ms", "3 / 5 rounds", "20 rounds, 1 of 2 answering"], rows
+    assert rows["isp2 (IPv6)"][1].startswith("icmp → "), rows  # the dual-stack lab probes IPv6 apart
+
+
 def test_an_isps_ipv6_shows_on_its_card_and_dying_alone_is_explained(lab: Lab, gw: LabGateway, dash: Dashboard) -> None:
     """The lab is dual-stack: each card names the ISP's IPv6 mode and state; when only isp3's IPv6 dies,
     its card stays green (IPv4 is up) and says so."""
@@ -237,7 +265,7 @@ def test_traffic_raises_connections_and_throughput_on_the_cards(lab: Lab, dash: 
     assert total >= sum(now[i]["connections"] for i in ISPS) - 100
     # The charts keep the 1 s samples; the top clients table finds c1 (the paced client) first.
     dash.page.wait_for_function(
-        "[...document.querySelectorAll('figure.chart')].filter(f => Number(f.dataset.samples) >= 5).length === 3"
+        "[...document.querySelectorAll('figure.chart')].filter(f => Number(f.dataset.samples) >= 5).length === 6"
     )
     dash.page.wait_for_function(
         "a => { const r = document.querySelector('#clients tbody tr');"
@@ -270,6 +298,19 @@ def test_a_blackholed_isp_turns_red_within_2s_of_the_daemon(lab: Lab, gw: LabGat
     dash.page.wait_for_selector("#timeline li[data-isp='isp2'][data-status='down'][data-family='6']")
 
 
+def test_a_down_isps_card_says_its_traffic_is_its_probes(dash: Dashboard) -> None:
+    """isp2 is still blackholed: its connections were flushed, yet its card shows traffic out — the probes."""
+    note = "isp => document.querySelector(`article[data-isp='${isp}'] [data-field=traffic]`)"
+    dash.page.wait_for_function(f"({note})('isp2')?.dataset.kind === 'probes'")
+    dash.page.wait_for_function(
+        "Number(document.querySelector(\"article[data-isp='isp2'] [data-field=tx]\").dataset.value) > 0"
+    )
+    card = dash.card("isp2")
+    assert card["status"] == "down" and card["connections"] == 0 and card["tx"] > 0, card
+    assert dash.page.evaluate(f"({note})('isp2').textContent").startswith("Probes only"), card
+    assert dash.page.evaluate(f"({note})('isp1').textContent") == ""  # an ISP in use: its traffic is its own
+
+
 def test_the_drain_button_needs_the_token_and_disables_the_isp(gw: LabGateway, dash: Dashboard, tmp_path: Path) -> None:
     page = dash.page
     page.click("article[data-isp='isp3'] button[data-action='toggle']")
@@ -281,16 +322,101 @@ def test_the_drain_button_needs_the_token_and_disables_the_isp(gw: LabGateway, d
     assert "401" in dash.card("isp3")["error"]
     assert gw.isp_status()["isp3"] == "up"  # refused: nothing changed
     page.fill("#action-token", TOKEN)
+    page.fill("#action-reason", "fibre maintenance")
+    page.fill("#action-minutes", "30")
     page.click("#action-submit")
     page.wait_for_selector("#action-dialog:not([open])", state="attached")
     dash.wait_status("isp3", "disabled", timeout=5)
     assert gw.isp_status()["isp3"] == "disabled"
+    drain = {i["name"]: i["drain"] for i in gw.status()["isps"]}["isp3"]
+    assert drain["reason"] == "fibre maintenance" and 1790 < drain["until"] - time.time() <= 1800, drain
     card = dash.card("isp3")
     assert card["colour"] == GREY and card["button"] == "Enable" and card["error"] == "", card
+    note = page.wait_for_selector("article[data-isp='isp3'] [data-field=note]:has-text('Drained')").inner_text()
+    assert note.startswith("Drained: fibre maintenance. Ends at "), note
+    assert "(in 29 min)" in note or "(in 30 min)" in note, note
     page.wait_for_selector("#timeline li[data-isp='isp3'][data-status='disabled']")
     time.sleep(1.5)  # one more stats tick on the charts for the picture
     dash.screenshot("dashboard.png", tmp_path)
     assert not dash.errors, dash.errors
+
+
+_HOLD_LOOPBACK = """
+import socket, time
+server = socket.create_server(("127.0.0.1", 18124), backlog=512)
+clients = [socket.create_connection(("127.0.0.1", 18124)) for _ in range(300)]
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_top_clients_lists_lan_hosts_and_the_gateways_own_addresses_apart(
+    lab: Lab, gw: LabGateway, dash: Dashboard
+) -> None:
+    """300 connections over the gateway's loopback (more than any LAN host has) are listed under "this gateway",
+    never among the LAN clients; nor is any of the gateway's WAN or LAN addresses."""
+    held = lab.popen("gw", ["python3", "-c", _HOLD_LOOPBACK], label="loopback", stdout=-1, text=True)
+    try:
+        assert held.stdout is not None and held.stdout.readline().strip() == "open"
+        dash.page.wait_for_function(
+            "Number(document.querySelector(\"#gateway-clients tr[data-gateway-address='127.0.0.1']\")"
+            "?.dataset.count) >= 300",
+            timeout=12_000,
+        )
+        lan = dash.page.evaluate("[...document.querySelectorAll('#clients [data-client]')].map(r => r.dataset.client)")
+    finally:
+        held.kill()
+        held.wait(10)
+    own = {"127.0.0.1", LAN_GW} | {a.split("/")[0] for isp in gw.status()["isps"] for a in isp["addresses"]}
+    assert lan and not own & set(lan), (lan, own)
+    assert client_addr(1) in lan
+
+
+def test_a_fresh_tab_shows_the_last_day_the_daemon_kept_over_a_reload(
+    gw: LabGateway, browser: Any, dash: Dashboard, tmp_path: Path
+) -> None:
+    """The daemon samples every 10 s; after a reload (SIGHUP) a tab opened now shows, in the 24 h view, samples
+    from before it opened: isp2 down, the traffic, the probes."""
+    deadline = time.monotonic() + 30
+    while not dash.page.evaluate(
+        """async () => { const r = await fetch('/api/v1/history', {headers: {Authorization: 'Bearer ' +
+             sessionStorage.getItem('wanlb.token')}}); const h = await r.json();
+             return h.times.length >= 2 && Boolean(h.isps.isp2 && h.isps.isp2.status.includes('down')); }"""
+    ):  # until the daemon has sampled twice (every 10 s), once with isp2 down
+        assert time.monotonic() < deadline, "no sample of isp2 down in the daemon's history"
+        time.sleep(1)
+    reloads = gw.status()["reloads"]
+    assert gw.proc is not None
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while gw.status()["reloads"] == reloads:
+        assert time.monotonic() < deadline, "the SIGHUP reload did not happen"
+        time.sleep(0.1)
+    opened = time.time()
+    fresh = Dashboard(browser, 1280, 1400)
+    fresh.open_and_sign_in()
+    page = fresh.page
+    page.click("button[data-range='86400']")
+    charts = "() => [...document.querySelectorAll('figure.chart')].map(f => [f.id, f.dataset.samples, f.dataset.oldest,"
+    charts += " f.dataset.states])"
+    try:
+        page.wait_for_function(
+            "a => { const f = document.querySelector('#chart-states'); return f.dataset.samples > 0"
+            " && JSON.parse(f.dataset.states || '{}').isp2?.includes('down')"
+            " && Number(document.querySelector('#chart-connections').dataset.oldest) < a; }",
+            arg=opened,
+        )
+    except sync_api.TimeoutError:
+        raise AssertionError((opened, page.evaluate(charts), fresh.errors)) from None
+    assert page.evaluate("document.querySelector('#charts-range-title').textContent") == "Last 24 hours"
+    for chart in ("connections", "rx", "tx", "rtt", "loss"):
+        oldest = page.evaluate(f"Number(document.querySelector('#chart-{chart}').dataset.oldest)")
+        assert oldest < opened, (chart, oldest, opened)  # the page itself has seen only what came after
+    label = page.evaluate("document.querySelector('#chart-states canvas').getAttribute('aria-label')")
+    assert "isp2 down" in label, label
+    fresh.screenshot("dashboard-history.png", tmp_path)
+    assert not fresh.errors, fresh.errors
+    fresh.context.close()
 
 
 def test_a_phone_sized_window_shows_everything_without_sideways_scrolling(browser: Any, tmp_path: Path) -> None:

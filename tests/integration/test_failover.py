@@ -234,6 +234,32 @@ def test_disable_drains_and_enable_rejoins(lab: Lab, gw: LabGateway) -> None:
     assert bad.returncode == 1 and "no ISP named 'isp9'" in bad.stderr
 
 
+def test_a_timed_drain_with_a_reason_reaches_status_hooks_and_ends_by_itself(
+    lab: Lab, gw: LabGateway, tmp_path: Path
+) -> None:
+    record = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$WANLB_ISP $WANLB_EVENT $WANLB_REASON" >> {record}\n')
+    hook.chmod(0o755)
+    start(gw, lambda cfg: cfg.update(hooks=[str(hook)]))
+    done = gw.cli("disable", "isp2", "--reason", "ISP maintenance window", "--for", "3s")
+    assert done.returncode == 0 and done.stdout.strip() == "isp2 is disabled for 3s", done
+    drain = {i["name"]: i["drain"] for i in gw.status()["isps"]}
+    assert drain["isp1"] is None and drain["isp2"]["reason"] == "ISP maintenance window", drain
+    assert lab.traffic(connections=30)["isp2"] == 0
+    # The timer ends it at a resync (every 5 s): isp2 is back on its probes, which kept running, so up at once.
+    event = gw.wait_event("isp2", "enabled", timeout=12)
+    assert event["reason"] == "drain timer ran out" and event["status"] == "up"
+    assert {i["name"]: i["drain"] for i in gw.status()["isps"]}["isp2"] is None
+    assert lab.traffic(connections=30)["isp2"] == 10
+    wait_until = time.monotonic() + 5
+    while "enabled" not in (record.read_text() if record.exists() else "") and time.monotonic() < wait_until:
+        time.sleep(0.1)
+    assert record.read_text().splitlines() == [
+        "isp2 disabled disabled by admin: ISP maintenance window", "isp2 enabled drain timer ran out"
+    ]
+
+
 def test_replies_pass_the_reverse_path_check_without_a_main_default_route(lab: Lab, gw: LabGateway) -> None:
     """Many multi-WAN boxes have no default route in main; replies must still be accepted on every WAN."""
     start(gw)

@@ -129,6 +129,7 @@ def test_installs_a_venv_a_link_a_unit_and_the_example_config(installed: Tree) -
     assert t.config.read_text() == (CHECKOUT / "examples" / "wanlb.yaml").read_text()
     assert (t.prefix / "share" / "doc" / "wanlb" / "operations.md").is_file()  # the unit's Documentation=
     assert (t.prefix / "share" / "wanlb" / "install.sh").is_file()  # to uninstall without the checkout
+    assert (t.prefix / "share" / "wanlb" / "wanlb-alerts.yml").is_file()
     assert not list(t.src.rglob("*.egg-info")) and not (t.src / "build").exists()  # the checkout stays clean
 
 

@@ -1,6 +1,7 @@
-"""`wanlb top` on a real terminal (tmux, 120×40) in the lab's gateway namespace, against a real daemon with
-three ISPs and real traffic: every ISP renders, the numbers move, the daemon going away and coming back is
-shown, and `q` exits 0 leaving the alternate screen and the terminal settings as they were.
+"""`wanlb top` on a real terminal (tmux, 120×40, then resized to 80×24) in the lab's gateway namespace, against a
+real daemon with three ISPs and real traffic: every ISP renders, the numbers move, at 80×24 every panel is there
+and nothing is cut, the daemon going away and coming back is shown, and `q` exits 0 leaving the alternate screen
+and the terminal settings as they were.
 
 The pane runs an interactive bash, and top is typed into it, as an operator would: bash keeps the
 terminal settings a program leaves behind when it exits normally, so `stty -g` before and after top
@@ -137,6 +138,18 @@ def test_top_shows_the_live_daemon_survives_its_absence_and_quits_cleanly(lab: L
         assert next(line for line in term.screen().splitlines() if line.split()[:1] == ["unused"]).split()[3] == "0"
         assert re.search("[▂▃▄▅▆▇█]", term.screen())  # the sparklines rise
         pace.wait(15)
+
+        # At 80×24 (the terminal resized under it: SIGWINCH) every panel is there, nothing is cut.
+        term.tmux("resize-window", "-t", "top", "-x", "80", "-y", "24")
+        term.wait(lambda: len(term.screen().splitlines()[0]) <= 80 and set(rows(term.screen())) == set(ISPS),
+                  why="every ISP at 80 columns")  # fmt: skip
+        narrow = term.screen()
+        assert "…" not in narrow, narrow
+        header = next(line.split() for line in narrow.splitlines() if line.split()[:2] == ["isp", "state"])
+        assert {"share", "conns", "new/s", "rx/s", "tx/s", "loss", "rtt"} <= set(header), narrow
+        assert "conns (top" in narrow and "web-isp2" in narrow and "events (" in narrow, narrow
+        term.tmux("resize-window", "-t", "top", "-x", "120", "-y", "40")  # and back: it uses the room again
+        term.wait(lambda: len(term.screen().splitlines()[0]) > 80, why="top at 120 columns again")
 
         # The daemon goes away: top says so and keeps asking; it comes back: top shows it again.
         gw.stop(cleanup=False)

@@ -48,7 +48,7 @@ def test_explicit_marks_and_tables_are_kept_as_given() -> None:
 def test_helpers_are_validated() -> None:
     cfg = parse_config(GOOD + "helpers: [ftp, sip, h323]\n")
     assert cfg.helpers == ("ftp", "sip", "h323")
-    with pytest.raises(ConfigError, match=r"helpers\.0"):
+    with pytest.raises(ConfigError, match=r"helpers\[1\]: must be ftp, tftp"):
         parse_config(GOOD + "helpers: [telnet]\n", "h.yaml")
 
 
@@ -67,68 +67,98 @@ def _replace(old: str, new: str) -> str:
 # (config text, expected line, expected field path, a word the message must contain)
 BAD = [
     (_replace("  algorithm: weighted\n", "  algorithm: weighted\n  colour: red\n"), 14, "balance.colour", "unknown"),
-    (_replace("    weight: 3\n", "    weight: three\n"), 7, "isps.0.weight", "integer"),
-    (_replace("    weight: 3\n", "    weight: 0\n"), 7, "isps.0.weight", "greater"),
-    (_replace("    weight: 3\n", "    weight: 1001\n"), 7, "isps.0.weight", "less"),
-    (_replace("  - name: lte\n", "  - name: fiber\n"), 9, "isps.1.name", "duplicate"),
-    (_replace("    interface: wan2\n", "    interface: wan1\n"), 10, "isps.1.interface", "duplicate"),
+    (
+        _replace("    weight: 3\n", "    weight: three\n"),
+        7,
+        "isps[fiber].weight",
+        "expected a whole number 1..1000, got 'three'",
+    ),
+    (_replace("    weight: 3\n", "    weight: 0\n"), 7, "isps[fiber].weight", "must be 1..1000, got 0"),
+    (_replace("    weight: 3\n", "    weight: 1001\n"), 7, "isps[fiber].weight", "must be 1..1000, got 1001"),
+    (
+        _replace("  - name: lte\n", "  - name: fiber\n"),
+        9,
+        "isps[2].name",
+        "duplicate name 'fiber' (also used by isps[1])",
+    ),
+    (_replace("    interface: wan2\n", "    interface: wan1\n"), 10, "isps[lte].interface", "duplicate"),
     (
         _replace("    weight: 3\n", "    weight: 3\n    mark: 0x300\n").replace(
             "    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    mark: 0x300\n"
         ),
         13,
-        "isps.1.mark",
+        "isps[lte].mark",
         "duplicate",
     ),
-    (_replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    mark: 0x1\n"), 12, "isps.1.mark", "outside"),
+    (
+        _replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    mark: 0x1\n"),
+        12,
+        "isps[lte].mark",
+        "outside",
+    ),
     (
         _replace("    weight: 3\n", "    weight: 3\n    table: 300\n").replace(
             "    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    table: 300\n"
         ),
         13,
-        "isps.1.table",
+        "isps[lte].table",
         "duplicate",
     ),
-    (_replace("    gateway: 100.64.1.1\n", "    gateway: 100.64.1.300\n"), 6, "isps.0.gateway", "IPv4"),
-    (_replace("interval: 200ms", "interval: 20 parsecs"), 8, "isps.0.health.interval", "duration"),
-    (_replace("targets: [203.0.113.10]", "targets: [203.0.113]"), 8, "isps.0.health.targets.0", "IPv4"),
+    (_replace("    gateway: 100.64.1.1\n", "    gateway: 100.64.1.300\n"), 6, "isps[fiber].gateway", "IPv4"),
+    (_replace("interval: 200ms", "interval: 20 parsecs"), 8, "isps[fiber].health.interval", "duration"),
+    (_replace("targets: [203.0.113.10]", "targets: [203.0.113]"), 8, "isps[fiber].health.targets[1]", "IPv4"),
     (
         "lan:\n  interfaces: [lan0]\nisps: []\n",
         3,
         "isps",
         "at least 1",
     ),
-    (_replace("  - name: fiber\n", "  - name: Fiber\n"), 4, "isps.0.name", "must match"),
-    (_replace("  - name: fiber\n", "  - name: averyveryverylongname\n"), 4, "isps.0.name", "must match"),
+    (_replace("  - name: fiber\n", "  - name: Fiber\n"), 4, "isps[1].name", "must match"),
+    (_replace("  - name: fiber\n", "  - name: averyveryverylongname\n"), 4, "isps[1].name", "must match"),
     (_replace("mark_mask: 0xff00\n", "mark_mask: 0xf0f0\n"), 14, "mark_mask", "contiguous"),
-    (_replace("    interface: wan1\n", "    interface: lan0\n"), 5, "isps.0.interface", "LAN"),
+    (_replace("    interface: wan1\n", "    interface: lan0\n"), 5, "isps[fiber].interface", "LAN"),
     (
         _replace("    interface: wan1\n", "    interface: this-name-is-too-long\n"),
         5,
-        "isps.0.interface",
+        "isps[fiber].interface",
         "interface name",
     ),
-    (_replace("local_traffic: true\n", "local_traffic: maybe\n"), 15, "local_traffic", "boolean"),
+    (
+        _replace("local_traffic: true\n", "local_traffic: maybe\n"),
+        15,
+        "local_traffic",
+        "expected true or false, got 'maybe'",
+    ),
     (_replace("  interfaces: [lan0]\n", "  interfaces: []\n"), 2, "lan.interfaces", "at least 1"),
     (
         _replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    snat: sometimes\n"),
         12,
-        "isps.1.snat",
-        "masquerade",
+        "isps[lte].snat",
+        "must be masquerade, none or an IPv4 address, got 'sometimes'",
     ),
-    (_replace("    gateway: 100.64.2.1\n", "    gateway: dhcp\n"), 11, "isps.1.gateway", "write auto for a next hop"),
-    (_replace("down_after: 3", "down_after: -1"), 8, "isps.0.health.down_after", "greater"),
+    (
+        _replace("    gateway: 100.64.2.1\n", "    gateway: dhcp\n"),
+        11,
+        "isps[lte].gateway",
+        "write auto for a next hop",
+    ),
+    (_replace("down_after: 3", "down_after: -1"), 8, "isps[fiber].health.down_after", "must be 1..100, got -1"),
     (_replace("mark_mask: 0xff00\n", "mark_mask: 0x1\n"), 14, "mark_mask", "holds only"),
     (
         _replace("    gateway: 100.64.2.1\n", "    gateway: 100.64.2.1\n    table: 254\n"),
         12,
-        "isps.1.table",
+        "isps[lte].table",
         "reserved",
     ),
-    (_replace("{ targets:", "{ method: tcp, targets:"), 8, "isps.0.health", "needs a port"),
-    (_replace("{ targets:", "{ method: icmp, port: 80, targets:"), 8, "isps.0.health", "has no port"),
-    (_replace("{ targets:", "{ method: ping, targets:"), 8, "isps.0.health.method", "icmp"),
-    (_replace("local_traffic: true\n", "local_traffic: true\nhooks: [notify.sh]\n"), 16, "hooks.0", "absolute"),
+    (_replace("{ targets:", "{ method: tcp, targets:"), 8, "isps[fiber].health", "needs a port"),
+    (_replace("{ targets:", "{ method: icmp, port: 80, targets:"), 8, "isps[fiber].health", "has no port"),
+    (
+        _replace("{ targets:", "{ method: ping, targets:"),
+        8,
+        "isps[fiber].health.method",
+        "must be icmp, tcp, http, https or dns, got 'ping'",
+    ),
+    (_replace("local_traffic: true\n", "local_traffic: true\nhooks: [notify.sh]\n"), 16, "hooks[1]", "absolute"),
 ]
 
 
@@ -136,7 +166,7 @@ def test_an_invalid_isp_does_not_also_report_an_empty_isp_list() -> None:
     text = "lan:\n  interfaces: [lan0]\nisps:\n  - name: a\n    interface: wan0\n    gateway: 1.2.3.4\n    weight: 0\n"
     with pytest.raises(ConfigError) as info:
         parse_config(text, "one.yaml")
-    assert str(info.value).splitlines() == ["one.yaml:7: isps.0.weight: Input should be greater than or equal to 1"]
+    assert str(info.value).splitlines() == ["one.yaml:7: isps[a].weight: must be 1..1000, got 0"]
 
 
 @pytest.mark.parametrize(("text", "line", "path", "word"), BAD, ids=[b[2] + ":" + b[3] for b in BAD])
@@ -184,5 +214,5 @@ def test_every_error_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "multi.yaml")
     rows = str(info.value).splitlines()
-    assert "multi.yaml:3: isps.0.weight:" in rows[0]
-    assert "multi.yaml:4: isps.1.gateway:" in rows[1]
+    assert "multi.yaml:3: isps[a].weight:" in rows[0]
+    assert "multi.yaml:4: isps[b].gateway:" in rows[1]

@@ -124,7 +124,7 @@ def test_without_an_ipv6_isp_nothing_ipv6_is_rendered() -> None:
         ),
         (lambda t: t.replace(", ipv6_prefixes: [fd00:77::/64, 2001:db8:300::/64]", ""), "needs lan.ipv6_prefixes"),
         (lambda t: t.replace("{mode: masquerade}", "{mode: masquerade, inbound: true}"), "it needs mode netmap"),
-        (lambda t: t.replace("/64}", "/64, inbound: 'yes'}", 1), "valid boolean"),
+        (lambda t: t.replace("/64}", "/64, inbound: 'yes'}", 1), "expected true or false, got 'yes'"),
         (
             lambda t: t.replace("[fd00:77::/64, 2001:db8:300::/64]", "[fd00:77::/64, fd00:78::/64, 2001:db8:300::/64]"),
             "netmap maps one LAN prefix",

@@ -91,144 +91,145 @@ def test_no_policies_and_no_rules_by_default() -> None:
     [
         pytest.param(
             "rules:\n  - {name: r, via: cable}\n",
-            "wanlb.yaml:6: rules.0.via: no ISP named 'cable'",
+            "wanlb.yaml:6: rules[r].via: no ISP named 'cable'",
             id="unknown ISP in via",
         ),
         pytest.param(
             "policies:\n  p:\n    members:\n      - {isp: fiber}\n      - {isp: cable}\n",
-            "wanlb.yaml:9: policies.p.members.1.isp: no ISP named 'cable'",
+            "wanlb.yaml:9: policies[p].members[2].isp: no ISP named 'cable'",
             id="unknown ISP in members",
         ),
         pytest.param(
             "policies:\n  p:\n    members: [{isp: fiber}, {isp: fiber, tier: 2}]\n",
-            "wanlb.yaml:7: policies.p.members.1.isp: 'fiber' is listed twice",
+            "wanlb.yaml:7: policies[p].members[2].isp: 'fiber' is listed twice",
             id="member twice",
         ),
         pytest.param(
             "policies:\n  p: {members: [{isp: fiber}]}\nrules:\n  - {name: r, policy: q}\n",
-            "wanlb.yaml:8: rules.0.policy: no policy named 'q' (policies: p)",
+            "wanlb.yaml:8: rules[r].policy: no policy named 'q' (policies: p)",
             id="unknown policy",
         ),
         pytest.param(
             "rules:\n  - {name: r, via: fiber}\n  - {name: s, via: lte}\n  - {name: r, action: drop}\n",
-            "wanlb.yaml:8: rules.2.name: duplicate rule name 'r' (also rules.0)",
+            "wanlb.yaml:8: rules[3].name: duplicate rule name 'r' (also rules[1])",
             id="duplicate rule names",
         ),
         pytest.param(
             "policies:\n  default:\n    members: [{isp: fiber}]\n",
-            "wanlb.yaml:6: policies.default: 'default' is the implicit policy of every ISP (balance); "
+            "wanlb.yaml:6: policies[default]: 'default' is the implicit policy of every ISP (balance); "
             "pick another name",
             id="policy named default",
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: icmp, dport: [80], via: fiber}\n",
-            "wanlb.yaml:6: rules.0: ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)",
+            "wanlb.yaml:6: rules[r]: ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)",
             id="ports with proto icmp",
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: 47, sport: 80, via: fiber}\n",
-            "wanlb.yaml:6: rules.0: ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)",
+            "wanlb.yaml:6: rules[r]: ports need proto tcp, udp, sctp, dccp or udplite (or no proto: tcp and udp)",
             id="ports with proto gre by number",
         ),
         pytest.param(
             "rules:\n  - {name: r, via: fiber, policy: default}\n",
-            "wanlb.yaml:6: rules.0: give exactly one of via (an ISP), policy (a policy name) or action (bypass, drop)",
+            "wanlb.yaml:6: rules[r]: give exactly one of via (an ISP), policy (a policy name) or action (bypass, drop)",
             id="two targets",
         ),
         pytest.param(
             "rules:\n  - {name: r, src: [10.0.0.1]}\n",
-            "wanlb.yaml:6: rules.0: give exactly one of via (an ISP), policy (a policy name) or action (bypass, drop)",
+            "wanlb.yaml:6: rules[r]: give exactly one of via (an ISP), policy (a policy name) or action (bypass, drop)",
             id="no target",
         ),
         pytest.param(
             "rules:\n  - {name: r, dport: [27030-27015], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dport.0: port range 27030-27015 must lie within 1-65535, low end first",
+            "wanlb.yaml:6: rules[r].dport[1]: port range 27030-27015 must lie within 1-65535, low end first",
             id="bad port range: reversed",
         ),
         pytest.param(
             "rules:\n  - {name: r, dport: [80, 0-10], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dport.1: port range 0-10 must lie within 1-65535, low end first",
+            "wanlb.yaml:6: rules[r].dport[2]: port range 0-10 must lie within 1-65535, low end first",
             id="bad port range: port 0",
         ),
         pytest.param(
             "rules:\n  - {name: r, sport: 65536, via: fiber}\n",
-            "wanlb.yaml:6: rules.0.sport.0: port range 65536-65536 must lie within 1-65535, low end first",
+            "wanlb.yaml:6: rules[r].sport[1]: port range 65536-65536 must lie within 1-65535, low end first",
             id="bad port: too large",
         ),
         pytest.param(
             "rules:\n  - {name: r, dport: [http], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dport.0: 'http' is not a port or a range like 27015-27030",
+            "wanlb.yaml:6: rules[r].dport[1]: 'http' is not a port or a range like 27015-27030",
             id="bad port: a name",
         ),
         pytest.param(
             "rules:\n  - {name: r, iif: [lan0, wan2], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.iif.1: wan2 is a WAN interface: rules match traffic from the LAN",
+            "wanlb.yaml:6: rules[r].iif[2]: wan2 is a WAN interface: rules match traffic from the LAN",
             id="WAN interface in iif",
         ),
         pytest.param(
             "rules:\n  - {name: r, iif: [lan9], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.iif.0: lan9 is not in lan.interfaces (lan0, lan-guest): add it there to balance it",
+            "wanlb.yaml:6: rules[r].iif[1]: lan9 is not in lan.interfaces (lan0, lan-guest): add it there to "
+            "balance it",
             id="iif not a LAN interface",
         ),
         pytest.param(
             "rules:\n  - {name: r, dst_domains: [example..com], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dst_domains.0: 'example..com' has an empty label (a leading dot or two dots "
+            "wanlb.yaml:6: rules[r].dst_domains[1]: 'example..com' has an empty label (a leading dot or two dots "
             "in a row).",
             id="bad domain: empty label",
         ),
         pytest.param(
             "rules:\n  - {name: r, dst_domains: [intranet], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dst_domains.0: 'intranet' is a single label: give the fully qualified name "
+            "wanlb.yaml:6: rules[r].dst_domains[1]: 'intranet' is a single label: give the fully qualified name "
             "(search domains are not used).",
             id="bad domain: one label",
         ),
         pytest.param(
             "rules:\n  - {name: r, dst_domains: [ok.example.com, 'a b.example.com'], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dst_domains.1: 'a b.example.com': label 'a b' may hold only letters, digits, "
+            "wanlb.yaml:6: rules[r].dst_domains[2]: 'a b.example.com': label 'a b' may hold only letters, digits, "
             "'-' and '_', and may not start or end with '-'.",
             id="bad domain: a space",
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: tcpp, via: fiber}\n",
-            "wanlb.yaml:6: rules.0.proto: 'tcpp': use tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, esp, ah or a "
+            "wanlb.yaml:6: rules[r].proto: 'tcpp': use tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, esp, ah or a "
             "number 0-255",
             id="unknown protocol",
         ),
         pytest.param(
             "rules:\n  - {name: r, proto: 256, via: fiber}\n",
-            "wanlb.yaml:6: rules.0.proto: 256: use tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, esp, ah or a "
+            "wanlb.yaml:6: rules[r].proto: 256: use tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, esp, ah or a "
             "number 0-255",
             id="protocol number too large",
         ),
         pytest.param(
             "rules:\n  - {name: r, dscp: [ef, af44], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dscp.1: 'af44': use a DSCP name (ef, cs0-cs7, af11-af43, va) or a number 0-63",
+            "wanlb.yaml:6: rules[r].dscp[2]: 'af44': use a DSCP name (ef, cs0-cs7, af11-af43, va) or a number 0-63",
             id="unknown DSCP name",
         ),
         pytest.param(
             'rules:\n  - {name: r, src: [10.0.0.1, "!10.0.0.5", "!10.0.0.0/33"], via: fiber}\n',
-            "wanlb.yaml:6: rules.0: src.2: '10.0.0.0/33' is not an IPv4 or IPv6 address or network (like "
+            "wanlb.yaml:6: rules[r]: src[3]: '10.0.0.0/33' is not an IPv4 or IPv6 address or network (like "
             "10.0.0.0/24 or fd00::/64)",
             id="bad negated address",
         ),
         pytest.param(
             "rules:\n  - {name: r, dst: [10.0.0.1, fd00::1/64], via: fiber}\n",
-            "wanlb.yaml:6: rules.0.dst.1: 'fd00::1/64' has host bits set: the network is fd00::/64",
+            "wanlb.yaml:6: rules[r].dst[2]: 'fd00::1/64' has host bits set: the network is fd00::/64",
             id="host bits",
         ),
         pytest.param(
             "rules:\n  - {name: Gaming, via: fiber}\n",
-            "wanlb.yaml:6: rules.0.name: 'Gaming' is not a valid rule name (must match [a-z][a-z0-9_-]{0,23})",
+            "wanlb.yaml:6: rules[1].name: 'Gaming' is not a valid rule name (must match [a-z][a-z0-9_-]{0,23})",
             id="bad rule name",
         ),
         pytest.param(
             "policies:\n  p:\n    members: [{isp: fiber}]\n    on_unavailable: reject\n",
-            "wanlb.yaml:8: policies.p.on_unavailable: Input should be 'default', 'drop' or 'unreachable'",
+            "wanlb.yaml:8: policies[p].on_unavailable: must be default, drop or unreachable, got 'reject'",
             id="bad on_unavailable",
         ),
         pytest.param(
             "failover: {on_recover: move}\n",
-            "wanlb.yaml:5: failover.on_recover: Input should be 'keep' or 'move-lower-tier'",
+            "wanlb.yaml:5: failover.on_recover: must be keep or move-lower-tier, got 'move'",
             id="bad on_recover",
         ),
     ],
@@ -249,9 +250,9 @@ rules:
 """
     ).splitlines()
     assert report == [
-        "wanlb.yaml:6: policies.default: 'default' is the implicit policy of every ISP (balance); pick another name",
-        "wanlb.yaml:7: policies.p.members.0.isp: no ISP named 'dsl'",
-        "wanlb.yaml:9: rules.0.via: no ISP named 'cable'",
-        "wanlb.yaml:10: rules.1.name: duplicate rule name 'a' (also rules.0)",
-        "wanlb.yaml:10: rules.1.policy: no policy named 'nope' (policies: default, p)",
+        "wanlb.yaml:6: policies[default]: 'default' is the implicit policy of every ISP (balance); pick another name",
+        "wanlb.yaml:7: policies[p].members[1].isp: no ISP named 'dsl'",
+        "wanlb.yaml:9: rules[1].via: no ISP named 'cable'",
+        "wanlb.yaml:10: rules[2].name: duplicate rule name 'a' (also rules[1])",
+        "wanlb.yaml:10: rules[2].policy: no policy named 'nope' (policies: default, p)",
     ]

@@ -17,6 +17,7 @@ from fakekernel import FakeCounter, FakeKernel
 
 from wanlb import runtime, view
 from wanlb.adapters import nft
+from wanlb.commands import Disable, Enable
 from wanlb.config import load_config
 from wanlb.daemon import Daemon
 from wanlb.daemon.surface import Surface
@@ -284,15 +285,15 @@ def test_disable_then_enable_emits_enabled_and_never_down(tmp_path: Path, monkey
     async def test() -> None:
         d = h.build()
         await d.reconcile("start")
-        assert await d.admin("a", enable=False) == {"ok": True, "message": "a is disabled"}
+        assert await d.admin(Disable("a")) == {"ok": True, "message": "a is disabled"}
         assert "isp_a" not in h.balance() and h.flushes() == []  # drained, its connections keep going
         for _ in range(5):
             d.on_round("a", GOOD)
         await settle(d)
-        assert await d.admin("a", enable=True) == {"ok": True, "message": "a is up"}
+        assert await d.admin(Enable("a")) == {"ok": True, "message": "a is up"}
         assert [e["event"] for e in events(d)] == ["disabled", "enabled"]
         assert events(d)[-1]["status"] == "up" and "isp_a" in h.balance() and h.flushes() == []
-        assert await d.admin("zz", enable=True) == {"ok": False, "error": "no ISP named 'zz'"}
+        assert await d.admin(Enable("zz")) == {"ok": False, "error": "no ISP named 'zz'"}
 
     run(test)
 
@@ -303,14 +304,47 @@ def test_enable_of_a_failing_isp_is_enabled_down_and_flushed(tmp_path: Path, mon
     async def test() -> None:
         d = h.build()
         await d.reconcile("start")
-        await d.admin("a", enable=False)
+        await d.admin(Disable("a"))
         for _ in range(3):
             d.on_round("a", FAIL)
         await settle(d)
-        assert await d.admin("a", enable=True) == {"ok": True, "message": "a is down"}
+        assert await d.admin(Enable("a")) == {"ok": True, "message": "a is down"}
         assert [e["event"] for e in events(d)] == ["disabled", "enabled"]
         assert events(d)[-1]["status"] == "down" and events(d)[-1]["flushed"] == 3
         assert h.flushes() == [("ct_flush", 0x100, 0xFF00)]
+
+    run(test)
+
+
+def test_a_drain_with_a_reason_and_a_timer_ends_by_itself_at_a_resync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(tmp_path, monkeypatch)
+
+    async def test() -> None:
+        d = h.build()
+        await d.reconcile("start")
+        surface = Surface(d)
+        reply = await surface.handle({"cmd": "disable", "isp": "a", "reason": "ISP maintenance", "seconds": 90})
+        assert reply == {"ok": True, "message": "a is disabled for 1m30s"}
+        until = status_of(d)["isps"][0]["drain"]["until"]
+        assert status_of(d)["isps"][0]["drain"] == {"reason": "ISP maintenance", "until": until}
+        assert 60 < until - h.clock.t <= 90  # (the fake clock ticks on every read)
+        assert events(d)[-1]["reason"] == "disabled by admin: ISP maintenance"
+        for _ in range(5):  # its probes go on while it is drained
+            d.on_round("a", GOOD)
+        await settle(d)
+        await d.resync()  # not yet
+        assert status_of(d)["isps"][0]["status"] == "disabled"
+        h.clock.t += 90
+        await d.resync()
+        isp = status_of(d)["isps"][0]
+        assert isp["status"] == "up" and isp["drain"] is None and "isp_a" in h.balance()
+        assert [(e["event"], e["reason"]) for e in events(d)][-1] == ("enabled", "drain timer ran out")
+        for bad in ({"reason": "x" * 201}, {"reason": "two\nlines"}, {"seconds": 0}, {"seconds": "60"}):
+            answer = await surface.handle({"cmd": "disable", "isp": "a", **bad})
+            assert answer["ok"] is False and answer["error"].startswith("bad request:"), (bad, answer)
+        assert status_of(d)["isps"][0]["status"] == "up"  # bad input: no change
 
     run(test)
 

@@ -17,7 +17,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class FakeDaemon:
         self.path = path
         self.k = 0
         self.ipv6: dict[str, dict[str, Any]] = {}  # ISP name -> its status's "ipv6" (else null)
+        self.edit: Callable[[dict[str, Any]], None] = lambda answer: None  # changes every answer before it is sent
         self.sock: socket.socket | None = None
         self.thread: threading.Thread | None = None
 
@@ -66,6 +67,7 @@ class FakeDaemon:
                 answer["conn_counts"]["isp1"] = 7000 + self.k
                 for isp in answer["isps"]:
                     isp["ipv6"] = self.ipv6.get(isp["name"])
+                self.edit(answer)
                 conn.sendall(json.dumps(answer).encode() + b"\n")
 
     def stop(self) -> None:
@@ -102,12 +104,12 @@ def test_status_shows_each_isps_ipv6_only_when_some_isp_carries_it(daemon: FakeD
     assert "ipv6" not in result.output.lower(), result.output
     down = {"mode": "netmap", "status": "down", "own_health": True, "health": {"monitored": True, "loss_percent": 100}}
     daemon.ipv6 = {"isp1": down, "isp2": {"mode": "masquerade", "status": "up", "own_health": False, "health": None}}
-    result = CliRunner().invoke(cli.main, ["status", "--socket", daemon.path])
+    result = CliRunner().invoke(cli.main, ["status", "--wide", "--socket", daemon.path])
     assert result.exit_code == 0, result.output
-    cells = {
+    cells = {  # (two spaces or more between the cells of a row)
         row[0]: row
         for line in result.output.splitlines()
-        if (row := [cell.strip() for cell in line.split("│")[1:-1]])[:1] in (["isp1"], ["isp2"], ["isp3"])
+        if (row := re.split(r"\s{2,}", line.strip()))[:1] in (["isp1"], ["isp2"], ["isp3"])
     }
     assert "ipv6" in result.output, result.output
     assert cells["isp1"][:3] == ["isp1", "up", "netmap down (loss 100%)"], cells

@@ -262,7 +262,7 @@ def test_the_screen_shows_every_isp_with_rates_sparklines_rules_and_the_latest_e
     assert "2.5%" in row["isp1"] and "12.3 ms" in row["isp1"]
     spark = [line for line in lines if line.strip().startswith("isp1") and "█" in line]
     assert len(spark) == 1  # isp1's connection history: the largest of all, so it reaches the top block
-    assert "connections (top 200)" in text and "rx+tx (top 3.3 kB/s)" in text
+    assert "conns (top 200)" in text and "rx+tx (top 3.3 kB/s)" in text
     assert "pin" in text and "via isp2" in text and "60" in text and "3.0" in text
     assert "events (30)" in text and "failed round 29" in text  # the newest event, at the bottom
     assert "failed round 0" not in text  # the oldest do not fit

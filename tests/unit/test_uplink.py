@@ -180,3 +180,24 @@ def test_a_changed_delegation_is_followed_while_the_old_prefix_runs_out() -> Non
     assert followed_prefixes(cfg, routes) == {"cable": old}  # nothing tells them apart: the lowest
     pd2 = Interface("pd2", 9, True, addresses6=((IF6("2001:db8:100::1/64"), 40), (IF6("2001:db8:180::1/64"), 3600)))
     assert followed_prefixes(cfg, routes, {"pd2": pd2}) == {"cable": new}
+
+
+def test_a_static_gateway_on_the_lan_is_said_whatever_else_the_uplink_lacks() -> None:
+    """The LAN's subnet where a WAN's gateway goes: said by name whether or not the WAN's own network holds
+    it too (a WAN and the LAN on the same 192.168.1.0/24 is the double-NAT mistake), and a static gateway off
+    a link that is down is said with the link, not only once the link comes up."""
+    from wanlb.uplink import ConnectedRoute
+
+    lan = (ConnectedRoute(ipaddress.IPv4Network("100.64.1.0/24"), "lan0"),)
+    same = uplinks(CFG, snap(wan1=iface("wan1", "100.64.1.2/24")))
+    assert same["fiber"].ready
+    assert uplink_warnings(CFG, {"fiber": same["fiber"]}, lan) == [
+        "isp fiber: gateway 100.64.1.1 is on the LAN (lan0: 100.64.1.0/24): a WAN's next hop is on its own "
+        "network, reached through wan1"
+    ]
+    assert uplink_warnings(CFG, {"fiber": same["fiber"]}) == []  # nothing known of the LAN: nothing said
+    down = uplinks(CFG, snap(wan1=iface("wan1", "192.168.77.5/24", usable=False)))
+    assert uplink_warnings(CFG, {"fiber": down["fiber"]}) == [
+        "isp fiber: wan1: link down, and gateway 100.64.1.1 is not on wan1's networks (192.168.77.0/24); the ISP "
+        "is down until it is resolved"
+    ]

@@ -4,10 +4,10 @@ and tables, policies and rules naming what exists, IPv6 prefixes that fit togeth
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from wanlb.config.errors import ConfigIssue, _format_loc
+from wanlb.config.errors import ConfigIssue
 from wanlb.config.schema import Config
 from wanlb.runtime import mark_shift
 
@@ -41,16 +41,31 @@ def _ipv6_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
             elif mode == "netmap" and translated[0].prefixlen != prefix.prefixlen:  # (prefix_from: checked live)
                 problem = f"{prefix} must have the LAN prefix's length (/{translated[0].prefixlen}) to keep host bits"
             elif any(prefix.overlaps(other) for other in seen):
-                problem = f"{prefix} overlaps isps.{seen[next(o for o in seen if prefix.overlaps(o))]}'s prefix"
+                other = lines.path(("isps", seen[next(o for o in seen if prefix.overlaps(o))]))
+                problem = f"{prefix} overlaps {other}'s prefix"
             seen.setdefault(prefix, i)
         if problem:
-            issues.append(ConfigIssue(lines.line_for(loc), _format_loc(loc), problem))
+            issues.append(lines.issue(loc, problem))
+        if isinstance(isp.gateway6, ipaddress.IPv6Address) and (inside := [n for n in lan6 if isp.gateway6 in n]):
+            issues.append(
+                lines.issue(
+                    ("isps", i, "gateway6"),
+                    f"{isp.gateway6} is inside lan.ipv6_prefixes ({inside[0]}): a WAN's next hop is on its own link, "
+                    "not the LAN",
+                )
+            )
     return issues
 
 
-def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
-    """Checks across ISPs that single-field validation cannot see."""
+def _cross_checks(cfg: Config, lines: _LineMap, left_out: Collection[tuple[Any, ...]] = ()) -> list[ConfigIssue]:
+    """Checks across ISPs that single-field validation cannot see.
+
+    ``left_out``: where an invalid value was left out for its default (the loader runs these checks despite
+    field errors); a check that would judge by such a default is skipped."""
     issues: list[ConfigIssue] = []
+
+    def defaulted(*prefix: Any) -> bool:
+        return any(loc[: len(prefix)] == prefix for loc in left_out)
 
     def dup(field: str, value_of) -> None:
         seen: dict[Any, int] = {}
@@ -59,13 +74,9 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
             if value is None:
                 continue
             if value in seen:
-                loc = ("isps", i, field)
+                also = lines.path(("isps", seen[value]))
                 issues.append(
-                    ConfigIssue(
-                        lines.line_for(loc),
-                        _format_loc(loc),
-                        f"duplicate {field} {_show(value)} (also used by isps.{seen[value]})",
-                    )
+                    lines.issue(("isps", i, field), f"duplicate {field} {_show(value)} (also used by {also})")
                 )
             else:
                 seen[value] = i
@@ -77,45 +88,58 @@ def _cross_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
     tables = {isp.table: isp.name for isp in cfg.isps if isp.table is not None}
     for i, isp in enumerate(cfg.isps):
         if isp.gateway_table is not None and isp.gateway_table in tables:
-            loc = ("isps", i, "gateway_table")
             issues.append(
-                ConfigIssue(
-                    lines.line_for(loc),
-                    _format_loc(loc),
+                lines.issue(
+                    ("isps", i, "gateway_table"),
                     f"table {isp.gateway_table} is the routing table wanlb fills for ISP {tables[isp.gateway_table]!r}"
                     ": gateway_table names the table the uplink's own client writes its default route to",
                 )
             )
 
-    shift = mark_shift(cfg.mark_mask)
+    mask = None if defaulted("mark_mask") else cfg.mark_mask
     for i, isp in enumerate(cfg.isps):
-        if isp.mark is not None and (isp.mark & ~cfg.mark_mask or not isp.mark & cfg.mark_mask):
-            loc = ("isps", i, "mark")
-            issues.append(
-                ConfigIssue(
-                    lines.line_for(loc),
-                    _format_loc(loc),
-                    f"mark {isp.mark:#x} is outside mark_mask {cfg.mark_mask:#x}",
-                )
-            )
+        if mask is not None and isp.mark is not None and (isp.mark & ~mask or not isp.mark & mask):
+            issues.append(lines.issue(("isps", i, "mark"), f"mark {isp.mark:#x} is outside mark_mask {mask:#x}"))
         if isp.interface in cfg.lan.interfaces:
-            loc = ("isps", i, "interface")
-            issues.append(
-                ConfigIssue(lines.line_for(loc), _format_loc(loc), f"{isp.interface} is also a LAN interface")
-            )
+            issues.append(lines.issue(("isps", i, "interface"), f"{isp.interface} is also a LAN interface"))
     issues += _policy_checks(cfg, lines)
-    issues += _ipv6_checks(cfg, lines)
-    capacity = cfg.mark_mask >> shift
-    if len(cfg.isps) > capacity:
-        loc = ("mark_mask",)
+    if not defaulted("lan", "ipv6_prefixes") and not any(
+        defaulted("isps", i, k) for i in range(len(cfg.isps)) for k in _IPV6
+    ):
+        issues += _ipv6_checks(cfg, lines)
+    issues += _bypass_overlaps(cfg, lines)
+    capacity = None if mask is None else mask >> mark_shift(mask)
+    if capacity is not None and len(cfg.isps) > capacity:
         issues.append(
-            ConfigIssue(
-                lines.line_for(loc),
-                "mark_mask",
-                f"mark_mask {cfg.mark_mask:#x} holds only {capacity} ISP marks, {len(cfg.isps)} ISPs configured",
+            lines.issue(
+                ("mark_mask",), f"mark_mask {mask:#x} holds only {capacity} ISP marks, {len(cfg.isps)} ISPs configured"
             )
         )
     return issues
+
+
+_IPV6 = ("ipv6", "gateway6")  # what the IPv6 checks read of an ISP
+
+
+def _bypass_overlaps(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """Two ``lan.bypass`` networks that overlap (one inside the other: CIDR blocks never overlap partly), each
+    reported at the later one, naming the earlier.  Sorted by start and then by size, a block is inside an
+    earlier one exactly when it is inside the last block that was inside none: O(n log n) for 10,000."""
+    nets = cfg.lan.bypass
+    found: list[tuple[int, ConfigIssue]] = []
+    outer: int | None = None
+    for i in sorted(
+        range(len(nets)), key=lambda i: (nets[i].version, int(nets[i].network_address), nets[i].prefixlen, i)
+    ):
+        if outer is not None and nets[i].version == nets[outer].version and nets[i].subnet_of(nets[outer]):  # type: ignore[arg-type]
+            first, later = sorted((outer, i))
+            where = lines.path(("lan", "bypass", first))
+            found.append(
+                (later, lines.issue(("lan", "bypass", later), f"{nets[later]} overlaps {where} ({nets[first]})"))
+            )
+        else:
+            outer = i
+    return [issue for _, issue in sorted(found, key=lambda pair: pair[0])]
 
 
 def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
@@ -124,7 +148,7 @@ def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
     isps = {i.name for i in cfg.isps}
 
     def issue(loc: tuple[Any, ...], message: str) -> None:
-        issues.append(ConfigIssue(lines.line_for(loc), _format_loc(loc), message))
+        issues.append(lines.issue(loc, message))
 
     if "default" in cfg.policies:
         issue(("policies", "default"), "'default' is the implicit policy of every ISP (balance); pick another name")
@@ -139,7 +163,10 @@ def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
     names: dict[str, int] = {}
     for i, rule in enumerate(cfg.rules):
         if rule.name in names:
-            issue(("rules", i, "name"), f"duplicate rule name {_show(rule.name)} (also rules.{names[rule.name]})")
+            issue(
+                ("rules", i, "name"),
+                f"duplicate rule name {_show(rule.name)} (also {lines.path(('rules', names[rule.name]))})",
+            )
         names.setdefault(rule.name, i)
         if rule.via is not None and rule.via not in isps:
             issue(("rules", i, "via"), f"no ISP named {_show(rule.via)}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 MAX_ISSUES = 20
 
@@ -44,7 +42,3 @@ def _clip(text: str, limit: int = 200) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _format_loc(loc: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in loc)

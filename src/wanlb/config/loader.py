@@ -19,7 +19,8 @@ from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
 from wanlb.config.checks import _cross_checks
-from wanlb.config.errors import MAX_ISSUES, ConfigError, ConfigIssue, _clip, _format_loc
+from wanlb.config.errors import MAX_ISSUES, ConfigError, ConfigIssue, _clip
+from wanlb.config.explain import Paths, default_of, explain
 from wanlb.config.schema import Config
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -31,13 +32,23 @@ MAX_NODES = 50_000
 
 
 class _LineMap:
-    """Maps a path of keys/indexes to the 1-based line where that node starts."""
+    """Maps a path of keys/indexes to the 1-based line where that node starts, and to the path an operator
+    reads (``isps[fiber].weight``: :class:`~wanlb.config.explain.Paths`)."""
 
-    def __init__(self, root: yaml.Node | None):
+    def __init__(self, root: yaml.Node | None, data: Any = None):
         self.lines: dict[tuple[Any, ...], int] = {}
         self.key_lines: dict[tuple[Any, ...], int] = {}
+        self.paths = Paths(data)
         if root is not None:
             self._walk(root, ())
+
+    def path(self, loc: Iterable[Any]) -> str:
+        return self.paths.path(tuple(loc))
+
+    def issue(self, loc: Iterable[Any], message: str) -> ConfigIssue:
+        """An issue at ``loc``: its line, its path as an operator reads it, the message."""
+        loc = tuple(loc)
+        return ConfigIssue(self.line_for(loc), self.paths.path(loc), message)
 
     def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
         self.lines[path] = node.start_mark.line + 1
@@ -155,7 +166,8 @@ def _clean_loc(loc: tuple[Any, ...], error_type: str = "") -> tuple[Any, ...]:
 
 def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[ConfigIssue], int]:
     """The first MAX_ISSUES issues, and how many more there are (counted, never built: up to 50,000)."""
-    issues: dict[tuple[Any, ...], ConfigIssue] = {}
+    kinds: dict[tuple[Any, ...], list[str]] = {}  # a union fails once per member: one issue, all the kinds
+    messages: dict[tuple[Any, ...], str] = {}
     # Without input, context and URL: each error dict is then a third of the size.
     errors = err.errors(include_url=False, include_context=False, include_input=False)
     locs = [_clean_loc(tuple(e["loc"]), e["type"]) for e in errors]
@@ -163,19 +175,57 @@ def _pydantic_issues(err: ValidationError, lines: _LineMap) -> tuple[list[Config
     for e, loc in zip(errors, locs, strict=True):
         if e["type"] == "too_short" and any(other[: len(loc)] == loc and other != loc for other in locs):
             continue  # "isps: at least 1 item" only because an item was invalid: that item's error says why
-        if loc in seen:
-            continue  # a union (snat: literal | address) reports once per member; keep the first
+        if loc in kinds:
+            kinds[loc].append(e["type"])
+        elif loc not in seen and len(kinds) < MAX_ISSUES:
+            kinds[loc], messages[loc] = [e["type"]], e["msg"]
         seen.add(loc)
-        if len(issues) == MAX_ISSUES:
+    issues = [lines.issue(loc, explain(kinds[loc], messages[loc], loc, lines.paths)) for loc in kinds]
+    return issues, len(seen) - len(issues)
+
+
+def _checks_despite(err: ValidationError, data: dict[Any, Any], lines: _LineMap) -> list[ConfigIssue]:
+    """The checks across the file, run although some fields are invalid: on the file with each invalid value
+    left out where the schema has a default for it, so a LAN interface used as a WAN is said together with a
+    bad weight, not once the weight is fixed.  None where a required value is invalid (an ISP without a
+    usable name or interface: checks on what is left would speak of ISPs that are not there), nor past
+    MAX_ISSUES field errors.  The checks are told what was left out, so as not to judge by defaults the user
+    never wrote (marks against the default mask)."""
+    left_out: set[tuple[Any, ...]] = set()
+    for _ in range(3):  # leaving a value out can fail what depended on it (a tcp probe without its port)
+        if err.error_count() > MAX_ISSUES:
+            return []
+        cuts = {default_of(_clean_loc(tuple(e["loc"]), e["type"])) for e in err.errors(include_url=False)}
+        if None in cuts:
+            return []
+        left_out |= cuts  # type: ignore[arg-type]
+        data = _without(data, cuts)  # type: ignore[arg-type]
+        try:
+            cfg = Config.model_validate(data)
+        except ValidationError as exc:
+            err = exc
             continue
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        msg = msg.removeprefix("Value error, ")
-        issues[loc] = ConfigIssue(lines.line_for(loc), _format_loc(loc), msg)
-    return list(issues.values()), len(seen) - len(issues)
+        return _cross_checks(cfg, lines, frozenset(left_out))
+    return []
+
+
+def _without(node: Any, cuts: set[tuple[Any, ...]]) -> Any:
+    """``node`` without the mapping keys at ``cuts``; only the containers on their way are copied."""
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    for key in {cut[0] for cut in cuts}:
+        below = {cut[1:] for cut in cuts if cut[0] == key}
+        if () in below:
+            out.pop(key, None)
+        elif isinstance(out.get(key), list):
+            items = list(out[key])
+            for i in {c[0] for c in below if isinstance(c[0], int) and 0 <= c[0] < len(items)}:
+                items[i] = _without(items[i], {c[1:] for c in below if c[0] == i})
+            out[key] = items
+        else:
+            out[key] = _without(out.get(key), below)
+    return out
 
 
 def parse_config(text: str, filename: str = "<config>") -> Config:
@@ -202,7 +252,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         # A value YAML recognises but Python cannot hold: a date like 2024-13-45, a 5,000-digit integer.
         raise ConfigError(filename, [ConfigIssue(None, "", f"unusable value: {_clip(str(exc))}")]) from None
-    lines = _LineMap(root)
+    lines = _LineMap(root, data)
     del root  # the node tree (two marks a value) is not needed past here: free it for what validation builds
     if data is None:
         raise ConfigError(filename, [ConfigIssue(1, "", "the file is empty")])
@@ -211,11 +261,18 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(filename, *_pydantic_issues(exc, lines)) from None
+        issues, unlisted = _pydantic_issues(exc, lines)
+        issues += _checks_despite(exc, data, lines)
+        raise ConfigError(filename, _in_file_order(issues), unlisted) from None
     issues = _cross_checks(cfg, lines)
     if issues:
-        raise ConfigError(filename, issues)
+        raise ConfigError(filename, _in_file_order(issues))
     return cfg
+
+
+def _in_file_order(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Read top to bottom, like the file (errors without a line first)."""
+    return sorted(issues, key=lambda i: i.line or 0)
 
 
 def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -106,6 +108,29 @@ SFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_is_a_list_of_one(cls, value: Any, info: ValidationInfo) -> Any:
+        """``helpers: ftp`` is ``helpers: [ftp]``, ``api.listen: 127.0.0.1:9180`` a list of one, as people write
+        them: one value wherever a list is meant (a mapping, for a list of mappings: ``isps: {name: …}``)."""
+        item = _list_item(cls, info.field_name or "")
+        if item is _NOT_A_LIST or value is None or isinstance(value, list | tuple):
+            return value
+        is_model = isinstance(item, type) and issubclass(item, BaseModel)
+        return [value] if isinstance(value, dict) == is_model else value
+
+
+_NOT_A_LIST = object()
+
+
+@cache
+def _list_item(model: type[BaseModel], name: str) -> Any:
+    """The item type of ``model.name`` if that field is a list (a tuple), else ``_NOT_A_LIST``."""
+    info = model.model_fields.get(name)
+    if info is None or get_origin(info.annotation) is not tuple:
+        return _NOT_A_LIST
+    return get_args(info.annotation)[0]
 
 
 NEXT_HOP_TARGETS = {"gateway": 4, "gateway6": 6}
@@ -326,6 +351,8 @@ class IspConfig(_Model):
     def _valid_name(cls, v: str) -> str:
         if not _ISP_NAME_RE.fullmatch(v):
             raise ValueError(f"{_clip(repr(v), 40)} must match [a-z][a-z0-9_-]{{0,14}}")
+        if v == "none":  # what the conntrack tools call unmarked connections
+            raise ValueError("'none' is reserved: `wanlb conntrack` shows unmarked connections under that name")
         return v
 
     @field_validator("table")
@@ -514,14 +541,11 @@ class RuleConfig(_Model):
                         try:
                             _parse_network(v[1:])
                         except ValueError as exc:
-                            raise ValueError(f"{key}.{i}: {exc}") from None
+                            raise ValueError(f"{key}[{i + 1}]: {exc}") from None
                 if neg:
                     data[key] = [v for v in values if not (isinstance(v, str) and v.startswith("!"))]
                     extra = data.get(f"{key}_not") or []
                     data[f"{key}_not"] = [*(extra if isinstance(extra, list | tuple) else [extra]), *neg]
-        for key in ("sport", "dport", "iif", "dscp", "dst_domains", "src_not", "dst_not"):
-            if isinstance(data.get(key), str | int) and not isinstance(data.get(key), bool):
-                data[key] = [data[key]]
         return data
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from wanlb.ctnetlink.codec import Decoder, NetlinkError, Shape
 from wanlb.ctnetlink.entry import Entry
 from wanlb.ctnetlink.filters import LEVEL_TUPLE, Filter
 from wanlb.ctnetlink.nlsock import DumpInterrupted, NetlinkSocket
+from wanlb.ctnetlink.update import Change
 
 Buffer = bytes | bytearray | memoryview
 Match = tuple[Buffer, int, Shape]  # (buffer, message offset, shape); valid until the next one
@@ -169,6 +170,10 @@ class Conntrack:
     def create(self, entries: Iterable[Entry], nat_src: bytes | None = None) -> list[int]:
         """Create entries in batches; returns each one's errno (0 = created)."""
         return self.sock.transact([codec.encode_create(e, nat_src) for e in entries])
+
+    def update(self, entries: Iterable[Entry], change: Change) -> list[int]:
+        """Apply ``change`` to these entries in batches; returns each one's errno (ENOENT: it went meanwhile)."""
+        return self.sock.transact([change.encode(e) for e in entries])
 
     def delete(self, entries: Iterable[Entry]) -> int:
         """Delete these exact entries (tuple + zone + id) in batches; returns how many went.

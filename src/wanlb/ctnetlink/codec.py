@@ -125,7 +125,7 @@ def entry_tuples(e: Entry) -> bytes:
         C.CTA_TUPLE_REPLY, e.family, e.reply_src, e.reply_dst, e.proto, e.reply_sport, e.reply_dport,
         (e.reply_icmp_type, e.reply_icmp_code, e.reply_icmp_id), e.reply_zone,
     )  # fmt: skip
-    return _orig_only(e) + reply
+    return orig_tuple(e) + reply
 
 
 def encode_create(e: Entry, nat_src: bytes | None = None, seq: int = 0) -> bytes:
@@ -157,7 +157,7 @@ def encode_create(e: Entry, nat_src: bytes | None = None, seq: int = 0) -> bytes
 
 def encode_get(e: Entry, seq: int = 0) -> bytes:
     """IPCTNL_MSG_CT_GET for the entry whose original tuple (and zone) ``e`` has."""
-    body = _orig_only(e)
+    body = orig_tuple(e)
     if e.zone is not None:
         body += attr(C.CTA_ZONE, be16(e.zone))
     return message(C.IPCTNL_MSG_CT_GET, C.NLM_F_ACK, e.family, body, seq)
@@ -170,7 +170,7 @@ def encode_delete(e: Entry, seq: int = 0) -> bytes:
     reused by a different connection, so a filtered delete never removes an entry
     it did not see.
     """
-    body = _orig_only(e)
+    body = orig_tuple(e)
     if e.zone is not None:
         body += attr(C.CTA_ZONE, be16(e.zone))
     if e.id is not None:
@@ -178,7 +178,7 @@ def encode_delete(e: Entry, seq: int = 0) -> bytes:
     return message(C.IPCTNL_MSG_CT_DELETE, C.NLM_F_ACK, e.family, body, seq)
 
 
-def _orig_only(e: Entry) -> bytes:
+def orig_tuple(e: Entry) -> bytes:
     """The original tuple, with its directional zone: the kernel finds an entry by tuple *and* zone."""
     return encode_tuple(
         C.CTA_TUPLE_ORIG, e.family, e.src, e.dst, e.proto, e.sport, e.dport,
@@ -230,6 +230,11 @@ def iter_messages(buf: bytes | bytearray | memoryview, n: int) -> Iterator[tuple
             raise ValueError(f"truncated netlink message at offset {off}")
         yield off, length, mtype, flags, seq
         off += (length + 3) & ~3
+
+
+def sender_portid(buf: bytes | bytearray | memoryview, off: int) -> int:
+    """The netlink port id in a message's header: for an event, the socket whose request caused it (0: the kernel)."""
+    return int(NLMSGHDR.unpack_from(buf, off)[4])
 
 
 def error_code(buf: bytes | bytearray | memoryview, off: int) -> int:

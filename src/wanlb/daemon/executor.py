@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from wanlb import runtime, view
+from wanlb.commands import Disable, Enable
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
 from wanlb.domains import DomainSets
@@ -96,11 +97,8 @@ class Daemon:
     # --- executing effects ---------------------------------------------------------------------
 
     async def execute(self, effects: list[Effect]) -> str | None:
-        """Carry out one batch of effects in order; returns the reconcile error, if any.
-
-        A flush runs only after the batch's reconcile succeeded: until the kernel
-        has taken the ISP out of balancing, a flushed connection could return to it.
-        """
+        """Carry out one batch of effects in order; returns the reconcile error, if any.  A flush runs only
+        after the batch's reconcile succeeded: until then a flushed connection could return to the ISP."""
         error: str | None = None
         decided, applied = self.wall(), None
         flushed: dict[str, int | None] = {}
@@ -126,11 +124,8 @@ class Daemon:
             self.spawn(self.execute(effects))
 
     async def reconcile(self, why: str) -> ReconcileResult:
-        """Converge the kernel to the fleet's current config, allocation, statuses and weights.
-
-        The kernel calls block, so they run in a worker thread; the lock keeps two
-        reconciles from interleaving, and each works from the state current when it starts.
-        """
+        """Converge the kernel to the fleet's current config, allocation, statuses and weights: in a worker
+        thread (kernel calls block), one at a time, each from the state current when it starts."""
         async with self.reconcile_lock:
             fleet = self.fleet
             args = (fleet.config, fleet.state, fleet.statuses(), dict(fleet.adjusted), fleet.statuses(6))
@@ -233,13 +228,16 @@ class Daemon:
         self.cleanup_on_exit = self.cleanup_on_exit or cleanup
         self.stopping.set()
 
-    async def admin(self, name: str, enable: bool) -> dict[str, Any]:
-        """Drain (disable) an ISP or hand it back to its probes (enable)."""
+    async def admin(self, command: Enable | Disable) -> dict[str, Any]:
+        """Drain (disable) an ISP, with its reason and timer, or hand it back to its probes (enable)."""
+        now, wall = self.clock(), self.wall()
         try:
-            do = self.fleet.enable if enable else self.fleet.disable
-            message, effects = do(name, self.clock(), self.wall())
+            if isinstance(command, Disable):
+                message, effects = self.fleet.disable(command.isp, now, wall, command.reason, command.seconds)
+            else:
+                message, effects = self.fleet.enable(command.isp, now, wall)
         except KeyError:
-            return {"ok": False, "error": f"no ISP named {name!r}"}
+            return {"ok": False, "error": f"no ISP named {command.isp!r}"}
         error = await self.execute(effects)
         return {"ok": True, "message": message} if error is None else {"ok": False, "error": f"{message}; {error}"}
 
@@ -366,7 +364,9 @@ class Daemon:
     # --- resync -----------------------------------------------------------------------------------
 
     async def resync(self) -> None:
-        """Level-triggered repair: reconcile, then the flushes the live counts say are still missing."""
+        """Level-triggered repair: drains whose timer ran out end, reconcile, then the flushes the live counts
+        say are still missing."""
+        await self.execute(self.fleet.expire_drains(self.clock(), self.wall()))
         if await self._reconcile_logged("resync") is None:
             await self.execute(self.fleet.resync(self.counter.counts()))
         await self.watch_table()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from wanlb import control, runtime
+from wanlb import control, runtime, trends
 from wanlb.adapters.links import LinkWatcher
 from wanlb.config import load_config
 from wanlb.daemon.executor import RESYNC_INTERVAL, Daemon
@@ -59,6 +59,7 @@ async def serve(daemon: Daemon) -> None:
             await api.start()
         except (TokenError, OSError, RuntimeError) as exc:
             raise RuntimeError(f"api: {exc}") from None
+        loops.append(asyncio.create_task(_every(lambda: trends.INTERVAL, surface.sample)))  # the charts' last day
     log.info("wanlb running (pid %d), control socket %s", os.getpid(), socket_path)
     try:
         await d.stopping.wait()

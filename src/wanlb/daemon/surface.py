@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from wanlb import commands, view
+from wanlb import commands, trends, view
 from wanlb.daemon.executor import Daemon
 
 log = logging.getLogger("wanlb.daemon")
@@ -27,6 +27,8 @@ class Surface:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._counter_reads = asyncio.Semaphore(2)
+        self.trends = trends.Trends()  # the day of 10 s samples (the dashboard's charts); a reload keeps it
+        self._history_reads = asyncio.Semaphore(1)
 
     async def read_counters(self) -> dict[str, dict[str, int]]:
         """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time.
@@ -62,6 +64,18 @@ class Surface:
             domains=d.domains.status(), events=d.history.events, now=d.clock(),
         )  # fmt: skip
 
+    async def sample(self) -> None:
+        """One sample of the history: the read model with fresh counters, at wall time."""
+        status = self.snapshot(await self.read_counters())
+        self.trends.record(self.daemon.wall(), status)
+
+    async def history(self, since: float) -> trends.History:
+        """The samples after ``since``, read from a copy in a worker (a full day takes ~0.1 s to convert).
+
+        One read at a time: a burst of requests must not hold several copies or fill the worker threads."""
+        async with self._history_reads:
+            return await asyncio.to_thread(self.trends.copy().series, since)
+
     def recent_events(self) -> Sequence[view.Event]:
         return tuple(self.daemon.history.events)
 
@@ -96,8 +110,8 @@ class Surface:
                 return await d.try_config(path, timeout)
             case commands.Confirm():
                 return await d.confirm()
-            case commands.Enable(isp=isp) | commands.Disable(isp=isp):
-                return await d.admin(isp, isinstance(command, commands.Enable))
+            case commands.Enable() | commands.Disable():
+                return await d.admin(command)
             case commands.Flush(isp=isp):
                 return await d.flush_asked(isp)
             case commands.Stop(cleanup=cleanup):

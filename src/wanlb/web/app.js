@@ -1,19 +1,25 @@
 /* wanlb dashboard: vanilla JS, no dependencies.
  *
- * Data: GET /api/v1/status (every 5 s and after every event), GET /api/v1/events (at start and after a
- * reconnect), GET /api/v1/connections (top clients, every 5 s) and /api/v1/stream, read with fetch() and
+ * Data: GET /api/v1/status (every 5 s and after every event: the cards and the configuration view),
+ * GET /api/v1/events (at start, and after a reconnect the stream could not resume), GET /api/v1/history
+ * (the daemon's last day of 10 s samples at start, then what is new every 10 s: the charts before this tab
+ * opened), GET /api/v1/connections (top clients, every 5 s) and /api/v1/stream, read with fetch() and
  * parsed here (EventSource cannot send the Authorization header): `stats` once a second feeds the cards
  * and the charts' 15-minute ring buffer, `event` the timeline and the cards, `reload` the timeline.
+ * A reconnect sends the last `id:` seen as Last-Event-ID, so the daemon replays what was missed (or says
+ * `gap`, and the events are read again).
  * The token lives in sessionStorage; a read answered 401 asks for it, a drain or enable always shows it.
  */
 "use strict";
 
 (() => {
-  const WINDOW = 15 * 60; // seconds the charts show
-  const RING = WINDOW + 60; // samples kept (one a second)
+  const RING = 16 * 60; // live samples kept (one a second): the 15-minute view and a minute more
+  const DAY = 86400; // seconds of the daemon's history kept here (what it keeps)
   const MIN_SPAN = 60; // seconds the time axis spans at least
-  const TIME_STEPS = [15, 30, 60, 120, 180, 300]; // seconds between time-axis labels
-  const GAP = 3.5; // seconds without a sample that break a chart line
+  const TIME_STEPS = [15, 30, 60, 120, 180, 300, 600, 1800, 3600, 7200, 10800, 21600]; // between time-axis labels
+  const GAP = 3.5; // seconds without a live sample that break a chart line (history samples: 2.5 intervals)
+  const HISTORY_EVERY = 10000; // the daemon samples every 10 s
+  const MAX_CONFIG_RULES = 200; // rules listed in the configuration view (the API has them all)
   const STATUS_EVERY = 5000;
   const CLIENTS_EVERY = 5000;
   const CLIENTS_LIMIT = 5000;
@@ -105,6 +111,11 @@
     cards: new Map(), // name -> card elements
     live: new Map(), // name -> last stats entry
     history: makeRing(RING),
+    trend: [], // the daemon's samples ({t, g, isps}), oldest first, at most a day
+    trendLast: 0, // the time of the newest of them (the next read asks for what came after)
+    range: 15 * 60, // seconds the charts show: 15 minutes or 24 hours
+    lastEventId: "", // the stream's last id: sent as Last-Event-ID on a reconnect
+    configKey: "", // what the configuration view shows, to redraw it only when that changes
     events: new Map(), // key -> entry, for de-duplication
     streamEver: false,
   };
@@ -262,6 +273,9 @@
     input: $("#action-token"),
     error: $("#action-error"),
     submit: $("#action-submit"),
+    drainFields: $("#action-drain"),
+    reason: $("#action-reason"),
+    minutes: $("#action-minutes"),
     isp: null,
     verb: null,
   };
@@ -274,6 +288,9 @@
     $("#action-text").textContent = drain
       ? `${name} gets no new connections; its open connections continue. The probes keep running.`
       : `${name} goes back to its probes: up at once if they saw it healthy meanwhile.`;
+    act.drainFields.hidden = !drain;
+    act.reason.value = "";
+    act.minutes.value = "";
     act.submit.textContent = drain ? `Drain ${name}` : `Enable ${name}`;
     act.submit.className = drain ? "btn danger" : "btn primary";
     act.error.textContent = "";
@@ -291,7 +308,11 @@
     act.error.textContent = "";
     if (card) card.error.textContent = "";
     try {
-      const res = await fetch(`/api/v1/isps/${encodeURIComponent(isp)}/${verb}`, {
+      const query = new URLSearchParams();
+      if (verb === "disable" && act.reason.value.trim()) query.set("reason", act.reason.value.trim());
+      if (verb === "disable" && act.minutes.value) query.set("seconds", String(Number(act.minutes.value) * 60));
+      const suffix = query.toString() ? `?${query}` : "";
+      const res = await fetch(`/api/v1/isps/${encodeURIComponent(isp)}/${verb}${suffix}`, {
         method: "POST",
         headers: headers(token),
         cache: "no-store",
@@ -358,6 +379,7 @@
     c.sinceText = h("span");
     c.bar = h("span");
     c.note = h("p", { class: "note", "data-field": "note" });
+    c.traffic = h("p", { class: "traffic-note", "data-field": "traffic" });
     c.error = h("p", { class: "error", role: "alert", "data-field": "error" });
     c.button = h("button", { class: "btn", type: "button", "data-action": "toggle" }, "Drain");
     c.button.addEventListener("click", () => openAction(name, c.status === "disabled" ? "enable" : "disable"));
@@ -367,6 +389,7 @@
       h("div", { class: "card-head" }, h("h3", { id: `${id}-name` }, c.swatch, name), c.iface, c.badge),
       h("p", { class: "since" }, c.sinceText),
       h("dl", { class: "metrics" }, connBox, newBox, rxBox, txBox, latBox, jitBox, lossBox, wBox),
+      c.traffic,
       h("div", { class: "share-row" }, h("span", {}, "Share of new connections"), share),
       h("div", { class: "share", role: "presentation" }, c.bar),
       c.note,
@@ -391,7 +414,30 @@
     c.button.setAttribute("aria-label", `${status === "disabled" ? "Enable" : "Drain"} ${c.name}`);
     c.button.className = status === "disabled" ? "btn primary" : "btn";
     tickSince(c);
+    updateTraffic(c);
     updateUsable();
+  }
+
+  /** An ISP that takes no connections still shows traffic: say what it is (its probes, or what is left). */
+  function updateTraffic(c) {
+    const conns = Number(c.conn.dataset.value || 0);
+    let kind = "";
+    let text = "";
+    if (c.status && !USABLE.has(c.status)) {
+      if (conns > 0) {
+        kind = "remaining";
+        text = `${c.status === "disabled" ? "Draining" : "Out of balancing"}: In/Out is its ${fmtCount(conns)} `
+          + `remaining connection${conns === 1 ? "" : "s"}${c.monitored ? " and its health probes" : ""}.`;
+      } else if (c.monitored) {
+        kind = "probes";
+        text = "Probes only: no connection uses this ISP now; In/Out is its health probes.";
+      } else {
+        kind = "idle";
+        text = "No connection uses this ISP now.";
+      }
+    }
+    c.traffic.dataset.kind = kind;
+    c.traffic.textContent = text;
   }
 
   function tickSince(c) {
@@ -437,6 +483,7 @@
       c.iface.title = isp.gateway_source || "";
       setStatus(c, isp.status, isp.since);
       const health = isp.health || {};
+      c.monitored = Boolean(health.monitored);
       if (health.monitored) {
         setValue(c.latency, health.latency_ms, fmtMs(health.latency_ms));
         setValue(c.jitter, health.jitter_ms, fmtMs(health.jitter_ms));
@@ -448,6 +495,12 @@
       setValue(c.share, isp.share_percent, `${oneFmt.format(isp.share_percent)} %`);
       c.bar.style.width = `${Math.max(0, Math.min(100, isp.share_percent))}%`;
       const notes = [];
+      if (isp.drain) {  // an admin drain: what the operator said, and when it ends by itself
+        const why = isp.drain.reason ? `: ${isp.drain.reason}` : "";
+        const until = isp.drain.until == null ? " Until enabled."
+          : ` Ends at ${fmtClock(isp.drain.until)} (in ${fmtDuration(Math.max(0, isp.drain.until - serverNow()))}).`;
+        notes.push(`Drained${why}.${until}`);
+      }
       if (!health.monitored) notes.push("Not monitored (no health targets).");
       if (isp.link_down) notes.push("WAN link is down.");
       if (health.held_down_seconds > 0) notes.push(`Held down for ${Math.ceil(health.held_down_seconds)} s more (flap damping).`);
@@ -460,7 +513,9 @@
         const n = (s.conn_counts || {})[isp.name] ?? 0;
         setValue(c.conn, n, fmtCount(n));
       }
+      updateTraffic(c);
     }
+    renderConfig(s);
     const ct = s.conntrack || {};
     $("#sum-conntrack").replaceChildren(
       ct.entries == null ? "—" : fmtCount(ct.entries),
@@ -478,6 +533,69 @@
     banner(problems.join(" "));
     if (!state.live.size) updateTotals();
     updateUsable();
+  }
+
+  // --- the configuration view (read-only) -------------------------------------------------------
+
+  function fmtSeconds(sec) {
+    return sec < 1 ? `${Math.round(sec * 1000)} ms` : `${oneFmt.format(sec)} s`;
+  }
+
+  function healthRow(name, health) {
+    if (!health || !health.monitored) {
+      return h("tr", { "data-isp": name }, h("td", {}, name), h("td", { colSpan: 5, class: "empty" }, "Not monitored (no health targets)."));
+    }
+    const limits = [];
+    if (health.max_loss_percent != null) limits.push(`loss ${oneFmt.format(health.max_loss_percent)} %`);
+    if (health.max_latency_ms != null) limits.push(`RTT ${fmtMs(health.max_latency_ms)}`);
+    return h("tr", { "data-isp": name },
+      h("td", {}, name),
+      h("td", { class: "wrap" }, `${health.method} → ${health.targets.join(", ")}`),
+      h("td", {}, `${fmtSeconds(health.interval_seconds)} / ${fmtSeconds(health.timeout_seconds)}`),
+      h("td", {}, `${health.down_after} / ${health.up_after} rounds`),
+      h("td", {}, `${health.window} rounds, ${health.quorum} of ${health.targets.length} answering`),
+      h("td", {}, limits.join(", ") || "—"));
+  }
+
+  /** Policies, rules and probes as the daemon runs them; redrawn only when they change (hits every time). */
+  function renderConfig(s) {
+    const rules = s.rules || [];
+    const shown = rules.slice(0, MAX_CONFIG_RULES);
+    const timing = (x) => (x && x.monitored ? [x.method, x.targets, x.interval_seconds, x.timeout_seconds, x.down_after,
+      x.up_after, x.window, x.quorum, x.max_loss_percent, x.max_latency_ms] : null);
+    const key = JSON.stringify([s.policies, shown.map((r) => [r.name, r.match, r.target]), rules.length,
+      s.isps.map((i) => [i.name, timing(i.health), i.ipv6 && i.ipv6.own_health ? timing(i.ipv6.health) : null])]);
+    if (key !== state.configKey) {
+      state.configKey = key;
+      $("#config-policies tbody").replaceChildren(...(s.policies || []).map((p) => {
+        const algorithm = [p.algorithm, p.hash_fields && p.hash_fields.length ? `over ${p.hash_fields.join(", ")}` : null,
+          p.sticky ? "sticky" : null].filter(Boolean).join(" · ");
+        const active = Object.entries(p.active || {}).map(([isp, w]) => `${isp} ${w}`).join(", ");
+        return h("tr", { "data-policy": p.name },
+          h("td", {}, p.name),
+          h("td", {}, algorithm),
+          h("td", { class: "wrap" }, (p.members || []).map((m) => `${m.isp} (${m.tier}, ${m.weight})`).join(", ")),
+          h("td", { class: "wrap" }, active || "none"),
+          h("td", {}, p.on_unavailable));
+      }));
+      $("#config-rules tbody").replaceChildren(...shown.map((r, i) => h("tr", { "data-rule": r.name },
+        h("td", { class: "rank" }, String(i + 1)),
+        h("td", {}, r.name),
+        h("td", { class: "wrap" }, r.match),
+        h("td", {}, r.target),
+        h("td", { class: "num", "data-field": "hits" }, "—"))));
+      if (!rules.length) {
+        $("#config-rules tbody").append(h("tr", {}, h("td", { colSpan: 5, class: "empty" },
+          "No rules: every NEW connection goes to the default policy.")));
+      }
+      $("#config-rules-note").textContent = rules.length > shown.length
+        ? `The first ${shown.length} of ${fmtCount(rules.length)} rules, in match order (all: GET /api/v1/status).`
+        : "Rules, in match order: the first that matches a NEW connection decides.";
+      $("#config-health tbody").replaceChildren(...s.isps.flatMap((i) => [healthRow(i.name, i.health),
+        i.ipv6 && i.ipv6.own_health ? healthRow(`${i.name} (IPv6)`, i.ipv6.health) : null].filter(Boolean)));
+    }
+    const cells = document.querySelectorAll("#config-rules [data-field=hits]");
+    shown.forEach((r, i) => cells[i] && setValue(cells[i], r.hits, fmtCount(r.hits)));
   }
 
   function updateUsable() {
@@ -535,7 +653,7 @@
 
   function onStats(msg) {
     if (typeof msg.time === "number") state.offset = msg.time - Date.now() / 1000;
-    const sample = { t: msg.time, isps: {} };
+    const sample = { t: msg.time, g: GAP, d: 1, isps: {} };
     let unknown = false;
     for (const [name, v] of Object.entries(msg.isps || {})) {
       sample.isps[name] = v;
@@ -553,6 +671,7 @@
       setValue(c.perSecond, v.new_per_second, fmtRate(v.new_per_second));
       setValue(c.rx, v.rx_bytes_per_second, fmtBits(v.rx_bytes_per_second));
       setValue(c.tx, v.tx_bytes_per_second, fmtBits(v.tx_bytes_per_second));
+      updateTraffic(c);
     }
     for (const name of [...state.live.keys()]) if (!(name in (msg.isps || {}))) state.live.delete(name);
     if (unknown) refreshStatus();
@@ -576,6 +695,13 @@
   function onReload(r) {
     addTimeline(r, true, "reload");
     refreshStatus();
+    if (r.ok) loadHistory(true); // ISPs a reload removed are gone from the daemon's history too
+  }
+
+  /** The stream could not give what was missed (older than its buffer, or the daemon restarted). */
+  function onGap() {
+    loadEvents();
+    loadHistory(true);
   }
 
   function dispatch(type, data) {
@@ -588,6 +714,7 @@
     if (type === "stats") onStats(msg);
     else if (type === "event") onEvent(msg, true);
     else if (type === "reload") onReload(msg);
+    else if (type === "gap") onGap();
   }
 
   async function streamForever() {
@@ -603,16 +730,22 @@
       try {
         kick();
         const used = state.token;
-        const res = await fetch("/api/v1/stream", { headers: headers(used), cache: "no-store", signal: abort.signal });
+        const resume = state.lastEventId ? { "Last-Event-ID": state.lastEventId } : {};
+        const res = await fetch("/api/v1/stream", { headers: { ...headers(used), ...resume }, cache: "no-store",
+          signal: abort.signal });
         if (res.status === 401) {
           clearTimeout(timer);
           await tokenRefused(used);
           continue;
         }
+        if (res.status === 400 && state.lastEventId) { // an id the daemon cannot read: start afresh
+          state.lastEventId = "";
+          throw new Error(await detailOf(res));
+        }
         if (!res.ok || !res.body) throw new Error(res.status === 503 ? "too many stream clients" : `HTTP ${res.status}`);
         setConn("live", "Live");
         if (state.streamEver) {
-          loadEvents();
+          if (!state.lastEventId) loadEvents(); // else the daemon replays what was missed, or says "gap"
           refreshStatus();
         }
         state.streamEver = true;
@@ -621,6 +754,7 @@
         let buffer = "";
         let type = "";
         let data = [];
+        let id = null;
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
@@ -632,12 +766,14 @@
             buffer = buffer.slice(nl + 1);
             if (line.endsWith("\r")) line = line.slice(0, -1);
             if (line === "") {
+              if (id !== null) state.lastEventId = id;
               if (data.length) {
                 dispatch(type || "message", data.join("\n"));
                 backoff = 1000;
               }
               type = "";
               data = [];
+              id = null;
             } else if (!line.startsWith(":")) {
               const colon = line.indexOf(":");
               const field = colon < 0 ? line : line.slice(0, colon);
@@ -645,6 +781,7 @@
               if (value.startsWith(" ")) value = value.slice(1);
               if (field === "event") type = value;
               else if (field === "data") data.push(value);
+              else if (field === "id") id = value;
             }
           }
         }
@@ -743,6 +880,55 @@
     }
   }
 
+  // --- the daemon's history ---------------------------------------------------------------------
+
+  let historyBusy = false;
+  let historyAgain = null; // asked again while a read was under way: null, or whether afresh
+
+  /** What the daemon sampled since the newest sample here (all of its day at first, or with `fresh`). */
+  async function loadHistory(fresh) {
+    if (historyBusy) {
+      historyAgain = historyAgain || Boolean(fresh);
+      return;
+    }
+    historyBusy = true;
+    try {
+      const reply = await getJSON(`/api/v1/history?since=${fresh ? 0 : state.trendLast}`);
+      if (fresh) {
+        state.trend = [];
+        state.trendLast = 0;
+      }
+      const g = (reply.interval_seconds || 10) * 2.5;
+      const columns = Object.entries(reply.isps || {});
+      reply.times.forEach((t, i) => {
+        const sample = { t, g, d: reply.interval_seconds || 10, isps: {} };
+        for (const [name, col] of columns) {
+          if (col.status[i] == null) continue; // the ISP did not exist yet
+          sample.isps[name] = {
+            status: col.status[i], connections: col.connections[i], rtt_ms: col.rtt_ms[i],
+            loss_percent: col.loss_percent[i], rx_bytes_per_second: col.rx_bytes_per_second[i],
+            tx_bytes_per_second: col.tx_bytes_per_second[i],
+          };
+        }
+        state.trend.push(sample);
+      });
+      if (reply.times.length) state.trendLast = reply.times[reply.times.length - 1];
+      let old = 0;
+      while (old < state.trend.length && state.trend[old].t <= state.trendLast - DAY) old++;
+      if (old) state.trend.splice(0, old);
+      drawCharts();
+    } catch (err) {
+      /* the next round tries again */
+    } finally {
+      historyBusy = false;
+    }
+    if (historyAgain !== null) {
+      const again = historyAgain;
+      historyAgain = null;
+      loadHistory(again);
+    }
+  }
+
   // --- top clients ------------------------------------------------------------------------------
 
   async function refreshClients() {
@@ -754,35 +940,49 @@
       $("#clients-note").textContent = `Could not read the connections: ${err.message}`;
       return;
     }
-    const by = new Map();
+    // The gateway's own connections (from its WAN, LAN or loopback addresses) are not LAN clients'.
+    const lan = new Map();
+    const own = new Map();
     for (const conn of reply.connections) {
       const src = conn.orig && conn.orig.src;
       if (!src) continue;
+      const by = conn.from_gateway ? own : lan;
       let row = by.get(src);
       if (!row) by.set(src, (row = { src, n: 0, isps: {} }));
       row.n++;
       const isp = conn.isp || "";
       row.isps[isp] = (row.isps[isp] || 0) + 1;
     }
-    const rows = [...by.values()].sort((a, b) => b.n - a.n || a.src.localeCompare(b.src)).slice(0, TOP_CLIENTS);
+    const top = (by) => [...by.values()].sort((a, b) => b.n - a.n || a.src.localeCompare(b.src)).slice(0, TOP_CLIENTS);
+    const mixOf = (row) => {
+      const parts = Object.entries(row.isps).sort((a, b) => b[1] - a[1]);
+      const mix = h("div", { class: "mix", role: "presentation" },
+        parts.map(([isp, n]) => h("span", {
+          style: `--c:${isp ? colour(isp) : "#94a3b8"};width:${(100 * n) / row.n}%`,
+          title: `${isp || "no ISP (to or from the gateway itself)"}: ${n}`,
+        })));
+      const text = parts.map(([isp, n]) => `${isp || "no ISP"} ${fmtCount(n)}`).join(" · ");
+      return [mix, h("div", { class: "mix-text" }, text)];
+    };
+    const rows = top(lan);
     const body = $("#clients tbody");
     body.replaceChildren(
-      ...rows.map((row, i) => {
-        const parts = Object.entries(row.isps).sort((a, b) => b[1] - a[1]);
-        const mix = h("div", { class: "mix", role: "presentation" },
-          parts.map(([isp, n]) => h("span", {
-            style: `--c:${isp ? colour(isp) : "#94a3b8"};width:${(100 * n) / row.n}%`,
-            title: `${isp || "no ISP (to or from the gateway itself)"}: ${n}`,
-          })));
-        const text = parts.map(([isp, n]) => `${isp || "no ISP"} ${fmtCount(n)}`).join(" · ");
-        return h("tr", { "data-client": row.src, "data-count": String(row.n) },
-          h("td", { class: "rank" }, String(i + 1)),
-          h("td", { class: "addr" }, row.src),
-          h("td", { class: "num" }, fmtCount(row.n)),
-          h("td", { class: "by-isp" }, mix, h("div", { class: "mix-text" }, text)));
-      }),
+      ...rows.map((row, i) => h("tr", { "data-client": row.src, "data-count": String(row.n) },
+        h("td", { class: "rank" }, String(i + 1)),
+        h("td", { class: "addr" }, row.src),
+        h("td", { class: "num" }, fmtCount(row.n)),
+        h("td", { class: "by-isp" }, mixOf(row)))),
     );
-    if (!rows.length) body.append(h("tr", {}, h("td", { colSpan: 4, class: "empty" }, "No connections.")));
+    if (!rows.length) body.append(h("tr", {}, h("td", { colSpan: 4, class: "empty" }, "No connections from LAN hosts.")));
+    const mine = top(own);
+    const gwBody = $("#gateway-clients tbody");
+    gwBody.replaceChildren(
+      ...mine.map((row) => h("tr", { "data-gateway-address": row.src, "data-count": String(row.n) },
+        h("td", { class: "addr" }, row.src),
+        h("td", { class: "num" }, fmtCount(row.n)),
+        h("td", { class: "by-isp" }, mixOf(row)))),
+    );
+    if (!mine.length) gwBody.append(h("tr", {}, h("td", { colSpan: 3, class: "empty" }, "None of its own.")));
     const when = fmtClock(serverNow());
     $("#clients-note").textContent = reply.truncated
       ? `From the first ${fmtCount(reply.count)} conntrack entries (more exist) · ${when}`
@@ -803,6 +1003,66 @@
     return `${Number(number)}${unit.replace("bit/s", "")}`;
   }
 
+  function fmtAgo(ago) {
+    if (ago % 3600 === 0) return `−${ago / 3600} h`;
+    return ago % 60 ? `−${ago} s` : `−${ago / 60} min`;
+  }
+
+  function rangeText() {
+    return state.range >= DAY ? "last 24 hours" : "last 15 minutes";
+  }
+
+  /** The samples the charts show: the daemon's older than the page's first live one, then the live ones. */
+  function visible() {
+    const live = state.history;
+    const firstLive = live.length ? live.at(0).t : Infinity;
+    const lastTrend = state.trend.length ? state.trend[state.trend.length - 1].t : null;
+    const now = live.length ? live.last().t : lastTrend ?? serverNow();
+    const t0 = now - state.range;
+    const out = [];
+    for (const s of state.trend) if (s.t >= t0 && s.t < firstLive) out.push(s);
+    for (let i = 0; i < live.length; i++) if (live.at(i).t >= t0) out.push(live.at(i));
+    return { now, samples: out };
+  }
+
+  /** Whether the line from sample `a` to the next one `b` is drawn (or breaks: no samples in between). */
+  function joined(a, b) {
+    return b.t - a.t <= Math.max(a.g || GAP, b.g || GAP);
+  }
+
+  function axis(ctx, x, span, now, left, topPad, plotH, height, grid, muted) {
+    ctx.textBaseline = "alphabetic";
+    const tickEvery = TIME_STEPS.find((st) => span / st <= 4) || 21600;
+    for (let ago = 0; ago <= span + 0.5; ago += tickEvery) {
+      const xx = Math.round(x(now - ago)) + 0.5;
+      ctx.strokeStyle = grid;
+      ctx.beginPath();
+      ctx.moveTo(xx, topPad);
+      ctx.lineTo(xx, topPad + plotH);
+      ctx.stroke();
+      ctx.fillStyle = muted;
+      ctx.textAlign = ago === 0 ? "right" : xx - left < 30 ? "left" : "center";
+      ctx.fillText(ago === 0 ? "now" : fmtAgo(ago), xx, height - 5);
+    }
+  }
+
+  function prepare(canvas) {
+    const dpr = window.devicePixelRatio || 1;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (!width || !height) return null;
+    if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
+      canvas.width = Math.round(width * dpr);
+      canvas.height = Math.round(height * dpr);
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    const css = getComputedStyle(document.documentElement);
+    ctx.font = `11px ${css.fontFamily}`;
+    return { ctx, width, height, css };
+  }
+
   class Chart {
     constructor(figure, options) {
       this.figure = figure;
@@ -812,6 +1072,7 @@
       this.tick = options.tick;
       this.format = options.format;
       this.floor = options.floor;
+      this.worst = Boolean(options.worst); // the "now" label: the worst ISP's value (RTT, loss), not the total
       this.hover = null;
       new ResizeObserver(() => this.draw()).observe(this.canvas);
       this.canvas.addEventListener("pointermove", (e) => {
@@ -825,37 +1086,23 @@
       });
     }
 
-    draw() {
+    draw(view = visible()) {
       const canvas = this.canvas;
-      const dpr = window.devicePixelRatio || 1;
-      const width = canvas.clientWidth;
-      const height = canvas.clientHeight;
-      if (!width || !height) return;
-      if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
-        canvas.width = Math.round(width * dpr);
-        canvas.height = Math.round(height * dpr);
-      }
-      const ctx = canvas.getContext("2d");
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      ctx.clearRect(0, 0, width, height);
-      const css = getComputedStyle(document.documentElement);
+      const got = prepare(canvas);
+      if (!got) return;
+      const { ctx, width, height, css } = got;
       const muted = css.getPropertyValue("--muted").trim();
       const grid = css.getPropertyValue("--grid").trim();
       const text = css.getPropertyValue("--text").trim();
       const surface = css.getPropertyValue("--surface").trim();
-      ctx.font = `11px ${css.fontFamily}`;
 
-      const hist = state.history;
-      const last = hist.last();
-      const now = last ? last.t : serverNow();
-      let first = 0;
-      while (first < hist.length && hist.at(first).t < now - WINDOW) first++;
-      // Until 15 minutes are collected the time axis spans what there is (at least a minute).
-      const span = first < hist.length ? Math.min(WINDOW, Math.max(MIN_SPAN, now - hist.at(first).t)) : MIN_SPAN;
+      const { now, samples: data } = view;
+      const last = data.length ? data[data.length - 1] : undefined;
+      // Until the range is filled the time axis spans what there is (at least a minute).
+      const span = data.length ? Math.min(state.range, Math.max(MIN_SPAN, now - data[0].t)) : MIN_SPAN;
       const t0 = now - span;
       let max = 0;
-      for (let i = first; i < hist.length; i++) {
-        const s = hist.at(i);
+      for (const s of data) {
         for (const name of state.isps) {
           const v = s.isps[name] ? this.value(s.isps[name]) : null;
           if (v != null && v > max) max = v;
@@ -890,19 +1137,7 @@
         ctx.fillStyle = muted;
         ctx.fillText(this.tick(v), left - 6, yy);
       }
-      ctx.textBaseline = "alphabetic";
-      const tickEvery = TIME_STEPS.find((st) => span / st <= 4) || 300;
-      for (let ago = 0; ago <= span + 0.5; ago += tickEvery) {
-        const xx = Math.round(x(now - ago)) + 0.5;
-        ctx.strokeStyle = grid;
-        ctx.beginPath();
-        ctx.moveTo(xx, topPad);
-        ctx.lineTo(xx, topPad + plotH);
-        ctx.stroke();
-        ctx.fillStyle = muted;
-        ctx.textAlign = ago === 0 ? "right" : xx - left < 30 ? "left" : "center";
-        ctx.fillText(ago === 0 ? "now" : ago % 60 ? `−${ago} s` : `−${ago / 60} min`, xx, height - 5);
-      }
+      axis(ctx, x, span, now, left, topPad, plotH, height, grid, muted);
 
       ctx.lineWidth = 2;
       ctx.lineJoin = "round";
@@ -910,34 +1145,36 @@
         ctx.strokeStyle = colour(name);
         ctx.beginPath();
         let prev = null;
-        for (let i = first; i < hist.length; i++) {
-          const s = hist.at(i);
+        for (const s of data) {
           const v = s.isps[name] ? this.value(s.isps[name]) : null;
           if (v == null) {
             prev = null;
             continue;
           }
-          if (prev == null || s.t - prev > GAP) ctx.moveTo(x(s.t), y(v));
+          if (prev == null || !joined(prev, s)) ctx.moveTo(x(s.t), y(v));
           else ctx.lineTo(x(s.t), y(v));
-          prev = s.t;
+          prev = s;
         }
         ctx.stroke();
       }
 
       const values = last ? state.isps.map((n) => [n, last.isps[n] ? this.value(last.isps[n]) : null]) : [];
-      this.nowLabel.textContent = last ? `now: ${this.format(values.reduce((a, [, v]) => a + (v || 0), 0))} total` : "";
-      this.figure.dataset.samples = String(hist.length - first);
-      canvas.setAttribute("aria-label", `${$("figcaption span", this.figure).textContent} per ISP, last 15 minutes. Now: ${
+      const known = values.map(([, v]) => v).filter((v) => v != null);
+      this.nowLabel.textContent = !last ? "" : this.worst
+        ? `now: worst ${known.length ? this.format(Math.max(...known)) : "—"}`
+        : `now: ${this.format(known.reduce((a, v) => a + v, 0))} total`;
+      this.figure.dataset.samples = String(data.length);
+      this.figure.dataset.oldest = data.length ? String(data[0].t) : "";
+      canvas.setAttribute("aria-label", `${$("figcaption span", this.figure).textContent} per ISP, ${rangeText()}. Now: ${
         values.map(([n, v]) => `${n} ${this.format(v)}`).join(", ") || "no data yet"}`);
 
-      if (this.hover != null && hist.length > first && this.hover >= left) {
+      if (this.hover != null && data.length && this.hover >= left) {
         const t = t0 + ((this.hover - left) / plotW) * span;
         let best = null;
-        for (let i = first; i < hist.length; i++) {
-          const s = hist.at(i);
+        for (const s of data) {
           if (!best || Math.abs(s.t - t) < Math.abs(best.t - t)) best = s;
         }
-        if (best && Math.abs(best.t - t) <= GAP) {
+        if (best && Math.abs(best.t - t) <= Math.max(GAP, best.g || GAP)) {
           const xx = Math.round(x(best.t)) + 0.5;
           ctx.strokeStyle = muted;
           ctx.lineWidth = 1;
@@ -945,7 +1182,7 @@
           ctx.moveTo(xx, topPad);
           ctx.lineTo(xx, topPad + plotH);
           ctx.stroke();
-          const lines = [fmtClock(best.t), ...state.isps.map((n) => [n, best.isps[n] ? this.value(best.isps[n]) : null])];
+          const lines = [fmtClock(best.t, state.range >= DAY), ...state.isps.map((n) => [n, best.isps[n] ? this.value(best.isps[n]) : null])];
           ctx.font = `12px ${css.fontFamily}`;
           const w = Math.max(...lines.map((l) => ctx.measureText(typeof l === "string" ? l : `${l[0]}  ${this.format(l[1])}`).width + (typeof l === "string" ? 0 : 14))) + 16;
           const boxH = lines.length * 17 + 8;
@@ -974,6 +1211,70 @@
     }
   }
 
+  const STATE_COLOURS = ["up", "degraded", "down", "disabled"];
+
+  /** One row per ISP, coloured by its state over time: when it was down, drained or degraded, and how long. */
+  class StateChart {
+    constructor(figure) {
+      this.figure = figure;
+      this.canvas = $("canvas", figure);
+      this.nowLabel = $(".now", figure);
+      new ResizeObserver(() => this.draw()).observe(this.canvas);
+    }
+
+    draw(view = visible()) {
+      const got = prepare(this.canvas);
+      if (!got) return;
+      const { ctx, width, height, css } = got;
+      const muted = css.getPropertyValue("--muted").trim();
+      const grid = css.getPropertyValue("--grid").trim();
+      const colours = Object.fromEntries(STATE_COLOURS.map((st) => [st, css.getPropertyValue(`--${st}`).trim()]));
+      const { now, samples: data } = view;
+      const span = data.length ? Math.min(state.range, Math.max(MIN_SPAN, now - data[0].t)) : MIN_SPAN;
+      const t0 = now - span;
+      let labelWidth = 0;
+      for (const name of state.isps) labelWidth = Math.max(labelWidth, ctx.measureText(name).width);
+      const left = Math.ceil(labelWidth) + 10;
+      const topPad = 8;
+      const plotW = width - left - 6;
+      const plotH = height - topPad - 20;
+      const rowH = plotH / Math.max(1, state.isps.length);
+      const x = (t) => left + ((t - t0) / span) * plotW;
+      const spent = {}; // ISP -> state -> seconds in view
+      state.isps.forEach((name, row) => {
+        const top = topPad + row * rowH + 2;
+        const bar = Math.max(2, rowH - 4);
+        ctx.fillStyle = muted;
+        ctx.textAlign = "right";
+        ctx.textBaseline = "middle";
+        ctx.fillText(name, left - 6, top + bar / 2);
+        ctx.fillStyle = grid;
+        ctx.fillRect(left, top, plotW, bar);
+        const mine = (spent[name] = {});
+        data.forEach((s, i) => {
+          const v = s.isps[name];
+          if (!v || !v.status) return;
+          const next = data[i + 1];
+          const end = next && joined(s, next) ? next.t : Math.min(now, s.t + s.d);
+          mine[v.status] = (mine[v.status] || 0) + Math.max(0, end - s.t);
+          ctx.fillStyle = colours[v.status] || muted;
+          ctx.fillRect(x(s.t), top, Math.max(1, x(end) - x(s.t)), bar);
+        });
+      });
+      ctx.lineWidth = 1;
+      axis(ctx, x, span, now, left, topPad, plotH, height, grid, muted);
+      const away = (name) => Object.entries(spent[name] || {}).filter(([st]) => st !== "up")
+        .map(([st, sec]) => `${name} ${st} ${fmtDuration(sec)}`);
+      const summary = state.isps.flatMap(away);
+      this.nowLabel.textContent = data.length ? summary.join(", ") || "all up" : "";
+      this.figure.dataset.samples = String(data.length);
+      this.figure.dataset.states = JSON.stringify(Object.fromEntries(
+        Object.entries(spent).map(([name, m]) => [name, Object.keys(m).sort()])));
+      this.canvas.setAttribute("aria-label", `Each ISP's state, ${rangeText()}: ${
+        data.length ? summary.join(", ") || "every ISP up throughout" : "no data yet"}`);
+    }
+  }
+
   let charts = [];
   let drawQueued = false;
 
@@ -982,7 +1283,8 @@
     drawQueued = true;
     requestAnimationFrame(() => {
       drawQueued = false;
-      for (const chart of charts) chart.draw();
+      const view = visible();
+      for (const chart of charts) chart.draw(view);
     });
   }
 
@@ -995,7 +1297,24 @@
     }),
     new Chart($("#chart-rx"), { value: (v) => v.rx_bytes_per_second, tick: compactBits, format: fmtBits, floor: 125 }),
     new Chart($("#chart-tx"), { value: (v) => v.tx_bytes_per_second, tick: compactBits, format: fmtBits, floor: 125 }),
+    new Chart($("#chart-rtt"), { value: (v) => v.rtt_ms, tick: (v) => oneFmt.format(v), format: fmtMs, floor: 5, worst: true }),
+    new Chart($("#chart-loss"), {
+      value: (v) => v.loss_percent,
+      tick: (v) => oneFmt.format(v),
+      format: (v) => (v == null ? "—" : `${oneFmt.format(v)} %`),
+      floor: 5,
+      worst: true,
+    }),
+    new StateChart($("#chart-states")),
   ];
+  for (const button of document.querySelectorAll("[data-range]")) {
+    button.addEventListener("click", () => {
+      state.range = Number(button.dataset.range);
+      for (const b of document.querySelectorAll("[data-range]")) b.setAttribute("aria-pressed", String(b === button));
+      $("#charts-range-title").textContent = state.range >= DAY ? "Last 24 hours" : "Last 15 minutes";
+      drawCharts();
+    });
+  }
   window.matchMedia("(prefers-color-scheme: dark)").addEventListener?.("change", drawCharts);
 
   // --- start ------------------------------------------------------------------------------------
@@ -1011,10 +1330,12 @@
   async function start() {
     await refreshStatus();
     loadEvents();
+    loadHistory(true);
     refreshClients();
     streamForever();
     every(STATUS_EVERY, refreshStatus);
     every(CLIENTS_EVERY, refreshClients);
+    every(HISTORY_EVERY, () => loadHistory(false));
     setInterval(() => {
       for (const c of state.cards.values()) tickSince(c);
       if (!state.streamEver) drawCharts();
