@@ -127,6 +127,7 @@ class Fleet:
         self.machines: dict[Family, dict[str, HealthMachine]] = {4: {}, 6: {}}
         self.since: dict[str, float] = {}
         self.drains: dict[str, Drain] = {}  # ISP -> its admin drain (reason, timer), while disabled
+        self.ha_role: str | None = "backup" if config.ha is not None else None  # an HA node: as keepalived says
         self._uplinks: dict[str, Uplink] = dict(uplinks)  # ISP -> its uplink, as last observed
         self._hops: dict[tuple[str, int], object] = {}  # (ISP, family) -> the last next hop it had (None: dev)
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
@@ -160,6 +161,8 @@ class Fleet:
     def wants_empty(self, name: str, family: Family = 4) -> bool:
         """Its connections (of that health's family) cannot work and the config says flush them."""
         m = self.machines[family].get(name)
+        if self.ha_role not in (None, "master"):  # an HA backup: conntrackd and the primary own the connections
+            return False
         return m is not None and self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
 
     # --- inputs -----------------------------------------------------------------------------
@@ -252,6 +255,15 @@ class Fleet:
             effects = [_with_reason(e, why) for e in effects]
         return f"{name} is {self.machines[4][name].status.value}", effects
 
+    def role(self, role: str, wall: float) -> list[Effect]:
+        """keepalived says this HA node's role changed: an event; as master it flushes what the health of its
+        ISPs says must go (the resync finds it), as backup or in fault it flushes nothing."""
+        if self.config.ha is None or role == self.ha_role:
+            return []
+        old, self.ha_role = self.ha_role, role
+        why = f"keepalived: {role.upper()} (node {self.config.ha.node})"
+        return [Emit(Event(wall, "", "role", role, old, why, self.config.ha.interface or ""))]
+
     def expire_drains(self, now: float, wall: float) -> list[Effect]:
         """Drains whose timer ran out end (the daemon asks at every resync, so within its interval)."""
         effects: list[Effect] = []
@@ -264,6 +276,8 @@ class Fleet:
         """Adopt a new config and its allocation: carry each staying ISP's state, report every change."""
         old_config, old_state = self.config, self.state
         self.config, self.state = config, allocation.state
+        if (config.ha is None) != (old_config.ha is None):  # (the helpers start or end with the next start)
+            self.ha_role = None if config.ha is None else "backup"
         effects: list[Effect] = [SaveState(allocation.state), Reconcile("reload")]
         events: list[Effect] = []
         gone = set(allocation.removed) | set(allocation.replaced)

@@ -60,9 +60,11 @@ class EventLog:
                     event.reason)  # fmt: skip
         else:  # news about an ISP whose state stays (gateway, address), or one just added
             log.log(level, "isp %s%s %s (%s): %s", event.isp, family, event.event, event.status, event.reason)
-        if event.status != event.old:
+        if event.event == "role":  # this HA node's role, not an ISP's state
+            self.metrics.roles.labels(event.status).inc()
+        elif event.status != event.old:
             self.metrics.transitions.labels(event.isp, family_label(event.family), event.status).inc()
-        if event.status in ("down", "disabled") and event.old in ("up", "degraded"):
+        if event.isp and event.status in ("down", "disabled") and event.old in ("up", "degraded"):
             self.metrics.failovers.labels(event.isp, family_label(event.family)).inc()
         view = EventView(
             time=event.at,

@@ -66,6 +66,10 @@ class Metrics:
         Info("wanlb_build", "The running wanlb.", registry=self.registry).info({"version": __version__})
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # what every Python exporter has
             self.registry.register(standard)
+        self.roles = Counter(
+            "wanlb_ha_role_changes", "This HA node's role changes, by the role entered.", ["role"],
+            registry=self.registry,
+        )  # fmt: skip
         self.reloads = Counter("wanlb_reloads", "Configuration reloads, by result.", ["result"], registry=self.registry)
         self._state = _StateCollector()
         self.registry.register(self._state)
@@ -135,6 +139,14 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "wanlb_events_lost", "Conntrack event losses the kernel reported (ENOBUFS).", status.events_lost
         )
+        if status.ha is not None:
+            role = GaugeMetricFamily("wanlb_ha_role", "1 for this HA node's current role.", labels=["node", "role"])
+            for r in ("master", "backup", "fault"):
+                role.add_metric([status.ha.node, r], 1.0 if status.ha.role == r else 0.0)
+            yield role
+            sync = GaugeMetricFamily("wanlb_ha_sync_link_up", "1 while the sync link is up.", labels=["node"])
+            sync.add_metric([status.ha.node], 1.0 if status.ha.sync_link == "up" else 0.0)
+            yield sync
         hits = CounterMetricFamily("wanlb_rule_hits", "NEW packets matched by each rule.", labels=["rule"])
         for rule in status.rules:
             hits.add_metric([rule.name], rule.hits or 0)

@@ -62,6 +62,7 @@ class Desired:
     lan6: tuple[ipaddress.IPv6Network, ...] = ()  # the LAN's IPv6 prefixes (lan.ipv6_prefixes)
     bypass6: tuple[ipaddress.IPv6Network, ...] = ()  # IPv6 destinations never balanced: LAN and connected
     policies6: tuple[PolicyPlan, ...] = ()  # the same policies for NEW IPv6 connections (chains "<chain>_6")
+    ha: bool = False  # one node of an HA pair: SNAT to the WAN VIPs, NEW TCP must start with a SYN
 
     @property
     def ipv6(self) -> bool:
@@ -129,6 +130,7 @@ def plan(
     planned6 = policies(config, usable6(config, usable, statuses6, followed, links), adjusted) if config.ipv6 else ()
     default = dict(planned[0].active)
     total = sum(default.values())
+    vips = config.ha.wan_vips if config.ha is not None else {}  # an HA pair's ISP: SNAT to the address both hold
     isps = tuple(
         IspPlan(
             name=i.name,
@@ -139,7 +141,7 @@ def plan(
             slot=slots[i.name],
             weight=i.weight,
             tier=i.tier,
-            snat=i.snat,
+            snat=vips[i.name].ip if i.name in vips else i.snat,
             status=usable[i.name],
             active=i.name in default,
             share=default.get(i.name, 0) / total if total else 0.0,
@@ -170,6 +172,7 @@ def plan(
         lan6=config.lan.ipv6_prefixes,
         bypass6=tuple(sorted(bypass6)),
         policies6=planned6,
+        ha=config.ha is not None,
     )
 
 

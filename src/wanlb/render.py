@@ -53,6 +53,7 @@ from wanlb.rules import CompiledRules, compile_rules
 
 ALL_BITS = 0xFFFFFFFF
 CLIENTS_SET = "clients"
+HA_GUARD_COUNTER = "ha_nonsyn_dropped"  # NEW TCP packets that are not a SYN, dropped on an HA node
 CLIENTS_TIMEOUT = 900  # seconds a LAN client counts as active after its last NEW connection
 HASH_KEYS = {"src": "ip saddr", "dst": "ip daddr", "proto": "meta l4proto", "sport": "th sport", "dport": "th dport"}
 # IPv6 destinations never balanced: link-local and multicast, the gateway itself, LAN and connected prefixes.
@@ -443,6 +444,15 @@ def render_nft(desired: Desired) -> Table:
     if unsolicited:
         objects.append(Counter("unsolicited_dropped"))
         prerouting += unsolicited
+    if desired.ha:
+        # A node taking over holds the VIPs before conntrackd has committed the peer's connections into its
+        # kernel (keepalived's notify runs after the VIPs answer). A packet of such a connection would become
+        # NEW: a random ISP, a reset. Only a SYN starts a TCP connection here; a dropped mid-stream packet is
+        # retransmitted, by then onto the committed entry.
+        objects.append(Counter(HA_GUARD_COUNTER))
+        prerouting.insert(
+            1, f'ct state new tcp flags & (syn | ack | rst | fin) != syn counter name "{HA_GUARD_COUNTER}" drop'
+        )
     prerouting += _helper_rules(desired)
     prerouting += _retired_rules(desired)
     for i in desired.isps:
@@ -483,6 +493,8 @@ def render_nft(desired: Desired) -> Table:
         if isp.snat == "none":
             continue
         action = "masquerade" if isp.snat == "masquerade" else f"snat ip to {isp.snat}"
+        if desired.ha and isp.snat != "masquerade":  # the node's own traffic (its probes) keeps its own address
+            postrouting.append(f'oifname "{isp.interface}" fib saddr type local masquerade')
         postrouting.append(f'meta mark & {_hex(mask)} == {_hex(isp.mark)} oifname "{isp.interface}" {action}')
         # Unmarked traffic that the main table sends out this WAN (last resort
         # "main", connections older than wanlb) still needs its address rewritten.

@@ -198,6 +198,31 @@ class Event:
 
 
 @dataclass(frozen=True)
+class HaHelper:
+    """One of an HA node's helper programs, as the daemon supervises it."""
+
+    running: bool = False
+    pid: int | None = None
+    starts: int = 0
+    last_exit: str | None = None
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class Ha:
+    """This node of an HA pair: its role (as keepalived last said), its helpers, the sync link."""
+
+    node: str = ""
+    role: str = "backup"
+    since: float = 0.0
+    priority: int = 0
+    sync_link: str = "unknown"  # up, down, missing
+    last_commit: str | None = None  # how conntrackd's steps for the last role change went ("ok", or what failed)
+    keepalived: HaHelper = field(default_factory=HaHelper)
+    conntrackd: HaHelper = field(default_factory=HaHelper)
+
+
+@dataclass(frozen=True)
 class Status:
     ok: bool = True
     pid: int = 0
@@ -221,6 +246,7 @@ class Status:
     events_lost: int = 0
     conntrack: Conntrack = field(default_factory=Conntrack)
     events: tuple[Event, ...] = ()
+    ha: Ha | None = None  # an HA pair's node (the config's ha section); null otherwise
 
     def isp(self, name: str) -> Isp | None:
         return next((i for i in self.isps if i.name == name), None)
@@ -262,6 +288,7 @@ class DaemonFacts:
     table_entries: int | None
     table_max: int | None
     table_warnings: tuple[str, ...]
+    ha: Ha | None = None
 
 
 def _drain(fleet: Fleet, name: str) -> Drain | None:
@@ -358,6 +385,7 @@ def build(
         events_lost=facts.events_lost,
         conntrack=Conntrack(facts.table_entries, facts.table_max, facts.table_warnings),
         events=tuple(events),
+        ha=facts.ha,
     )
 
 

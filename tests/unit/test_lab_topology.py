@@ -222,3 +222,123 @@ def test_dhcp_uplinks_of_a_dual_stack_lab_delegate_a_prefix_that_the_config_foll
     assert "route add 2001:db8:180::/56 via 2001:db8:1::2" in topo.ip_batch("isp1")
     assert isp_for_source("2001:db8:180::11") == "isp1"
     assert Topology("v", isps=1, uplinks=("dhcp",)).pd_isps == []  # IPv4 only: no DHCPv6
+
+
+# --- an HA pair (issue 20) --------------------------------------------------------------------------------
+
+
+def test_ha_pair_nodes_links_and_build_order() -> None:
+    from wanlb.lab.topology import Link
+
+    topo = Topology("h", isps=2, clients=2, ha=True)
+    assert topo.gateways == ["gw1", "gw2"]
+    assert topo.nodes == ["gw1", "gw2", "sw", "isp1", "isp2", "inet", "c1", "c2"]
+    with pytest.raises(TopologyError, match="unknown node 'gw'"):
+        topo.ns("gw")
+    assert Link("gw1", "sync0", "gw2", "sync0") in topo.links
+    assert {ln for ln in topo.links if ln.b == "isp1"} == {Link("gw1", "wan1", "isp1", "gw1"),
+                                                          Link("gw2", "wan1", "isp1", "gw2")}  # fmt: skip
+    assert {ln for ln in topo.links if ln.b == "sw"} == {
+        Link("gw1", "lan0", "sw", "gw1"),
+        Link("gw2", "lan0", "sw", "gw2"),
+    }
+    assert Link("sw", "lanp2", "c2", "eth0") in topo.links
+    assert all(topo.nodes.index(ln.a) < topo.nodes.index(ln.b) for ln in topo.links)  # the owner's batch runs first
+    adds = [line for node in topo.nodes for line in topo.ip_batch(node) if line.startswith("link add")]
+    assert len([line for line in adds if "type veth" in line]) == len(topo.links) == 2 * 2 + 1 + 2 + 2 + 2
+    assert all(" netns wlab-h-" in line for line in adds if "type veth" in line)
+    assert topo.bridges("sw") == {"lan0": ["gw1", "gw2", "lanp1", "lanp2"]}
+    assert topo.bridges("isp2") == {"cust0": ["gw1", "gw2"]}
+    assert topo.bridges("gw1") == {} and topo.bridges("c1") == {}
+    assert "link set gw2 master cust0" in topo.ip_batch("isp1")
+    assert "link set lanp1 master lan0" in topo.ip_batch("sw") and "link set gw1 master lan0" in topo.ip_batch("sw")
+
+
+def test_ha_pair_addresses_leave_the_vips_unconfigured() -> None:
+    topo = Topology("h", isps=2, clients=1, ha=True)
+    assert topo.addresses("gw1") == {"lan0": ["192.168.77.2/24"], "wan1": ["100.64.1.2/24"], "wan2": ["100.64.2.2/24"],
+                                     "sync0": ["10.255.0.1/30"]}  # fmt: skip
+    assert topo.addresses("gw2") == {"lan0": ["192.168.77.3/24"], "wan1": ["100.64.1.3/24"], "wan2": ["100.64.2.3/24"],
+                                     "sync0": ["10.255.0.2/30"]}  # fmt: skip
+    assert topo.addresses("sw") == {} and topo.routes("sw") == []
+    assert topo.addresses("isp1")["cust0"] == ["100.64.1.1/24"]
+    assert topo.routes("gw2") == ["default via 100.64.1.1 dev wan1"]
+    assert topo.routes("c1") == ["default via 192.168.77.1 dev eth0"]  # the LAN VIP
+    every_line = [line for node in topo.nodes for line in topo.ip_batch(node)]
+    vips = ("192.168.77.1/", "100.64.1.10/", "100.64.2.10/")
+    assert not any(vip in line for line in every_line if "addr add" in line for vip in vips)
+    macs = [line.split()[-1] for gw in topo.gateways for line in topo.ip_batch(gw) if " address " in line]
+    assert len(macs) == len(set(macs)) == 4  # both gateways on each WAN segment: a MAC each
+    assert topo.sysctls("gw2")["net.ipv4.ip_forward"] == "1" and "net.ipv4.ip_forward" not in topo.sysctls("sw")
+    assert topo.interfaces("gw1") == ["wan1", "wan2", "sync0", "lan0"]
+    assert topo.interfaces("gw2") == ["wan1", "wan2", "lan0", "sync0"]
+
+
+def test_ha_facts_of_each_gateway_mirror_the_peer() -> None:
+    from wanlb.lab.topology import HaWan, wan_vip
+
+    topo = Topology("h", isps=2, ha=True)
+    one, two = topo.ha_node("gw1"), topo.ha_node("gw2")
+    assert (one.peer, two.peer, one.primary, two.primary) == ("gw2", "gw1", True, False)
+    assert (one.sync_address, one.peer_sync_address) == (two.peer_sync_address, two.sync_address) == (
+        "10.255.0.1", "10.255.0.2")  # fmt: skip
+    assert (one.lan_address, two.lan_address, one.lan_vip, two.lan_vip) == (
+        "192.168.77.2", "192.168.77.3", "192.168.77.1", "192.168.77.1")  # fmt: skip
+    assert two.wans == (
+        HaWan("isp1", "wan1", "100.64.1.3", "100.64.1.10"),
+        HaWan("isp2", "wan2", "100.64.2.3", "100.64.2.10"),
+    )
+    assert [w.vip for w in one.wans] == [w.vip for w in two.wans] == [wan_vip(1), wan_vip(2)]
+    for bad, topo_of in (("isp1", topo), ("gw", Topology("s"))):
+        with pytest.raises(TopologyError, match="not a gateway of an HA pair"):
+            topo_of.ha_node(bad)
+
+
+def test_ha_configs_share_one_mark_and_table_allocation() -> None:
+    from wanlb.config import parse_config
+
+    topo = Topology("h", isps=3, weights=(3, 1, 1), ha=True)
+    texts = {gw: topo.config_yaml(f"/run/wanlb/lab/h/wanlb-{gw}.sock", gw) for gw in topo.gateways}
+    configs = {gw: parse_config(text) for gw, text in texts.items()}
+    allocation = {gw: [(i.name, i.mark, i.table) for i in cfg.isps] for gw, cfg in configs.items()}
+    assert allocation["gw1"] == allocation["gw2"] == [("isp1", 0x100, 201), ("isp2", 0x200, 202), ("isp3", 0x300, 203)]
+    assert configs["gw1"].control.socket != configs["gw2"].control.socket
+    assert "ha" not in yaml.safe_load(texts["gw1"])  # the schema's ha: section comes later
+    assert "wlab-h-gw2" in texts["gw2"] and "wlab-h-gw1" not in texts["gw2"]
+    single = yaml.safe_load(Topology("s", isps=3).config_yaml("/run/x.sock"))
+    assert all("mark" not in isp and "table" not in isp for isp in single["isps"])  # auto, as before
+    for bad, topo_of in (("gw", topo), ("isp1", topo), ("gw1", Topology("s"))):
+        with pytest.raises(TopologyError, match="no gateway"):
+            topo_of.config_yaml("/run/x.sock", bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"ipv6": True}, "IPv4-only"), ({"isps": 2, "uplinks": ("static", "dhcp")}, "static uplinks"),
+     ({"isps": 1, "uplinks": ("p2p",)}, "static uplinks"), ({"isps": 1, "uplinks": ("modem",)}, "cannot|one box")],
+)  # fmt: skip
+def test_ha_refuses_what_two_gateways_cannot_share(kwargs: dict, message: str) -> None:
+    with pytest.raises(TopologyError, match=message):
+        Topology("h", ha=True, **kwargs)
+
+
+def test_ha_isps_accept_the_vip_and_both_gateways_and_still_count_lan_leaks() -> None:
+    import ipaddress
+
+    from wanlb.lab.topology import vip_nat_nft
+
+    topo = Topology("h", isps=2, ha=True)
+    lines = [line.strip() for line in topo.isp_nft(2).splitlines()]
+    spoof = next(line for line in lines if 'name "spoofed"' in line)
+    nets = [ipaddress.ip_network(n.strip()) for n in spoof.split("{")[1].split("}")[0].split(",")]
+    for source in ("100.64.2.10", "100.64.2.2", "100.64.2.3"):  # the VIP, gw1, gw2: none of them is spoofing
+        assert any(ipaddress.ip_address(source) in net for net in nets)
+    leak = next(line for line in lines if 'name "lan_leak"' in line)
+    assert "ip saddr 192.168.77.0/24" in leak and lines.index(leak) < lines.index(spoof)
+    assert topo.customer_side(1) == ["cust0", "gw1", "gw2"]  # `fail --mode link` cuts both gateways' carrier
+    assert Topology("s").customer_side(1) == ["cust0"]
+    nat = vip_nat_nft(2)
+    assert 'oifname "wan1" ip saddr 192.168.77.0/24 snat ip to 100.64.1.10' in nat
+    assert 'oifname "wan2" ip saddr 192.168.77.0/24 snat ip to 100.64.2.10' in nat
+    assert "masquerade" not in nat  # the gateway's own traffic keeps its own address
+    assert [isp_for_source(a) for a in ("100.64.2.10", "100.64.2.3", "100.64.2.1")] == ["isp2", "isp2", None]

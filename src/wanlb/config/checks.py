@@ -108,6 +108,8 @@ def _cross_checks(cfg: Config, lines: _LineMap, left_out: Collection[tuple[Any, 
     ):
         issues += _ipv6_checks(cfg, lines)
     issues += _bypass_overlaps(cfg, lines)
+    if cfg.ha is not None and not defaulted("ha"):
+        issues += _ha_checks(cfg, lines)
     capacity = None if mask is None else mask >> mark_shift(mask)
     if capacity is not None and len(cfg.isps) > capacity:
         issues.append(
@@ -119,6 +121,38 @@ def _cross_checks(cfg: Config, lines: _LineMap, left_out: Collection[tuple[Any, 
 
 
 _IPV6 = ("ipv6", "gateway6")  # what the IPv6 checks read of an ISP
+
+
+def _ha_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
+    """An HA pair shares one allocation and one set of VIPs: every ISP's mark and table are written out (both
+    nodes' files then agree, whatever each node's runtime state holds), VIPs name ISPs that exist and are not
+    translated some other way, and the adverts go out a LAN interface."""
+    ha = cfg.ha
+    assert ha is not None
+    issues: list[ConfigIssue] = []
+    for i, isp in enumerate(cfg.isps):
+        missing = [k for k in ("mark", "table") if getattr(isp, k) is None]
+        if missing:
+            why = "the pair shares one allocation, so both nodes' files must say the same"
+            issues.append(lines.issue(("isps", i), f"with ha, give {' and '.join(missing)}: {why}"))
+    names = {isp.name: isp for isp in cfg.isps}
+    for name, vip in ha.wan_vips.items():
+        isp = names.get(name)
+        if isp is None:
+            issues.append(lines.issue(("ha", "wan_vips", name), f"no ISP named {name!r} (ISPs: {_known(names)})"))
+        elif isp.snat != "masquerade":
+            issues.append(lines.issue(("ha", "wan_vips", name), f"ISP {name} has snat {isp.snat}: its connections "
+                                      f"are translated to its WAN VIP {vip.ip}, leave snat out"))  # fmt: skip
+    where = ha.interface or cfg.lan.interfaces[0]
+    if where not in cfg.lan.interfaces:
+        issues.append(lines.issue(("ha", "interface"), f"{where} is not a LAN interface: the VRRP adverts and the "
+                                  "LAN VIP go where the LAN hosts are"))  # fmt: skip
+    if ha.sync.interface in cfg.lan.interfaces or ha.sync.interface in {i.interface for i in cfg.isps}:
+        issues.append(lines.issue(("ha", "sync", "interface"), f"{ha.sync.interface} carries LAN or WAN traffic: "
+                                  "conntrackd needs a dedicated link"))  # fmt: skip
+    if ha.sync.address == ha.sync.peer:
+        issues.append(lines.issue(("ha", "sync", "peer"), "is this node's own sync address"))
+    return issues
 
 
 def _bypass_overlaps(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:

@@ -629,6 +629,50 @@ class RoutingConfig(_Model):
     protocol: Int = Field(default=119, ge=5, le=255)
 
 
+class SyncConfig(_Model):
+    """The dedicated link conntrackd syncs connection state over (FTFW over UDP)."""
+
+    interface: IfName
+    address: ipaddress.IPv4Address
+    """This node's address on it."""
+    peer: ipaddress.IPv4Address
+    """The other node's address on it."""
+    port: SInt = Field(default=3780, ge=1, le=65535)
+
+
+class HaConfig(_Model):
+    """An active/backup pair (docs/ha.md): keepalived holds the VIPs on the primary, conntrackd syncs the
+    connections (their ct marks, so their ISPs, and their NAT bindings) to the backup."""
+
+    node: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
+    """This node's name (status, events, keepalived's router_id)."""
+    priority: SInt = Field(ge=1, le=254)
+    """VRRP priority: the higher node is primary while both run."""
+    vrid: SInt = Field(default=51, ge=1, le=255)
+    interface: IfName | None = None
+    """Where VRRP adverts go: the first LAN interface unless given."""
+    unicast_peer: ipaddress.IPv4Address | None = None
+    """The peer's address on ``interface`` for unicast adverts; multicast (224.0.0.18) without it."""
+    advert_interval: Duration = 1.0
+    """VRRPv3 adverts, in steps of 10 ms (0.01 s to 40 s): 100ms takes over in about 0.35 s."""
+    preempt_delay: Duration = 5.0
+    """A returning primary waits this long (syncing the connections) before it takes the VIPs back."""
+    lan_vip: ipaddress.IPv4Interface
+    """The LAN's default gateway, held by the primary (on the VRRP interface)."""
+    wan_vips: Annotated[dict[str, ipaddress.IPv4Interface], _at_most(64)] = Field(default_factory=dict)
+    """Per ISP, a WAN address both nodes can hold (a /29 or larger segment): its connections are SNATed to
+    it, so they survive a takeover. An ISP without one (a single-address DHCP/PPPoE WAN) masquerades to the
+    node's own address: its connections end when the other node takes over."""
+    sync: SyncConfig
+
+    @field_validator("advert_interval")
+    @classmethod
+    def _centiseconds(cls, v: float) -> float:
+        if not 0.01 <= v <= 40.95 or abs(v * 100 - round(v * 100)) > 1e-6:
+            raise ValueError(f"must be 10ms..40.95s in steps of 10ms (VRRPv3 centiseconds), got {v:g}s")
+        return v
+
+
 class ControlConfig(_Model):
     socket: str = DEFAULT_SOCKET
 
@@ -663,6 +707,8 @@ class Config(_Model):
     """First match wins; unmatched traffic uses ``balance`` over every ISP (the ``default`` policy)."""
     dns: DnsConfig = DnsConfig()
     api: ApiConfig | None = None
+    ha: HaConfig | None = None
+    """An HA pair (keepalived + conntrackd); off unless this section is present."""
 
     @field_validator("mark_mask")
     @classmethod

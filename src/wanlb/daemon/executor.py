@@ -40,6 +40,7 @@ from wanlb.verify import config_warnings, verify
 
 if TYPE_CHECKING:
     from wanlb.api import Api
+    from wanlb.daemon.pair import Pair
 
 log = logging.getLogger("wanlb.daemon")
 
@@ -84,6 +85,7 @@ class Daemon:
         self.table_stats: TableStats | None = None
         self.table_warnings: list[str] = []
         self.api: Api | None = None
+        self.pair: Pair | None = None  # one node of an HA pair (daemon.pair), when the config has ha
         self.stopping = asyncio.Event()  # set: `wanlb stop`, SIGTERM, SIGINT
         self.reconcile_lock, self._flush_lock, self._reload_lock = asyncio.Lock(), asyncio.Lock(), asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -177,8 +179,7 @@ class Daemon:
         return count
 
     def _count_and_flush(self, mark: int, mask: int, family: int = 0) -> int:
-        count = self.kernel.ct_count(mark, mask, family)
-        if count:
+        if count := self.kernel.ct_count(mark, mask, family):
             self.kernel.ct_flush(mark, mask, family)
         return count
 
@@ -266,9 +267,7 @@ class Daemon:
 
     async def reload(self, path: str | None = None) -> tuple[bool, str]:
         """Re-read the config (or ``path``) off the loop; verify it; adopt it, or refuse and keep the running one.
-
-        Reloads run one at a time, each allocating from the state the previous one left.
-        """
+        Reloads run one at a time, each allocating from the state the previous one left."""
         async with self._reload_lock:
             return await self._reload(path or self.config_path)
 
@@ -317,6 +316,8 @@ class Daemon:
         self.reloads += 1
         self.monitors.start(new, self.fleet)
         self.domains.configure(new)
+        if self.pair is not None:
+            await self.pair.reconfigure(new)
         if self.api is not None and new.api is not None:
             await self.api.reconfigure(new.api)
         elif (self.api is None) != (new.api is None):
@@ -327,11 +328,8 @@ class Daemon:
         return True, "reloaded"
 
     async def try_config(self, path: str, timeout: float) -> dict[str, Any]:
-        """Apply ``path`` now and go back to the running configuration unless confirmed within ``timeout``.
-
-        For an admin working through the gateway itself: a config that cuts them
-        off undoes itself.  The same checks as a reload come first.
-        """
+        """Apply ``path`` now and go back to the running configuration unless confirmed within ``timeout``: a
+        config that cuts off an admin working through the gateway undoes itself.  A reload's checks come first."""
         async with self._reload_lock:
             if self._trial is not None:
                 return {"ok": False, "error": "a trial is already pending: `wanlb try --confirm` or wait for it"}

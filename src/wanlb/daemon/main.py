@@ -49,6 +49,11 @@ async def serve(daemon: Daemon) -> None:
     d.monitors.start(d.config, d.fleet)
     d.domains.configure(d.config)
     d.warn_about_config()
+    if d.config.ha is not None:  # conntrackd and keepalived: after the first reconcile, the datapath is in place
+        from wanlb.daemon.pair import Pair
+
+        d.pair = Pair(d)
+        await d.pair.start()
     api = None
     if d.config.api is not None:
         from wanlb.api import Api, TokenError  # FastAPI and uvicorn: 0.3 s of imports, only when asked for
@@ -71,6 +76,8 @@ async def serve(daemon: Daemon) -> None:
         d.domains.stop()
         if api is not None:
             await api.stop()
+        if d.pair is not None:
+            await d.pair.stop()
         server.close()
         Path(socket_path).unlink(missing_ok=True)
         if d.cleanup_on_exit:

@@ -57,6 +57,7 @@ class Surface:
             route_failures=d.last.failures if d.last else (), started=d.started,
             events_lost=d.counter.lost_events, table_entries=stats.count if stats else None,
             table_max=stats.max if stats else None, table_warnings=tuple(d.table_warnings),
+            ha=d.pair.view() if d.pair is not None else None,
         )  # fmt: skip
         return view.build(
             config=d.config, fleet=d.fleet, desired=d.last.desired if d.last else None, facts=facts,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
 
 from wanlb.lab.lab import Lab, LabError, down_all, remove_lab, require_root
-from wanlb.lab.topology import COUNTERS, UPLINK_MODES, UPLINK_PRESETS, TopologyError
+from wanlb.lab.topology import COUNTERS, LAN_GW, UPLINK_MODES, UPLINK_PRESETS, TopologyError
 
 name_option = click.option(
     "--name",
@@ -57,6 +59,34 @@ def _uplinks(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return modes
 
 
+def api_section(port: int, token_file: Path) -> str:
+    """The config's ``api`` section for ``lab up --api``.  On the gateway's LAN address, where a browser on a
+    LAN finds its gateway (the lab's clients reach it, the host cannot: the lab never touches the host's
+    network); reads need the token too, as the docs advise for a real gateway."""
+    return f"api:\n  listen: [{LAN_GW}:{port}]\n  token_file: {token_file}\n"
+
+
+def _enable_api(built: Lab, port: int) -> tuple[str, Path]:
+    """Write a fresh token (mode 0600, as the daemon demands) and the api section into the lab's config."""
+    token = built.dir / "api.token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(24) + "\n")
+    with built.config_path.open("a") as fh:
+        fh.write(api_section(port, token))
+    return f"http://{LAN_GW}:{port}/", token
+
+
+def _echo_ha(built: Lab) -> None:
+    """`lab up --ha`'s summary: both gateways, and what the lab leaves to keepalived."""
+    for gw in built.topology.gateways:
+        facts, config = built.topology.ha_node(gw), built.gateway_config(gw)
+        click.echo(f"  gateway {gw}:       {built.ns(gw)}, LAN {facts.lan_address}, sync {facts.sync_address}")
+        click.echo(f"    start it:        wanlb lab exec --name {built.name} {gw} -- wanlb run -c {config} &")
+    click.echo(f"  not configured:    the VIPs {LAN_GW} (LAN) and 100.64.i.10 (WAN i): keepalived's, or by hand")
+    click.echo(f"  a gateway dies:    wanlb lab kill --name {built.name} gw1   (back: wanlb lab revive ...)")
+
+
 @click.group(name="lab")
 def lab() -> None:
     """Network-namespace lab: clients, the gateway, ISP routers and an "internet" on this machine."""
@@ -68,6 +98,12 @@ def lab() -> None:
 @click.option("--clients", default=2, show_default=True, help="Number of LAN clients.")
 @click.option("--weights", callback=_weights, help="ISP weights for the generated config, e.g. 3,1.")
 @click.option("--plain-nat", is_flag=True, help="Add a plain masquerade on the WANs (to try the lab without wanlb).")
+@click.option(
+    "--ha",
+    is_flag=True,
+    help="Two gateways gw1 and gw2 as an HA pair: shared LAN and WAN segments, a sync link, a config each; the "
+    "VIPs are left to keepalived (IPv4 and static uplinks only; --plain-nat SNATs to the WAN VIPs).",
+)
 @click.option(
     "--ipv6/--ipv4-only",
     default=True,
@@ -83,22 +119,58 @@ def lab() -> None:
     "re-created on reconnect), modem (an LTE modem that NATs: 192.168.8.100 via 192.168.8.1 on every one); "
     "or a preset: mixed (static,dhcp,p2p), twins (modem,modem), dynamic (dhcp,dhcp,p2p). Sets --isps.",
 )
+@click.option(
+    "--api",
+    is_flag=True,
+    help="Give the gateway's config an api section: the HTTP API and dashboard on the LAN address "
+    f"{LAN_GW} (reached from the clients' namespaces), with a new token in the lab's directory.",
+)
+@click.option("--api-port", type=click.IntRange(1, 65535), default=9180, show_default=True, help="The port for --api.")
+@click.pass_context
 def up(
-    name: str, isps: int, clients: int, weights: list[int] | None, plain_nat: bool, ipv6: bool, uplinks: tuple[str, ...]
+    ctx: click.Context,
+    name: str,
+    isps: int,
+    clients: int,
+    weights: list[int] | None,
+    plain_nat: bool,
+    ipv6: bool,
+    uplinks: tuple[str, ...],
+    ha: bool,
+    api: bool,
+    api_port: int,
 ) -> None:
     """Build the lab and start its test servers."""
+    if not api and ctx.get_parameter_source("api_port") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--api-port goes with --api")
+    if ha and api:
+        raise click.UsageError(f"--api goes with one gateway for now: an HA pair's {LAN_GW} is a VIP")
+    if ha and ctx.get_parameter_source("ipv6") is click.core.ParameterSource.DEFAULT:
+        ipv6 = False  # an HA lab is IPv4-only for now (an explicit --ipv6 is refused with the reason)
     with _friendly_errors():
         start = time.monotonic()
         isps = len(uplinks) if uplinks else isps
         built = Lab.up(
-            name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat, ipv6=ipv6, uplinks=uplinks
+            name, isps=isps, clients=clients, weights=weights, plain_nat=plain_nat, ipv6=ipv6, uplinks=uplinks, ha=ha
         )
         modes = f" ({', '.join(built.topology.uplinks)})" if uplinks else ""
         click.echo(f"lab {name!r} is up in {time.monotonic() - start:.1f} s: {isps} ISPs{modes}, {clients} clients")
-        click.echo(f"  gateway namespace: {built.ns('gw')}")
-        click.echo(f"  wanlb config:      {built.config_path}")
-        click.echo(f"  start the gateway: wanlb lab exec --name {name} gw -- wanlb run -c {built.config_path} &")
+        if ha:
+            _echo_ha(built)
+        else:
+            click.echo(f"  gateway namespace: {built.ns('gw')}")
+            click.echo(f"  wanlb config:      {built.config_path}")
+            click.echo(f"  start the gateway: wanlb lab exec --name {name} gw -- wanlb run -c {built.config_path} &")
         click.echo(f"  then try:          wanlb lab traffic --name {name} --connections 200")
+        if api:
+            url, token = _enable_api(built, api_port)
+            client = f"wanlb lab exec --name {name} c1 --"
+            click.echo(f"  dashboard and API: {url} inside the lab (the daemon listens in {built.ns('gw')}),")
+            click.echo(f"                     so from a client's namespace; the token is in {token}")
+            click.echo(
+                f'  API from a client: {client} curl -s -H "Authorization: Bearer $(cat {token})" {url}api/v1/status'
+            )
+            click.echo(f"  a browser there:   {client} chromium --no-sandbox {url}  (as root; paste the token)")
         if not plain_nat:
             click.echo("  (until wanlb runs, nothing NATs LAN traffic and the ISPs drop it as a LAN leak)")
         click.echo(f"  remove with:       wanlb lab down --name {name}")
@@ -189,6 +261,26 @@ def replug(name: str, isp: str) -> None:
         click.echo(f"{isp}: plugged in")
 
 
+@lab.command()
+@name_option
+@click.argument("gateway")
+def kill(name: str, gateway: str) -> None:
+    """An HA lab's gateway (gw1, gw2) dies: its links set down, every process in it SIGKILLed."""
+    with _friendly_errors():
+        Lab.load(name).kill(gateway)
+        click.echo(f"{gateway}: killed (links down, processes gone; `wanlb lab revive --name {name} {gateway}`)")
+
+
+@lab.command()
+@name_option
+@click.argument("gateway")
+def revive(name: str, gateway: str) -> None:
+    """A killed gateway comes back: links up, addresses and routes as built (no VIP); no process restarted."""
+    with _friendly_errors():
+        Lab.load(name).revive(gateway)
+        click.echo(f"{gateway}: revived (links up, addresses and routes as built; start its daemon again)")
+
+
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @name_option
 @click.argument("node")
@@ -218,6 +310,7 @@ def status(name: str, as_json: bool) -> None:
     click.echo("nodes:")
     for node in info["nodes"]:
         where = node["namespace"] if node["exists"] else f"{node['namespace']} (MISSING)"
+        where += " (KILLED)" if node["killed"] else ""
         click.echo(f"  {node['node']:<6} {where:<28} {' '.join(node['addresses'])}")
     click.echo("links:")
     for link in info["links"]:

@@ -57,6 +57,7 @@ from wanlb.lab.topology import (
     isp_for_source,
     p2p_local,
     pd_holder,
+    vip_nat_nft,
     wan_subnet,
 )
 
@@ -115,10 +116,13 @@ def _namespace_pids(ns: str) -> list[int]:
     return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
 
 
-def _stop_namespace_processes(namespaces: Sequence[str]) -> None:
-    """SIGTERM every process inside the namespaces, SIGKILL what is left after STOP_GRACE. Processes are
-    found by namespace membership, so PIDs recorded by a crashed run can never hit an unrelated process."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _stop_namespace_processes(
+    namespaces: Sequence[str], signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGKILL)
+) -> None:
+    """SIGTERM every process inside the namespaces, SIGKILL what is left after STOP_GRACE (``signals``:
+    SIGKILL alone for a death, which no process may notice and act on). Processes are found by namespace
+    membership, so PIDs recorded by a crashed run can never hit an unrelated process."""
+    for sig in signals:
         pids = [pid for ns in namespaces for pid in _namespace_pids(ns)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -144,9 +148,10 @@ def _topology(
     weights: Sequence[int] = (),
     ipv6: bool = False,
     uplinks: Sequence[str] = (),
+    ha: bool = False,
 ) -> Topology:
     try:
-        return Topology(name, isps, clients, tuple(weights), ipv6, tuple(uplinks))
+        return Topology(name, isps, clients, tuple(weights), ipv6, tuple(uplinks), ha)
     except TopologyError as exc:
         raise LabError(str(exc)) from None
 
@@ -232,6 +237,7 @@ class Lab:
         plain_nat: bool = False,
         ipv6: bool = False,
         uplinks: Sequence[str] = (),
+        ha: bool = False,
     ) -> Lab:
         """Build a lab and start its servers. If anything fails (or the build is interrupted), whatever
         was built is torn down before the error propagates.
@@ -240,9 +246,10 @@ class Lab:
         `plain_nat=True` adds a plain masquerade on the WANs (never use it together with the daemon).
         `ipv6=True` builds it dual-stack (`topology` has the addresses) with netmap in the generated config.
         `uplinks`: each ISP's uplink mode (static, dhcp, p2p, modem; see `topology`); DHCP WANs have their
-        leases when this returns."""
+        leases when this returns. `ha=True` builds an HA pair, gw1 and gw2, with a config each (IPv4, static
+        uplinks; `plain_nat` SNATs LAN sources to each WAN's VIP there: `vip_nat_nft`)."""
         require_root()
-        topo = _topology(name, isps, clients, weights or (), ipv6, uplinks)
+        topo = _topology(name, isps, clients, weights or (), ipv6, uplinks, ha)
         if lab_namespaces(topo.prefix):
             raise LabError(f"lab {name!r} already exists: `wanlb lab down --name {name}` first")
         try:
@@ -265,6 +272,8 @@ class Lab:
             "uplinks": list(topo.uplinks),
             "leases": {},  # ISP -> 1 after an odd number of lease changes (DHCP) or reconnects (p2p)
             "unplugged": [],
+            "ha": ha,
+            "killed": {},  # HA gateway -> wall-clock time `kill` took it down
             "created": time.time(),
         }
         lab = cls(topo, state)
@@ -290,7 +299,7 @@ class Lab:
             ) from None
         topo = _topology(
             state["name"], state["isps"], state["clients"], state["weights"], state.get("ipv6", False),
-            state.get("uplinks", ()),
+            state.get("uplinks", ()), state.get("ha", False),
         )  # fmt: skip
         return cls(topo, state)
 
@@ -330,11 +339,15 @@ class Lab:
             _run(["ip", "-n", topo.ns(node), "-batch", "-"], "\n".join(topo.ip_batch(node)) + "\n")
         for i in range(1, topo.isps + 1):
             _run(["ip", "netns", "exec", topo.ns(f"isp{i}"), "nft", "-f", "-"], topo.isp_nft(i))
-        if self._state["plain_nat"]:
-            _run(["ip", "netns", "exec", topo.ns("gw"), "nft", "-f", "-"], gateway_nat_nft())
-        self.config_path.write_text(topo.config_yaml(str(self.socket_path)))
+        for gw in topo.gateways:
+            if self._state["plain_nat"]:
+                nat = vip_nat_nft(topo.isps) if topo.ha else gateway_nat_nft()
+                _run(["ip", "netns", "exec", topo.ns(gw), "nft", "-f", "-"], nat)
+            self.gateway_config(gw).write_text(topo.config_yaml(str(self.gateway_socket(gw)), gw))
         self._start_servers()
         self._start_uplinks()
+        for gw in topo.gateways if topo.ha else ():  # the bridges forward through their ports once they are up
+            self._wait_links_settled(gw)
 
     def _start_servers(self) -> None:
         """Start the HTTP(S), stream and DNS servers in inet and wait until all listen."""
@@ -539,6 +552,7 @@ class Lab:
 
     def unplug(self, isp: str) -> None:
         """Pull the gateway's WAN interface out (a USB modem unplugged): it is deleted, the ISP's end too."""
+        self._single_gateway("unplug")
         i = self._isp_index(isp)
         _run(["ip", "-n", self.ns("gw"), "link", "del", f"wan{i}"])
         self._reload()
@@ -548,6 +562,7 @@ class Lab:
     def replug(self, isp: str) -> None:
         """Create the WAN interface again under its name (a new index; its addresses as its mode gives them:
         static, from DHCP, or the PPP session's); the ISP router's end and routes with it."""
+        self._single_gateway("replug")
         i = self._isp_index(isp)
         self._reload()
         gw, router = self.topology.wan_link(i, self._state["leases"].get(f"isp{i}", 0))
@@ -571,6 +586,75 @@ class Lab:
         self._update("leases", f"isp{i}", session)
         self.replug(isp)
         return p2p_local(i, session)
+
+    def _single_gateway(self, what: str) -> None:
+        if self.topology.ha:
+            raise LabError(f"{what} is for a lab with one gateway: an HA pair shares its WANs (`lab kill` a gateway)")
+
+    # --- an HA pair's gateway dying and coming back ------------------------------------------------
+
+    def kill(self, node: str) -> None:
+        """An HA gateway dies (gw1 or gw2), all at once as far as anyone outside can tell: every process in its
+        namespace is stopped (SIGSTOP: none may act on what follows, as keepalived would with a last priority-0
+        advert when its links go down), every link set down (nothing leaves it any more; its peers see
+        NO-CARRIER), then every process SIGKILLed. Kernel state (nft, conntrack) stays. Idempotent."""
+        self._require_ha_gateway(node)
+        self._update("killed", node, time.time())
+        ns = self.ns(node)
+        for pid in _namespace_pids(ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        _run(["ip", "-n", ns, "-batch", "-"], "".join(f"link set {i} down\n" for i in self.topology.interfaces(node)))
+        _stop_namespace_processes([ns], (signal.SIGKILL,))
+        for child in self._children:
+            child.poll()  # reap the ones this process started there
+        self._wait_links_settled(node)  # until its peers' ends show NO-CARRIER too
+
+    def revive(self, node: str) -> None:
+        """A killed HA gateway comes back as built: its addresses exactly as `lab up` set them (a VIP it held
+        is gone, as after a restart, so the pair never holds one twice), links up, its routes again (the
+        kernel dropped them with the links). No process is started: the caller restarts what it needs."""
+        self._require_ha_gateway(node)
+        topo = self.topology
+        self._reload()
+        if node not in self._state.get("killed", {}):
+            raise LabError(f"{node} is alive: revive is for a gateway `kill` took down")
+        interfaces = topo.interfaces(node)
+        lines = [f"addr flush dev {ifname}" for ifname in interfaces]
+        lines += [f"addr add {a} dev {ifname}" for ifname, addrs in topo.addresses(node).items() for a in addrs]
+        lines += [f"link set {ifname} up" for ifname in interfaces]
+        lines += [f"route replace {route}" for route in topo.routes(node)]
+        _run(["ip", "-n", self.ns(node), "-batch", "-"], "\n".join(lines) + "\n")
+        self._update("killed", node, None)
+        self._wait_links_settled(node)
+
+    def _wait_links_settled(self, node: str, timeout: float = 10.0) -> None:
+        """Wait until the kernel has marked both ends of every link of the node operationally up if they have
+        carrier: it does so a moment later (linkwatch, up to a second), and a bridge forwards through a port
+        only then. An end without carrier (an ISP failed with `link`) is settled too."""
+        ends = {end for ln in self.topology.links if node in (ln.a, ln.b) for end in ((ln.a, ln.a_if), (ln.b, ln.b_if))}
+        deadline = time.monotonic() + timeout
+        while True:
+            up = {(n, i["ifname"]): ("LOWER_UP" in i["flags"], i["operstate"] == "UP") for n in {n for n, _ in ends}
+                  for i in json.loads(_run(["ip", "-n", self.ns(n), "-j", "link", "show"]))}  # fmt: skip
+            pending = sorted(f"{n}:{ifname}" for (n, ifname), (carrier, oper) in up.items() if (n, ifname) in ends
+                             and carrier != oper)  # fmt: skip
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"links of {node} not up after {timeout:g}s: {', '.join(pending)}")
+            time.sleep(0.05)
+
+    def killed(self) -> list[str]:
+        """The HA gateways `kill` took down and no `revive` brought back, as recorded by any process."""
+        self._reload()
+        return sorted(self._state.get("killed", {}))
+
+    def _require_ha_gateway(self, node: str) -> None:
+        try:
+            self.topology.ha_index(node)
+        except TopologyError as exc:
+            raise LabError(str(exc)) from None
 
     def start_ftp(self) -> Path:
         """Start the FTP server in inet on FTP_ADDR:FTP_PORT (anonymous, read-only, serving
@@ -605,13 +689,22 @@ class Lab:
 
     @property
     def config_path(self) -> Path:
-        """The generated wanlb config for this lab."""
-        return self.dir / "wanlb.yaml"
+        """The generated wanlb config for this lab's gateway (an HA lab's gw1)."""
+        return self.gateway_config(self.topology.gateways[0])
 
     @property
     def socket_path(self) -> Path:
-        """The control socket path written into the generated config."""
-        return self.dir / "wanlb.sock"
+        """The control socket path written into that config."""
+        return self.gateway_socket(self.topology.gateways[0])
+
+    def gateway_config(self, node: str) -> Path:
+        """A gateway node's generated config: wanlb.yaml for `gw`, wanlb-gw1.yaml and wanlb-gw2.yaml for an
+        HA pair (each daemon has its own socket and so its own runtime state file next to it)."""
+        return self.dir / ("wanlb.yaml" if node == "gw" else f"wanlb-{node}.yaml")
+
+    def gateway_socket(self, node: str) -> Path:
+        """The control socket written into a gateway node's config."""
+        return self.dir / ("wanlb.sock" if node == "gw" else f"wanlb-{node}.sock")
 
     @property
     def isps(self) -> list[str]:
@@ -711,7 +804,8 @@ class Lab:
         _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], fail_nft(mode, self.topology.carries_ipv6(i), family))
         if f"isp{i}" in self._state.get("unplugged", []):
             return  # no link to set: replug applies the mode again
-        _run(["ip", "-n", ns, "link", "set", ISP_CUSTOMER_IF, link])
+        sides = self.topology.customer_side(i)  # (and an HA lab's bridge ports, so both gateways see it)
+        _run(["ip", "-n", ns, "-batch", "-"], "".join(f"link set {ifname} {link}\n" for ifname in sides))
         if link == "up" and self.topology.carries_ipv6(i):  # IPv6 routes through cust0 went with it when it was down
             routes = self.topology.routes6(f"isp{i}")
             _run(["ip", "-n", ns, "-batch", "-"], "".join(f"route replace {r}\n" for r in routes))
@@ -830,6 +924,7 @@ class Lab:
                     "node": node,
                     "namespace": self.ns(node),
                     "exists": self.ns(node) in existing,
+                    "killed": node in self._state.get("killed", {}),
                     "addresses": sorted(
                         f"{a['local']}/{a['prefixlen']}@{ifname}"
                         for ifname, info in interfaces[node].items()

@@ -23,6 +23,20 @@ Each ISP's uplink has a mode (``Topology.uplinks``), like the uplinks real gatew
 * ``modem``: an LTE modem that NATs: its LAN side is 192.168.8.1/24 on every modem, it leases
   192.168.8.100 to the gateway (two modems: the same subnet, gateway and WAN address twice), and the
   servers see its own uplink address 198.18.i.1.
+
+An HA pair (``Topology(ha=True)``, issue 20) has two gateways, gw1 and gw2, instead of gw; every segment
+they share is a bridge outside both, so either can die without taking a segment with it::
+
+    c1..cM eth0 ── sw: lanpK ┐
+                   sw: lan0 (bridge, no address)
+    gw{g} lan0 192.168.77.(1+g)/24 ── sw: gw{g} ┘
+    gw{g} wan{i} 100.64.{i}.(1+g)/24 ── isp{i}: gw{g} ── isp{i}: cust0 (bridge, 100.64.{i}.1/24)
+    gw1 sync0 10.255.0.1/30 ── gw2 sync0 10.255.0.2/30 (conntrackd and VRRP unicast)
+
+The clients' default gateway stays 192.168.77.1, and the SNAT source the servers should see is
+100.64.{i}.10: those are the pair's virtual addresses (VIPs), which the lab never configures (keepalived
+moves them; a test may put them by hand). Only ``static`` uplinks: a DHCP lease, a PPP session or a
+modem's NAT gives one address to one box, which two gateways cannot share. IPv4 only for now.
 """
 
 from __future__ import annotations
@@ -77,6 +91,15 @@ LAN_LEAK_COUNTER = "lan_leak"
 COUNTERS = (SPOOF_COUNTER, FAIL_COUNTER, LAN_LEAK_COUNTER)
 """Every named counter of an ISP router's `ip lab` table."""
 
+HA_GATEWAYS = ("gw1", "gw2")
+"""An HA lab's gateway nodes; gw1 is the pair's primary (the one a VRRP config gives the higher priority)."""
+SWITCH = "sw"  # an HA lab's LAN switch: a namespace holding only the bridge, so no gateway owns the LAN
+SYNC_IF = "sync0"  # the HA pair's dedicated link (conntrackd, VRRP unicast)
+SYNC_PREFIX_LEN = 30
+WAN_PREFIX_LEN = 24
+LAN_VIP = LAN_GW
+"""An HA pair's LAN virtual address: the clients' default gateway, held by whichever gateway is master."""
+
 
 class TopologyError(ValueError):
     """A lab name, size, weight list, node, ISP or fail mode that the lab cannot build."""
@@ -112,10 +135,11 @@ def p2p_local(i: int, session: int = 0) -> str:
     return f"100.64.{i}.{6 if session else 2}"
 
 
-def wan_mac(i: int) -> str:
+def wan_mac(i: int, gateway: int = 0) -> str:
     """The gateway's MAC on WAN i, the same every time the interface is created (as a NIC's or a USB
-    modem's is): the ISP's DHCP server knows the client again after an unplug."""
-    return f"02:77:00:00:{i:02x}:02"
+    modem's is): the ISP's DHCP server knows the client again after an unplug. ``gateway`` is 1 or 2 for
+    an HA pair's gw1 and gw2, which share each WAN's segment and so need MACs of their own."""
+    return f"02:77:00:{gateway:02x}:{i:02x}:02"
 
 
 def p2p_mac(i: int) -> str:
@@ -134,11 +158,74 @@ def inet_addr(i: int) -> str:
     return f"198.18.{i}.2"
 
 
+# --- an HA pair (with `Topology(ha=True)`): gateway g is gw1 (1) or gw2 (2) -----------------------------
+
+
+def ha_lan_addr(g: int) -> str:
+    """HA gateway g's own LAN address (192.168.77.2, .3): the LAN VIP .1 is the pair's, not a box's."""
+    return f"192.168.77.{1 + g}"
+
+
+def ha_wan_addr(i: int, g: int) -> str:
+    """HA gateway g's own address on WAN i (100.64.i.2, .3): its own traffic (health probes) leaves with it."""
+    return f"100.64.{i}.{1 + g}"
+
+
+def wan_vip(i: int) -> str:
+    """The HA pair's virtual address on WAN i: the SNAT source that stays the same when the backup takes
+    over, so the servers see one customer, and the ISP (inside its customer /24, so BCP38 accepts it)."""
+    return f"100.64.{i}.10"
+
+
+def ha_sync_addr(g: int) -> str:
+    """HA gateway g's address on the sync link (10.255.0.1, .2)."""
+    return f"10.255.0.{g}"
+
+
+def isp_mark(i: int) -> int:
+    """ISP i's packet/ct mark as an HA pair's configs write it out: the value wanlb would allocate itself
+    (the lowest free multiple of the mask's lowest bit), fixed so both gateways agree on it."""
+    return 0x100 * i
+
+
+def isp_table(i: int) -> int:
+    """ISP i's routing table as an HA pair's configs write it out (``routing.table_base`` 200 + i)."""
+    return 200 + i
+
+
+@dataclass(frozen=True)
+class HaWan:
+    """One WAN of an HA gateway: its interface, its own address and the pair's VIP there."""
+
+    isp: str
+    interface: str
+    address: str
+    vip: str
+
+
+@dataclass(frozen=True)
+class HaNode:
+    """What one gateway of an HA pair needs to know to render keepalived and conntrackd (the ``ha:`` section
+    to come): its own addresses, its peer and the peer's sync address, the VIPs the pair moves. Addresses
+    are bare; the prefix lengths are LAN_PREFIX_LEN, WAN_PREFIX_LEN and SYNC_PREFIX_LEN."""
+
+    node: str
+    peer: str
+    primary: bool  # gw1: the one that should be master while both are alive
+    lan_interface: str
+    lan_address: str
+    lan_vip: str
+    wans: tuple[HaWan, ...]
+    sync_interface: str
+    sync_address: str
+    peer_sync_address: str
+
+
 def isp_for_source(addr: str) -> str | None:
     """Map a source address seen by a server (100.64.i.2, or an address of ISP i's IPv6 prefixes) back to
     the ISP name it left through."""
-    m = re.fullmatch(r"100\.(?:64|80)\.(\d{1,3})\.[26]|198\.18\.(\d{1,3})\.1", addr)
-    if m:  # a WAN address of ISP i (any lease, any PPP session), or modem i's own uplink address
+    m = re.fullmatch(r"100\.(?:64|80)\.(\d{1,3})\.(?:[236]|10)|198\.18\.(\d{1,3})\.1", addr)
+    if m:  # a WAN address of ISP i (any lease, PPP session or HA gateway, or the HA VIP), or modem i's uplink
         return f"isp{int(m.group(1) or m.group(2))}"
     m = re.fullmatch(r"2001:db8:(\d{1,2})(00|80)?:[0-9a-f:]+", addr)
     return f"isp{int(m.group(1))}" if m else None
@@ -235,6 +322,8 @@ class Topology:
     ipv6: bool = False
     uplinks: tuple[str, ...] = ()
     """Each ISP's uplink mode (see the module docstring); default all ``static``."""
+    ha: bool = False
+    """Two gateways, gw1 and gw2, as an HA pair on shared segments (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -253,6 +342,13 @@ class Topology:
             raise TopologyError(
                 f"need {self.isps} uplink modes of {', '.join(UPLINK_MODES)} (or a preset: "
                 f"{', '.join(UPLINK_PRESETS)}), got {','.join(self.uplinks)}"
+            )
+        if self.ha and self.ipv6:
+            raise TopologyError("an HA lab is IPv4-only for now: leave --ipv6 out (ipv6=False)")
+        if self.ha and set(self.uplinks) != {"static"}:
+            raise TopologyError(
+                f"an HA lab needs static uplinks, not {','.join(self.uplinks)}: both gateways share each WAN, and a "
+                "DHCP lease, a PPP session or a modem's NAT gives its one address to one box only"
             )
 
     def mode(self, i: int) -> str:
@@ -289,9 +385,15 @@ class Topology:
         return [f"c{k}" for k in range(1, self.clients + 1)]
 
     @property
+    def gateways(self) -> list[str]:
+        """The gateway nodes: `gw`, or an HA pair's gw1 and gw2."""
+        return list(HA_GATEWAYS) if self.ha else ["gw"]
+
+    @property
     def nodes(self) -> list[str]:
         """All nodes, in build order (a node's veth peers are created before it is configured)."""
-        return ["gw", *self.isp_names, "inet", *self.client_names]
+        switch = [SWITCH] if self.ha else []
+        return [*self.gateways, *switch, *self.isp_names, "inet", *self.client_names]
 
     def ns(self, node: str) -> str:
         """Full namespace name of a node."""
@@ -308,11 +410,65 @@ class Topology:
 
     @property
     def links(self) -> list[Link]:
-        """Every veth pair of the lab."""
-        wans = [Link("gw", f"wan{i}", f"isp{i}", ISP_CUSTOMER_IF) for i in range(1, self.isps + 1)]
-        ups = [Link(f"isp{i}", ISP_UPLINK_IF, "inet", f"isp{i}") for i in range(1, self.isps + 1)]
+        """Every veth pair of the lab. In an HA lab each gateway's WAN i ends in a port of ISP i's bridge named
+        after the gateway, its lan0 in a port of the switch's bridge, and gw1 owns the sync link."""
+        n = range(1, self.isps + 1)
+        ups = [Link(f"isp{i}", ISP_UPLINK_IF, "inet", f"isp{i}") for i in n]
+        if self.ha:
+            wans = [Link(gw, f"wan{i}", f"isp{i}", gw) for gw in HA_GATEWAYS for i in n]
+            lans = [Link(gw, LAN_IF, SWITCH, gw) for gw in HA_GATEWAYS]
+            lans += [Link(SWITCH, f"lanp{k}", f"c{k}", CLIENT_IF) for k in range(1, self.clients + 1)]
+            return [*wans, Link("gw1", SYNC_IF, "gw2", SYNC_IF), *ups, *lans]
+        wans = [Link("gw", f"wan{i}", f"isp{i}", ISP_CUSTOMER_IF) for i in n]
         lans = [Link("gw", f"lanp{k}", f"c{k}", CLIENT_IF) for k in range(1, self.clients + 1)]
         return wans + ups + lans
+
+    def bridges(self, node: str) -> dict[str, list[str]]:
+        """A node's bridges and their ports: the single gateway's LAN (and DHCPv6-PD holders, with no ports);
+        in an HA lab the switch's LAN and each ISP router's customer side, which both gateways plug into."""
+        if node == "gw":
+            return {LAN_IF: [f"lanp{k}" for k in range(1, self.clients + 1)]} | {pd_holder(i): [] for i in self.pd_isps}
+        if self.ha and node == SWITCH:
+            return {LAN_IF: [*HA_GATEWAYS, *(f"lanp{k}" for k in range(1, self.clients + 1))]}
+        if self.ha and node in self.isp_names:
+            return {ISP_CUSTOMER_IF: list(HA_GATEWAYS)}
+        return {}
+
+    def interfaces(self, node: str) -> list[str]:
+        """A node's interfaces (no lo): its veth ends, then its bridges."""
+        ends = [ln.a_if for ln in self.links if ln.a == node] + [ln.b_if for ln in self.links if ln.b == node]
+        return ends + list(self.bridges(node))
+
+    def customer_side(self, i: int) -> list[str]:
+        """ISP router i's interfaces that `fail --mode link` sets down: its customer port, and in an HA lab that
+        bridge's ports too (a bridge set down leaves its ports' carrier up: the gateways would see no fault)."""
+        return [ISP_CUSTOMER_IF, *self.bridges(f"isp{i}").get(ISP_CUSTOMER_IF, [])]
+
+    # --- an HA pair's facts (what keepalived and conntrackd will be rendered from) -----------------
+
+    def ha_index(self, node: str) -> int:
+        """1 for gw1, 2 for gw2; a TopologyError for anything else (and in a lab without HA)."""
+        if not self.ha or node not in HA_GATEWAYS:
+            what = "an HA lab's gateways are gw1 and gw2" if self.ha else "this lab has no HA pair (lab up --ha)"
+            raise TopologyError(f"{node!r} is not a gateway of an HA pair: {what}")
+        return HA_GATEWAYS.index(node) + 1
+
+    def ha_node(self, node: str) -> HaNode:
+        """The HA facts of gw1 or gw2 (see HaNode)."""
+        g = self.ha_index(node)
+        peer = 3 - g  # the other one of 1 and 2
+        return HaNode(
+            node=node,
+            peer=HA_GATEWAYS[peer - 1],
+            primary=g == 1,
+            lan_interface=LAN_IF,
+            lan_address=ha_lan_addr(g),
+            lan_vip=LAN_VIP,
+            wans=tuple(HaWan(f"isp{i}", f"wan{i}", ha_wan_addr(i, g), wan_vip(i)) for i in range(1, self.isps + 1)),
+            sync_interface=SYNC_IF,
+            sync_address=ha_sync_addr(g),
+            peer_sync_address=ha_sync_addr(peer),
+        )
 
     # --- build commands ----------------------------------------------------------------------------
 
@@ -326,14 +482,14 @@ class Topology:
             # An interface set down loses its IPv6 addresses unless told to keep them (`fail --mode link`).
             for scope in ("all", "default"):
                 values |= {f"net.ipv6.conf.{scope}.accept_dad": "0", f"net.ipv6.conf.{scope}.keep_addr_on_down": "1"}
-            if node.startswith("isp") or node == "gw":
+            if node.startswith("isp") or node in self.gateways:
                 values |= {"net.ipv6.conf.all.forwarding": "1"}
-            if node == "gw" and any(self.mode(i) == "dhcp" for i in range(1, self.isps + 1)):
+            if node in self.gateways and any(self.mode(i) == "dhcp" for i in range(1, self.isps + 1)):
                 # Set up as for DHCP WANs with router advertisements (ifupdown's `accept_ra 2`), keeping only its
                 # static addresses: the advertisements give the learned IPv6 next hop (gateway6: auto).
                 for scope in ("all", "default"):
                     values |= {f"net.ipv6.conf.{scope}.accept_ra": "2", f"net.ipv6.conf.{scope}.autoconf": "0"}
-        if node == "gw":
+        if node in self.gateways:
             # Forwarding like any router; loose rp_filter like a systemd-based distro, which the
             # per-ISP routing tables need (replies arrive on a WAN the main table does not point to).
             values |= {
@@ -402,12 +558,19 @@ class Topology:
             isp += [f"route add {isp6_delegation(i, lease)} via {wan6_addr(i)}" for lease in (0, 1)]
         return gw, isp
 
-    def _wan_mac(self, i: int) -> str:
+    def _wan_mac(self, i: int, node: str = "gw") -> str:
         if self.mode(i) == "p2p":
             return f"link set wan{i} address {p2p_mac(i)} arp off"
-        return f"link set wan{i} address {wan_mac(i)}"
+        return f"link set wan{i} address {wan_mac(i, self.ha_index(node) if self.ha else 0)}"
 
     def _addresses4(self, node: str) -> dict[str, list[str]]:
+        if self.ha and node in HA_GATEWAYS:  # its own addresses: the VIPs are keepalived's
+            g = self.ha_index(node)
+            wans = {f"wan{i}": [f"{ha_wan_addr(i, g)}/{WAN_PREFIX_LEN}"] for i in range(1, self.isps + 1)}
+            sync = {SYNC_IF: [f"{ha_sync_addr(g)}/{SYNC_PREFIX_LEN}"]}
+            return {LAN_IF: [f"{ha_lan_addr(g)}/{LAN_PREFIX_LEN}"]} | wans | sync
+        if node == SWITCH:
+            return {}
         if node == "gw":
             return {LAN_IF: [f"{LAN_GW}/{LAN_PREFIX_LEN}"]} | {
                 f"wan{i}": [a for a in self.wan_addresses(i)[0] if ":" not in a] for i in range(1, self.isps + 1)
@@ -449,7 +612,9 @@ class Topology:
         return [f"::/0 via {LAN6_GW} dev {CLIENT_IF}"]
 
     def _routes4(self, node: str) -> list[str]:
-        if node == "gw":  # the main-table default any router has (a DHCP client or pppd adds their own)
+        if node == SWITCH:
+            return []
+        if node in self.gateways:  # the main-table default any router has (a DHCP client or pppd adds their own)
             first = self.mode(1)
             routes = [f"default via {isp_gateway(1)} dev wan1"] if first == "static" else []
             return routes + [f"default dev wan{i} metric {100 + i}" for i in range(1, self.isps + 1)
@@ -465,22 +630,17 @@ class Topology:
         """`ip -n NS -batch -` lines for one node: the veths it owns (each peer is created straight in the
         other namespace), addresses, links up, routes. Run in `nodes` order, so peers exist when used."""
         owned = [ln for ln in self.links if ln.a == node]
-        interfaces = [ln.a_if for ln in owned] + [ln.b_if for ln in self.links if ln.b == node]
+        bridges = self.bridges(node)
         lines = ["link set lo up"]
-        if node == "gw":
-            lines.append(f"link add name {LAN_IF} type bridge")
-            interfaces.append(LAN_IF)
-            for i in self.pd_isps:
-                lines.append(f"link add name {pd_holder(i)} type bridge")
-                interfaces.append(pd_holder(i))
+        lines += [f"link add name {bridge} type bridge" for bridge in bridges]
         lines += [f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {self.ns(ln.b)}" for ln in owned]
-        if node == "gw":
-            lines += [f"link set lanp{k} master {LAN_IF}" for k in range(1, self.clients + 1)]
-            lines += [self._wan_mac(i) for i in range(1, self.isps + 1)]
+        lines += [f"link set {port} master {bridge}" for bridge, ports in bridges.items() for port in ports]
+        if node in self.gateways:
+            lines += [self._wan_mac(i, node) for i in range(1, self.isps + 1)]
         elif node in self.isp_names and self.mode(self.isp_index(node)) == "p2p":
             lines.append(f"link set {ISP_CUSTOMER_IF} address {p2p_mac(self.isp_index(node))} arp off")
         lines += [f"addr add {a} dev {ifname}" for ifname, addrs in self.addresses(node).items() for a in addrs]
-        lines += [f"link set {ifname} up" for ifname in interfaces]
+        lines += [f"link set {ifname} up" for ifname in self.interfaces(node)]
         lines += [f"route add {route}" for route in self.routes(node)]
         return lines
 
@@ -544,18 +704,28 @@ class Topology:
 
     # --- config ------------------------------------------------------------------------------------
 
-    def config_yaml(self, socket_path: str) -> str:
-        """The wanlb gateway config for this lab (what the daemon in the gw namespace reads)."""
+    def config_yaml(self, socket_path: str, node: str = "gw") -> str:
+        """The wanlb config for one gateway node of this lab (what the daemon in its namespace reads).
+
+        An HA pair's two configs write every ISP's mark and table out, the same in both: a connection the
+        backup takes over (its conntrack entry synced with its ct mark) must find that mark meaning the same
+        ISP and table there, whatever each daemon's allocation history. They have no ``ha:`` section yet, and
+        SNAT stays masquerade to each gateway's own address, so each daemon also runs alone."""
+        if node not in self.gateways:
+            raise TopologyError(f"{node!r} is no gateway of lab {self.name!r}: {', '.join(self.gateways)}")
         targets = ", ".join(HEALTH_TARGETS)
         lines = [
             f"# wanlb config for the network-namespace lab {self.name!r} (generated by `wanlb lab up`).",
-            f"# The daemon runs inside the gateway namespace: ip netns exec {self.ns('gw')} wanlb run ...",
+            f"# The daemon runs inside the gateway namespace: ip netns exec {self.ns(node)} wanlb run ...",
             "lan:",
             f"  interfaces: [{LAN_IF}]",
             "isps:",
         ]
         if self.ipv6:
             lines.insert(4, f"  ipv6_prefixes: [{LAN6_PREFIX}]")
+        if self.ha:
+            pair = " and ".join(HA_GATEWAYS)
+            lines.insert(2, f"# One of the HA pair {pair}: every mark and table is written out, the same in both.")
         for i, weight in enumerate(self.weights, start=1):
             mode = self.mode(i)
             lines += [
@@ -565,6 +735,7 @@ class Topology:
                 + ("" if mode == "static" else f"  # {mode}: learned from the route its client installs"),
                 f"    weight: {weight}",
                 "    tier: 1",
+                *([f"    mark: {isp_mark(i):#x}", f"    table: {isp_table(i)}"] if self.ha else []),
                 "    snat: masquerade",
                 f"    health: {{ method: icmp, targets: [{targets}], quorum: 1, interval: 200ms }}",
             ]
@@ -661,6 +832,23 @@ def gateway_nat_nft() -> str:
         "    chain postrouting {\n"
         "        type nat hook postrouting priority srcnat; policy accept;\n"
         '        oifname "wan*" masquerade\n'
+        "    }\n"
+        "}\n"
+    )
+
+
+def vip_nat_nft(isps: int) -> str:
+    """`Lab.up(plain_nat=True)` for an HA pair, in both gateways: LAN sources leaving WAN i are SNATed to its
+    VIP, so after a takeover the servers (and the ISP) still see the same customer address; the gateway's
+    own traffic keeps its own address, so the backup's pings and probes get their replies back."""
+    rules = "".join(
+        f'        oifname "wan{i}" ip saddr {LAN_PREFIX} snat ip to {wan_vip(i)}\n' for i in range(1, isps + 1)
+    )
+    return (
+        f"table ip {NFT_TABLE} {{\n"
+        "    chain postrouting {\n"
+        "        type nat hook postrouting priority srcnat; policy accept;\n"
+        f"{rules}"
         "    }\n"
         "}\n"
     )
