@@ -39,15 +39,19 @@ def test_a_pair_must_write_out_its_allocation_and_name_what_exists() -> None:
         PAIR.replace(", mark: 0x200, table: 202", "")
         .replace("isp1: 100.64.1.10/24", "isp1: 100.64.1.10/24, isp7: 100.64.7.10/24")
         .replace("interface: sync0", "interface: wan2")
-        .replace("advert_interval: 100ms", "advert_interval: 5ms")
     )
     assert errors(text) == [
         "c.yaml:4: isps[isp2]: with ha, give mark and table: the pair shares one allocation, so both nodes' files "
         "must say the same",
-        "c.yaml:8: ha.advert_interval: must be 10ms..40.95s in steps of 10ms (VRRPv3 centiseconds), got 0.005s",
         "c.yaml:12: ha.wan_vips[isp7]: no ISP named 'isp7' (ISPs: isp1, isp2)",
         "c.yaml:13: ha.sync.interface: wan2 carries LAN or WAN traffic: conntrackd needs a dedicated link",
     ]
+
+
+@pytest.mark.parametrize("interval", ["5ms", "105ms", "41s"])
+def test_the_advert_interval_is_whole_centiseconds(interval: str) -> None:
+    [row] = errors(PAIR.replace("advert_interval: 100ms", f"advert_interval: {interval}"))
+    assert row.startswith("c.yaml:9: ha.advert_interval: must be 10ms..40.95s in steps of 10ms"), row
 
 
 def test_keepalived_holds_every_vip_and_tells_the_daemon_through_its_fifo() -> None:
