@@ -62,8 +62,10 @@ class HaPaths:
 
 
 def paths_for(config: Config) -> HaPaths:
-    """The node's helper directory: ``ha/`` beside the control socket."""
-    return HaPaths(Path(config.control.socket).parent / "ha")
+    """The node's helper directory beside its control socket, named for it (``/run/wanlb/wanlb.ha/``): one
+    per daemon, however many share the directory (two lab gateways do)."""
+    socket = Path(config.control.socket)
+    return HaPaths(socket.with_name(f"{socket.stem}.ha"))
 
 
 def vrrp_interface(config: Config) -> str:

@@ -132,7 +132,7 @@ class HaNode:
     def __init__(self, config: Config) -> None:
         self.paths = ha.paths_for(config)
         self.config = config
-        self.role = "backup"
+        self.role: str | None = None  # the role conntrackd was last told: none yet
         self.role_since = time.time()
         self.last_commit: str | None = None  # how the last role change's conntrackd steps went
         self._fifo: int | None = None

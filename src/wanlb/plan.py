@@ -62,7 +62,8 @@ class Desired:
     lan6: tuple[ipaddress.IPv6Network, ...] = ()  # the LAN's IPv6 prefixes (lan.ipv6_prefixes)
     bypass6: tuple[ipaddress.IPv6Network, ...] = ()  # IPv6 destinations never balanced: LAN and connected
     policies6: tuple[PolicyPlan, ...] = ()  # the same policies for NEW IPv6 connections (chains "<chain>_6")
-    ha: bool = False  # one node of an HA pair: SNAT to the WAN VIPs, NEW TCP must start with a SYN
+    ha: bool = False  # one node of an HA pair: its own traffic keeps its own address beside the VIP SNAT
+    ha_guard: bool = False  # ... and NEW TCP must start with a SYN (ha.takeover_guard)
 
     @property
     def ipv6(self) -> bool:
@@ -173,6 +174,7 @@ def plan(
         bypass6=tuple(sorted(bypass6)),
         policies6=planned6,
         ha=config.ha is not None,
+        ha_guard=config.ha is not None and config.ha.takeover_guard,
     )
 
 

@@ -444,7 +444,7 @@ def render_nft(desired: Desired) -> Table:
     if unsolicited:
         objects.append(Counter("unsolicited_dropped"))
         prerouting += unsolicited
-    if desired.ha:
+    if desired.ha_guard:
         # A node taking over holds the VIPs before conntrackd has committed the peer's connections into its
         # kernel (keepalived's notify runs after the VIPs answer). A packet of such a connection would become
         # NEW: a random ISP, a reset. Only a SYN starts a TCP connection here; a dropped mid-stream packet is

@@ -256,7 +256,8 @@ def test_a_timed_drain_with_a_reason_reaches_status_hooks_and_ends_by_itself(
     while "enabled" not in (record.read_text() if record.exists() else "") and time.monotonic() < wait_until:
         time.sleep(0.1)
     assert record.read_text().splitlines() == [
-        "isp2 disabled disabled by admin: ISP maintenance window", "isp2 enabled drain timer ran out"
+        "isp2 disabled disabled by admin: ISP maintenance window",
+        "isp2 enabled drain timer ran out",
     ]
 
 

@@ -57,7 +57,7 @@ def test_the_advert_interval_is_whole_centiseconds(interval: str) -> None:
 def test_keepalived_holds_every_vip_and_tells_the_daemon_through_its_fifo() -> None:
     cfg = parse_config(PAIR)
     text = ha.keepalived_conf(cfg, ha.paths_for(cfg))
-    assert "    notify_fifo /run/wanlb/gw1/ha/notify.fifo\n" in text and "    vrrp_version 3\n" in text
+    assert "    notify_fifo /run/wanlb/gw1/wanlb.ha/notify.fifo\n" in text and "    vrrp_version 3\n" in text
     assert "    state BACKUP\n    interface lan0\n    virtual_router_id 51\n    priority 150\n" in text
     assert "    advert_int 0.1\n    preempt_delay 5\n" in text
     assert "    unicast_peer {\n        192.168.77.3\n    }\n" in text
@@ -69,7 +69,7 @@ def test_conntrackd_syncs_over_the_dedicated_link_with_its_own_lock_and_socket()
     cfg = parse_config(PAIR)
     text = ha.conntrackd_conf(cfg, ha.paths_for(cfg))
     for line in ("IPv4_address 10.255.0.1", "IPv4_Destination_Address 10.255.0.2", "Interface sync0",
-                 "LockFile /run/wanlb/gw1/ha/conntrackd.lock", "Path /run/wanlb/gw1/ha/conntrackd.ctl",
+                 "LockFile /run/wanlb/gw1/wanlb.ha/conntrackd.lock", "Path /run/wanlb/gw1/wanlb.ha/conntrackd.ctl",
                  "DisableExternalCache Off", "NetlinkEventsReliable On", "Systemd off"):  # fmt: skip
         assert f" {line}\n" in text, line
 

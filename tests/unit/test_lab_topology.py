@@ -303,7 +303,14 @@ def test_ha_configs_share_one_mark_and_table_allocation() -> None:
     allocation = {gw: [(i.name, i.mark, i.table) for i in cfg.isps] for gw, cfg in configs.items()}
     assert allocation["gw1"] == allocation["gw2"] == [("isp1", 0x100, 201), ("isp2", 0x200, 202), ("isp3", 0x300, 203)]
     assert configs["gw1"].control.socket != configs["gw2"].control.socket
-    assert "ha" not in yaml.safe_load(texts["gw1"])  # the schema's ha: section comes later
+    ha = {gw: cfg.ha for gw, cfg in configs.items()}
+    assert ha["gw1"] and ha["gw2"] and (ha["gw1"].priority, ha["gw2"].priority) == (150, 100)
+    assert (str(ha["gw1"].sync.address), str(ha["gw1"].sync.peer)) == (
+        str(ha["gw2"].sync.peer),
+        str(ha["gw2"].sync.address),
+    )
+    assert str(ha["gw1"].unicast_peer) == "192.168.77.3" and str(ha["gw2"].unicast_peer) == "192.168.77.2"
+    assert {k: str(v) for k, v in ha["gw2"].wan_vips.items()} == {f"isp{i}": f"100.64.{i}.10/24" for i in (1, 2, 3)}
     assert "wlab-h-gw2" in texts["gw2"] and "wlab-h-gw1" not in texts["gw2"]
     single = yaml.safe_load(Topology("s", isps=3).config_yaml("/run/x.sock"))
     assert all("mark" not in isp and "table" not in isp for isp in single["isps"])  # auto, as before

@@ -664,6 +664,8 @@ class HaConfig(_Model):
     it, so they survive a takeover. An ISP without one (a single-address DHCP/PPPoE WAN) masquerades to the
     node's own address: its connections end when the other node takes over."""
     sync: SyncConfig
+    takeover_guard: Annotated[bool, Strict()] = True
+    """Drop NEW TCP packets that are not a SYN (docs/ha.md); false only to see what it prevents: resets."""
 
     @field_validator("advert_interval")
     @classmethod

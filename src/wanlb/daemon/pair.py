@@ -56,7 +56,7 @@ class Pair:
     async def become(self, role: str) -> None:
         d = self.daemon
         async with self._roles:
-            if role == d.fleet.ha_role:
+            if role == self.node.role:  # (None until keepalived first says: a backup's first word asks for a resync)
                 return
             log.warning("ha: node %s becomes %s", d.config.ha.node if d.config.ha else "?", role)
             if role == "master":

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,11 +26,14 @@ WANLB = [sys.executable, "-m", "wanlb.cli"]
 
 
 class LabGateway:
-    def __init__(self, lab: Lab):
+    def __init__(self, lab: Lab, node: str = "gw"):
+        """The daemon of gateway ``node``: ``gw``, or an HA lab's ``gw1``/``gw2`` (the default names the first)."""
         self.lab = lab
-        self.config = Path(lab.config_path)
-        self.log = self.config.with_name("wanlb.log")
-        self.base: dict[str, Any] = yaml.safe_load(lab.topology.config_yaml(str(lab.socket_path)))
+        self.node = node if node in lab.topology.gateways else lab.topology.gateways[0]
+        self.config = lab.gateway_config(self.node)
+        self.socket = str(lab.gateway_socket(self.node))
+        self.log = self.config.with_name("wanlb.log" if self.node == "gw" else f"wanlb-{self.node}.log")
+        self.base: dict[str, Any] = yaml.safe_load(lab.topology.config_yaml(self.socket, self.node))
         self.proc: subprocess.Popen[Any] | None = None
 
     def write(self, edit: Callable[[dict[str, Any]], None]) -> None:
@@ -46,14 +48,14 @@ class LabGateway:
         in place (e.g. ``["prlimit", "--nofile=1024:4096"]``), so ``proc`` stays the daemon itself."""
         with self.log.open("ab") as log:
             self.proc = self.lab.popen(
-                "gw",
+                self.node,
                 [*prefix, *WANLB, "run", "-c", str(self.config)],
                 label="wanlb",
                 stderr=log,
                 env=module_env() | dict(env or {}),
             )
         deadline = time.monotonic() + timeout
-        while not socket_in_use(str(self.lab.socket_path)):
+        while not socket_in_use(self.socket):
             if self.proc.poll() is not None:
                 raise LabError(f"wanlb exited with {self.proc.returncode}:\n{self.log_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -64,7 +66,7 @@ class LabGateway:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        return request(str(self.lab.socket_path), {"cmd": cmd, **fields})
+        return request(self.socket, {"cmd": cmd, **fields})
 
     def status(self) -> dict[str, Any]:
         """The daemon's status answer as it arrives (the wire format)."""
@@ -109,14 +111,14 @@ class LabGateway:
 
     def run(self, *argv: str, stdin: str | None = None) -> str:
         """Run a command in the gateway namespace; its stdout, or LabError carrying its stderr."""
-        proc = self.lab.run("gw", list(argv), input=stdin, capture_output=True, text=True, check=False)
+        proc = self.lab.run(self.node, list(argv), input=stdin, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise LabError(f"`{' '.join(argv)}` in gw failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            raise LabError(f"`{' '.join(argv)}` in {self.node} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return str(proc.stdout)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``wanlb ARGS -c CONFIG`` in the gateway namespace, as an operator would type it there."""
-        return self.lab.run("gw", [*WANLB, *args, "-c", str(self.config)], capture_output=True, text=True)
+        return self.lab.run(self.node, [*WANLB, *args, "-c", str(self.config)], capture_output=True, text=True)
 
     def nft_counter(self, name: str) -> dict[str, int]:
         """A named counter of ``table inet wanlb``: ``{"packets": n, "bytes": n}``."""

@@ -709,8 +709,8 @@ class Topology:
 
         An HA pair's two configs write every ISP's mark and table out, the same in both: a connection the
         backup takes over (its conntrack entry synced with its ct mark) must find that mark meaning the same
-        ISP and table there, whatever each daemon's allocation history. They have no ``ha:`` section yet, and
-        SNAT stays masquerade to each gateway's own address, so each daemon also runs alone."""
+        ISP and table there, whatever each daemon's allocation history; their ``ha:`` sections make them a
+        pair (``_ha_yaml``)."""
         if node not in self.gateways:
             raise TopologyError(f"{node!r} is no gateway of lab {self.name!r}: {', '.join(self.gateways)}")
         targets = ", ".join(HEALTH_TARGETS)
@@ -754,7 +754,28 @@ class Topology:
             "control:",
             f"  socket: {socket_path}",
         ]
+        if self.ha:
+            lines += self._ha_yaml(node)
         return "\n".join(lines) + "\n"
+
+    def _ha_yaml(self, node: str) -> list[str]:
+        """The pair's ``ha:`` section for one gateway: VRRPv3 every 100 ms, unicast to the peer over the LAN
+        (the adverts go where the clients are; a dead peer's sync link losing carrier must not put the
+        survivor in FAULT), gw1 preferred, the LAN VIP and one WAN VIP per ISP, conntrackd over sync0."""
+        me = self.ha_node(node)
+        peer = self.ha_node(me.peer)
+        vips = ", ".join(f"{w.isp}: {w.vip}/24" for w in me.wans)
+        return [
+            "ha:",
+            f"  node: {node}",
+            f"  priority: {150 if me.primary else 100}",
+            "  advert_interval: 100ms",
+            "  preempt_delay: 3s",
+            f"  unicast_peer: {peer.lan_address}",
+            f"  lan_vip: {me.lan_vip}/{LAN_PREFIX_LEN}",
+            f"  wan_vips: {{{vips}}}",
+            f"  sync: {{interface: {me.sync_interface}, address: {me.sync_address}, peer: {me.peer_sync_address}}}",
+        ]
 
 
 def dhcp_server_argv(topo: Topology, i: int, lease: int, lease_file: str) -> list[str]:

@@ -9,7 +9,8 @@
   a failover can be timed against events recorded by other processes.
 * `stream` (`python -m wanlb.lab.traffic stream [--duration S]`): one long-lived connection to the stream
   server, checking every 8-byte counter follows the previous one, until the duration ends, SIGTERM/SIGINT,
-  or the stream breaks or stalls. Output: `{"src": ..., "counters": n, "ok": true, "error": null}`.
+  or the stream breaks or stalls. Output: `{"src": ..., "counters": n, "ok": true, "error": null, "max_gap": s}`
+  (`max_gap`: the longest wait for data, in seconds).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ async def run_pace(host: str, port: int, every: float, timeout: float, duration:
 
 async def run_stream(host: str, port: int, duration: float, stall: float) -> dict[str, Any]:
     """Follow the counter stream; report whether it stayed intact and how far it got."""
-    result: dict[str, Any] = {"src": None, "counters": 0, "ok": False, "error": None}
+    result: dict[str, Any] = {"src": None, "counters": 0, "ok": False, "error": None, "max_gap": 0.0}
     stop = _stop_event(duration)
 
     async def follow() -> None:
@@ -115,11 +116,14 @@ async def run_stream(host: str, port: int, duration: float, stall: float) -> dic
             header = await asyncio.wait_for(reader.readline(), stall)
             result["src"] = json.loads(header)["src"]
             expected = 0
+            last = time.monotonic()
             while True:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel
                 # that ends a successful run, and the follower would read forever.
                 async with asyncio.timeout(stall):
                     data = await reader.readexactly(COUNTER_SIZE * 64)
+                now = time.monotonic()  # the longest wait for data: a failover's or a takeover's gap
+                result["max_gap"], last = max(result["max_gap"], round(now - last, 3)), now
                 for off in range(0, len(data), COUNTER_SIZE):
                     value = int.from_bytes(data[off : off + COUNTER_SIZE], "big")
                     if value != expected:
