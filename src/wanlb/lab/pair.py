@@ -1,21 +1,16 @@
-"""An HA pair in the lab (`lab up --ha`), with the real keepalived and conntrackd that wanlb renders and runs:
-the primary dies (every process killed, every link down) and the established connections continue on the
-backup, each on the ISP it started on, with the source address the server saw; new connections are balanced
-by the backup.  Without the non-SYN guard the same takeover resets connections (the test can fail)."""
+"""Driving an HA pair in the lab (`lab up --ha`): long-lived streams on each ISP, a takeover (the primary
+killed), a failback (it comes back and takes over again), and what the streams, the nodes and the servers
+saw.  Shared by tests/integration/test_ha_pair.py and bench/ha_bench.py."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
-from harness import module_lab
 
 from wanlb import ha
 from wanlb.config import load_config
@@ -23,15 +18,11 @@ from wanlb.lab.gateway import WANLB, LabGateway
 from wanlb.lab.lab import Lab, python_module
 from wanlb.lab.topology import LAN_VIP, wan_vip
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("keepalived") and shutil.which("conntrackd")), reason="needs keepalived and conntrackd"
-)
-
-lab = module_lab(ha=True, isps=2)
 STREAMS_PER_ISP = 5
 
 
 def wait_until(what: str, ok: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``ok`` until it holds; AssertionError naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not ok():
         if time.monotonic() > deadline:
@@ -40,6 +31,7 @@ def wait_until(what: str, ok: Callable[[], bool], timeout: float = 15.0) -> None
 
 
 def role(gw: LabGateway) -> str | None:
+    """The node's HA role as its daemon says, or None while it does not answer."""
     try:
         ha = gw.status().get("ha") or {}
     except Exception:  # not answering (dead, starting)
@@ -47,26 +39,27 @@ def role(gw: LabGateway) -> str | None:
     return ha.get("role")
 
 
-@pytest.fixture
-def pair(lab: Lab) -> Iterator[tuple[LabGateway, LabGateway]]:
-    """Both daemons running, gw1 master and gw2 backup; afterwards both stopped (cleanup) and gw1 revived."""
-    gw1, gw2 = LabGateway(lab, "gw1"), LabGateway(lab, "gw2")
-    try:
-        for gw in (gw1, gw2):
-            gw.write(lambda cfg: None)
-            gw.start()
-        wait_until("gw1 master, gw2 backup", lambda: (role(gw1), role(gw2)) == ("master", "backup"))
-        for gw in (gw1, gw2):
-            gw.wait_for({"isp1": "up", "isp2": "up"}, timeout=10)
-        yield gw1, gw2
-    finally:
-        for gw in (gw2, gw1):
-            with contextlib.suppress(Exception):  # (a killed gateway's daemon is gone already)
-                gw.stop(cleanup=True)
-        if "gw1" in lab.killed():
-            lab.revive("gw1")
-        for c in ("c1", "c2"):
-            lab.run(c, ["ip", "neigh", "flush", "all"], check=False)
+def start_pair(gws: tuple[LabGateway, LabGateway]) -> None:
+    """Both daemons on the lab's generated configs, until gw1 is master, gw2 backup and every ISP up on both."""
+    for gw in gws:
+        gw.write(lambda cfg: None)
+        gw.start()
+    wait_until("gw1 master, gw2 backup", lambda: (role(gws[0]), role(gws[1])) == ("master", "backup"))
+    isps = {isp: "up" for isp in gws[0].lab.isps}
+    for gw in gws:
+        gw.wait_for(isps, timeout=10)
+
+
+def stop_pair(lab: Lab, gws: tuple[LabGateway, LabGateway]) -> None:
+    """Both daemons stopped with cleanup (a killed one is gone already), gw1 revived, the clients' neighbour
+    caches emptied: the lab as `lab up` left it."""
+    for gw in reversed(gws):
+        with contextlib.suppress(Exception):
+            gw.stop(cleanup=True)
+    if "gw1" in lab.killed():
+        lab.revive("gw1")
+    for c in lab.clients:
+        lab.run(c, ["ip", "neigh", "flush", "all"], check=False)
 
 
 def entries(gw: LabGateway) -> list[dict[str, Any]]:
@@ -91,6 +84,7 @@ def streams_by_isp(lab: Lab, gw: LabGateway) -> tuple[list[subprocess.Popen[str]
 
 
 def stop_streams(streams: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """End the streams; each one's report (ok, src, counters, max_gap)."""
     for proc in streams:
         proc.terminate()
     return [json.loads(proc.communicate(timeout=30)[0]) for proc in streams]
@@ -118,25 +112,6 @@ def takeover(lab: Lab, gw1: LabGateway, gw2: LabGateway) -> dict[str, Any]:
     results = stop_streams(streams)
     return {"results": results, "isp_of": isp_of, "after": after, "new": new, "takeover": became - killed,
             "guard_drops": gw2.nft_counter("ha_nonsyn_dropped")["packets"]}  # fmt: skip
-
-
-def test_killing_the_primary_keeps_every_connection_on_its_isp(lab: Lab, pair: tuple[LabGateway, LabGateway]) -> None:
-    gw1, gw2 = pair
-    seen = takeover(lab, gw1, gw2)
-    results = seen["results"]
-    gaps = sorted(r["max_gap"] for r in results)
-    print(
-        f"\ntakeover {seen['takeover']:.3f} s after the kill; {len(results)} streams, largest gap per stream "
-        f"{gaps[-1]:.3f} s (median {gaps[len(gaps) // 2]:.3f} s); guard dropped {seen['guard_drops']} packets"
-    )
-    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]  # no reset, no stall, no loss
-    # Each stream kept its ISP (the synced ct mark) and its source address as the server saw it (the WAN VIP).
-    assert {port: seen["after"].get(port) for port in seen["isp_of"]} == seen["isp_of"]
-    vips = {wan_vip(1): "isp1", wan_vip(2): "isp2"}
-    assert {vips.get(r["src"].rsplit(":", 1)[0]) for r in results} == {"isp1", "isp2"}, results
-    # New connections after the takeover: balanced by the backup's weights (1:1), none failed.
-    assert seen["new"]["failed"] == 0 and seen["new"]["isp1"] == seen["new"]["isp2"] == 20, seen["new"]
-    assert gw2.status()["ha"]["last_commit"] == "ok"
 
 
 def failback(lab: Lab, gw1: LabGateway, gw2: LabGateway, guard: bool, freeze: bool) -> dict[str, Any]:
@@ -167,28 +142,6 @@ def failback(lab: Lab, gw1: LabGateway, gw2: LabGateway, guard: bool, freeze: bo
             "guard_drops": gw1.nft_counter("ha_nonsyn_dropped")["packets"] if guard else None}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("guard", "freeze"), [(True, False), (True, True), (False, True)],
-    ids=["with the guard", "with the guard, a slow daemon", "without the guard, a slow daemon"],
-)  # fmt: skip
-def test_failback_after_the_primary_returns(
-    lab: Lab, pair: tuple[LabGateway, LabGateway], guard: bool, freeze: bool
-) -> None:
-    """The returning gw1 syncs, then takes the VIPs back under full traffic. With the non-SYN guard every stream
-    survives on its ISP, however slow its daemon is to have conntrackd commit; without it (ha.takeover_guard
-    false) the packets that reach gw1 before the commit become NEW connections on a random ISP and their
-    streams are reset: the guard is what makes the moment safe (and this test can fail)."""
-    gw1, gw2 = pair
-    takeover(lab, gw1, gw2)
-    seen = failback(lab, gw1, gw2, guard, freeze)
-    results = seen["results"]
-    broken = [r for r in results if not r["ok"]]
-    gaps = sorted(r["max_gap"] for r in results)
-    print(
-        f"\nfailback {'with' if guard else 'without'} the guard: {len(broken)} of {len(results)} streams broke; "
-        f"largest gap {gaps[-1]:.3f} s; guard dropped {seen['guard_drops']}"
-    )
-    if guard:
-        assert broken == [] and {p: seen["after"].get(p) for p in seen["isp_of"]} == seen["isp_of"], results
-    else:
-        assert broken, "no stream broke without the guard: the test cannot tell the guard's effect"
+def vips_isp(result: dict[str, Any]) -> str | None:
+    """The ISP whose WAN VIP the server saw as the stream's source."""
+    return {wan_vip(1): "isp1", wan_vip(2): "isp2"}.get(str(result["src"]).rsplit(":", 1)[0])

@@ -1,0 +1,118 @@
+"""An HA pair in the lab (`lab up --ha`), with the real keepalived and conntrackd that wanlb renders and runs:
+the primary dies (every process killed, every link down) and the established connections continue on the
+backup, each on the ISP it started on, with the source address the server saw; new connections are balanced
+by the backup.  Without the non-SYN guard the same takeover resets connections (the test can fail)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+from harness import module_lab
+
+from wanlb.lab.gateway import LabGateway
+from wanlb.lab.lab import Lab
+from wanlb.lab.pair import (
+    entries,
+    failback,
+    start_pair,
+    stop_pair,
+    stop_streams,
+    streams_by_isp,
+    synced,
+    takeover,
+    vips_isp,
+    wait_until,
+)
+from wanlb.lab.topology import wan_vip
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("keepalived") and shutil.which("conntrackd")), reason="needs keepalived and conntrackd"
+)
+
+lab = module_lab(ha=True, isps=2)
+
+
+@pytest.fixture
+def pair(lab: Lab) -> Iterator[tuple[LabGateway, LabGateway]]:
+    """Both daemons running, gw1 master and gw2 backup; afterwards both stopped (cleanup) and gw1 revived."""
+    gws = (LabGateway(lab, "gw1"), LabGateway(lab, "gw2"))
+    try:
+        start_pair(gws)
+        yield gws
+    finally:
+        stop_pair(lab, gws)
+
+
+def test_killing_the_primary_keeps_every_connection_on_its_isp(lab: Lab, pair: tuple[LabGateway, LabGateway]) -> None:
+    gw1, gw2 = pair
+    seen = takeover(lab, gw1, gw2)
+    results = seen["results"]
+    gaps = sorted(r["max_gap"] for r in results)
+    print(
+        f"\ntakeover {seen['takeover']:.3f} s after the kill; {len(results)} streams, largest gap per stream "
+        f"{gaps[-1]:.3f} s (median {gaps[len(gaps) // 2]:.3f} s); guard dropped {seen['guard_drops']} packets"
+    )
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]  # no reset, no stall, no loss
+    # Each stream kept its ISP (the synced ct mark) and its source address as the server saw it (the WAN VIP).
+    assert {port: seen["after"].get(port) for port in seen["isp_of"]} == seen["isp_of"]
+    vips = {wan_vip(1): "isp1", wan_vip(2): "isp2"}
+    assert {vips.get(r["src"].rsplit(":", 1)[0]) for r in results} == {"isp1", "isp2"}, results
+    # New connections after the takeover: balanced by the backup's weights (1:1), none failed.
+    assert seen["new"]["failed"] == 0 and seen["new"]["isp1"] == seen["new"]["isp2"] == 20, seen["new"]
+    assert gw2.status()["ha"]["last_commit"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("guard", "freeze"), [(True, False), (True, True), (False, True)],
+    ids=["with the guard", "with the guard, a slow daemon", "without the guard, a slow daemon"],
+)  # fmt: skip
+def test_failback_after_the_primary_returns(
+    lab: Lab, pair: tuple[LabGateway, LabGateway], guard: bool, freeze: bool
+) -> None:
+    """The returning gw1 syncs, then takes the VIPs back under full traffic. With the non-SYN guard every stream
+    survives on its ISP, however slow its daemon is to have conntrackd commit; without it (ha.takeover_guard
+    false) the packets that reach gw1 before the commit become NEW connections on a random ISP and their
+    streams are reset: the guard is what makes the moment safe (and this test can fail)."""
+    gw1, gw2 = pair
+    takeover(lab, gw1, gw2)
+    seen = failback(lab, gw1, gw2, guard, freeze)
+    results = seen["results"]
+    broken = [r for r in results if not r["ok"]]
+    gaps = sorted(r["max_gap"] for r in results)
+    print(
+        f"\nfailback {'with' if guard else 'without'} the guard: {len(broken)} of {len(results)} streams broke; "
+        f"largest gap {gaps[-1]:.3f} s; guard dropped {seen['guard_drops']}"
+    )
+    if guard:
+        assert broken == [] and {p: seen["after"].get(p) for p in seen["isp_of"]} == seen["isp_of"], results
+    else:
+        assert broken, "no stream broke without the guard: the test cannot tell the guard's effect"
+
+
+def test_an_isp_failing_on_the_primary_is_flushed_on_both_nodes(lab: Lab, pair: tuple[LabGateway, LabGateway]) -> None:
+    """A WAN failure while the pair is healthy: the primary fails over as a single gateway does and flushes the
+    dead ISP's connections; the deletions reach the backup through conntrackd, so a later takeover would not
+    revive them. The backup, seeing the same ISP down on its own probes, flushes nothing itself."""
+    gw1, gw2 = pair
+    streams, isp_of = streams_by_isp(lab, gw1)
+    wait_until("the backup has every stream", lambda: synced(gw2, set(isp_of)), timeout=10)
+    dead = {port for port, isp in isp_of.items() if isp == "isp1"}
+    lab.fail("isp1", "blackhole")
+    try:
+        down = gw1.wait_event("isp1", "down", timeout=10)
+        wait_until("the dead ISP's streams gone from both nodes", lambda: not dead & set(
+            {e["orig"]["sport"] for e in entries(gw1)}) and not any(synced(gw2, {port}) for port in dead))  # fmt: skip
+        gone = time.time() - down["time"]
+        print(f"\nisp1 down on gw1; its {len(dead)} streams gone from both nodes {gone:.3f} s after the decision")
+        assert down["flushed"] and down["flushed"] >= len(dead), down
+        assert synced(gw2, set(isp_of) - dead)  # the other ISP's streams are still there
+        backup_down = gw2.wait_event("isp1", "down", timeout=10)
+        assert backup_down["flushed"] is None, backup_down  # a backup flushes nothing
+    finally:
+        lab.heal("isp1")
+        results = stop_streams(streams)
+    alive = [r for r in results if vips_isp(r) == "isp2"]
+    assert alive and all(r["ok"] for r in alive), results
