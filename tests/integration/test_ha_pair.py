@@ -63,6 +63,12 @@ def test_killing_the_primary_keeps_every_connection_on_its_isp(lab: Lab, pair: t
     # New connections after the takeover: balanced by the backup's weights (1:1), none failed.
     assert seen["new"]["failed"] == 0 and seen["new"]["isp1"] == seen["new"]["isp2"] == 20, seen["new"]
     assert gw2.status()["ha"]["last_commit"] == "ok"
+    # The UDP flow too: it kept answering, on its ISP, seen by the DNS server as that ISP's WAN VIP.
+    udp = seen["udp"]
+    print(f"UDP flow: {udp['answered']} of {udp['sent']} queries answered, largest gap {udp['max_gap']:.3f} s")
+    assert udp["ok"], udp
+    assert seen["udp_before"] is not None and seen["udp_after"] == seen["udp_before"], seen
+    assert seen["udp_after"]["seen_as"] == {"isp1": wan_vip(1), "isp2": wan_vip(2)}[seen["udp_after"]["isp"]]
 
 
 @pytest.mark.parametrize(

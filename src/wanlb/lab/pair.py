@@ -97,10 +97,21 @@ def synced(gw: LabGateway, ports: set[int]) -> bool:
     return all(f"sport={port} " in out for port in ports)
 
 
+def udp_flow(gw: LabGateway, sport: int) -> dict[str, Any] | None:
+    """The node's conntrack entry of the UDP flow from ``sport`` (its ISP, and the reply's destination: the
+    address the server answered, i.e. the SNAT source)."""
+    out = gw.run(*WANLB, "conntrack", "--config", str(gw.config), "list", "-o", "json", "-p", "udp", "--dport", "53")
+    found = [e for line in out.splitlines() if (e := json.loads(line))["orig"].get("sport") == sport]
+    return {"isp": found[0]["isp"], "seen_as": found[0]["reply"]["dst"]} if found else None
+
+
 def takeover(lab: Lab, gw1: LabGateway, gw2: LabGateway) -> dict[str, Any]:
-    """Kill gw1 under streams on both ISPs; what the streams, the backup and the servers saw."""
+    """Kill gw1 under TCP streams on both ISPs and one UDP flow; what the flows, the backup and the servers saw."""
+    udp = lab.popen("c2", python_module("wanlb.lab.traffic", "udp", "--stall", "3"), stdout=subprocess.PIPE, text=True)
     streams, isp_of = streams_by_isp(lab, gw1)
     wait_until("the backup has every stream", lambda: synced(gw2, set(isp_of)), timeout=10)
+    sport = _udp_sport(gw1)
+    udp_before = udp_flow(gw1, sport)
     time.sleep(0.5)
     killed = time.time()
     lab.kill("gw1")
@@ -108,10 +119,21 @@ def takeover(lab: Lab, gw1: LabGateway, gw2: LabGateway) -> dict[str, Any]:
     became = next(e["time"] for e in reversed(gw2.status()["events"]) if e["event"] == "role")
     time.sleep(3.0)  # the streams run on through gw2
     after = {e["orig"]["sport"]: e["isp"] for e in entries(gw2) if e["orig"].get("dport") == 5001}
+    udp_after = udp_flow(gw2, sport)
     new = lab.traffic(connections=40, timeout=2.0)
     results = stop_streams(streams)
+    [udp_result] = stop_streams([udp])
     return {"results": results, "isp_of": isp_of, "after": after, "new": new, "takeover": became - killed,
-            "guard_drops": gw2.nft_counter("ha_nonsyn_dropped")["packets"]}  # fmt: skip
+            "guard_drops": gw2.nft_counter("ha_nonsyn_dropped")["packets"],
+            "udp": udp_result, "udp_before": udp_before, "udp_after": udp_after}  # fmt: skip
+
+
+def _udp_sport(gw: LabGateway) -> int:
+    """The UDP flow's source port, from the primary's only entry to the DNS server."""
+    out = gw.run(*WANLB, "conntrack", "--config", str(gw.config), "list", "-o", "json", "-p", "udp", "--dport", "53")
+    ports = {json.loads(line)["orig"]["sport"] for line in out.splitlines()}
+    assert len(ports) == 1, f"expected one UDP flow to the DNS server: {ports}"
+    return ports.pop()
 
 
 def failback(lab: Lab, gw1: LabGateway, gw2: LabGateway, guard: bool, freeze: bool) -> dict[str, Any]:

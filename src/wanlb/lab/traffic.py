@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from wanlb.lab.servers import COUNTER_SIZE, parse_addr
-from wanlb.lab.topology import HTTP_ADDR, HTTP_PORT, STREAM_ADDR, STREAM_PORT
+from wanlb.lab.topology import DNS_ADDR, DNS_PORT, HTTP_ADDR, HTTP_PORT, STREAM_ADDR, STREAM_PORT
 
 
 async def _one_get(host: str, port: int, timeout: float) -> str:
@@ -153,6 +153,52 @@ async def run_stream(host: str, port: int, duration: float, stall: float) -> dic
     return result
 
 
+async def run_udp(host: str, port: int, every: float, duration: float, stall: float) -> dict[str, Any]:
+    """One UDP flow (one socket, one 5-tuple, one conntrack entry): a DNS query every ``every`` seconds to the
+    lab's DNS server; ``ok`` unless no answer came for ``stall`` seconds. ``max_gap``: the longest wait for an
+    answer; ``sport``: the flow's source port (to find its entry)."""
+    loop = asyncio.get_running_loop()
+    answers: asyncio.Queue[float] = asyncio.Queue()
+
+    class Flow(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            answers.put_nowait(time.monotonic())
+
+    transport, _ = await loop.create_datagram_endpoint(Flow, remote_addr=(host, port))
+    result: dict[str, Any] = {"sport": transport.get_extra_info("sockname")[1], "sent": 0, "answered": 0,
+                              "max_gap": 0.0, "ok": False, "error": None}  # fmt: skip
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x03lab\x00\x00\x01\x00\x01"  # A? lab.
+    stop = _stop_event(duration)
+
+    async def send() -> None:
+        while not stop.is_set():
+            transport.sendto(query)
+            result["sent"] += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await stop.wait()
+
+    sender = asyncio.create_task(send())
+    last = time.monotonic()
+    try:
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(stall):
+                    at = await answers.get()
+            except TimeoutError:
+                if not stop.is_set():  # (once stopped, no more queries go out: no answer is due)
+                    result["error"] = f"no answer for {stall} s"
+                break
+            result["answered"] += 1
+            result["max_gap"], last = max(result["max_gap"], round(at - last, 3)), at
+        result["ok"] = result["error"] is None and result["answered"] > 0
+    finally:
+        stop.set()
+        await sender
+        transport.close()
+    return result
+
+
 def _addr(text: str) -> tuple[str, int]:
     return parse_addr(text)  # ADDR:PORT or [IPV6]:PORT
 
@@ -175,11 +221,18 @@ def main(argv: list[str] | None = None) -> None:
     stream.add_argument("--target", type=_addr, default=(STREAM_ADDR, STREAM_PORT))
     stream.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGTERM")
     stream.add_argument("--stall", type=float, default=5.0, help="fail after this long without data")
+    udp = sub.add_parser("udp", help="one long-lived UDP flow (DNS queries from one socket)")
+    udp.add_argument("--target", type=_addr, default=(DNS_ADDR, DNS_PORT))
+    udp.add_argument("--every", type=float, default=0.02, help="seconds between queries")
+    udp.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until SIGTERM")
+    udp.add_argument("--stall", type=float, default=3.0, help="fail after this long without an answer")
     args = parser.parse_args(argv)
     if args.mode == "http":
         result = asyncio.run(run_http(*args.target, args.connections, args.parallel, args.timeout))
     elif args.mode == "pace":
         result = asyncio.run(run_pace(*args.target, args.every, args.timeout, args.duration))
+    elif args.mode == "udp":
+        result = asyncio.run(run_udp(*args.target, args.every, args.duration, args.stall))
     else:
         result = asyncio.run(run_stream(*args.target, args.duration, args.stall))
     json.dump(result, sys.stdout)
