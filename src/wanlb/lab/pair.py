@@ -51,13 +51,15 @@ def start_pair(gws: tuple[LabGateway, LabGateway]) -> None:
 
 
 def stop_pair(lab: Lab, gws: tuple[LabGateway, LabGateway]) -> None:
-    """Both daemons stopped with cleanup (a killed one is gone already), gw1 revived, the clients' neighbour
-    caches emptied: the lab as `lab up` left it."""
+    """Both daemons stopped with cleanup (a killed one is gone already), gw1 revived, both conntrack tables and
+    the clients' neighbour caches emptied: the lab as `lab up` left it."""
     for gw in reversed(gws):
         with contextlib.suppress(Exception):
             gw.stop(cleanup=True)
     if "gw1" in lab.killed():
         lab.revive("gw1")
+    for gw in gws:
+        lab.run(gw.node, ["conntrack", "-F"], capture_output=True, check=False)
     for c in lab.clients:
         lab.run(c, ["ip", "neigh", "flush", "all"], check=False)
 
