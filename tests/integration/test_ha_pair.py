@@ -17,6 +17,7 @@ from wanlb.lab.lab import Lab
 from wanlb.lab.pair import (
     entries,
     failback,
+    role,
     start_pair,
     stop_pair,
     stop_streams,
@@ -122,3 +123,42 @@ def test_an_isp_failing_on_the_primary_is_flushed_on_both_nodes(lab: Lab, pair: 
         results = stop_streams(streams)
     alive = [r for r in results if vips_isp(r) == "isp2"]
     assert alive and all(r["ok"] for r in alive), results
+
+
+def test_after_a_takeover_an_isp_down_on_the_backups_own_probes_gets_nothing(
+    lab: Lab, pair: tuple[LabGateway, LabGateway]
+) -> None:
+    """gw2 keeps its own view of each ISP: with its probes through isp1 failing (only gw2's: a table of this
+    test's own drops them in gw2) isp1 is down there while up on gw1; after gw1 dies, gw2 balances every new
+    connection to isp2."""
+    gw1, gw2 = pair
+    gw2.run("nft", "-f", "-", stdin='table inet probes_lost { chain out { type filter hook output priority 0; '
+            'oifname "wan1" meta l4proto icmp drop; }; }')  # fmt: skip
+    try:
+        gw2.wait_for({"isp1": "down", "isp2": "up"}, timeout=10)
+        assert gw1.isp_status() == {"isp1": "up", "isp2": "up"}
+        assert gw2.wait_event("isp1", "down")["flushed"] is None  # a backup flushes nothing
+        lab.kill("gw1")
+        wait_until("gw2 master", lambda: role(gw2) == "master", timeout=10)
+        new = lab.traffic(connections=40, timeout=2.0)
+        assert new["failed"] == 0 and new["isp2"] == 40 and new["isp1"] == 0, new
+    finally:
+        gw2.run("nft", "delete", "table", "inet", "probes_lost")
+
+
+def test_the_sync_link_down_is_shown_on_both_nodes_and_flushes_nothing(
+    lab: Lab, pair: tuple[LabGateway, LabGateway]
+) -> None:
+    gw1, gw2 = pair
+    streams, isp_of = streams_by_isp(lab, gw1)
+    gw2.run("ip", "link", "set", "sync0", "down")
+    try:
+        wait_until("both say the sync link is not up", lambda: {gw1.status()["ha"]["sync_link"],
+                   gw2.status()["ha"]["sync_link"]} <= {"down", "lowerlayerdown"})  # fmt: skip
+        assert (role(gw1), role(gw2)) == ("master", "backup")  # VRRP goes over the LAN: no split brain
+        time.sleep(1.0)
+        assert {e["orig"]["sport"] for e in entries(gw1)} >= set(isp_of)  # nothing was flushed
+    finally:
+        gw2.run("ip", "link", "set", "sync0", "up")
+        results = stop_streams(streams)
+    assert all(r["ok"] for r in results), results
