@@ -48,6 +48,11 @@ def test_a_pair_must_write_out_its_allocation_and_name_what_exists() -> None:
     ]
 
 
+def test_a_learned_uplink_cannot_be_shared() -> None:
+    [row] = errors(PAIR.replace("gateway: 100.64.1.1, mark", "gateway: auto, mark"))
+    assert row.startswith("c.yaml:12: ha.wan_vips[isp1]: ISP isp1 learns its gateway (DHCP, PPP, a modem)"), row
+
+
 @pytest.mark.parametrize("interval", ["5ms", "105ms", "41s"])
 def test_the_advert_interval_is_whole_centiseconds(interval: str) -> None:
     [row] = errors(PAIR.replace("advert_interval: 100ms", f"advert_interval: {interval}"))

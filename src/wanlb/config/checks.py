@@ -140,6 +140,14 @@ def _ha_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
         isp = names.get(name)
         if isp is None:
             issues.append(lines.issue(("ha", "wan_vips", name), f"no ISP named {name!r} (ISPs: {_known(names)})"))
+        elif isp.learns:
+            why = (
+                "such an uplink gives one address to one box, the pair cannot share it; leave it out of wan_vips "
+                "(its connections then end at a takeover, docs/ha.md)"
+            )
+            issues.append(
+                lines.issue(("ha", "wan_vips", name), f"ISP {name} learns its gateway (DHCP, PPP, a modem): {why}")
+            )
         elif isp.snat != "masquerade":
             issues.append(lines.issue(("ha", "wan_vips", name), f"ISP {name} has snat {isp.snat}: its connections "
                                       f"are translated to its WAN VIP {vip.ip}, leave snat out"))  # fmt: skip
