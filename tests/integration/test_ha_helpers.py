@@ -127,3 +127,47 @@ def test_a_missing_program_is_reported_not_crashed_on(tmp_path: Path) -> None:
         await node.conntrackd.stop()
 
     asyncio.run(main())
+
+
+def test_keepalived_killed_is_restarted_without_a_second_vrrp_process(netns: str, tmp_path: Path) -> None:
+    """keepalived runs as a parent and a VRRP child; the supervisor restarts a SIGKILLed parent (its stale pid
+    files removed first), and the old child does not live on beside the new one (two VRRP speakers)."""
+    script = f"""
+import asyncio, os, subprocess, sys
+from wanlb.config import parse_config
+from wanlb.ha_supervisor import HaNode
+cfg = parse_config(open({str(tmp_path / "wanlb.yaml")!r}).read())
+node = HaNode(cfg)
+node.write(cfg)
+node.prepare()
+conf = str(node.paths.keepalived_conf).encode()
+def keepaliveds():  # this node's: their command line names its file (others' may run on the machine)
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if conf in open(f"/proc/{{pid}}/cmdline", "rb").read():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return sorted(found)
+async def settle(n, first=None):
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        pid = node.keepalived.state.pid
+        if pid and pid != first and len(keepaliveds()) == n:
+            return pid
+    sys.exit(f"keepalived: {{keepaliveds()}} {{node.keepalived.state}} {{list(node.keepalived.output)}}")
+async def main():
+    node.keepalived.start()
+    first = await settle(2)
+    os.kill(first, 9)
+    await settle(2, first)
+    await asyncio.sleep(1.0)  # a surviving old child would still be there now
+    print("processes", len(keepaliveds()), "starts", node.keepalived.state.starts)
+    await node.keepalived.stop()
+asyncio.run(main())
+"""
+    (tmp_path / "wanlb.yaml").write_text(CONFIG.format(root=tmp_path))
+    done = in_ns(netns, os.environ.get("PYTHON", "python3"), "-c", script, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["processes", "2", "starts", "2"], done.stdout
