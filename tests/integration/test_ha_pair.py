@@ -5,13 +5,18 @@ by the backup.  Without the non-SYN guard the same takeover resets connections (
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness import module_lab
 
+from wanlb import ha
+from wanlb.config import load_config
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 from wanlb.lab.pair import (
@@ -161,4 +166,34 @@ def test_the_sync_link_down_is_shown_on_both_nodes_and_flushes_nothing(
     finally:
         gw2.run("ip", "link", "set", "sync0", "up")
         results = stop_streams(streams)
+    assert all(r["ok"] for r in results), results
+
+
+def test_a_backup_daemon_killed_with_9_and_restarted_runs_one_set_of_helpers(
+    lab: Lab, pair: tuple[LabGateway, LabGateway]
+) -> None:
+    """kill -9 of gw2's daemon leaves its keepalived and conntrackd running (and gw2 still the backup); the next
+    start ends them by their pid files and runs its own: one keepalived (parent and VRRP child) and one
+    conntrackd for gw2's files, gw2 backup again, the streams on gw1 untouched."""
+    gw1, gw2 = pair
+    streams, _ = streams_by_isp(lab, gw1)
+    root = str(ha.paths_for(load_config(str(gw2.config))).root).encode()
+
+    def helpers() -> list[int]:  # gw2's: their command lines name its helper directory
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if root in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+        return sorted(found)
+
+    before = helpers()
+    assert len(before) == 3, before  # keepalived, its VRRP child, conntrackd
+    gw2.kill9()
+    assert helpers() == before  # the helpers outlive the daemon
+    gw2.start()
+    wait_until("gw2 backup again", lambda: role(gw2) == "backup")
+    wait_until("one new set of helpers", lambda: len(helpers()) == 3 and not set(helpers()) & set(before))
+    assert role(gw1) == "master"
+    results = stop_streams(streams)
     assert all(r["ok"] for r in results), results
