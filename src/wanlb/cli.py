@@ -239,6 +239,9 @@ def status_report(status: Status, rated: Rates | None, width: int) -> list[Rende
     out.append("uplinks:")
     for isp in isps:
         out += wrap(uplink_line(isp), width, indent=2)
+    if status.ha is not None:
+        out.append("ha:")
+        out += [row for line in top.ha_lines(status.ha) for row in wrap(line, width, indent=2)]
     drains = [line for isp in isps if (line := top.drain_line(isp, time.time()))]
     if drains:
         out.append("drains:")
@@ -270,13 +273,29 @@ def status_report(status: Status, rated: Rates | None, width: int) -> list[Rende
 
 @main.command()
 @config_option
-def check(config_path: str) -> None:
-    """Validate a config file: exit 0 when valid, else 2 with FILE:LINE: field: message per error."""
+@click.option(
+    "--peer", "peer_path", type=click.Path(dir_okay=False), default=None,
+    help="An HA pair: the other node's config too; every ISP's mark, table and WAN VIP, and the VRRP instance, "
+    "must be the same in both (docs/ha.md), the node names and sync addresses mirrored.",
+)  # fmt: skip
+def check(config_path: str, peer_path: str | None) -> None:
+    """Validate a config file: exit 0 when valid, else 2 with FILE:LINE: field: message per error.
+
+    With --peer, also compare it with the other node's: what a connection synced from one node means on the
+    other must be the same (the running daemons compare the same over the sync link and show it in status).
+    """
     from pathlib import Path
 
     from wanlb.runtime import state_dir_problem
 
     cfg = _load(config_path)
+    if peer_path is not None:
+        from wanlb.ha_peer import pair_problems
+
+        if problems := pair_problems(cfg, _load(peer_path)):
+            for problem in problems:
+                click.echo(f"{config_path}: ha: {problem} (peer {peer_path})", err=True)
+            sys.exit(EXIT_CONFIG)
     if problem := state_dir_problem(Path(cfg.control.socket).parent):
         fail(f"{config_path}: control.socket: {problem}: wanlb would refuse to start", EXIT_CONFIG)
     state, source = _allocation(cfg)
@@ -471,8 +490,9 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     interface and traffic.
 
     Traffic is the totals of the ISP's nft counters (new connections, bytes in and out); --rates adds
-    their rate over one second.  Then the policies (algorithm and the ISPs in use), the rules with their
-    hits (NEW packets matched), the resolved destination domains, and recent events.  It fits the terminal
+    their rate over one second.  Then an HA node's role, its helpers and its peer (split brain, configs that
+    differ: docs/ha.md), the policies (algorithm and the ISPs in use), the rules with their hits (NEW
+    packets matched), the resolved destination domains, and recent events.  It fits the terminal
     (COLUMNS, or 80 on a pipe): the columns that do not fit are listed under the table.  `wanlb top` shows
     the same live.
     """

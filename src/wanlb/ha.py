@@ -82,7 +82,10 @@ def keepalived_conf(config: Config, paths: HaPaths) -> str:
     ha = _ha(config)
     interface = vrrp_interface(config)
     wans = [f"        {vip.with_prefixlen} dev {config.isp(name).interface}" for name, vip in ha.wan_vips.items()]
-    unicast = [f"    unicast_peer {{\n        {ha.unicast_peer}\n    }}"] if ha.unicast_peer else []
+    # unicast: adverts to the peer alone, and only the peer's are believed (check_unicast_src)
+    unicast = []
+    if ha.unicast_peer:
+        unicast = [f"    unicast_peer {{\n        {ha.unicast_peer}\n    }}", "    check_unicast_src"]
     lines = [
         f"# Written by wanlb for node {ha.node}: edit wanlb.yaml (ha:) instead; rewritten at every start and reload.",
         "global_defs {",

@@ -147,6 +147,16 @@ class _StateCollector(Collector):
             sync = GaugeMetricFamily("wanlb_ha_sync_link_up", "1 while the sync link is up.", labels=["node"])
             sync.add_metric([status.ha.node], 1.0 if status.ha.sync_link == "up" else 0.0)
             yield sync
+            peer = status.ha.peer
+            for name, text, value in (
+                ("wanlb_ha_peer_up", "1 while the peer's hellos arrive over the sync link.", peer.state == "up"),
+                ("wanlb_ha_split_brain", "1 while this node and the peer are both master.", peer.split_brain),
+                ("wanlb_ha_config_differences", "Fields the two nodes' configs disagree on (0: they agree).",
+                 len(peer.config_differences)),
+            ):  # fmt: skip
+                gauge = GaugeMetricFamily(name, text, labels=["node"])
+                gauge.add_metric([status.ha.node], float(value))
+                yield gauge
         hits = CounterMetricFamily("wanlb_rule_hits", "NEW packets matched by each rule.", labels=["rule"])
         for rule in status.rules:
             hits.add_metric([rule.name], rule.hits or 0)

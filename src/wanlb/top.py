@@ -40,7 +40,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from wanlb.view import Event, Isp, Status, from_json
+from wanlb.view import Event, Ha, Isp, Status, from_json
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 HISTORY = 60  # samples kept per ISP for the sparklines (a minute at the default interval)
@@ -223,6 +223,38 @@ def event_line(ev: Event) -> str:
     family = f" IPv{ev.family}" if ev.family else ""
     line = f"{when} {ev.isp}{family} {ev.event} ({change}): {ev.reason}{flushed}"
     return line + (f" [apply failed: {ev.error}]" if ev.error else "")
+
+
+def ha_lines(ha: Ha) -> list[str]:
+    """This node and its peer in a few lines (status and top): ``gw1 master since 14:02:11, priority 150, sync
+    link up; keepalived and conntrackd running`` then the peer, and in capitals what needs a human now."""
+    since = time.strftime("%H:%M:%S", time.localtime(ha.since))
+    helpers = []
+    for name, helper in (("keepalived", ha.keepalived), ("conntrackd", ha.conntrackd)):
+        if helper.missing:
+            helpers.append(f"{name} MISSING ({helper.missing})")
+        elif not helper.running:
+            helpers.append(f"{name} NOT RUNNING" + (f" ({helper.last_exit})" if helper.last_exit else ""))
+        elif helper.starts > 1:
+            helpers.append(f"{name} running (restarted {helper.starts - 1}×)")
+    lines = [
+        f"{ha.node} {ha.role} since {since}, priority {ha.priority}, sync link {ha.sync_link}; "
+        + ("; ".join(helpers) if helpers else "keepalived and conntrackd running")
+    ]
+    peer = ha.peer
+    if peer.node is None:
+        lines.append("peer: never heard (no hello over the sync link yet)")
+    else:
+        ago = f", heard {peer.heard_seconds_ago:g} s ago" if peer.heard_seconds_ago is not None else ""
+        said = peer.role or "starting"
+        lines.append(
+            f"peer {peer.node} {said if peer.state == 'up' else peer.state + ' (last said ' + said + ')'}, "
+            f"priority {peer.priority}{ago}; config " + ("DIFFERS" if peer.config_differences else "agrees")
+        )
+    if peer.split_brain:
+        lines.append(f"SPLIT BRAIN: {ha.node} and {peer.node} are both master (VRRP adverts do not meet)")
+    lines += [f"config differs: {d}" for d in peer.config_differences]
+    return lines
 
 
 def drain_left(isp: Isp, now: float) -> str | None:
@@ -433,6 +465,10 @@ def _header(model: TopModel, now_wall: float, now_mono: float, interval: float, 
         text.append(f"\nlast answer {human_duration(now_mono - model.current.at)} ago", style="yellow")
     elif status.last_error:
         text.append(f"\nlast apply failed: {status.last_error}", style="red")
+    if status is not None and status.ha is not None:
+        for i, line in enumerate(ha_lines(status.ha)[:3]):
+            alarm = line.startswith(("SPLIT", "config differs")) or "DIFFERS" in line or "MISSING" in line
+            text.append(f"\n{'ha ' if i == 0 else '   '}{line}", style="bold red" if alarm else None)
     return text
 
 

@@ -209,8 +209,23 @@ class HaHelper:
 
 
 @dataclass(frozen=True)
+class HaPeer:
+    """The other node of the pair, as its hellos over the sync link say (wanlb.ha_peer)."""
+
+    node: str | None = None
+    state: str = "never heard"  # up (heard within 2 s), lost, never heard
+    role: str | None = None  # as the peer last said
+    priority: int | None = None
+    heard_seconds_ago: float | None = None
+    split_brain: bool = False  # this node and the peer are both master
+    config_differences: tuple[str, ...] = ()  # what the two configs disagree on (marks, tables, VIPs, VRRP)
+    bad_hellos: int = 0  # datagrams refused (not the peer's address, not a valid hello)
+    last_bad_hello: str | None = None
+
+
+@dataclass(frozen=True)
 class Ha:
-    """This node of an HA pair: its role (as keepalived last said), its helpers, the sync link."""
+    """This node of an HA pair: its role (as keepalived last said), its helpers, the sync link, the peer."""
 
     node: str = ""
     role: str = "backup"
@@ -220,6 +235,7 @@ class Ha:
     last_commit: str | None = None  # how conntrackd's steps for the last role change went ("ok", or what failed)
     keepalived: HaHelper = field(default_factory=HaHelper)
     conntrackd: HaHelper = field(default_factory=HaHelper)
+    peer: HaPeer = field(default_factory=HaPeer)
 
 
 @dataclass(frozen=True)

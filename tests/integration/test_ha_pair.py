@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from harness import module_lab
 
 from wanlb import ha
 from wanlb.config import load_config
-from wanlb.lab.gateway import LabGateway
+from wanlb.lab.gateway import WANLB, LabGateway
 from wanlb.lab.lab import Lab
 from wanlb.lab.pair import (
     entries,
     failback,
+    peer,
     role,
     start_pair,
     stop_pair,
@@ -160,13 +162,70 @@ def test_the_sync_link_down_is_shown_on_both_nodes_and_flushes_nothing(
     try:
         wait_until("both say the sync link is not up", lambda: {gw1.status()["ha"]["sync_link"],
                    gw2.status()["ha"]["sync_link"]} <= {"down", "lowerlayerdown"})  # fmt: skip
+        wait_until("both say the peer is lost", lambda: peer(gw1)["state"] == peer(gw2)["state"] == "lost")
         assert (role(gw1), role(gw2)) == ("master", "backup")  # VRRP goes over the LAN: no split brain
         time.sleep(1.0)
         assert {e["orig"]["sport"] for e in entries(gw1)} >= set(isp_of)  # nothing was flushed
+        assert "peer gw2 lost (last said backup)" in gw1.run(*WANLB, "status", "--wide", "--socket", str(gw1.socket))
     finally:
         gw2.run("ip", "link", "set", "sync0", "up")
         results = stop_streams(streams)
     assert all(r["ok"] for r in results), results
+    wait_until("each hears the other again", lambda: peer(gw1)["state"] == peer(gw2)["state"] == "up")
+    assert gw1.wait_event("", "peer", timeout=5)["status"] == "up"
+
+
+def test_a_split_brain_is_seen_and_shown_on_both_nodes(lab: Lab, pair: tuple[LabGateway, LabGateway]) -> None:
+    """gw1's adverts no longer reach gw2 (a table of this test's own drops VRRP in gw2, as a LAN fault between
+    them would): gw2 becomes master too.  Both daemons, hearing each other over the sync link, say split brain
+    (status, an event, /metrics-backing field); when the adverts flow again gw2 yields and both say it ended."""
+    gw1, gw2 = pair
+    assert peer(gw1)["state"] == peer(gw2)["state"] == "up" and not peer(gw1)["split_brain"]
+    assert (peer(gw1)["node"], peer(gw1)["role"], peer(gw2)["role"]) == ("gw2", "backup", "master")
+    gw2.run("nft", "-f", "-", stdin="table inet vrrp_lost { chain in { type filter hook input priority -300; "
+            "ip protocol vrrp drop; }; }")  # fmt: skip
+    try:
+        wait_until("gw2 master too", lambda: role(gw2) == "master", timeout=10)
+        wait_until("both say split brain", lambda: peer(gw1)["split_brain"] and peer(gw2)["split_brain"], timeout=5)
+        for gw in pair:
+            event = gw.wait_event("", "split-brain", timeout=5)
+            assert event["status"] == "started" and "is master too" in event["reason"], event
+        text = gw1.run(*WANLB, "status", "--wide", "--socket", str(gw1.socket))
+        assert "SPLIT BRAIN: gw1 and gw2 are both master" in text, text
+    finally:
+        gw2.run("nft", "delete", "table", "inet", "vrrp_lost")
+    wait_until("gw2 yields", lambda: role(gw2) == "backup", timeout=10)
+    wait_until("both say it ended", lambda: not peer(gw1)["split_brain"] and not peer(gw2)["split_brain"], timeout=5)
+    assert role(gw1) == "master"
+
+
+def test_two_nodes_whose_marks_differ_say_so_and_check_peer_refuses_them(lab: Lab) -> None:
+    """gw2's file gives isp2 another mark: a connection synced from gw1 would leave gw2 by the wrong ISP after a
+    takeover.  `wanlb check --peer` refuses the two files; started anyway, both daemons show the difference
+    (status, an event) and neither changes anything for it."""
+    gws = gw1, gw2 = LabGateway(lab, "gw1"), LabGateway(lab, "gw2")
+    check = [*WANLB, "check", "-c", str(gw1.config), "--peer", str(gw2.config)]
+    try:
+        for gw in gws:
+            gw.write(lambda cfg: None)
+        assert lab.run("gw1", check, capture_output=True, text=True).returncode == 0
+        gw2.write(lambda cfg: cfg["isps"][1].update(mark=0x300))
+        refused = lab.run("gw1", check, capture_output=True, text=True, check=False)
+        assert refused.returncode == 2, refused
+        assert "isp isp2: mark 0x200, table 202, wan vip 100.64.2.10/24 here; mark 0x300" in refused.stderr
+        for gw in gws:
+            gw.start()
+        wait_until("gw1 master, gw2 backup", lambda: (role(gw1), role(gw2)) == ("master", "backup"))
+        wait_until("both see the difference", lambda: peer(gw1)["config_differences"] and peer(gw2)[
+            "config_differences"])  # fmt: skip
+        [here] = peer(gw1)["config_differences"]
+        assert here.startswith("isp isp2: mark 0x200, table 202, wan vip") and "mark 0x300" in here, here
+        assert peer(gw2)["config_differences"][0].endswith(" on gw1")
+        assert gw2.wait_event("", "config", timeout=5)["status"] == "differs"
+        text = gw1.run(*WANLB, "status", "--wide", "--socket", str(gw1.socket))
+        assert "config DIFFERS" in text and "config differs: isp isp2: mark 0x200" in text, text
+    finally:
+        stop_pair(lab, gws)
 
 
 def test_a_backup_daemon_killed_with_9_and_restarted_runs_one_set_of_helpers(
@@ -197,3 +256,39 @@ def test_a_backup_daemon_killed_with_9_and_restarted_runs_one_set_of_helpers(
     assert role(gw1) == "master"
     results = stop_streams(streams)
     assert all(r["ok"] for r in results), results
+
+
+def test_upgrading_the_pair_one_node_at_a_time_keeps_every_stream(
+    lab: Lab, pair: tuple[LabGateway, LabGateway]
+) -> None:
+    """docs/ha.md's upgrade sequence, run as one under streams on both ISPs: restart the backup's daemon (as
+    `systemctl restart wanlb` does: SIGTERM, the datapath stays), wait until it is backup with every stream
+    synced; stop the primary's daemon (its keepalived leaves, the backup takes over); start it again (it comes
+    back as backup, syncs for preempt_delay, then takes the VIPs back).  Every stream survives, on its ISP, with
+    its source address."""
+    gw1, gw2 = pair
+    streams, isp_of = streams_by_isp(lab, gw1)
+    try:
+        wait_until("gw2 has every stream", lambda: synced(gw2, set(isp_of)), timeout=10)
+        gw2.stop(cleanup=False)  # 1. the backup, upgraded
+        gw2.start()
+        wait_until("gw2 backup again, hearing gw1", lambda: role(gw2) == "backup" and peer(gw2)["state"] == "up")
+        wait_until("gw2 has every stream again", lambda: synced(gw2, set(isp_of)), timeout=10)
+        gw1.stop(cleanup=False)  # 2. the primary stops: gw2 takes over
+        wait_until("gw2 master", lambda: role(gw2) == "master", timeout=10)
+        time.sleep(1.0)
+        on_gw2 = {e["orig"]["sport"]: e["isp"] for e in entries(gw2)}
+        assert {p: on_gw2.get(p) for p in isp_of} == isp_of
+        gw1.start()  # 3. the old primary, upgraded, returns: backup first, then master after preempt_delay
+        wait_until("gw1 backup", lambda: role(gw1) in ("backup", "master"), timeout=10)
+        wait_until("gw1 master again", lambda: role(gw1) == "master" and role(gw2) == "backup", timeout=20)
+        time.sleep(1.0)
+        on_gw1 = {e["orig"]["sport"]: e["isp"] for e in entries(gw1)}
+        assert {p: on_gw1.get(p) for p in isp_of} == isp_of
+    finally:
+        results = stop_streams(streams)
+    gaps = sorted(r["max_gap"] for r in results)
+    print(f"\nupgrade of both nodes: {len(results)} streams, largest gap {gaps[-1]:.3f} s")
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    # each ISP's streams still reach the server from that ISP's WAN VIP (no stream moved to the other's)
+    assert Counter(vips_isp(r) for r in results) == Counter(isp_of.values()), results

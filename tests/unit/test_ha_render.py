@@ -65,7 +65,7 @@ def test_keepalived_holds_every_vip_and_tells_the_daemon_through_its_fifo() -> N
     assert "    notify_fifo /run/wanlb/gw1/wanlb.ha/notify.fifo\n" in text and "    vrrp_version 3\n" in text
     assert "    state BACKUP\n    interface lan0\n    virtual_router_id 51\n    priority 150\n" in text
     assert "    advert_int 0.1\n    preempt_delay 5\n" in text
-    assert "    unicast_peer {\n        192.168.77.3\n    }\n" in text
+    assert "    unicast_peer {\n        192.168.77.3\n    }\n    check_unicast_src\n" in text
     assert "virtual_ipaddress {\n        192.168.77.1/24 dev lan0\n    }" in text
     assert "virtual_ipaddress_excluded {\n        100.64.1.10/24 dev wan1\n    }" in text
 

@@ -47,3 +47,19 @@ def test_ipv6_health_has_its_own_up_gauge_loss_and_rtt_series() -> None:
         ("4", "fiber"): 0.0, ("6", "fiber"): 1.0, ("4", "lte"): 0.1, ("4", "dsl"): 1.0
     }  # fmt: skip
     assert samples("wanlb_isp_probe_rtt_seconds", "_sum") == {("4", "fiber"): 0.010, ("6", "fiber"): 0.020}
+
+
+def test_an_ha_node_exposes_its_role_the_peer_split_brain_and_config_differences() -> None:
+    differences = ["isp b: mark 0x200 here; mark 0x300 on gw2", "vrid: 51 here; 52 on gw2"]
+    peer = {"node": "gw2", "state": "up", "role": "master", "split_brain": True, "config_differences": differences}
+    status = {"isps": [], "conn_counts": {}, "ha": {"node": "gw1", "role": "master", "sync_link": "up", "peer": peer}}
+    text = Metrics().render(from_json(Status, status), {}).decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name.startswith("wanlb_ha")]
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples}
+    node = (("node", "gw1"),)
+    assert values[("wanlb_ha_role", (("node", "gw1"), ("role", "master")))] == 1.0
+    assert values[("wanlb_ha_role", (("node", "gw1"), ("role", "backup")))] == 0.0
+    assert values[("wanlb_ha_sync_link_up", node)] == 1.0
+    assert values[("wanlb_ha_peer_up", node)] == 1.0
+    assert values[("wanlb_ha_split_brain", node)] == 1.0
+    assert values[("wanlb_ha_config_differences", node)] == 2.0

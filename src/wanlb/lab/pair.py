@@ -40,7 +40,8 @@ def role(gw: LabGateway) -> str | None:
 
 
 def start_pair(gws: tuple[LabGateway, LabGateway]) -> None:
-    """Both daemons on the lab's generated configs, until gw1 is master, gw2 backup and every ISP up on both."""
+    """Both daemons on the lab's generated configs, until gw1 is master, gw2 backup, every ISP up on both and each
+    hears the other over the sync link."""
     for gw in gws:
         gw.write(lambda cfg: None)
         gw.start()
@@ -48,6 +49,12 @@ def start_pair(gws: tuple[LabGateway, LabGateway]) -> None:
     isps = {isp: "up" for isp in gws[0].lab.isps}
     for gw in gws:
         gw.wait_for(isps, timeout=10)
+    wait_until("each node hears the other's hellos", lambda: all(peer(gw).get("state") == "up" for gw in gws))
+
+
+def peer(gw: LabGateway) -> dict[str, Any]:
+    """The node's view of its peer (``ha.peer`` of its status: state, role, split brain, config differences)."""
+    return dict(gw.status()["ha"]["peer"])
 
 
 def stop_pair(lab: Lab, gws: tuple[LabGateway, LabGateway]) -> None:

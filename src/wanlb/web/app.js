@@ -530,9 +530,34 @@
     if (s.last_error) problems.push(`Last error: ${s.last_error}`);
     if ((s.route_failures || []).length) problems.push(`Route failures: ${s.route_failures.join("; ")}`);
     if (s.events_lost) problems.push(`${fmtCount(s.events_lost)} conntrack events lost (counts were resynced).`);
+    problems.push(...renderHa(s.ha));
     banner(problems.join(" "));
     if (!state.live.size) updateTotals();
     updateUsable();
+  }
+
+  /** An HA node: its role and its peer's in the summary; what needs a human (split brain, configs that
+   *  differ, the peer or a helper gone) as banner lines, returned. */
+  function renderHa(ha) {
+    $("#sum-ha-box").hidden = !ha;
+    if (!ha) return [];
+    const peer = ha.peer || {};
+    const peerText = peer.node == null ? "peer never heard"
+      : `peer ${peer.node} ${peer.state === "up" ? (peer.role || "starting") : peer.state}`;
+    $("#sum-ha").replaceChildren(`${ha.node} ${ha.role}`, h("small", { "data-field": "peer" }, ` · ${peerText}`));
+    $("#sum-ha").dataset.role = ha.role;
+    const problems = [];
+    if (peer.split_brain) problems.push(`Split brain: ${ha.node} and ${peer.node} are both master (their VRRP adverts do not meet).`);
+    if ((peer.config_differences || []).length) {
+      problems.push(`This node's config differs from ${peer.node}'s: ${peer.config_differences.join("; ")}.`);
+    }
+    if (peer.state === "lost") problems.push(`HA peer ${peer.node} not heard for ${fmtDuration(peer.heard_seconds_ago || 0)}.`);
+    for (const name of ["keepalived", "conntrackd"]) {
+      const helper = ha[name] || {};
+      if (helper.missing) problems.push(`${name} is missing: ${helper.missing}.`);
+      else if (!helper.running) problems.push(`${name} is not running${helper.last_exit ? ` (${helper.last_exit})` : ""}.`);
+    }
+    return problems;
   }
 
   // --- the configuration view (read-only) -------------------------------------------------------
