@@ -193,7 +193,7 @@ def status_report(status: Status, rated: Rates | None, width: int) -> list[Rende
     rtt = tuple(f"{h.latency_ms:.1f} ms" if h.monitored and h.latency_ms is not None else "-" for h in health)
     states = []
     for isp in isps:
-        state = isp.status + ("" if isp.active or isp.status != "up" else " (standby)")
+        state = isp.status + top.standby_note(isp)
         if left := top.drain_left(isp, time.time()):
             state += f" ({left})"
         if isp.uplink:  # what its uplink misses: the short ones in the cell, every one in "uplinks:"
@@ -802,11 +802,19 @@ def _wait_gone(sock: str, timeout: float = 10.0) -> None:
 @click.option(
     "--name",
     default=None,
-    help="Lab name (namespaces wlab-NAME-*); default: demo<pid><random>. A demo killed before it could clean "
-    "up is removed by `wanlb lab down --name NAME` or `wanlb lab down --all`.",
+    help="Lab name (namespaces wlab-NAME-*; the HA act's lab is NAMEha); default: demo<pid><random>. A demo "
+    "killed before it could clean up is removed by `wanlb lab down --name NAME` or `wanlb lab down --all`.",
 )
-def demo(name: str | None) -> None:
-    """Build the netns lab, run the gateway in it, show live per-ISP shares, tear everything down (< 60 s)."""
+@click.option(
+    "--ha/--no-ha",
+    default=True,
+    show_default=True,
+    help="End with the HA act: a second lab with an HA pair (keepalived, conntrackd), its primary killed under "
+    "long-lived streams and brought back; --no-ha skips it (about half the run time).",
+)
+def demo(name: str | None, ha: bool) -> None:
+    """Build the netns lab, run the gateway in it, show live per-ISP shares, then an HA pair losing its primary
+    and getting it back; tear everything down (about a minute, 35 s with --no-ha)."""
     from rich.console import Console
 
     from wanlb.control import ControlError
@@ -816,7 +824,7 @@ def demo(name: str | None) -> None:
     if os.geteuid() != 0:
         fail("the demo builds network namespaces and needs root")
     try:
-        sys.exit(run_demo(Console(), name))
+        sys.exit(run_demo(Console(), name, ha=ha))
     except (LabError, RuntimeError, ControlError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""``wanlb demo``: the whole gateway on one machine in under a minute.
+"""``wanlb demo``: the whole gateway on one machine, then an HA pair, in about a minute.
 
 Builds the dual-stack lab with real uplinks — two DHCP WANs (dnsmasq in the ISPs,
 dhcpcd in the gateway) and a PPP-like point-to-point one, all ``gateway: auto`` —
@@ -9,7 +9,9 @@ does not use (failover of both families: its share goes to the others, nothing
 else notices), heals it, kills one ISP's IPv6 alone (its IPv6 share moves, its
 IPv4 share stays), then renumbers a DHCP ISP under traffic (a new subnet and
 router: the learned gateway follows), and prints per-ISP shares as the servers
-saw them.  Everything is torn down on every exit path, Ctrl-C included.
+saw them.  Then the HA act (`wanlb.demo_ha`, skipped with ``--no-ha``): in a second lab, built once the first
+is gone, an HA pair loses its primary under long-lived streams on both ISPs and gets it back; every stream must
+stay intact, on its ISP, with its source.  Everything is torn down on every exit path, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from wanlb.control import ControlError
+from wanlb.demo_ha import ha_lab_name, run_ha_act
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab
 from wanlb.lab.topology import HTTP_PORT, SERVER6_ADDRS
@@ -86,10 +89,30 @@ def _wait_state(gw: LabGateway, isp: str, state: str, seen: int, family: str | N
         time.sleep(0.02)
 
 
-def run_demo(console: Console, name: str | None = None) -> int:
-    """Run the demo; returns the process exit code (0 when every check held)."""
+def run_demo(console: Console, name: str | None = None, ha: bool = True) -> int:
+    """Run the demo: the single-gateway acts, then (unless ``ha`` is false) the HA act in a lab of its own, built
+    after the first one is gone (two labs at once would only compete for the machine); one summary of both.
+    Returns the process exit code (0 when every check of every act held)."""
     name = name or f"demo{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
     started = time.monotonic()
+    summary: list[str] = []
+    ok = _single_gateway_acts(console, name, summary)
+    if ha:
+        ok = run_ha_act(console, ha_lab_name(name), summary) and ok
+    console.print("[bold]summary[/]")
+    for line in summary:
+        console.print(f"  {line}")
+    labs = "labs" if ha else "lab"
+    console.print(
+        f"{labs} torn down; {time.monotonic() - started:.1f} s — {'[green]all checks held' if ok else '[red]FAILED'}"
+    )
+    return 0 if ok else 1
+
+
+def _single_gateway_acts(console: Console, name: str, summary: list[str]) -> bool:
+    """The acts with one gateway (shares, reload, failover of both families and of one, a DHCP renumbering, the
+    long-lived stream through all of it) in lab ``name``, torn down on return; appends the summary lines and
+    returns whether every check held."""
     console.print(
         f"[bold]wanlb demo[/] — building lab [cyan]{name}[/]: 2 clients, gateway, 3 ISPs ({', '.join(UPLINKS)}), "
         "internet"
@@ -107,7 +130,6 @@ def run_demo(console: Console, name: str | None = None) -> int:
             text=True,
         )
         ok = True
-        summary = []
         victim = ""
 
         def phase(title: str, weights: dict[str, int], weights6: dict[str, int] | None = None, rounds: int = 0) -> None:
@@ -202,10 +224,4 @@ def run_demo(console: Console, name: str | None = None) -> int:
             gw.stop(cleanup=True)
         except (ControlError, subprocess.TimeoutExpired):
             ok = False
-    console.print("[bold]summary[/]")
-    for line in summary:
-        console.print(f"  {line}")
-    console.print(
-        f"lab torn down; {time.monotonic() - started:.1f} s — {'[green]all checks held' if ok else '[red]FAILED'}"
-    )
-    return 0 if ok else 1
+    return ok

@@ -39,7 +39,7 @@ from wanlb.uplink import Uplink, assumed
 class Event:
     at: float  # wall-clock seconds
     isp: str
-    event: str  # up, down, degraded, disabled, enabled, added, removed, replaced
+    event: str  # up, down, degraded, disabled, enabled, added, removed, replaced, failback; HA: role, peer, …
     status: str  # the ISP's status afterwards ("removed" once it is gone)
     old: str | None
     reason: str
@@ -132,6 +132,7 @@ class Fleet:
         self._hops: dict[tuple[str, int], object] = {}  # (ISP, family) -> the last next hop it had (None: dev)
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency: the weights in force, per policy
+        self.failback: dict[str, float] = {}  # ISP -> when its failback hold-down ends (monotonic)
         for isp in config.isps:
             for family in FAMILIES:
                 self._new_machine(isp, IspStatus.UP, now, wall, family)
@@ -143,6 +144,16 @@ class Fleet:
         """Every ISP's status; of ``family`` 6: its own IPv6 health where it has one, else its one status."""
         own = self.machines[family]
         return {name: (own.get(name) or m).status for name, m in self.machines[4].items()}
+
+    def balancing(self, family: Family = 4) -> dict[str, IspStatus]:
+        """The statuses the planner balances by: an up ISP still in its failback hold-down counts as degraded,
+        a last choice that takes NEW connections only while no other ISP is up (it has not yet proved itself
+        for ``failover.failback_after``; with nothing else up there is nothing to hold it back for)."""
+        out = self.statuses(family)
+        for name in self.failback:
+            if out.get(name) == IspStatus.UP:
+                out[name] = IspStatus.DEGRADED
+        return out
 
     def own_ipv6(self, name: str) -> bool:
         """Whether the ISP's IPv6 has a health of its own (IPv6 targets)."""
@@ -159,11 +170,16 @@ class Fleet:
         return self.machines[4][name].quality()
 
     def wants_empty(self, name: str, family: Family = 4) -> bool:
-        """Its connections (of that health's family) cannot work and the config says flush them."""
+        """Its connections (of that health's family) cannot work, the config says flush them, and another ISP
+        can take them: with none usable a flush would only break connections that have nowhere else to go
+        (NEW ones meanwhile follow ``failover.last_resort``); kept, they resume if their ISP returns first, and
+        the resync flushes them as soon as another ISP is usable."""
         m = self.machines[family].get(name)
         if self.ha_role not in (None, "master"):  # an HA backup: conntrackd and the primary own the connections
             return False
-        return m is not None and self.config.failover.on_down == "flush" and m.status == IspStatus.DOWN and m.broken
+        if m is None or self.config.failover.on_down != "flush" or m.status != IspStatus.DOWN or not m.broken:
+            return False
+        return any(s.usable for other, s in self.statuses(family).items() if other != name)
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -184,10 +200,10 @@ class Fleet:
             return []
         t = machine.round(now, ok, latency, loss)
         if t is None:
-            return []
+            return self.expire_failbacks(now, wall)
         if errors and not ok:
             t = replace(t, reason=f"{t.reason}: {errors}")
-        return self._changed(name, t, t.new.value, wall, family)
+        return self._changed(name, t, t.new.value, wall, family) + self.expire_failbacks(now, wall)
 
     def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
         """A link event: a WAN that went down is DOWN at once (the fast path of a failover); anything
@@ -265,11 +281,31 @@ class Fleet:
         return [Emit(Event(wall, "", "role", role, old, why, self.config.ha.interface or ""))]
 
     def expire_drains(self, now: float, wall: float) -> list[Effect]:
-        """Drains whose timer ran out end (the daemon asks at every resync, so within its interval)."""
+        """Drains whose timer ran out end (the daemon asks at every resync, so within its interval), and
+        failback hold-downs."""
         effects: list[Effect] = []
         for name, drain in sorted(self.drains.items()):
             if drain.until is not None and now >= drain.until:
                 effects += self.enable(name, now, wall, "drain timer ran out")[1]
+        return effects + self.expire_failbacks(now, wall)
+
+    def expire_failbacks(self, now: float, wall: float) -> list[Effect]:
+        """Failback hold-downs that ran out (asked after every probe round and resync): the ISP takes NEW
+        connections again, and with ``on_recover: move-lower-tier`` the worse tiers' connections come back,
+        new ruleset first (the Reconcile), flush after it."""
+        effects: list[Effect] = []
+        for name, until in sorted(self.failback.items()):
+            if now < until:
+                continue
+            before = self.balancing()
+            del self.failback[name]
+            isp = self.config.isp(name)
+            why = f"up for {_duration(self.config.failover.failback_after)} since it recovered: takes connections again"
+            effects.append(Reconcile(f"{name} failback"))
+            if self.config.failover.on_recover == "move-lower-tier":
+                effects += self._move_back(name, before)
+            status = self.machines[4][name].status.value
+            effects.append(self._emit(name, "failback", status, "held", why, isp.interface, wall))
         return effects
 
     def reload(self, config: Config, allocation: Allocation, now: float, wall: float) -> list[Effect]:
@@ -286,6 +322,7 @@ class Fleet:
             machine = self.machines[4].pop(name)
             self.machines[6].pop(name, None)
             self.since.pop(name, None)
+            self.failback.pop(name, None)
             self.drains.pop(name, None)  # (a replaced ISP starts undrained, as its state does)
             self._uplinks.pop(name, None)  # (a replaced ISP may have another interface: observed afresh)
             self._hops.pop((name, 4), None)
@@ -330,7 +367,7 @@ class Fleet:
         qualities = {isp.name: self.quality(isp.name) for isp in self.config.isps}
         latency = {name: q.latency for name, q in qualities.items()}
         loss = {name: q.loss_percent / 100 for name, q in qualities.items()}
-        fresh, base = adjust(self.config, self.statuses(), counts, latency, loss)
+        fresh, base = adjust(self.config, self.balancing(), counts, latency, loss)
         changed = [p for p, w in fresh.items() if shares_differ(self.adjusted.get(p, base[p]), w)]
         if not changed and set(fresh) == set(self.adjusted):
             return []
@@ -464,9 +501,11 @@ class Fleet:
         event."""
         isp = self.config.isp(name)
         scope = self._scope(name, family)
+        before = {**self.balancing(family), name: t.old}
         effects: list[Effect] = [Reconcile(f"{name}{' IPv6' if family == 6 else ''} {event}")]
         if family == 4:
             self.since[name] = wall
+            self._hold_failback(name, t, event)
         sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
         if sticky and not t.new.usable:
             effects.append(ClearSticky(name, scope))
@@ -476,14 +515,46 @@ class Fleet:
         # connections only while nothing is up, so an up worse tier carried its traffic meanwhile).
         recovered = not t.old.usable or (t.old == IspStatus.DEGRADED and t.new == IspStatus.UP)
         if family == 4 and t.new.usable and recovered and self.config.failover.on_recover == "move-lower-tier":
-            effects += self._move_back(name, t.old)
+            effects += self._move_back(name, before)
+        if t.new.usable and not before.get(name, t.old).usable:  # (of any family) the flushes that waited for it
+            effects += self._waiting_flushes(name, family, before)
         effects.append(self._emit(name, event, t.new.value, t.old.value, t.reason, isp.interface, wall, scope))
         return effects
 
-    def _move_back(self, name: str, old: IspStatus) -> list[Effect]:
-        """Flush the ISPs of a worse tier that this recovery takes out of use (they carried its traffic)."""
-        now = self.statuses()
-        before = {**now, name: old}
+    def _hold_failback(self, name: str, t: Transition, event: str) -> None:
+        """An ISP back from down while another is up waits ``failback_after`` before it takes connections (a
+        line that comes back for a minute must not pull traffic back and forth); an admin's enable does not
+        wait, a new failure ends the wait."""
+        after = self.config.failover.failback_after
+        if not t.new.usable:
+            self.failback.pop(name, None)
+        elif after > 0 and not t.old.usable and event != "enabled" and self._another_up(name):
+            self.failback[name] = t.at + after
+
+    def _another_up(self, name: str) -> bool:
+        return any(s == IspStatus.UP for other, s in self.statuses().items() if other != name)
+
+    def _waiting_flushes(self, name: str, family: Family, before: Mapping[str, IspStatus]) -> list[Effect]:
+        """With no ISP usable, a dead ISP's flush waits (:meth:`wants_empty`); the first to come back ends the
+        wait for the others, in the same batch (after its Reconcile: the flushed connections find it)."""
+        if any(s.usable for s in before.values()):
+            return []
+        return [
+            Flush(
+                other,
+                self.state.isps[other].mark,
+                self.config.mark_mask,
+                f"{name} is usable again",
+                self._scope(other, family),
+            )
+            for other in sorted(self.machines[family])
+            if other != name and self.wants_empty(other, family)
+        ]
+
+    def _move_back(self, name: str, before: Mapping[str, IspStatus]) -> list[Effect]:
+        """Flush the ISPs of a worse tier that this recovery (or hold-down's end) takes out of use (they
+        carried its traffic); ``before``: the balancing statuses before it."""
+        now = self.balancing()
 
         def in_use(statuses: Mapping[str, IspStatus]) -> set[str]:
             return {isp for p in policies(self.config, statuses) for isp, _ in p.active}

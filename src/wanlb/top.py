@@ -276,12 +276,17 @@ def drain_line(isp: Isp, now: float) -> str | None:
     return f"{line}, ends {time.strftime('%H:%M:%S', time.localtime(drain.until))} ({drain_left(isp, now)})"
 
 
+def standby_note(isp: Isp) -> str:
+    """Why an up ISP takes no NEW connections: waiting to fail back (``failback in 42s``) or a worse tier."""
+    if isp.failback_seconds is not None:
+        return f" (failback in {human_duration(isp.failback_seconds)})"
+    return " (standby)" if isp.status == "up" and not isp.active else ""
+
+
 def state_text(isp: Isp, now: float | None = None) -> Text:
     """The ISP's state, coloured, with what qualifies it (standby, a drain's time left, held down, what its
     uplink misses)."""
-    label = isp.status
-    if isp.status == "up" and not isp.active:
-        label += " (standby)"
+    label = isp.status + standby_note(isp)
     if left := drain_left(isp, time.time() if now is None else now):
         label += f" ({left})"
     if isp.health.held_down_seconds:

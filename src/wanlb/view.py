@@ -94,6 +94,7 @@ class Isp:
     since: float = 0.0
     link_down: bool = False
     drain: Drain | None = None  # while an admin drain holds it (status "disabled")
+    failback_seconds: float | None = None  # back up, held from balancing this much longer (failback_after)
     health: Health = field(default_factory=Health)
     ipv6: Ipv6 | None = None
     packets_rx: int | None = None
@@ -335,6 +336,8 @@ def build(
             continue
         traffic = {f"{way}_{d}": counters.get(f"isp_{isp.name}_{d}", {}).get(way) for way in ("packets", "bytes")
                    for d in ("rx", "tx")}  # fmt: skip
+        until = fleet.failback.get(isp.name)
+        held = None if until is None or machine.status.value != "up" else round(max(0.0, until - now), 1)
         isps.append(
             Isp(
                 name=isp.name,
@@ -343,7 +346,7 @@ def build(
                 gateway_source=isp.uplink.source,
                 uplink=isp.uplink.problem,
                 addresses=isp.uplink.addresses,
-                status=isp.status.value,
+                status=machine.status.value if held is not None else isp.status.value,  # (planned as degraded)
                 decided=machine.status.value,
                 active=isp.active,
                 weight=isp.weight,
@@ -354,6 +357,7 @@ def build(
                 since=round(fleet.since.get(isp.name, facts.started), 3),
                 link_down=machine.link_down,
                 drain=_drain(fleet, isp.name),
+                failback_seconds=held,
                 health=_health(config, fleet, probes, isp.name, 4, now),
                 ipv6=_ipv6(config, fleet, probes, isp.name, now),
                 new_connections=counters.get(f"isp_{isp.name}_new", {}).get("packets"),

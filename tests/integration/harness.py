@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -52,3 +53,24 @@ def gw(lab: Lab) -> Iterator[LabGateway]:
             for isp in lab.isps:
                 lab.heal(isp)
             lab.run("gw", ["conntrack", "-F"], capture_output=True, check=False)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextmanager
+def chromium_in(lab: Lab, node: str = "c1") -> Iterator[Any]:
+    """Debian's chromium, driven by Playwright, with all its network in the lab node's namespace: a two-line
+    wrapper given as ``executable_path`` (``ip netns exec`` only switches namespaces and execs, so the browser
+    keeps the pipes Playwright drives it through; the lab's teardown kills any chromium a failed test left)."""
+    from playwright import sync_api
+
+    wrapper = lab.dir / f"chromium-in-{node}"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.ns(node)} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o700)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(wrapper), args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()

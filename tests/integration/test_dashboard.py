@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import module_lab
+from harness import CHROMIUM, chromium_in, module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
 from wanlb.lab.topology import HTTP_ADDR, HTTP_PORT, LAN_GW, client_addr
-
-CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.root,
@@ -83,15 +81,9 @@ def gw(lab: Lab) -> Iterator[LabGateway]:
 
 @pytest.fixture(scope="module")
 def browser(lab: Lab, gw: LabGateway) -> Iterator[Any]:
-    wrapper = lab.dir / "chromium-in-c1"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.ns("c1")} {CHROMIUM} "$@"\n')
-    wrapper.chmod(0o700)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(wrapper), args=["--no-sandbox"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """Chromium in c1's namespace: the page reaches the gateway as a browser on the LAN would."""
+    with chromium_in(lab) as launched:
+        yield launched
 
 
 class Dashboard:

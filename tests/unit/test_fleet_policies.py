@@ -195,3 +195,71 @@ def test_a_better_tier_leaving_degraded_moves_the_backups_connections_back() -> 
     assert fleet.statuses()["a"] == "degraded" and flushes(effects) == []  # c, up, still beats it
     effects = rounds(fleet, clock, "a", "+" * 10)
     assert [f.isp for f in flushes(effects)] == ["c"]
+
+
+# --- failover.failback_after: a recovered ISP waits before it takes connections back ----------------------------
+
+HOLD = "failover: {on_recover: move-lower-tier, failback_after: 3s}\n"
+
+
+def test_a_recovered_better_tier_waits_failback_after_then_moves_the_backups_connections_back() -> None:
+    fleet, clock = make(config(HOLD))
+    down(fleet, clock, "a", "b")  # c (tier 2) carries everything
+    effects = rounds(fleet, clock, "a", "+++++")
+    assert summary(effects) == [("reconcile",), ("emit", "a", "up")]  # up, but no flush: c keeps carrying
+    assert fleet.statuses()["a"] == "up" and fleet.balancing()["a"] == "degraded"  # a last choice meanwhile
+    assert "a" in fleet.failback
+    assert flushes(rounds(fleet, clock, "a", "+" * 10)) == []  # 2 s: still waiting
+    effects = rounds(fleet, clock, "a", "+" * 6)  # past 3 s after the recovery
+    assert summary(effects) == [("reconcile",), ("flush", "c"), ("emit", "a", "failback")]
+    assert fleet.balancing()["a"] == "up" and "a" not in fleet.failback
+    event = next(e.event for e in effects if isinstance(e, Emit))
+    assert (event.status, event.old) == ("up", "held") and "up for 3s since it recovered" in event.reason
+
+
+def test_the_hold_ends_at_the_resync_too_and_a_new_failure_cancels_it() -> None:
+    fleet, clock = make(config(HOLD))
+    down(fleet, clock, "a", "b")
+    rounds(fleet, clock, "a", "+++++")
+    rounds(fleet, clock, "a", "---")  # down again while waiting: no failback
+    assert "a" not in fleet.failback and fleet.expire_drains(clock.now + 10, 0.0) == []
+    clock.now += 60  # past flap damping's hold
+    rounds(fleet, clock, "a", "+++++")
+    assert fleet.statuses()["a"] == "up" and "a" in fleet.failback
+    assert [e.isp for e in flushes(fleet.expire_drains(clock.now + 3.1, 0.0))] == ["c"]
+
+
+def test_no_hold_when_nothing_else_is_up_or_after_an_admin_enable() -> None:
+    fleet, clock = make(config(HOLD.replace("on_recover: move-lower-tier, ", "")))
+    fleet.disable("c", *clock.tick())
+    down(fleet, clock, "a", "b")  # nothing is up
+    rounds(fleet, clock, "a", "+++++")
+    assert "a" not in fleet.failback and fleet.balancing()["a"] == "up"  # nothing to hold it back for
+    fleet.disable("b", *clock.tick())
+    fleet.enable("b", *clock.tick())
+    assert "b" not in fleet.failback
+
+
+def test_without_failback_after_a_recovery_takes_connections_at_once() -> None:
+    fleet, clock = make(config(MOVE))
+    down(fleet, clock, "a", "b")
+    rounds(fleet, clock, "a", "+++++")
+    assert fleet.failback == {} and fleet.balancing()["a"] == "up"
+
+
+# --- no flush while no ISP is usable ----------------------------------------------------------------------------
+
+
+def test_a_dead_isps_flush_waits_while_no_other_isp_is_usable_and_runs_when_one_returns() -> None:
+    fleet, clock = make(config())
+    fleet.disable("c", *clock.tick())
+    down(fleet, clock, "a")
+    effects = rounds(fleet, clock, "b", "---")  # the last usable ISP dies
+    assert summary(effects) == [("reconcile",), ("emit", "b", "down")]  # no flush: nowhere to go
+    assert not fleet.wants_empty("a") and not fleet.wants_empty("b")
+    counts = {fleet.state.isps[n].mark: 5 for n in ("a", "b")}
+    assert flushes(fleet.resync(counts)) == []  # the resync does not flush them either
+    effects = rounds(fleet, clock, "a", "+++++")  # a returns: b's connections may now go
+    assert summary(effects) == [("reconcile",), ("flush", "b"), ("emit", "a", "up")]
+    assert flushes(effects)[0].why == "a is usable again"
+    assert [f.isp for f in flushes(fleet.resync(counts))] == ["b"]  # level-triggered: until b has none

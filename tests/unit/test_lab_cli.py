@@ -70,9 +70,19 @@ def test_ha_pair_commands_are_listed_and_need_root(not_root: None) -> None:
         assert result.exit_code == 1 and "needs root" in result.output
 
 
-def test_ha_with_api_is_a_usage_error(not_root: None) -> None:
-    result = CliRunner().invoke(cli.lab, ["up", "--ha", "--api"])
-    assert result.exit_code == 2 and "--api goes with one gateway" in result.output
+def test_an_ha_gateways_api_section_listens_on_its_own_lan_address(tmp_path: Path) -> None:
+    """Not the LAN VIP: only the master holds that, and a backup's daemon could not bind it."""
+    token = tmp_path / "api.token"
+    topo = Topology("t", 2, 1, ha=True)
+    for gw, address in (("gw1", "192.168.77.2"), ("gw2", "192.168.77.3")):
+        assert topo.lan_address(gw) == address != LAN_GW
+        text = topo.config_yaml(str(tmp_path / f"{gw}.sock"), gw)
+        config = parse_config(text + cli.api_section(9181, token, topo.lan_address(gw)))
+        assert config.api is not None and config.ha is not None
+        assert config.api.listen == (f"{address}:9181",) and not config.api.public_read
+    assert Topology("t", 2, 1).lan_address("gw") == LAN_GW
+    with pytest.raises(cli.TopologyError, match="no gateway"):
+        topo.lan_address("gw")
 
 
 def test_ha_builds_ipv4_only_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

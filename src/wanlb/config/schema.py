@@ -563,6 +563,9 @@ class FailoverConfig(_Model):
     last_resort: Literal["main", "unreachable", "blackhole"] = "main"
     on_recover: Literal["keep", "move-lower-tier"] = "keep"
     """move-lower-tier: when a better tier recovers, flush the connections on worse tiers so they come back."""
+    failback_after: Duration = Field(default=0.0, ge=0, le=86400)
+    """An ISP back from down while another is up takes NEW connections again only after this long (until then
+    it is a last choice, like a degraded one); 0: at once. With move-lower-tier the flush waits for it too."""
 
 
 def _parse_listen(value: Any) -> str:

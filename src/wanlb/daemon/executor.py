@@ -130,7 +130,7 @@ class Daemon:
         thread (kernel calls block), one at a time, each from the state current when it starts."""
         async with self.reconcile_lock:
             fleet = self.fleet
-            args = (fleet.config, fleet.state, fleet.statuses(), dict(fleet.adjusted), fleet.statuses(6))
+            args = (fleet.config, fleet.state, fleet.balancing(), dict(fleet.adjusted), fleet.balancing(6))
             # Shielded: a cancelled caller must not release the lock while the thread still works.
             started = time.monotonic()
             work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
@@ -300,7 +300,7 @@ class Daemon:
             return False, str(exc)
         fleet = self.fleet
         verdict = await asyncio.to_thread(
-            verify, new, fleet.state, self.kernel, reload=True, statuses=fleet.statuses(), statuses6=fleet.statuses(6)
+            verify, new, fleet.state, self.kernel, reload=True, statuses=fleet.balancing(), statuses6=fleet.balancing(6)
         )
         if verdict.allocation is None or verdict.errors:
             text = "\n".join(f"{path}: {e}" if e.startswith("the kernel") else e for e in verdict.errors)

@@ -59,22 +59,49 @@ def _uplinks(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return modes
 
 
-def api_section(port: int, token_file: Path) -> str:
-    """The config's ``api`` section for ``lab up --api``.  On the gateway's LAN address, where a browser on a
-    LAN finds its gateway (the lab's clients reach it, the host cannot: the lab never touches the host's
-    network); reads need the token too, as the docs advise for a real gateway."""
-    return f"api:\n  listen: [{LAN_GW}:{port}]\n  token_file: {token_file}\n"
+def api_section(port: int, token_file: Path, address: str = LAN_GW) -> str:
+    """The config's ``api`` section for ``lab up --api``.  On the gateway's own LAN address (``address``:
+    ``Topology.lan_address``), where a browser on a LAN finds its gateway (the lab's clients reach it, the host
+    cannot: the lab never touches the host's network); reads need the token too, as the docs advise for a real
+    gateway."""
+    return f"api:\n  listen: [{address}:{port}]\n  token_file: {token_file}\n"
 
 
-def _enable_api(built: Lab, port: int) -> tuple[str, Path]:
-    """Write a fresh token (mode 0600, as the daemon demands) and the api section into the lab's config."""
+def _enable_api(built: Lab, port: int) -> tuple[dict[str, str], Path]:
+    """Write a fresh token (mode 0600, as the daemon demands) and an api section into each gateway's config;
+    each gateway's URL, and the token file.  An HA pair's two share the token (one to paste, whichever node
+    the browser opens) and the port: each listens on its own LAN address in its own namespace, and a backup
+    must answer too (the LAN VIP, only the master's, would leave it unreachable)."""
     token = built.dir / "api.token"
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(24) + "\n")
-    with built.config_path.open("a") as fh:
-        fh.write(api_section(port, token))
-    return f"http://{LAN_GW}:{port}/", token
+    urls: dict[str, str] = {}
+    for gw in built.topology.gateways:
+        address = built.topology.lan_address(gw)
+        with built.gateway_config(gw).open("a") as fh:
+            fh.write(api_section(port, token, address))
+        urls[gw] = f"http://{address}:{port}/"
+    return urls, token
+
+
+def _echo_api(built: Lab, urls: dict[str, str], token: Path) -> None:
+    """`lab up --api`'s lines: where the dashboard is, and a request and a browser that reach it from c1."""
+    client = f"wanlb lab exec --name {built.name} c1 --"
+    bearer = f'-H "Authorization: Bearer $(cat {token})"'
+    if not built.topology.ha:
+        url = urls["gw"]
+        click.echo(f"  dashboard and API: {url} inside the lab (the daemon listens in {built.ns('gw')}),")
+        click.echo(f"                     so from a client's namespace; the token is in {token}")
+        click.echo(f"  API from a client: {client} curl -s {bearer} {url}api/v1/status")
+        click.echo(f"  a browser there:   {client} chromium --no-sandbox {url}  (as root; paste the token)")
+        return
+    where = ", ".join(f"{url} ({gw})" for gw, url in urls.items())
+    click.echo(f"  dashboard and API: {where} inside the lab,")
+    click.echo(f"                     each gateway's own LAN address; the token (both) is in {token}")
+    for gw, url in urls.items():
+        click.echo(f"  API of {gw}:        {client} curl -s {bearer} {url}api/v1/status")
+    click.echo(f"  a browser there:   {client} chromium --no-sandbox {urls['gw1']}  (as root; paste the token)")
 
 
 def _echo_ha(built: Lab) -> None:
@@ -123,7 +150,8 @@ def lab() -> None:
     "--api",
     is_flag=True,
     help="Give the gateway's config an api section: the HTTP API and dashboard on the LAN address "
-    f"{LAN_GW} (reached from the clients' namespaces), with a new token in the lab's directory.",
+    f"{LAN_GW} (reached from the clients' namespaces), with a new token in the lab's directory; with --ha, "
+    "each gateway's config, on its own LAN address (192.168.77.2, .3), the same token and port.",
 )
 @click.option("--api-port", type=click.IntRange(1, 65535), default=9180, show_default=True, help="The port for --api.")
 @click.pass_context
@@ -143,8 +171,6 @@ def up(
     """Build the lab and start its test servers."""
     if not api and ctx.get_parameter_source("api_port") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--api-port goes with --api")
-    if ha and api:
-        raise click.UsageError(f"--api goes with one gateway for now: an HA pair's {LAN_GW} is a VIP")
     if ha and ctx.get_parameter_source("ipv6") is click.core.ParameterSource.DEFAULT:
         ipv6 = False  # an HA lab is IPv4-only for now (an explicit --ipv6 is refused with the reason)
     with _friendly_errors():
@@ -163,14 +189,7 @@ def up(
             click.echo(f"  start the gateway: wanlb lab exec --name {name} gw -- wanlb run -c {built.config_path} &")
         click.echo(f"  then try:          wanlb lab traffic --name {name} --connections 200")
         if api:
-            url, token = _enable_api(built, api_port)
-            client = f"wanlb lab exec --name {name} c1 --"
-            click.echo(f"  dashboard and API: {url} inside the lab (the daemon listens in {built.ns('gw')}),")
-            click.echo(f"                     so from a client's namespace; the token is in {token}")
-            click.echo(
-                f'  API from a client: {client} curl -s -H "Authorization: Bearer $(cat {token})" {url}api/v1/status'
-            )
-            click.echo(f"  a browser there:   {client} chromium --no-sandbox {url}  (as root; paste the token)")
+            _echo_api(built, *_enable_api(built, api_port))
         if not plain_nat:
             click.echo("  (until wanlb runs, nothing NATs LAN traffic and the ISPs drop it as a LAN leak)")
         click.echo(f"  remove with:       wanlb lab down --name {name}")

@@ -5,6 +5,7 @@ saw.  Shared by tests/integration/test_ha_pair.py and bench/ha_bench.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import subprocess
@@ -39,11 +40,14 @@ def role(gw: LabGateway) -> str | None:
     return ha.get("role")
 
 
-def start_pair(gws: tuple[LabGateway, LabGateway]) -> None:
+def start_pair(
+    gws: tuple[LabGateway, LabGateway], edit: Callable[[LabGateway, dict[str, Any]], None] | None = None
+) -> None:
     """Both daemons on the lab's generated configs, until gw1 is master, gw2 backup, every ISP up on both and each
-    hears the other over the sync link."""
+    hears the other over the sync link.  ``edit(gw, cfg)`` changes each node's config first (an ``api`` section,
+    say): the configs are written afresh here, so that is where anything beyond the generated ones must go."""
     for gw in gws:
-        gw.write(lambda cfg: None)
+        gw.write(functools.partial(edit, gw) if edit else lambda cfg: None)
         gw.start()
     wait_until("gw1 master, gw2 backup", lambda: (role(gws[0]), role(gws[1])) == ("master", "backup"))
     isps = {isp: "up" for isp in gws[0].lab.isps}

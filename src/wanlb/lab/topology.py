@@ -470,6 +470,14 @@ class Topology:
             peer_sync_address=ha_sync_addr(peer),
         )
 
+    def lan_address(self, node: str) -> str:
+        """A gateway node's own LAN address, bare: the one it always holds, so what it serves to the LAN (the
+        API, ``lab up --api``) can listen there.  The single gateway's is LAN_GW; an HA gateway's is its own
+        (192.168.77.2, .3), never the LAN VIP, which only the master holds (a backup could not bind it)."""
+        if node not in self.gateways:
+            raise TopologyError(f"{node!r} is no gateway of lab {self.name!r}: {', '.join(self.gateways)}")
+        return self.ha_node(node).lan_address if self.ha else LAN_GW
+
     # --- build commands ----------------------------------------------------------------------------
 
     def sysctls(self, node: str) -> dict[str, str]:

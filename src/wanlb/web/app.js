@@ -504,6 +504,7 @@
       if (!health.monitored) notes.push("Not monitored (no health targets).");
       if (isp.link_down) notes.push("WAN link is down.");
       if (health.held_down_seconds > 0) notes.push(`Held down for ${Math.ceil(health.held_down_seconds)} s more (flap damping).`);
+      if (isp.failback_seconds != null) notes.push(`Back up; takes new connections again in ${fmtDuration(isp.failback_seconds)} (failback hold-down).`);
       if (isp.decided && isp.decided !== isp.status) notes.push(`Changing to ${isp.decided}…`);
       if (v6 && v6.status !== isp.status) notes.push(`IPv6 is ${v6.status} (its own probes), IPv4 ${isp.status}.`);
       const errors = Object.entries(health.last_errors || {});
@@ -859,8 +860,8 @@
     const head = h(
       "p",
       { class: "ev-head" },
-      h("span", { class: "swatch", style: `--c:${colour(e.isp)}`, "aria-hidden": "true" }),
-      e.isp,
+      e.isp ? h("span", { class: "swatch", style: `--c:${colour(e.isp)}`, "aria-hidden": "true" }) : null,
+      e.isp || "HA pair", // an HA node's own events (role, peer, split brain, config) are no ISP's
       e.from && e.from !== e.status ? [badge(e.from), h("span", { class: "arrow", "aria-label": "to" }, "→")] : null,
       badge(e.status),
       e.event !== e.status ? h("span", { class: "ev-kind" }, `(${e.event})`) : null,

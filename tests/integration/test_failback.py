@@ -1,0 +1,135 @@
+"""Failback done right, in the lab: a recovered tier waits ``failover.failback_after`` before it takes NEW
+connections back; ``on_recover: move-lower-tier`` applies the new ruleset before it flushes the backup tier's
+connections (else a flushed flow's next packet lands on the backup again and stays there); and no flush runs
+while no ISP is usable (the flushed connections would have nowhere to go; kept, they resume)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from harness import module_lab
+
+from wanlb.lab.gateway import WANLB, LabGateway
+from wanlb.lab.lab import Lab, python_module
+
+lab = module_lab(isps=2)
+
+
+def backup_tier(extra: dict[str, Any]) -> Any:
+    """isp2 is the metered backup (tier 2); ``extra`` goes into ``failover``."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["isps"][1]["tier"] = 2
+        cfg["failover"] = {"on_recover": "move-lower-tier", **extra}
+
+    return edit
+
+
+def udp_isp(gw: LabGateway) -> str | None:
+    """The ISP of the one UDP flow to the DNS server, as the gateway's conntrack has it now."""
+    out = gw.run(*WANLB, "conntrack", "--config", str(gw.config), "list", "-o", "json", "-p", "udp", "--dport", "53")
+    isps = {json.loads(line)["isp"] for line in out.splitlines()}
+    assert len(isps) <= 1, isps
+    return isps.pop() if isps else None
+
+
+@contextmanager
+def udp_flow(lab: Lab, every: float) -> Iterator[subprocess.Popen[str]]:
+    """One UDP flow (one socket: one 5-tuple) from c1, a DNS query every ``every`` seconds."""
+    proc = lab.popen("c1", python_module("wanlb.lab.traffic", "udp", "--every", str(every), "--stall", "3"),
+                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def shares(lab: Lab, n: int = 20) -> dict[str, int]:
+    report = lab.traffic(connections=n, timeout=2.0)
+    assert report["failed"] == 0, report
+    return {isp: report[isp] for isp in ("isp1", "isp2")}
+
+
+def wait_isp(gw: LabGateway, isp: str | None, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while udp_isp(gw) != isp:
+        assert time.monotonic() < deadline, f"the UDP flow is on {udp_isp(gw)}, not {isp}"
+        time.sleep(0.05)
+
+
+def test_a_recovered_tier_waits_failback_after_before_it_takes_connections_back(lab: Lab, gw: LabGateway) -> None:
+    gw.write(backup_tier({"failback_after": "4s"}))
+    gw.start()
+    gw.wait_for({"isp1": "up", "isp2": "up"})
+    lab.fail("isp1", "blackhole")
+    gw.wait_for({"isp1": "down"})
+    with udp_flow(lab, 0.01):
+        wait_isp(gw, "isp2")
+        seen = len(gw.view().events)
+        lab.heal("isp1")
+        up = gw.wait_event("isp1", "up", after=seen)
+        # Up, but held: NEW connections stay on the backup, the backup's flow is not flushed.
+        assert shares(lab) == {"isp1": 0, "isp2": 20}
+        [isp1] = [i for i in gw.status()["isps"] if i["name"] == "isp1"]
+        assert isp1["status"] == "up" and isp1["failback_seconds"] is not None and isp1["failback_seconds"] > 0
+        assert "failback in" in gw.run(*WANLB, "status", "--wide", "--socket", str(gw.socket))
+        assert udp_isp(gw) == "isp2"
+        back = gw.wait_event("isp1", "failback", timeout=10, after=seen)
+        assert 4.0 <= back["time"] - up["time"] <= 5.5, (up, back)  # (within a probe round of the 4 s)
+        wait_isp(gw, "isp1")  # the backup's flow: flushed after the new ruleset, back on isp1
+        assert shares(lab) == {"isp1": 20, "isp2": 0}
+
+
+def test_move_lower_tier_applies_the_new_ruleset_before_it_flushes(lab: Lab, gw: LabGateway) -> None:
+    """A flow sending every 2 ms sends several packets inside any gap between the flush and the new ruleset:
+    were the flush first, its next packet would become a NEW connection on the backup tier again and stay
+    there.  Three recoveries, each must move the flow to isp1."""
+    gw.write(backup_tier({}))
+    gw.start()
+    gw.wait_for({"isp1": "up", "isp2": "up"})
+    with udp_flow(lab, 0.002):
+        for _ in range(3):
+            lab.fail("isp1", "blackhole")
+            gw.wait_for({"isp1": "down"})
+            wait_isp(gw, "isp2")
+            seen = len(gw.view().events)
+            lab.heal("isp1")
+            gw.wait_event("isp1", "up", after=seen)
+            time.sleep(0.3)
+            assert udp_isp(gw) == "isp1", "the flushed flow came back on the backup tier"
+
+
+def test_no_flush_while_no_isp_is_usable_and_the_connections_resume(lab: Lab, gw: LabGateway) -> None:
+    """isp2 dies, then isp1, the last usable ISP: isp1's connections are kept (a flush would only break them;
+    NEW ones meanwhile follow last_resort); isp1 returns and its stream carries on, intact."""
+    gw.write(lambda cfg: None)
+    gw.start()
+    gw.wait_for({"isp1": "up", "isp2": "up"})
+    lab.fail("isp2", "blackhole")
+    gw.wait_for({"isp1": "up", "isp2": "down"})
+    stream = lab.popen("c1", python_module("wanlb.lab.traffic", "stream", "--stall", "15"),
+                       stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while gw.request("conn_counts")["by_isp"].get("isp1", 0) == 0:
+            assert time.monotonic() < deadline, "the stream never showed up on isp1"
+            time.sleep(0.1)
+        seen = len(gw.view().events)
+        lab.fail("isp1", "blackhole")
+        down = gw.wait_event("isp1", "down", after=seen)
+        assert down["flushed"] is None, down  # no flush was asked: nowhere else to go
+        time.sleep(1.0)
+        assert gw.request("conn_counts")["by_isp"].get("isp1", 0) >= 1  # the stream's entry is still there
+        lab.heal("isp1")
+        gw.wait_event("isp1", "up", after=seen)
+        time.sleep(1.0)
+    finally:
+        stream.terminate()
+        result = json.loads(stream.communicate(timeout=30)[0])
+    assert result["ok"], result
