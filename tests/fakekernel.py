@@ -31,7 +31,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wanlb.adapters.nft import NftError
-from wanlb.adapters.routing import RoutingError
+from wanlb.adapters.routing import Lookup, RoutingError
 from wanlb.render import Route, Rule
 from wanlb.runtime import sysctl_key_allowed
 from wanlb.tune import TableStats
@@ -162,6 +162,7 @@ class FakeKernel:
         # as in a real kernel, where a connected route comes from an address.
         self.addresses: dict[str, list[ipaddress.IPv4Interface]] = {}
         self.default_routes: list[DefaultRoute] = []  # other people's default routes (DHCP clients, pppd)
+        self.local_addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()  # route_lookup: "local"
         self.indexes: dict[str, int] = {}  # interface index by name; set a new one to "re-create" it
         self.refuse_routes: dict[str, str] = {}  # device -> the error every route through it gets
         self.ip_rules: list[Rule] = []
@@ -248,6 +249,14 @@ class FakeKernel:
         self.ip_routes = [r for r in self.ip_routes if (r.table, r.dst) != (route.table, route.dst)]
         self.ip_routes.append(route)
 
+    def route_lookup(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Lookup:
+        """The main table as the connected routes and a default make it; ``local_addresses`` are the box's own."""
+        if dst in self.local_addresses:
+            return "local", 255, ipaddress.ip_network(dst)
+        default = ipaddress.ip_network("::/0" if dst.version == 6 else "0.0.0.0/0")
+        nets = [r.dst for r in self.connected_routes if r.dst.version == dst.version and dst in r.dst]
+        return "unicast", 254, max(nets, key=lambda n: n.prefixlen, default=default)
+
     def delete_route(self, route: Route) -> None:
         """Like the adapter: the route with this table, destination and protocol, if any."""
         self.calls.append(("delete_route", route))
@@ -328,6 +337,10 @@ class FakeKernel:
         for c in t.chains.values():
             out += [{"rule": {**base, "chain": c.name, "handle": self._next(), "expr": r}} for r in c.rules]
         return out
+
+    def nft_counters(self) -> dict[str, tuple[int, int]] | None:
+        t = self.tables.get("wanlb")
+        return None if t is None else {name: (packets, nbytes) for name, (packets, nbytes) in t.counters.items()}
 
     def nft_apply(self, transaction: str) -> None:
         """Atomically apply ``transaction``; raise NftError (changing nothing) on any refused line."""

@@ -298,6 +298,33 @@ class Api:
         ) -> dict[str, Any]:
             return await self._connections(isp, proto, src, dst, limit)
 
+        @app.get(
+            "/api/v1/explain",
+            summary="Which ISP a NEW connection would take now, and why (`wanlb explain`)",
+            dependencies=[read],
+            responses={
+                400: {"description": "Bad flow, or a name the daemon does not resolve"},
+                503: {"description": "The kernel did not answer"},
+            },
+        )
+        async def explain(
+            source: str = Query(alias="from", max_length=commands.MAX_ENDPOINT, description="IP[:PORT]"),
+            to: str = Query(max_length=commands.MAX_ENDPOINT, description="IP|NAME[:PORT] ([IPv6]:PORT)"),
+            proto: str = Query("tcp", max_length=16),
+            iif: str | None = Query(None, max_length=16, description="Default: the first LAN interface"),
+            dscp: str = Query("cs0", max_length=8),
+            mac: str | None = Query(None, max_length=17, description="The client's MAC address"),
+        ) -> dict[str, Any]:
+            try:
+                command = commands.explain_between(source, to, proto, iif, dscp, mac)
+            except commands.BadRequest as exc:
+                raise HTTPException(400, str(exc)) from None
+            reply = await port.submit(command)
+            if not reply.get("ok"):
+                error = str(reply.get("error", "refused"))
+                raise HTTPException(400 if error.startswith("bad request") else 503, error)
+            return reply
+
         @app.get("/api/v1/stream", summary="Server-Sent Events: events, reloads, stats every second",
                  dependencies=[read], response_class=StreamingResponse,
                  responses={200: {"content": {"text/event-stream": {}}}, 400: {"description": "Bad Last-Event-ID"},
@@ -337,6 +364,12 @@ class Api:
                   responses={404: {"description": "No such ISP"}, 409: {"description": "Not applied"}})  # fmt: skip
         async def enable(name: str) -> dict[str, Any]:
             return _answer(await port.submit(commands.Enable(name)))
+
+        @app.post("/api/v1/isps/{name}/quota/reset", summary="Start an ISP's data quota count again",
+                  dependencies=[write], responses={404: {"description": "No such ISP"},
+                                                   409: {"description": "No quota, or not applied"}})  # fmt: skip
+        async def quota_reset(name: str) -> dict[str, Any]:
+            return _answer(await port.submit(commands.QuotaReset(name)))
 
         @app.post("/api/v1/reload", summary="Reload the config file", dependencies=[write],
                   responses={409: {"description": "Refused or not applied"}})  # fmt: skip
@@ -424,7 +457,7 @@ class Api:
 
         def dump() -> tuple[list[dict[str, Any]], bool]:
             out, more = [], False
-            own = own_addresses()
+            own = own_addresses() | self.port.peer_addresses()  # (an HA peer's sync traffic is no LAN client)
             with Conntrack() as ct:
                 for entry in ct.dump(flt):
                     if len(out) == limit:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from wanlb.config import Config
     from wanlb.top import Rates
-    from wanlb.view import Domain, DomainSide, Isp, Status
+    from wanlb.view import Domain, DomainSide, Isp, Schedule, Status
 
 # Heavy modules (rich, pydantic via wanlb.config, yaml, the lab) are imported inside the
 # commands that use them: `wanlb conntrack …` is timed against conntrack-tools and
@@ -119,6 +119,7 @@ LAZY_COMMANDS = {
         "wanlb.lab.cli:lab",
         'Network-namespace lab: clients, the gateway, ISP routers and an "internet" on this machine.',
     ),
+    "quota": ("wanlb.quota_cli:quota", "Data quotas per ISP: what each counted this cycle, and a manual reset."),
 }
 
 
@@ -145,6 +146,15 @@ def domain_line(d: Domain) -> str:
     return (addrs or "none yet") + (f" ({'; '.join(problems)})" if problems else "")
 
 
+def schedule_text(schedule: Schedule) -> str:
+    """``on until Mon 18:00`` / ``off until Tue 08:00`` (this machine's local time), or ``on``/``off`` for good."""
+    state = "on" if schedule.active else "off"
+    if schedule.changes_at is None:
+        return state
+    at = time.localtime(schedule.changes_at)
+    return f"{state} until {time.strftime('%a %H:%M:%S' if at.tm_sec else '%a %H:%M', at)}"
+
+
 def uplink_line(isp: Isp) -> str:
     """``isp1 wan1 100.64.1.2/24 → 100.64.1.1 (default via 100.64.1.1 dev wan1 proto dhcp metric 1003)``, what
     its uplink misses if anything, and its IPv6 next hop: where each ISP's traffic goes and why."""
@@ -168,6 +178,19 @@ def status_width(wide: bool, columns: str | None, terminal: int | None) -> int:
     if columns is not None and columns.isdigit() and int(columns) > 0:
         return min(int(columns), WIDE)
     return min(terminal, WIDE) if terminal else STATUS_WIDTH
+
+
+def _probe_cost(isp: Isp) -> str:
+    """What the ISP's probes cost per day at their rate now (``3.8M``), and the rate if sparser (a standby
+    ISP nobody uses: ``271k @30s``)."""
+    from wanlb.top import human_bytes
+
+    health = isp.health
+    if not health.monitored:
+        return "-"
+    cost = human_bytes(health.probe_bytes_per_day)
+    sparse = health.probe_interval_seconds > health.interval_seconds
+    return f"{cost} @{health.probe_interval_seconds:g}s" if sparse else cost
 
 
 def status_report(status: Status, rated: Rates | None, width: int) -> list[RenderableType]:
@@ -217,6 +240,8 @@ def status_report(status: Status, rated: Rates | None, width: int) -> list[Rende
         Column("new", tuple("-" if isp.new_connections is None else str(isp.new_connections) for isp in isps), 9),
         Column("rx", tuple(human_bytes(isp.bytes_rx) for isp in isps), 7),
         Column("tx", tuple(human_bytes(isp.bytes_tx) for isp in isps), 8),
+        Column("probes/day", tuple(_probe_cost(isp) for isp in isps), 13, "left"),
+        *([Column("quota", tuple(map(top.quota_text, isps)), 6, "left")] if any(i.quota for i in isps) else []),
     ]
     if rated:
         per = [rated.isps.get(isp.name) for isp in isps]
@@ -246,17 +271,24 @@ def status_report(status: Status, rated: Rates | None, width: int) -> list[Rende
     if drains:
         out.append("drains:")
         out += [row for line in drains for row in wrap(line, width, indent=2)]
+    quotas = [line for isp in isps if (line := top.quota_line(isp, time.time()))]
+    if quotas:
+        out.append("quotas:")
+        out += [row for line in quotas for row in wrap(line, width, indent=2)]
     for p in status.policies:
         if p.name == "default" and p.algorithm == "weighted":
             continue
         using = ", ".join(f"{isp}×{w}" for isp, w in p.active.items()) or "no usable member"
-        out += wrap(f"policy {p.name}: {p.algorithm}{', sticky' if p.sticky else ''}: {using}", width)
+        when = f" ({schedule_text(p.schedule)}: {p.schedule.when})" if p.schedule is not None else ""
+        out += wrap(f"policy {p.name}: {p.algorithm}{', sticky' if p.sticky else ''}: {using}{when}", width)
     if status.rules:
         rules = status.rules
         rule_columns = [
             Column("rule", tuple(r.name for r in rules), justify="left"),
             Column("target", tuple(r.target for r in rules), justify="left", cap=top.STATE_CAP),
             Column("hits", tuple("-" if r.hits is None else str(r.hits) for r in rules), justify="left"),
+            *([Column("schedule", tuple("" if r.schedule is None else schedule_text(r.schedule) for r in rules),
+                      justify="left")] if any(r.schedule is not None for r in rules) else []),
             *([Column("hits/s", tuple(human_count_rate(rated.rules.get(r.name)) for r in rules), justify="left")]
               if rated else []),
         ]  # fmt: skip
@@ -380,6 +412,7 @@ def render(config_path: str, nft_only: bool) -> None:
     from wanlb.nftsync import full_text
     from wanlb.reconcile import plan_from, read_snapshot
     from wanlb.render import render as do_render
+    from wanlb.schedule import inactive
 
     cfg = _load(config_path)
     state, _ = _allocation(cfg)
@@ -388,7 +421,7 @@ def render(config_path: str, nft_only: bool) -> None:
         snapshot = read_snapshot(kernel, cfg, state.protocols)
     finally:
         kernel.close()
-    rendered = do_render(plan_from(cfg, state, snapshot))
+    rendered = do_render(plan_from(cfg, state, snapshot, inactive=inactive(cfg, time.time())))  # schedules: now
     click.echo(full_text(rendered.nft) if nft_only else rendered.describe(), nl=False)
 
 
@@ -491,10 +524,10 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
 
     Traffic is the totals of the ISP's nft counters (new connections, bytes in and out); --rates adds
     their rate over one second.  Then an HA node's role, its helpers and its peer (split brain, configs that
-    differ: docs/ha.md), the policies (algorithm and the ISPs in use), the rules with their hits (NEW
-    packets matched), the resolved destination domains, and recent events.  It fits the terminal
-    (COLUMNS, or 80 on a pipe): the columns that do not fit are listed under the table.  `wanlb top` shows
-    the same live.
+    differ: docs/ha.md), the data quotas (used, limit, cycle), the policies (algorithm and the ISPs in use),
+    the rules with their hits (NEW packets matched), the resolved destination domains, and recent events.
+    It fits the terminal (COLUMNS, or 80 on a pipe): the columns that do not fit are listed under the table.
+    `wanlb top` shows the same live.
     """
     from rich.console import Console
 
@@ -518,6 +551,75 @@ def status(config_path: str, socket_path: str | None, as_json: bool, rates: bool
     console = Console(width=WIDE)  # the report is fitted to `width` already: rich must not squeeze it again
     for part in status_report(from_json(Status, reply), rated, width):
         console.print(part, markup=False)
+
+
+@main.command()
+@config_option
+@socket_option
+@click.option(
+    "--from", "source", required=True, metavar="IP[:PORT]", help="The LAN client (with a port: its source port)."
+)
+@click.option(
+    "--to",
+    "destination",
+    required=True,
+    metavar="IP|NAME[:PORT]",
+    help="The destination: an address ([IPv6]:PORT with a port) or a rule's destination domain, taken "
+    "as the daemon resolved it (one answer per address).",
+)
+@click.option("--proto", default="tcp", show_default=True, metavar="tcp|udp|icmp|…", help="By name or number.")
+@click.option("--iif", metavar="IFACE", help="The interface it arrives on (default: the first of lan.interfaces).")
+@click.option("--dscp", default="cs0", show_default=True, metavar="NAME|0..63", help="Its DSCP (ef, af41, 46 …).")
+@click.option("--mac", metavar="MAC", help="The client's MAC address (for rules with src_mac).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON (fields: docs/operations.md).")
+def explain(
+    config_path: str, socket_path: str | None, source: str, destination: str, proto: str, iif: str | None,
+    dscp: str, mac: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Which ISP a NEW connection would take now, and why.
+
+    The running daemon walks the flow through the ruleset the kernel holds, with the sticky and domain sets
+    as they are now: the rule that matches (first match wins), the policy, its algorithm, tier and
+    candidates, and the ISP — exact for hash, for a client a sticky set holds and for a policy with one ISP
+    in use; weighted (a round-robin counter in the kernel) names the ISPs it picks among, with their weights.
+    Also a bypass, a drop, the gateway itself, or the last resort when no ISP is usable.
+
+    \b
+    wanlb explain --from 192.168.1.10:5000 --to 1.2.3.4:443
+    wanlb explain --from 192.168.1.10 --to video.example.com:443 --json
+    """
+    from wanlb.commands import BadRequest, explain_between, message
+
+    try:
+        request = message(explain_between(source, destination, proto, iif, dscp, mac))
+    except BadRequest as exc:
+        raise click.BadParameter(str(exc).removeprefix("bad request: ")) from None
+    reply = ask_daemon(resolve_socket(socket_path, config_path), request)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    for line in explain_report(reply):
+        click.echo(line)
+
+
+def explain_report(reply: dict[str, Any]) -> list[str]:
+    """``explain``'s answer for a person: per destination address the flow, the verdict, the route, the steps."""
+    from wanlb.flow_explain import Decision
+    from wanlb.view import from_json
+
+    decisions = [from_json(Decision, d) for d in reply["decisions"]]
+    out = [f"{reply['name']}: {len(decisions)} address(es), as the daemon resolved it"] if reply.get("name") else []
+    for d in decisions:
+        f = d.flow
+        src = f"[{f.src}]" if f.family == 6 and f.sport else f.src
+        dst = f"[{f.dst}]" if f.family == 6 and f.dport else f.dst
+        extra = "".join(f" ({what} {v})" for what, v in (("dscp", f.dscp), ("from MAC", f.src_mac)) if v)
+        out.append(f"{f.proto} {src}{f':{f.sport}' if f.sport else ''} → {dst}{f':{f.dport}' if f.dport else ''} "
+                   f"arriving on {f.iif}{extra}")  # fmt: skip
+        out.append(f"  {d.summary}")
+        out.append(f"  route: {d.route}")
+        out += [f"    {step}" for step in d.steps]
+    return out
 
 
 @main.command()

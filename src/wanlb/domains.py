@@ -548,6 +548,16 @@ class DomainSets:
     def status(self) -> dict[str, dict[str, Any]]:
         return self._running[0].status() if self._running else {}
 
+    def addresses(self, name: str) -> tuple[Address, ...] | None:
+        """The last good addresses (IPv4 first) of ``name`` if it is a destination domain the daemon resolves,
+        else None: ``wanlb explain --to NAME`` answers from what the rules use, never from a query of its own."""
+        try:
+            canonical = validate_name(name)
+        except ValueError:
+            return None
+        watcher = self._running[0] if self._running else None
+        return watcher.addresses(canonical) if watcher is not None and canonical in watcher.names else None
+
     def stop(self) -> None:
         if self._running is not None:
             self._running[1].cancel()

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from wanlb import quota
 from wanlb.config import Config, IspConfig
 from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transition
 from wanlb.policy import adjust, policies, shares_differ
@@ -133,6 +134,9 @@ class Fleet:
         self._addresses: dict[str, tuple[str, ...]] = {}  # ISP -> the last addresses its WAN had
         self.adjusted: dict[str, dict[str, int]] = {}  # least-conn / latency: the weights in force, per policy
         self.failback: dict[str, float] = {}  # ISP -> when its failback hold-down ends (monotonic)
+        self.suspects: dict[str, tuple[float, str]] = {}  # ISP -> since when and why passive detection suspects it
+        self.false_alarms = 0  # suspicions a probe round cleared
+        self.quotas: dict[str, quota.Usage] = {}  # ISP -> its data quota's count this cycle (isps[].quota)
         for isp in config.isps:
             for family in FAMILIES:
                 self._new_machine(isp, IspStatus.UP, now, wall, family)
@@ -150,10 +154,24 @@ class Fleet:
         a last choice that takes NEW connections only while no other ISP is up (it has not yet proved itself
         for ``failover.failback_after``; with nothing else up there is nothing to hold it back for)."""
         out = self.statuses(family)
-        for name in self.failback:
+        for name in (*self.failback, *self.suspects):  # (a suspect likewise, until its probe round has said)
             if out.get(name) == IspStatus.UP:
                 out[name] = IspStatus.DEGRADED
-        return out
+        return quota.held_back(self.config, self.quotas, out)  # an ISP over its data quota, as at_limit says
+
+    def probe_interval(self, name: str, family: Family = 4) -> float:
+        """How often the ISP's probes of ``family`` run now: its ``interval``, or for a ``standby`` ISP that no
+        policy uses (a better tier carries the traffic) its ``standby_interval``.  Asked by the monitor at
+        every tick of its full interval, so the full rate is back within one interval of being needed."""
+        isp = self.config.isp(name)
+        health = isp.health
+        if not isp.standby or name in self._in_use(self.balancing(family)):
+            return health.interval
+        return max(health.interval, health.standby_interval)
+
+    def _in_use(self, statuses: Mapping[str, IspStatus]) -> set[str]:
+        """The ISPs some policy gives NEW connections to under these (balancing) statuses."""
+        return {isp for p in policies(self.config, statuses) for isp, _ in p.active}
 
     def own_ipv6(self, name: str) -> bool:
         """Whether the ISP's IPv6 has a health of its own (IPv6 targets)."""
@@ -199,11 +217,33 @@ class Fleet:
         if machine is None:  # a round that finished after its ISP (or its IPv6 targets) was removed by a reload
             return []
         t = machine.round(now, ok, latency, loss)
+        # A round that answered clears a suspicion, if it was sent after it (not one in flight since before).
+        since = self.suspects.get(name, (now, ""))[0]
+        cleared = self._clear_suspicion(name, wall) if family == 4 and ok and now - (latency or 0) >= since else []
         if t is None:
-            return self.expire_failbacks(now, wall)
+            return cleared + self.expire_failbacks(now, wall)
         if errors and not ok:
             t = replace(t, reason=f"{t.reason}: {errors}")
-        return self._changed(name, t, t.new.value, wall, family) + self.expire_failbacks(now, wall)
+        return cleared + self._changed(name, t, t.new.value, wall, family) + self.expire_failbacks(now, wall)
+
+    def suspect(self, name: str, why: str, now: float, wall: float) -> list[Effect]:
+        """Passive detection (wanlb.health.passive) says the ISP's new connections go unanswered: out of
+        balancing now, as a last choice, until a probe round answers (a false alarm: back at once) or its
+        machine declares it down.  The daemon has it probed at once."""
+        machine = self.machines[4].get(name)
+        if machine is None or machine.status != IspStatus.UP or name in self.suspects or not self.probed(name):
+            return []  # (an ISP nobody probes could never be cleared: it is not suspected)
+        self.suspects[name] = (now, why)
+        isp = self.config.isp(name)
+        return [Reconcile(f"{name} suspected"), self._emit(name, "suspected", "up", "up", why, isp.interface, wall)]
+
+    def _clear_suspicion(self, name: str, wall: float) -> list[Effect]:
+        if self.suspects.pop(name, None) is None:
+            return []
+        self.false_alarms += 1
+        why = "a probe round answered: back in balancing (a false alarm)"
+        interface = self.config.isp(name).interface
+        return [Reconcile(f"{name} cleared"), self._emit(name, "cleared", "up", "up", why, interface, wall)]
 
     def link(self, interface: str, usable: bool, now: float, wall: float) -> list[Effect]:
         """A link event: a WAN that went down is DOWN at once (the fast path of a failover); anything
@@ -323,6 +363,7 @@ class Fleet:
             self.machines[6].pop(name, None)
             self.since.pop(name, None)
             self.failback.pop(name, None)
+            self.suspects.pop(name, None)
             self.drains.pop(name, None)  # (a replaced ISP starts undrained, as its state does)
             self._uplinks.pop(name, None)  # (a replaced ISP may have another interface: observed afresh)
             self._hops.pop((name, 4), None)
@@ -374,6 +415,35 @@ class Fleet:
         self.adjusted = fresh
         weights = "; ".join(f"{p}: {dict(w)}" for p, w in fresh.items())
         return [Reconcile(f"weights adjusted ({', '.join(changed) or 'policies changed'}): {weights}")]
+
+    def restore_quotas(self, usages: Mapping[str, quota.Usage]) -> None:
+        """The data quotas' counts as the last run left them (before the first reconcile: an ISP over its quota
+        stays out of balancing across a restart)."""
+        self.quotas = dict(usages)
+
+    def count_quotas(self, readings: Mapping[str, tuple[int, int]], wall: float) -> list[Effect]:
+        """A reading of the WAN counters (ISP → bytes in, bytes out): the quotas count, start new cycles and
+        tell their thresholds (:func:`wanlb.quota.step`); an event each, and a reconcile first when what the
+        planner balances by changed (an ISP reached its limit, or a new cycle or a reload freed it)."""
+        before = (self.balancing(4), self.balancing(6))
+        self.quotas, told = quota.step_all(self.config, self.quotas, readings, wall)
+        effects: list[Effect] = [] if (self.balancing(4), self.balancing(6)) == before else [Reconcile("quota")]
+        return effects + [self._quota_event(name, notice, wall) for name, notice in told]
+
+    def reset_quota(self, name: str, wall: float) -> tuple[str, list[Effect]]:
+        """``wanlb quota reset``: the ISP's count starts again (KeyError: no such ISP; ValueError: no quota)."""
+        self._machine(name)
+        q = self.config.isp(name).quota
+        if q is None:
+            raise ValueError(f"{name} has no quota (isps[].quota)")
+        before = (self.balancing(4), self.balancing(6))
+        self.quotas[name], notice = quota.reset(q, self.quotas.get(name), wall)
+        effects: list[Effect] = [] if (self.balancing(4), self.balancing(6)) == before else [Reconcile("quota reset")]
+        return f"{name}: quota count reset", [*effects, self._quota_event(name, notice, wall)]
+
+    def _quota_event(self, name: str, notice: quota.Notice, wall: float) -> Emit:
+        status = self.machines[4][name].status.value  # (no transition: the ISP's state stays)
+        return self._emit(name, notice.event, status, status, notice.reason, self.config.isp(name).interface, wall)
 
     def flush_asked(self, name: str) -> Flush:
         """An operator asks for an ISP's connections to be deleted (``wanlb conntrack delete --isp``): its
@@ -506,6 +576,7 @@ class Fleet:
         if family == 4:
             self.since[name] = wall
             self._hold_failback(name, t, event)
+            self.suspects.pop(name, None)  # its machine has spoken (down, or up again)
         sticky = self.config.balance.sticky or any(p.sticky for p in self.config.policies.values())
         if sticky and not t.new.usable:
             effects.append(ClearSticky(name, scope))
@@ -554,13 +625,8 @@ class Fleet:
     def _move_back(self, name: str, before: Mapping[str, IspStatus]) -> list[Effect]:
         """Flush the ISPs of a worse tier that this recovery (or hold-down's end) takes out of use (they
         carried its traffic); ``before``: the balancing statuses before it."""
-        now = self.balancing()
-
-        def in_use(statuses: Mapping[str, IspStatus]) -> set[str]:
-            return {isp for p in policies(self.config, statuses) for isp, _ in p.active}
-
         tier = self.config.isp(name).tier
-        leaving = in_use(before) - in_use(now)
+        leaving = self._in_use(before) - self._in_use(self.balancing())
         return [
             Flush(i.name, self.state.isps[i.name].mark, self.config.mark_mask, f"{name} recovered (move-lower-tier)")
             for i in self.config.isps

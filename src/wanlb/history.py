@@ -52,7 +52,7 @@ class EventLog:
     ) -> EventView:
         """One event handled: ``decided`` when the fleet decided it, ``applied`` when the kernel had the
         change, ``now`` (wall times)."""
-        level = logging.WARNING if event.event in ("down", "removed", "replaced") else logging.INFO
+        level = logging.WARNING if event.event in ("down", "removed", "replaced", "quota-limit") else logging.INFO
         tag = str(event.family) if event.family else ""  # the wire's "4", "6" or "" (both)
         family = f" IPv{event.family}" if event.family else ""
         if event.old is not None and event.old != event.status:  # a transition: from → to, as status shows it
@@ -62,7 +62,9 @@ class EventLog:
             log.log(level, "isp %s%s %s (%s): %s", event.isp, family, event.event, event.status, event.reason)
         if event.event == "role":  # this HA node's role, not an ISP's state
             self.metrics.roles.labels(event.status).inc()
-        elif event.status != event.old:
+        elif event.event in ("suspected", "cleared"):  # passive detection: the state stays "up"
+            self.metrics.suspicions.labels(event.isp, event.event).inc()
+        elif event.isp and event.status != event.old:  # (the HA pair's own events have no ISP)
             self.metrics.transitions.labels(event.isp, family_label(event.family), event.status).inc()
         if event.isp and event.status in ("down", "disabled") and event.old in ("up", "degraded"):
             self.metrics.failovers.labels(event.isp, family_label(event.family)).inc()

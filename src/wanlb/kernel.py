@@ -8,6 +8,7 @@ root; the real-kernel tests in the lab still cover the adapters.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -46,8 +47,14 @@ class Kernel(Protocol):
 
     def delete_route(self, route: Route) -> None: ...
 
+    def route_lookup(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> routing.Lookup:
+        """The kernel's route for an unmarked packet to ``dst``: (type, table, prefix) (``wanlb explain``)."""
+
     def nft_read(self) -> Sequence[Any] | None:
         """``nft -j list table inet wanlb`` (the ``nftables`` array), or None when the table is missing."""
+
+    def nft_counters(self) -> dict[str, tuple[int, int]] | None:
+        """Our table's named counters alone, name → (packets, bytes); None when the table is missing."""
 
     def nft_generation(self) -> int | None:
         """The ruleset generation (changes with every committed transaction), None if unknown."""
@@ -85,6 +92,7 @@ class LinuxKernel:
         self._ct_lock = threading.Lock()
         self._ipr: IPRoute | None = None
         self._ipr_lock = threading.Lock()
+        self._counters_lock = threading.Lock()  # the counters' netlink socket: passive detection and the quotas
 
     def close(self) -> None:
         self._ct.close()
@@ -139,8 +147,16 @@ class LinuxKernel:
         with self._rtnl() as ipr:
             routing.delete_route(ipr, route)
 
+    def route_lookup(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> routing.Lookup:
+        with self._rtnl() as ipr:
+            return routing.lookup(ipr, dst)
+
     def nft_read(self) -> Sequence[Any] | None:
         return nft.table_json()
+
+    def nft_counters(self) -> dict[str, tuple[int, int]] | None:
+        with self._counters_lock:  # (one socket, kept open: the loop and a worker thread both read it)
+            return nft.counters()
 
     def nft_generation(self) -> int | None:
         return nft.generation()

@@ -71,6 +71,10 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("wanlb_reloads", "Configuration reloads, by result.", ["result"], registry=self.registry)
+        self.suspicions = Counter(
+            "wanlb_isp_suspicions", "Passive detection: ISPs suspected, and suspicions a probe round cleared.",
+            ["isp", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self._state = _StateCollector()
         self.registry.register(self._state)
 
@@ -131,6 +135,7 @@ class _StateCollector(Collector):
                 if isp.ipv6.health is not None and isp.ipv6.health.monitored:
                     loss.add_metric([name, "6"], isp.ipv6.health.loss_percent / 100)
         yield from (up, state, info, weight, share, connections, new, traffic, loss, up6)
+        yield from _quota_metrics(status)
         table = status.conntrack
         if table.entries is not None:
             yield GaugeMetricFamily("wanlb_conntrack_entries", "Entries in the conntrack table.", table.entries)
@@ -161,3 +166,22 @@ class _StateCollector(Collector):
         for rule in status.rules:
             hits.add_metric([rule.name], rule.hits or 0)
         yield hits
+
+
+def _quota_metrics(status: Status) -> Iterator[Metric]:
+    """The data quotas (ISPs with ``isps[].quota``): the count this cycle, the limit, whether it is reached and
+    when the cycle ends (a count's rate against the time left says whether it will be)."""
+    used = GaugeMetricFamily("wanlb_isp_quota_used_bytes", "Bytes counted against the ISP's data quota this "
+                             "cycle (its WAN, both directions, its probes included).", labels=["isp"])  # fmt: skip
+    limit = GaugeMetricFamily("wanlb_isp_quota_limit_bytes", "The ISP's data quota per cycle.", labels=["isp"])
+    exceeded = GaugeMetricFamily("wanlb_isp_quota_exceeded", "1 while the count has reached the quota (the ISP is "
+                                 "held back from balancing as its at_limit says).", labels=["isp"])  # fmt: skip
+    end = GaugeMetricFamily("wanlb_isp_quota_cycle_end_seconds", "When the quota's cycle ends and the count starts "
+                            "again (Unix time).", labels=["isp"])  # fmt: skip
+    for isp in status.isps:
+        if isp.quota is not None:
+            used.add_metric([isp.name], isp.quota.used_bytes)
+            limit.add_metric([isp.name], isp.quota.limit_bytes)
+            exceeded.add_metric([isp.name], 1.0 if isp.quota.exceeded else 0.0)
+            end.add_metric([isp.name], isp.quota.cycle_end)
+    yield from (used, limit, exceeded, end)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from wanlb.config import Config, RuleConfig
 from wanlb.policy import Adjusted, PolicyPlan, policies
 from wanlb.runtime import Retired, RuntimeState, mark_shift
+from wanlb.schedule import ALL_ON, Inactive
 from wanlb.states import IspStatus
 from wanlb.uplink import ConnectedRoute, Interface, Uplink, assumed
 
@@ -54,7 +55,8 @@ class Desired:
     rule_priority: int
     route_protocol: int
     policies: tuple[PolicyPlan, ...] = ()  # the default policy (chain "balance") first
-    rules: tuple[RuleConfig, ...] = ()
+    rules: tuple[RuleConfig, ...] = ()  # every rule, in config order (``inactive.rules`` are skipped)
+    inactive: Inactive = ALL_ON  # what the schedules switch off now: those rules take no place in from_lan
     helpers: tuple[str, ...] = ()
     lan_nets: tuple[ipaddress.IPv4Network, ...] = ()  # connected LAN networks: never leave a WAN unNATed
     retired: tuple[Retired, ...] = ()  # marks of removed ISPs: their packets are dropped until flushed
@@ -64,6 +66,7 @@ class Desired:
     policies6: tuple[PolicyPlan, ...] = ()  # the same policies for NEW IPv6 connections (chains "<chain>_6")
     ha: bool = False  # one node of an HA pair: its own traffic keeps its own address beside the VIP SNAT
     ha_guard: bool = False  # ... and NEW TCP must start with a SYN (ha.takeover_guard)
+    passive: bool = False  # per ISP, count NEW TCP connections and SYN-ACKs (failover.passive)
 
     @property
     def ipv6(self) -> bool:
@@ -106,6 +109,7 @@ def plan(
     statuses6: Mapping[str, IspStatus] | None = None,
     uplinks: Mapping[str, Uplink] | None = None,
     interfaces: Mapping[str, Interface] | None = None,
+    inactive: Inactive = ALL_ON,
 ) -> Desired:
     """Compute the desired state.  ISPs missing from ``statuses`` count as UP.
 
@@ -116,6 +120,9 @@ def plan(
     address lifetimes tell a new delegated prefix from an old one that is running out (``prefix_from``).
 
     ``adjusted``: the daemon's current weights per dynamic algorithm (``least-conn``, ``latency``).
+
+    ``inactive``: the rules and policies the schedules switch off now (:func:`wanlb.schedule.inactive`, the
+    clock read by the caller); by default everything is in effect.
 
     ``state`` must hold a slot for every ISP of ``config`` (see :func:`wanlb.runtime.allocate`).
     """
@@ -166,6 +173,7 @@ def plan(
         route_protocol=config.routing.protocol,
         policies=planned,
         rules=config.rules,
+        inactive=inactive,
         helpers=tuple(dict.fromkeys(config.helpers)),
         lan_nets=tuple(sorted({r.dst for r in connected if r.dst.version == 4 and r.dev in config.lan.interfaces})),  # type: ignore[arg-type]
         retired=state.retired,
@@ -175,6 +183,7 @@ def plan(
         policies6=planned6,
         ha=config.ha is not None,
         ha_guard=config.ha is not None and config.ha.takeover_guard,
+        passive=config.failover.passive.enabled,
     )
 
 

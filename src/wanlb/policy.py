@@ -52,6 +52,7 @@ class PolicyPlan:
     hash_fields: tuple[str, ...] = ()
     sticky: StickyConfig | None = None
     on_unavailable: str = "default"
+    tier: int | None = None  # the tier in use (the best with a usable member); None while none is usable
 
 
 def best_members(members: Sequence[Member], usable: Mapping[str, str]) -> tuple[list[Member], list[Member]]:
@@ -145,6 +146,7 @@ def plan_policy(
         hash_fields=hash_fields,
         sticky=sticky,
         on_unavailable=on_unavailable,
+        tier=live[0].tier if live else None,
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wanlb import nftsync
+from wanlb import nftsync, schedule
 from wanlb.config import Config
 from wanlb.kernel import Kernel
 from wanlb.plan import Desired, plan
@@ -65,11 +65,13 @@ def plan_from(
     statuses: Mapping[str, IspStatus] | None = None,
     adjusted: Adjusted | None = None,
     statuses6: Mapping[str, IspStatus] | None = None,
+    inactive: schedule.Inactive = schedule.ALL_ON,
 ) -> Desired:
     """:func:`wanlb.plan.plan` with everything a routing snapshot tells: connected networks, each ISP's
-    uplink, the interfaces' addresses."""
+    uplink, the interfaces' addresses; ``inactive``: what the schedules switch off (by default nothing)."""
     seen = uplinks(config, snapshot)
-    return plan(config, state, statuses, snapshot.connected, adjusted, statuses6, seen, snapshot.interfaces)
+    interfaces = snapshot.interfaces
+    return plan(config, state, statuses, snapshot.connected, adjusted, statuses6, seen, interfaces, inactive=inactive)
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,10 @@ class Reconciler:
         statuses: Mapping[str, IspStatus],
         adjusted: Adjusted | None = None,
         statuses6: Mapping[str, IspStatus] | None = None,
+        wall: float | None = None,
     ) -> ReconcileResult:
-        """Converge to ``config`` with the allocation in ``state`` and these statuses.
+        """Converge to ``config`` with the allocation in ``state`` and these statuses, its schedules as they
+        stand at ``wall`` (Unix time; None: now).
 
         When the routing wanted is what the last pass wanted and no ISP joins
         balancing (a failover, a weight change), the nft transaction goes first —
@@ -148,7 +152,8 @@ class Reconciler:
         kernel = self.kernel
         protocols = set(state.protocols)
         snapshot = read_snapshot(kernel, config, protocols)
-        desired = plan_from(config, state, snapshot, statuses, adjusted, statuses6)
+        inactive = schedule.inactive(config, time.time() if wall is None else wall)
+        desired = plan_from(config, state, snapshot, statuses, adjusted, statuses6, inactive)
         rendered = render(desired)
         changes: list[str] = []
         failures: list[str] = []

@@ -293,15 +293,20 @@ def _rule_verdict_dual(rule: RuleConfig) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(rules: tuple[RuleConfig, ...], domain_timeout: int, ipv6: bool = False) -> CompiledRules:
-    """The rules compiled once per config (models are immutable): every resync and verify renders them."""
-    return compile_rules(rules, _rule_verdict_dual if ipv6 else _rule_verdict, domain_timeout)
+def _compiled(
+    rules: tuple[RuleConfig, ...], domain_timeout: int, ipv6: bool = False, inactive: frozenset[str] = frozenset()
+) -> CompiledRules:
+    """The rules compiled once per config and schedule state (models are immutable): every resync and verify
+    renders them."""
+    return compile_rules(rules, _rule_verdict_dual if ipv6 else _rule_verdict, domain_timeout, inactive=inactive)
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled6(rules: tuple[RuleConfig, ...], domain_timeout: int) -> CompiledRules:
+def _compiled6(
+    rules: tuple[RuleConfig, ...], domain_timeout: int, inactive: frozenset[str] = frozenset()
+) -> CompiledRules:
     """The IPv6 lookups of the rules (and their maps and IPv6 domain sets), for ``from_lan6``."""
-    return compile_rules(rules, _rule_verdict_dual, domain_timeout, family=6)
+    return compile_rules(rules, _rule_verdict_dual, domain_timeout, family=6, inactive=inactive)
 
 
 def rule_lookups(rules: tuple[RuleConfig, ...]) -> tuple[int, int]:
@@ -380,6 +385,8 @@ def render_nft(desired: Desired) -> Table:
     objects: list[Object] = [Counter("invalid_dropped"), Counter("leak_dropped")]
     for isp in desired.isps:
         objects += [Counter(f"isp_{isp.name}_rx"), Counter(f"isp_{isp.name}_tx"), Counter(f"isp_{isp.name}_new")]
+        if desired.passive:  # the passive detector's evidence (wanlb.health.passive)
+            objects += [Counter(f"isp_{isp.name}_syn"), Counter(f"isp_{isp.name}_synack")]
     objects += _helper_objects(desired)
     objects.append(Set(CLIENTS_SET, "ipv4_addr", ("dynamic", "timeout"), None, timeout=CLIENTS_TIMEOUT, size=65535))
     if desired.bypass:
@@ -396,6 +403,7 @@ def render_nft(desired: Desired) -> Table:
                 f"isp_{isp.name}",
                 (
                     f'counter name "isp_{isp.name}_new"',
+                    *([f'meta l4proto tcp counter name "isp_{isp.name}_syn"'] if desired.passive else []),
                     _set_isp_mark("meta", isp, mask),
                     _set_isp_mark("ct", isp, mask),
                 ),
@@ -405,10 +413,10 @@ def render_nft(desired: Desired) -> Table:
         objects += _policy_objects(desired, policy)
     for policy in desired.policies6:
         objects += _policy_objects(desired, policy, 6)
-    compiled = _compiled(desired.rules, desired.domain_timeout, desired.ipv6)
+    compiled = _compiled(desired.rules, desired.domain_timeout, desired.ipv6, desired.inactive.rules)
     objects += compiled.objects  # the rules' chains first: the maps' elements jump to them
     if desired.ipv6:
-        compiled6 = _compiled6(desired.rules, desired.domain_timeout)
+        compiled6 = _compiled6(desired.rules, desired.domain_timeout, desired.inactive.rules)
         objects += compiled6.objects
         objects += _ipv6_objects(desired, compiled6.lookups)
 
@@ -422,6 +430,9 @@ def render_nft(desired: Desired) -> Table:
     rx = ", ".join(f'"{i.interface}" : "isp_{i.name}_rx"' for i in desired.isps)
     families = "{ ipv4, ipv6 }" if desired.ipv6 else "ipv4"
     prerouting = [f"counter name iifname map {{ {rx} }}", f"meta nfproto != {families} return"]
+    if desired.passive:  # a SYN-ACK from a WAN: a NEW connection through it was answered
+        synack = ", ".join(f'"{i.interface}" : "isp_{i.name}_synack"' for i in desired.isps)
+        prerouting.append(f"tcp flags & (syn | ack) == syn | ack counter name iifname map {{ {synack} }}")
     if desired.ipv6:  # neighbour discovery, router advertisements, link-local and multicast: never marked
         prerouting += [
             "ip6 saddr fe80::/10 return",

@@ -5,8 +5,8 @@ the policy chain, ``return`` for bypass, ``drop``).  How ``from_lan`` reaches
 those chains is the point of this module:
 
 * Consecutive rules that match on the same kinds of fields among source,
-  destination, protocol and ports — with no negation, interface, DSCP or
-  domain — are merged into one verdict map keyed by the concatenation of those
+  destination, protocol and ports — with no negation, interface, source MAC,
+  DSCP or domain — are merged into one verdict map keyed by the concatenation of those
   fields (``ip saddr vmap @rules_3``), as long as no element of one rule
   overlaps an element of another; with a protocol, one map per protocol
   (``meta l4proto tcp ip saddr . th dport vmap @rules_4_tcp``).  500 source pins are
@@ -85,7 +85,8 @@ def domain_sets_text(
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _protos(rule: RuleConfig) -> list[int]:
+def rule_protocols(rule: RuleConfig) -> list[int]:
+    """The protocols a rule matches: its ``proto``, or TCP and UDP for ports without one; [] for any."""
     if rule.proto is not None:
         return [rule.proto]
     return [6, 17] if (rule.sport or rule.dport) else []
@@ -93,9 +94,9 @@ def _protos(rule: RuleConfig) -> list[int]:
 
 def _signature(rule: RuleConfig) -> tuple[str, ...] | None:
     """The fields a map for this rule would be keyed by, or None if it must stay a rule of its own."""
-    if rule.src_not or rule.dst_not or rule.dst_domains or rule.iif or rule.dscp:
+    if rule.src_not or rule.dst_not or rule.dst_domains or rule.iif or rule.dscp or rule.src_mac:
         return None
-    used = {"src": bool(rule.src), "dst": bool(rule.dst), "proto": bool(_protos(rule)),
+    used = {"src": bool(rule.src), "dst": bool(rule.dst), "proto": bool(rule_protocols(rule)),
             "sport": bool(rule.sport), "dport": bool(rule.dport)}  # fmt: skip
     sig = tuple(f for f, _, _ in FIELDS if used[f])
     return sig or None
@@ -140,7 +141,7 @@ def _values(rule: RuleConfig, field: str) -> list[Interval]:
         nets = ipaddress.collapse_addresses(getattr(rule, field))
         return _merge([_net_interval(n) for n in nets])
     if field == "proto":
-        return [(p, p) for p in _protos(rule)]
+        return [(p, p) for p in rule_protocols(rule)]
     return _merge(getattr(rule, field))
 
 
@@ -223,6 +224,8 @@ def _linear(rule: RuleConfig, family: int = 4) -> str:
 
     if rule.iif:
         parts.append("iifname { " + ", ".join(f'"{i}"' for i in rule.iif) + " }")
+    if rule.src_mac:  # (from_lan runs in prerouting only: a frame's Ethernet source is known there)
+        parts.append("ether saddr { " + ", ".join(sorted(set(rule.src_mac))) + " }")
     if rule.src:
         parts.append(f"{ip} saddr {nets(rule.src)}")
     if rule.src_not:
@@ -233,7 +236,7 @@ def _linear(rule: RuleConfig, family: int = 4) -> str:
         parts.append(f"{ip} daddr != {nets(rule.dst_not)}")
     if rule.dst_domains:
         parts.append(f"{ip} daddr @{domain_set(rule.name, family)}")
-    protos = _protos(rule)
+    protos = rule_protocols(rule)
     if len(protos) == 1:
         parts.append(f"meta l4proto {PROTO_NAMES.get(protos[0], protos[0])}")
     elif protos:
@@ -253,6 +256,7 @@ def compile_rules(
     verdict: Callable[[RuleConfig], str | tuple[str, ...]],
     domain_timeout: int = 3600,
     family: int = 4,
+    inactive: frozenset[str] = frozenset(),
 ) -> CompiledRules:
     """The objects and ``from_lan`` lookups for ``rules``; ``verdict(rule)`` is what its chain ends with
     (one statement, or several: one per address family).
@@ -262,6 +266,9 @@ def compile_rules(
     the rules' chains and counters are the IPv4 compile's.
 
     ``domain_timeout`` (seconds) is the default life of an element added to a ``dom_`` set without one.
+
+    ``inactive``: rules a schedule switches off now: they keep their chains, counters and sets (their hits and
+    resolved addresses survive) but take no place in the lookups.
     """
     objects: list[Object] = []
     lookups: list[str] = []
@@ -292,7 +299,7 @@ def compile_rules(
             name = domain_set(whole.name, family)
             objects.append(Set(name, kind, ("timeout",), None, timeout=domain_timeout))
         rule = for_family(whole, family)
-        if rule is None:  # nothing of it can match this family: it takes no place in its lookups
+        if rule is None or whole.name in inactive:  # nothing of it can match this family, or not now
             continue
         sig = _signature(rule)
         elems = _elements(rule, sig) if sig else None

@@ -372,15 +372,24 @@ def to_json(state: RuntimeState) -> dict[str, Any]:
 
 def save(path: Path, state: RuntimeState) -> None:
     """Write atomically (temp file + rename), root-only, into a directory only root can write."""
-    problem = state_dir_problem(path.parent)
-    if problem:
-        raise StateError(f"refusing to write runtime state in {path.parent}: {problem}")
+    try:
+        write_private(path, to_json(state))
+    except PermissionError as exc:
+        raise StateError(f"refusing to write runtime state in {path.parent}: {exc}") from None
+
+
+def write_private(path: Path, data: Any, durable: bool = False) -> None:
+    """``data`` as JSON, atomically (a temporary file, fsync, rename), root-only (0600), into a directory only
+    root can write (PermissionError otherwise); ``durable``: the directory fsynced too, so the file outlives a
+    power cut (the quota counts in /var/lib; /run does not outlive a boot anyway)."""
+    if problem := state_dir_problem(path.parent):
+        raise PermissionError(problem)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.write(fd, json.dumps(to_json(state), indent=1, sort_keys=True).encode())
+            os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -388,6 +397,12 @@ def save(path: Path, state: RuntimeState) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def remove(path: Path) -> None:

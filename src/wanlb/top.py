@@ -219,7 +219,7 @@ def event_line(ev: Event) -> str:
     family of an ISP with health per family names it (``isp1 IPv6 down …``)."""
     when = time.strftime("%H:%M:%S", time.localtime(ev.time))
     flushed = f", flushed {ev.flushed} connections" if ev.flushed is not None else ""
-    change = f"{ev.from_} → {ev.status}" if ev.from_ else ev.status
+    change = f"{ev.from_} → {ev.status}" if ev.from_ and ev.from_ != ev.status else ev.status
     family = f" IPv{ev.family}" if ev.family else ""
     line = f"{when} {ev.isp}{family} {ev.event} ({change}): {ev.reason}{flushed}"
     return line + (f" [apply failed: {ev.error}]" if ev.error else "")
@@ -278,9 +278,35 @@ def drain_line(isp: Isp, now: float) -> str | None:
 
 def standby_note(isp: Isp) -> str:
     """Why an up ISP takes no NEW connections: waiting to fail back (``failback in 42s``) or a worse tier."""
+    if isp.quota is not None and isp.quota.exceeded and isp.usable:  # its data quota reached (at_limit)
+        return " (over quota)" if not isp.active else " (over quota, in use)"
+    if isp.suspected is not None:
+        return " (suspected)"
     if isp.failback_seconds is not None:
         return f" (failback in {human_duration(isp.failback_seconds)})"
     return " (standby)" if isp.status == "up" and not isp.active else ""
+
+
+def quota_text(isp: Isp) -> str:
+    """``16% of 20.0 GiB`` (``-`` without a quota): the data quota's count this cycle, for a table cell."""
+    from wanlb.quota import size
+
+    q = isp.quota
+    return "-" if q is None else f"{q.percent:g}% of {size(q.limit_bytes)}"
+
+
+def quota_line(isp: Isp, now: float) -> str | None:
+    """``isp2: 3.2 GiB of 20.0 GiB (16%), monthly from day 5, ends 2024-07-05 00:00 (in 12d03h); at the limit:
+    standby``, or ``… REACHED, held back: standby`` (None without a quota): the quota in one line, for status."""
+    from wanlb.quota import size, when
+
+    q = isp.quota
+    if q is None:
+        return None
+    state = "REACHED, held back" if q.exceeded else "at the limit"
+    left = human_duration(q.cycle_end - now)
+    return (f"{isp.name}: {size(q.used_bytes)} of {size(q.limit_bytes)} ({q.percent:g}%), {q.cycle}, ends "
+            f"{when(q.cycle_end)} (in {left}); {state}: {q.at_limit}")  # fmt: skip
 
 
 def state_text(isp: Isp, now: float | None = None) -> Text:
@@ -509,6 +535,8 @@ def isp_table(model: TopModel, now_wall: float, width: int) -> Table:
         Column("interface", tuple(isp.interface for isp in isps), 8, "left"),
         Column("gateway", tuple(isp.gateway for isp in isps), 9, "left"),
     ]
+    if any(isp.quota is not None for isp in isps):  # the data quotas' counts this cycle
+        columns.append(Column("quota", tuple(quota_text(isp) for isp in isps), 5))
     return fit_table(columns, width, _table, wrap_from=6)[0]
 
 

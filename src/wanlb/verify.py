@@ -63,7 +63,8 @@ def verify(
     warnings = interface_warnings(config, kernel.links()) + uplink_warnings(config, seen, snapshot.connected)
     errors = []
     if check_nft:
-        # The statuses of both families: a policy whose members are all down renders another shape.
+        # The statuses of both families: a policy whose members are all down renders another shape. Every
+        # scheduled rule in effect (no clock): nft checks each rule's lookup, whatever the hour.
         desired = plan_from(config, allocation.state, snapshot, statuses, statuses6=statuses6)
         try:
             kernel.nft_check(nftsync.full_text(render(desired).nft, table=SCRATCH_TABLE))

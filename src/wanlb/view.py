@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from wanlb.config import Config, RuleConfig
     from wanlb.fleet import Fleet
     from wanlb.plan import Desired
+    from wanlb.states import IspStatus
 
 USABLE = frozenset({"up", "degraded"})
 
@@ -44,6 +45,8 @@ class Health:
     last_errors: Mapping[str, str] = field(default_factory=dict)
     # The probe timing in force (the ISP's ``health`` config), for the dashboard's configuration view:
     interval_seconds: float = 0.0
+    probe_interval_seconds: float = 0.0  # in force now: a standby ISP's standby_interval while it is not in use
+    probe_bytes_per_day: int = 0  # the probes' own data at that rate (an estimate for TCP methods)
     timeout_seconds: float = 0.0
     down_after: int = 0
     up_after: int = 0
@@ -76,6 +79,22 @@ class Drain:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """An ISP's data quota this cycle (``isps[].quota``): the bytes through its WAN, both directions, probes
+    included (:mod:`wanlb.quota`)."""
+
+    used_bytes: int = 0
+    limit_bytes: int = 0
+    percent: float = 0.0
+    cycle: str = ""  # "monthly from day 5", "every 30 days"
+    cycle_start: float = 0.0
+    cycle_end: float = 0.0  # wall time: the count starts again then
+    at_limit: str = "standby"
+    exceeded: bool = False  # the count reached the limit: held back from balancing as at_limit says
+    warned: tuple[float, ...] = ()  # the thresholds (percent) told this cycle
+
+
+@dataclass(frozen=True)
 class Isp:
     name: str = ""
     interface: str = ""
@@ -95,6 +114,7 @@ class Isp:
     link_down: bool = False
     drain: Drain | None = None  # while an admin drain holds it (status "disabled")
     failback_seconds: float | None = None  # back up, held from balancing this much longer (failback_after)
+    suspected: str | None = None  # why passive detection holds it back until its next probe round answers
     health: Health = field(default_factory=Health)
     ipv6: Ipv6 | None = None
     packets_rx: int | None = None
@@ -102,6 +122,7 @@ class Isp:
     bytes_rx: int | None = None
     bytes_tx: int | None = None
     new_connections: int | None = None
+    quota: Quota | None = None  # null: no data quota
 
     @property
     def usable(self) -> bool:
@@ -131,6 +152,15 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A scheduled rule or policy (``when``): whether the ruleset the kernel has holds it, and until when."""
+
+    when: str = ""  # its window (``mon-fri 08:00-18:00 Europe/Berlin``); a rule's policy's as ``policy NAME: …``
+    active: bool = True  # in effect now: a rule is in from_lan's lookups, a policy's rules are
+    changes_at: float | None = None  # when that changes next (Unix time); None: never
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str = ""
     algorithm: str = "weighted"
@@ -139,6 +169,7 @@ class Policy:
     members: tuple[Member, ...] = ()  # every member, in config order, whether it is in use now or not
     hash_fields: tuple[str, ...] = ()  # algorithm hash: what the hash covers
     on_unavailable: str = "default"
+    schedule: Schedule | None = None  # its ``when``; None: always in effect
 
 
 @dataclass(frozen=True)
@@ -147,6 +178,7 @@ class Rule:
     target: str = ""
     hits: int | None = None
     match: str = ""  # what it matches, as one bounded line (``everything`` when it has no condition)
+    schedule: Schedule | None = None  # its ``when`` (or its policy's); None: always in effect
 
 
 @dataclass(frozen=True)
@@ -285,6 +317,7 @@ class Probes:
     targets: tuple[str, ...]
     rounds: int
     last_errors: Mapping[str, str]
+    interval: float = 0.0  # how often rounds run now (a standby ISP's sparser interval while it is not in use)
 
 
 @dataclass(frozen=True)
@@ -325,10 +358,12 @@ def build(
     domains: Mapping[str, Mapping[str, Any]],
     events: Sequence[Event],
     now: float,
+    wall: float,
 ) -> Status:
     """The status: the ISPs as the kernel has them (``desired``, the last applied plan) with the fleet's view of
     each; ``counters`` are our named nft counters (rules' hits, ISPs' traffic), ``counts`` the live conntrack
-    entries per ISP, ``probes`` each monitored ISP's monitor per family, ``now`` the monotonic clock."""
+    entries per ISP, ``probes`` each monitored ISP's monitor per family, ``now`` the monotonic clock, ``wall``
+    the wall clock (when schedules change)."""
     isps = []
     for isp in desired.isps if desired else ():
         machine = fleet.machines[4].get(isp.name)
@@ -337,7 +372,9 @@ def build(
         traffic = {f"{way}_{d}": counters.get(f"isp_{isp.name}_{d}", {}).get(way) for way in ("packets", "bytes")
                    for d in ("rx", "tx")}  # fmt: skip
         until = fleet.failback.get(isp.name)
+        suspect = isp.name in fleet.suspects  # (planned as degraded, like a hold-down: its status stays)
         held = None if until is None or machine.status.value != "up" else round(max(0.0, until - now), 1)
+        q = _quota(config, fleet, isp.name)
         isps.append(
             Isp(
                 name=isp.name,
@@ -346,7 +383,9 @@ def build(
                 gateway_source=isp.uplink.source,
                 uplink=isp.uplink.problem,
                 addresses=isp.uplink.addresses,
-                status=machine.status.value if held is not None else isp.status.value,  # (planned as degraded)
+                status=machine.status.value
+                if held is not None or suspect or _quota_holds(q, isp.status)
+                else isp.status.value,
                 decided=machine.status.value,
                 active=isp.active,
                 weight=isp.weight,
@@ -358,9 +397,11 @@ def build(
                 link_down=machine.link_down,
                 drain=_drain(fleet, isp.name),
                 failback_seconds=held,
+                suspected=fleet.suspects[isp.name][1] if isp.name in fleet.suspects else None,
                 health=_health(config, fleet, probes, isp.name, 4, now),
                 ipv6=_ipv6(config, fleet, probes, isp.name, now),
                 new_connections=counters.get(f"isp_{isp.name}_new", {}).get("packets"),
+                quota=q,
                 **traffic,
             )
         )
@@ -387,6 +428,7 @@ def build(
                 members=_members(config, p.name),
                 hash_fields=p.hash_fields if p.algorithm == "hash" else (),
                 on_unavailable=p.on_unavailable,
+                schedule=_policy_schedule(config, desired, p.name, wall) if desired else None,
             )
             for p in (desired.policies if desired else ())
         ),
@@ -396,6 +438,7 @@ def build(
                 r.action or (f"via {r.via}" if r.via else f"policy {r.policy}"),
                 counters.get(f"rule_{r.name}", {}).get("packets"),
                 _match(r),
+                _rule_schedule(config, desired, r, wall) if desired else None,
             )
             for r in (desired.rules if desired else ())
         ),
@@ -407,6 +450,27 @@ def build(
         events=tuple(events),
         ha=facts.ha,
     )
+
+
+def _quota(config: Config, fleet: Fleet, name: str) -> Quota | None:
+    """The ISP's data quota as the fleet counts it (None: it has none, or it is not counted yet)."""
+    from wanlb.quota import describe  # (the daemon's side only: the CLI never builds a status)
+
+    q = next((i.quota for i in config.isps if i.name == name), None)
+    usage = fleet.quotas.get(name)
+    if q is None or usage is None:
+        return None
+    return Quota(
+        used_bytes=usage.used, limit_bytes=q.limit, percent=round(100 * usage.used / q.limit, 1),
+        cycle=describe(q), cycle_start=round(usage.start, 3), cycle_end=round(usage.end, 3), at_limit=q.at_limit,
+        exceeded=usage.used >= q.limit, warned=usage.warned,
+    )  # fmt: skip
+
+
+def _quota_holds(quota: Quota | None, planned: IspStatus) -> bool:
+    """Whether the plan's status is only its quota holding it back (shown then: the ISP's own state; ``active``
+    says it takes no NEW connections)."""
+    return quota is not None and quota.exceeded and planned.value in ("disabled", "degraded")
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -422,8 +486,11 @@ def _health(
     if machine is None or probe is None or isp is None:
         return Health()
     quality = machine.quality()
+    from wanlb.health.probes import wire_bytes  # (the daemon's side only: the CLI never builds a status)
+
     held = machine.hold_until - now
     timing = isp.health
+    per_probe = wire_bytes(timing.method, family, timing.dns_name, timing.http_path)
     return Health(
         monitored=True,
         method=probe.method,
@@ -435,6 +502,8 @@ def _health(
         held_down_seconds=round(held, 1) if held > 0 and machine.status.value == "down" else 0,
         last_errors=dict(probe.last_errors),
         interval_seconds=timing.interval,
+        probe_interval_seconds=probe.interval or timing.interval,
+        probe_bytes_per_day=round(per_probe * len(probe.targets) * 86400 / (probe.interval or timing.interval)),
         timeout_seconds=timing.timeout,
         down_after=timing.down_after,
         up_after=timing.up_after,
@@ -456,6 +525,31 @@ def _members(config: Config, policy: str) -> tuple[Member, ...]:
     return tuple(Member(i.name, i.tier, i.weight) for i in config.isps)
 
 
+def _policy_schedule(config: Config, desired: Desired, name: str, wall: float) -> Schedule | None:
+    from wanlb import schedule
+
+    policy = config.policies.get(name)
+    if policy is None or policy.when is None:
+        return None
+    changes = schedule.switch((policy.when,), wall).changes_at
+    return Schedule(schedule.describe(policy.when), name not in desired.inactive.policies, changes)
+
+
+def _rule_schedule(config: Config, desired: Desired, rule: RuleConfig, wall: float) -> Schedule | None:
+    """A rule's own window and its policy's: it is in effect while both are open."""
+    from wanlb import schedule
+
+    whens = schedule.rule_whens(config, rule)
+    if not whens:
+        return None
+    shown = [schedule.describe(rule.when)] if rule.when is not None else []
+    policy = config.policies.get(rule.policy) if rule.policy is not None else None
+    if policy is not None and policy.when is not None:
+        shown.append(f"policy {rule.policy}: {schedule.describe(policy.when)}")
+    changes = schedule.switch(whens, wall).changes_at
+    return Schedule("; ".join(shown), rule.name not in desired.inactive.rules, changes)
+
+
 MATCH_VALUES = 8  # values of one condition a rule's ``match`` lists before "(+N more)"
 
 
@@ -470,6 +564,7 @@ def _match(rule: RuleConfig) -> str:
     conditions = [
         ("src", [str(n) for n in rule.src]),
         ("not src", [str(n) for n in rule.src_not]),
+        ("src mac", list(rule.src_mac)),
         ("dst", [str(n) for n in rule.dst]),
         ("not dst", [str(n) for n in rule.dst_not]),
         ("dst domains", list(rule.dst_domains)),

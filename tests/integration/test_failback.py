@@ -133,3 +133,53 @@ def test_no_flush_while_no_isp_is_usable_and_the_connections_resume(lab: Lab, gw
         stream.terminate()
         result = json.loads(stream.communicate(timeout=30)[0])
     assert result["ok"], result
+
+
+PROBE_COUNT = """table inet t_probes {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        oifname "wan1" icmp type echo-request counter name wan1
+        oifname "wan2" icmp type echo-request counter name wan2
+    }
+    counter wan1 { }
+    counter wan2 { }
+}
+"""
+
+
+def probe_bytes(gw: LabGateway) -> dict[str, int]:
+    """The echo requests' bytes out of each WAN so far, from this test's own counters in the gateway."""
+    out = json.loads(gw.run("nft", "-j", "list", "counters", "table", "inet", "t_probes"))
+    return {c["counter"]["name"]: c["counter"]["bytes"] for c in out["nftables"] if "counter" in c}
+
+
+def test_a_standby_isp_is_probed_sparsely_until_it_is_needed(lab: Lab, gw: LabGateway) -> None:
+    """isp2 (tier 2, standby, standby_interval 3s) carries nothing while isp1 is up: its probes cost at most a
+    tenth of isp1's (counted by the kernel); once isp1 is down they run at the full rate."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["isps"][1].update(tier=2, standby=True)
+        cfg["isps"][1].setdefault("health", {})["standby_interval"] = "3s"
+
+    gw.write(edit)
+    gw.start()
+    gw.wait_for({"isp1": "up", "isp2": "up"})
+    gw.run("nft", "-f", "-", stdin=PROBE_COUNT)
+    try:
+        time.sleep(6.0)
+        quiet = probe_bytes(gw)
+        print(f"\nprobe bytes in 6 s: isp1 {quiet['wan1']}, standby isp2 {quiet['wan2']}")
+        assert 0 < quiet["wan2"] * 10 <= quiet["wan1"], quiet
+        [isp2] = [i for i in gw.status()["isps"] if i["name"] == "isp2"]
+        assert isp2["health"]["probe_interval_seconds"] == 3.0
+        lab.fail("isp1", "blackhole")
+        gw.wait_for({"isp1": "down"})
+        before = probe_bytes(gw)
+        time.sleep(2.0)
+        busy = {k: v - before[k] for k, v in probe_bytes(gw).items()}
+        print(f"probe bytes in 2 s after isp1 went down: standby isp2 {busy['wan2']} (full rate: 10 rounds)")
+        assert busy["wan2"] >= 5 * quiet["wan1"] / (6.0 / 0.2), busy  # at least half the full rate
+        [isp2] = [i for i in gw.status()["isps"] if i["name"] == "isp2"]
+        assert isp2["health"]["probe_interval_seconds"] == 0.2
+    finally:
+        gw.run("nft", "delete", "table", "inet", "t_probes")

@@ -64,8 +64,8 @@ def test_the_stored_short_help_is_the_commands_own(name: str) -> None:
 def test_help_lists_every_command_once() -> None:
     out = CliRunner().invoke(cli.main, ["--help"], terminal_width=80).output
     listed = [line.split()[0] for line in out.split("Commands:\n")[1].splitlines()]
-    assert listed == sorted(["check", "conntrack", "demo", "disable", "enable", "lab", "reload", "render", "run",
-                             "status", "stop", "top", "try", "tune"])  # fmt: skip
+    assert listed == sorted(["check", "conntrack", "demo", "disable", "enable", "explain", "lab", "quota", "reload",
+                             "render", "run", "status", "stop", "top", "try", "tune"])  # fmt: skip
 
 
 def test_defaults_equal_the_configs() -> None:

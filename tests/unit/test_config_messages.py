@@ -51,7 +51,7 @@ def edit(old: str, new: str, text: str = BASE) -> str:
             "    weight: 3\n",
             "    colour: red\n",
             "c.yaml:7: isps[isp1].colour: unknown key; allowed here: name, interface, "
-            "gateway, gateway_table, weight, tier, snat, mark, table, health, gateway6, ipv6",
+            "gateway, gateway_table, weight, tier, snat, mark, table, health, standby, gateway6, …",
         ),
         (
             "    weight: 3\n",
@@ -105,7 +105,7 @@ def test_the_top_level_and_other_sections_speak_the_same_way() -> None:
 def test_a_list_where_a_mapping_is_meant_says_which() -> None:
     assert rows("lan: {interfaces: [lan0]}\nisps: fiber\n") == [
         "c.yaml:2: isps: expected a list of mappings (keys: name, interface, gateway, gateway_table, weight, tier, "
-        "snat, mark, table, health, gateway6, ipv6), got 'fiber'"
+        "snat, mark, table, health, standby, gateway6, …), got 'fiber'"
     ]
 
 
@@ -194,3 +194,44 @@ def test_none_is_not_an_isp_name() -> None:
     assert rows(edit("  - name: isp2\n", "  - name: none\n")) == [
         "c.yaml:8: isps[none].name: 'none' is reserved: `wanlb conntrack` shows unmarked connections under that name"
     ]
+
+
+@pytest.mark.parametrize(
+    ("quota", "row"),
+    [
+        ("{limit: 20}", "c.yaml:7: isps[isp1].quota.limit: 20 bytes is less than 1 MiB: write the unit, e.g. 20GiB or "
+         "500MB"),
+        ("{limit: 20 gigs}", "c.yaml:7: isps[isp1].quota.limit: cannot parse size '20 gigs': use e.g. 20GiB, 500MB or "
+         "1.5TB"),
+        ("{limit: 9EiB}", "c.yaml:7: isps[isp1].quota.limit: must be at most 8 EiB (2^63 - 1 bytes)"),
+        ("{limit: true}", "c.yaml:7: isps[isp1].quota.limit: expected a size like 20GiB, 500MB or a number of bytes"),
+        ("{limt: 20GiB}", "c.yaml:7: isps[isp1].quota.limt: unknown key (did you mean limit?)"),
+        ("20GiB", "c.yaml:7: isps[isp1].quota: expected a mapping (keys: limit, cycle, start_day, every, warn, "
+         "at_limit), got '20GiB'"),
+        ("{limit: 20GiB, cycle: weekly}", "c.yaml:7: isps[isp1].quota.cycle: must be monthly, got 'weekly': for a "
+         "cycle of N days write every: Nd"),
+        ("{limit: 20GiB, start_day: 32}", "c.yaml:7: isps[isp1].quota.start_day: must be 1..31, got 32"),
+        ("{limit: 20GiB, every: 30d, start_day: 5}", "c.yaml:7: isps[isp1].quota: give cycle: monthly (with "
+         "start_day) or every: N days, not both"),
+        ("{limit: 20GiB, every: 400d}", "c.yaml:7: isps[isp1].quota.every: a cycle is 1..366 days, got 400"),
+        ("{limit: 20GiB, every: 1 month}", "c.yaml:7: isps[isp1].quota.every: '1 month' is not a number of days: use "
+         "e.g. 30d or 4w"),
+        ("{limit: 20GiB, warn: [75%, 120%]}", "c.yaml:7: isps[isp1].quota.warn[2]: '120%' is not a percentage of the "
+         "limit above 0 and below 100, like 75%"),
+        ("{limit: 20GiB, warn: 0.8}", "c.yaml:7: isps[isp1].quota.warn[1]: 0.8 looks like a fraction: write a "
+         "percentage, like 80% (0.8% with the % sign if that is meant)"),
+        ("{limit: 20GiB, warn: [75%, 75]}", "c.yaml:7: isps[isp1].quota.warn: a threshold is listed twice"),
+        ("{limit: 20GiB, at_limit: stop}", "c.yaml:7: isps[isp1].quota.at_limit: must be standby, last-resort or "
+         "drop, got 'stop'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_quota_says_what_is_allowed(quota: str, row: str) -> None:
+    assert row in rows(edit("    weight: 3\n", f"    quota: {quota}\n"))
+
+
+def test_a_quota_reads_sizes_percentages_and_cycles_as_people_write_them() -> None:
+    text = edit("    weight: 3\n", "    quota: {limit: 1.5TB, every: 4w, warn: [95, 50%], at_limit: drop}\n")
+    q = parse_config(text).isps[0].quota
+    assert q is not None and (q.limit, q.every, q.warn, q.at_limit) == (1_500_000_000_000, 28, (50.0, 95.0), "drop")
+    q = parse_config(edit("    weight: 3\n", "    quota: {limit: 20 gib, start_day: 31}\n")).isps[0].quota
+    assert q is not None and (q.limit, q.cycle, q.start_day, q.every) == (20 << 30, "monthly", 31, None)

@@ -54,10 +54,17 @@ class StubMonitor:
     started: ClassVar[list[str]] = []
 
     def __init__(
-        self, isp: Any, mark: int, on_round: Callable[[str, RoundResult, int], None], family: int = 4, **_: Any
+        self,
+        isp: Any,
+        mark: int,
+        on_round: Callable[[str, RoundResult, int], None],
+        family: int = 4,
+        interval: Callable[[], float] | None = None,
+        **_: Any,
     ) -> None:
         self.isp, self.mark, self.on_round = isp, mark, on_round
         self.health = isp.health
+        self.interval = interval or (lambda: isp.health.interval)
         self.targets = isp.health.targets_of(family)
         self.rounds = 0
         self.last = None

@@ -263,3 +263,24 @@ def test_a_dead_isps_flush_waits_while_no_other_isp_is_usable_and_runs_when_one_
     assert summary(effects) == [("reconcile",), ("flush", "b"), ("emit", "a", "up")]
     assert flushes(effects)[0].why == "a is usable again"
     assert [f.isp for f in flushes(fleet.resync(counts))] == ["b"]  # level-triggered: until b has none
+
+
+# --- standby ISPs: probed sparsely while nothing uses them ------------------------------------------------------
+
+
+def test_a_standby_isp_is_probed_sparsely_until_a_better_tier_fails() -> None:
+    isps = ISPS.replace("tier: 2}", f"tier: 2, standby: true, {PROBED}}}")
+    fleet, clock = make(parse_config(f"lan: {{interfaces: [lan0]}}\n{isps}"))
+    assert (fleet.probe_interval("a"), fleet.probe_interval("c")) == (0.2, 30.0)  # c carries nothing
+    down(fleet, clock, "a")
+    assert fleet.probe_interval("c") == 30.0  # b still carries everything
+    down(fleet, clock, "b")
+    assert fleet.probe_interval("c") == 0.2  # now c is in use: the full rate
+    fleet.disable("c", *clock.tick())
+    assert fleet.probe_interval("c") == 30.0  # drained: in no policy's use
+
+
+def test_standby_needs_no_probes_of_its_own_to_be_valid_and_rejects_a_non_boolean() -> None:
+    assert parse_config(f"lan: {{interfaces: [lan0]}}\n{ISPS.replace('tier: 2}', 'tier: 2, standby: true}')}")
+    with pytest.raises(Exception, match="standby"):
+        parse_config(f"lan: {{interfaces: [lan0]}}\n{ISPS.replace('tier: 2}', 'tier: 2, standby: maybe}')}")

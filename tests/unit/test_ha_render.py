@@ -99,7 +99,7 @@ def test_the_datapath_snats_to_the_wan_vip_and_guards_the_takeover() -> None:
     assert "ct state new tcp flags & (syn | ack | rst | fin) != syn" in text
     single = parse_config(PAIR.split("ha:")[0])
     plain = nftsync.full_text(render(plan(single, runtime.allocate(single, None, reload=False).state, {})).nft)
-    assert "tcp flags" not in plain and "fib saddr type local masquerade" not in plain
+    assert "tcp flags & (syn | ack | rst | fin)" not in plain and "fib saddr type local masquerade" not in plain
 
 
 def test_a_backup_flushes_nothing_and_a_role_change_is_an_event() -> None:

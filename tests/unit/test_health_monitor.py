@@ -138,3 +138,24 @@ def test_the_target_gateway_is_the_next_hop_the_uplink_has_now_and_no_interface_
     assert [r.ok for r in rounds] == [False, True, True] and prober.started == 2
     assert rounds[0].errors == {"gateway": "no next hop to probe (none learned, or a device route without a peer)"}
     assert rounds[2].latency == 0.002
+
+
+def test_a_sparse_interval_skips_ticks_and_the_full_rate_is_back_at_the_next_tick() -> None:
+    """While the fleet says 1 s (a standby ISP nobody uses) the monitor, ticking every 50 ms, starts one round;
+    when it says 50 ms again (the ISP is needed) the rounds come at the full rate from the next tick on."""
+    m, rounds = monitor({t: 0.001 for t in ("192.0.2.1", "192.0.2.2", "192.0.2.3")})
+    now = {"interval": 1.0}
+    m.interval = lambda: now["interval"]
+
+    async def go() -> tuple[int, int]:
+        task = asyncio.create_task(m.run())
+        await asyncio.sleep(0.5)  # ten ticks
+        sparse = len(rounds)
+        now["interval"] = 0.05
+        await asyncio.sleep(0.5)
+        task.cancel()
+        return sparse, len(rounds) - sparse
+
+    sparse, full = asyncio.run(go())
+    assert sparse == 1, sparse
+    assert full >= 5, full  # about ten: every tick

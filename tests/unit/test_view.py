@@ -101,7 +101,8 @@ def test_every_field_of_the_status_json_is_documented() -> None:
 
 # --- nobody reads the status by its keys ---------------------------------------------------------------------
 
-CONSUMERS = ("cli.py", "top.py", "api.py", "metrics.py", "demo.py", "lab/gateway.py", "history.py", "daemon/surface.py")
+CONSUMERS = ("cli.py", "top.py", "api.py", "metrics.py", "demo.py", "lab/gateway.py", "history.py", "daemon/surface.py",
+             "quota_cli.py")  # fmt: skip
 # Keys of the command replies and of other JSON the consumers handle: not the status structure's.
 NOT_STATUS = {"ok", "error", "message", "cmd", "name", "time", "family", "counter", "packets", "bytes", "config",
               "timeout", "isp", "connections", "counts", "sources", "failed", "src", "result"}  # fmt: skip

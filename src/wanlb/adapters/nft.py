@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import socket
 import struct
 import subprocess
 
+from wanlb.adapters.nftcounters import CounterReader
 from wanlb.nftsync import FAMILY, TABLE
 
 
@@ -57,6 +59,25 @@ def table_json() -> list[dict] | None:
             return None
         raise NftError(proc.stderr.strip() or f"nft -j list table failed with exit code {proc.returncode}")
     return json.loads(proc.stdout)["nftables"]
+
+
+_counter_reader: CounterReader | None = None
+
+
+def counters() -> dict[str, tuple[int, int]] | None:
+    """Our table's named counters, name → (packets, bytes), or None when the table does not exist: one netlink
+    dump (:mod:`wanlb.adapters.nftcounters`) on a socket kept open, dropped and made afresh after an error."""
+    global _counter_reader
+    try:
+        _counter_reader = _counter_reader or CounterReader(TABLE)
+        return _counter_reader.read()
+    except OSError as exc:
+        if _counter_reader is not None:
+            _counter_reader.close()
+        _counter_reader = None
+        if exc.errno == errno.ENOENT:
+            return None
+        raise NftError(f"reading the counters: {exc}") from None
 
 
 _NFNL_SUBSYS_NFTABLES = 10

@@ -244,3 +244,25 @@ def delete_route(ipr: IPRoute, route: Route) -> None:
     except NetlinkError as exc:
         if exc.code not in (errno.ESRCH, errno.ENOENT):
             raise
+
+
+RTM_F_FIB_MATCH = 0x2000  # `ip route get fibmatch`: the route entry that matched, with its prefix
+_ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
+                7: "unreachable", 8: "prohibit", 9: "throw"}  # fmt: skip
+
+
+Lookup = tuple[str, int | None, ipaddress.IPv4Network | ipaddress.IPv6Network | None]
+
+
+def lookup(ipr: IPRoute, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Lookup:
+    """The kernel's route for an unmarked packet to ``dst`` (``ip route get fibmatch DST``): its type
+    (``local``, ``broadcast``, ``unicast`` …), table and prefix; ``("unreachable", None, None)`` when the
+    lookup fails (no route, or an ``unreachable``/``blackhole`` rule answers)."""
+    family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+    try:
+        reply = ipr.route("get", dst=str(dst), family=family, flags=RTM_F_FIB_MATCH)[0]
+    except NetlinkError:
+        return "unreachable", None, None
+    start = reply.get_attr("RTA_DST") or ("::" if dst.version == 6 else "0.0.0.0")
+    prefix = ipaddress.ip_network(f"{start}/{reply['dst_len']}")
+    return _ROUTE_TYPES.get(reply["type"], str(reply["type"])), reply.get_attr("RTA_TABLE"), prefix

@@ -7,6 +7,7 @@ that stays.  What only the whole file can tell is :mod:`wanlb.config.checks`'.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
@@ -29,6 +30,7 @@ from wanlb.config.errors import _clip
 from wanlb.paths import DEFAULT_SOCKET
 from wanlb.protocols import NUMBERS as PROTOCOLS
 from wanlb.protocols import PORT_PROTOS
+from wanlb.quota import MAX_BYTES
 from wanlb.runtime import mark_shift
 
 MIN_INTERVAL = 0.01  # seconds between probe rounds, at least
@@ -180,6 +182,9 @@ class HealthConfig(_Model):
     max_latency: Duration | None = None
     recover_loss: SFloat | None = Field(default=None, ge=0, le=100)
     recover_latency: Duration | None = None
+    standby_interval: Duration = Field(default=30.0, le=3600)
+    """An ISP with ``standby: true`` is probed this often (never more often than ``interval``) while it carries
+    no NEW connections, every ``interval`` as soon as it does: a metered backup's probes cost data too."""
     flap_window: Duration = 60.0
     hold_down: Duration = 5.0
     hold_down_max: Duration = 300.0
@@ -297,6 +302,93 @@ def _parse_gateway(version: int) -> BeforeValidator:
 Gateway4 = Annotated[ipaddress.IPv4Address | Literal["auto"], _parse_gateway(4)]
 Gateway6 = Annotated[ipaddress.IPv6Address | Literal["auto"] | None, _parse_gateway(6)]
 
+_SIZE_RE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,9})?)\s*([kmgtpe]i?b|b)?\s*", re.I)
+_SIZE_UNITS = {"b": 1, **{f"{p}b": 1000**n for n, p in enumerate("kmgtpe", 1)},
+               **{f"{p}ib": 1024**n for n, p in enumerate("kmgtpe", 1)}}  # fmt: skip
+MIN_QUOTA = 1 << 20  # bytes: a smaller limit is a number written without its unit
+
+
+def parse_size(value: Any) -> int:
+    """``20GiB``, ``500MB``, ``1.5TB`` or a bare number of bytes → bytes.  ``KiB``/``MiB``/``GiB``… are powers of
+    1024, ``kB``/``MB``/``GB``… powers of 1000 (as ISPs sell them); case does not matter."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 20GiB, 500MB or a number of bytes")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value)):
+        number, unit = m.group(1), _SIZE_UNITS[(m.group(2) or "b").lower()]
+        size = int(number) * unit if "." not in number else int(float(number) * unit)
+    else:
+        raise ValueError(f"cannot parse size {_clip(repr(value), 40)}: use e.g. 20GiB, 500MB or 1.5TB")
+    if size < MIN_QUOTA:
+        raise ValueError(f"{size} bytes is less than 1 MiB: write the unit, e.g. 20GiB or 500MB")
+    if size > MAX_BYTES:
+        raise ValueError("must be at most 8 EiB (2^63 - 1 bytes)")
+    return size
+
+
+def _parse_percent(value: Any) -> float:
+    """``75%`` or ``75`` → 75.0: a share of the limit, above 0 and below 100 (the limit itself is always told)."""
+    text = value.strip().removesuffix("%").strip() if isinstance(value, str) else value
+    try:
+        percent = float(text) if not isinstance(text, bool) and isinstance(text, int | float | str) else math.nan
+    except ValueError:
+        percent = math.nan
+    if not 0 < percent < 100:
+        raise ValueError(f"{_clip(repr(value), 40)} is not a percentage of the limit above 0 and below 100, like 75%")
+    if percent < 1 and not (isinstance(value, str) and value.strip().endswith("%")):
+        raise ValueError(f"{value!r} looks like a fraction: write a percentage, like {percent * 100:g}% ({percent:g}% "
+                         "with the % sign if that is meant)")  # fmt: skip
+    return percent
+
+
+def _parse_cycle_days(value: Any) -> int:
+    """``30d``, ``4w`` or a bare number of days → days (1..366)."""
+    m = re.fullmatch(r"\s*(\d{1,4})\s*([dw]?)\s*", value) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        days = value
+    elif m is not None:
+        days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
+    else:
+        raise ValueError(f"{_clip(repr(value), 40)} is not a number of days: use e.g. 30d or 4w")
+    if not 1 <= days <= 366:
+        raise ValueError(f"a cycle is 1..366 days, got {days}")
+    return days
+
+
+def _monthly(value: Any) -> Any:
+    if value != "monthly":
+        raise ValueError(f"must be monthly, got {_clip(repr(value), 40)}: for a cycle of N days write every: Nd")
+    return value
+
+
+class QuotaConfig(_Model):
+    """A data quota: bytes through the ISP's WAN (both directions, its probes included) per billing cycle —
+    monthly from ``start_day`` (the last day of a shorter month), or every ``every`` days from when counting
+    began.  At the ``limit`` the ISP leaves balancing as ``at_limit`` says; its connections continue."""
+
+    limit: Annotated[int, BeforeValidator(parse_size)]
+    cycle: Annotated[Literal["monthly"], BeforeValidator(_monthly)] = "monthly"
+    start_day: SInt = Field(default=1, ge=1, le=31)
+    every: Annotated[int | None, BeforeValidator(lambda v: None if v is None else _parse_cycle_days(v))] = None
+    warn: Annotated[tuple[Annotated[float, BeforeValidator(_parse_percent)], ...], _at_most(8)] = (75.0, 95.0)
+    at_limit: Literal["standby", "last-resort", "drop"] = "standby"
+    """standby: NEW connections only while no other ISP is usable; last-resort: like a degraded ISP (only while
+    no ISP is up); drop: none at all (docs/configuration.md, "Data quotas")."""
+
+    @field_validator("warn")
+    @classmethod
+    def _sorted_once(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("a threshold is listed twice")
+        return tuple(sorted(v))
+
+    @model_validator(mode="after")
+    def _one_cycle(self) -> QuotaConfig:
+        if self.every is not None and {"cycle", "start_day"} & self.model_fields_set:
+            raise ValueError("give cycle: monthly (with start_day) or every: N days, not both")
+        return self
+
 
 class IspConfig(_Model):
     """One uplink.  ``mark``/``table`` left out (``None``) are allocated by name at run time."""
@@ -314,10 +406,15 @@ class IspConfig(_Model):
     mark: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     table: Int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
     health: HealthConfig = HealthConfig()
+    standby: Annotated[bool, Strict()] = False
+    """Probe it every ``health.standby_interval`` while it is in no policy's use (a better tier carries the
+    traffic), at the full rate once it is: a metered backup (docs/health.md, "Standby ISPs")."""
     gateway6: Gateway6 = None
     """IPv6 next hop (link-local allowed: it is reached through ``interface``), or ``auto``: learned from the
     default route through ``interface`` (router advertisements, DHCPv6 clients, static)."""
     ipv6: Ipv6Config = Ipv6Config()
+    quota: QuotaConfig | None = None
+    """A data quota per billing cycle (:mod:`wanlb.quota`); none: its traffic is not limited."""
 
     @model_validator(mode="after")
     def _ipv6_needs_a_gateway(self) -> IspConfig:
@@ -456,6 +553,126 @@ Domain = Annotated[str, BeforeValidator(_parse_domain)]
 Networks = Annotated[tuple[AnyNetwork, ...], _at_most(MAX_RULE_VALUES)]
 """A rule's addresses: IPv4 ones match IPv4 connections, IPv6 ones IPv6 connections."""
 Ports = Annotated[tuple[Port, ...], _at_most(1000)]
+MAX_RULE_MACS = 256  # source MAC addresses in one rule: LAN hosts, not a list of every device
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DAY_NAMES = {name: i for i, names in enumerate(zip(WEEKDAYS, _FULL_DAYS, strict=True)) for name in names}
+_CLOCK = r"(\d{1,2}):(\d{2})(?::(\d{2}))?"
+_WINDOW_RE = re.compile(rf"\s*{_CLOCK}\s*-\s*{_CLOCK}\s*")
+DAY_SECONDS = 86400
+
+
+def _as_written(value: int, groups: int) -> str | None:
+    """What YAML 1.1 read as a base-60 number looked like (``10:20:30`` is 37230): ``groups`` groups of two
+    digits, or None if it cannot have been written so.  Unquoted, ``22:00`` and a MAC address of digits only
+    are such numbers, and an error had better show what the operator wrote."""
+    parts = []
+    for _ in range(groups - 1):
+        value, part = divmod(value, 60)
+        parts.append(part)
+    return ":".join(f"{p:02d}" for p in (value, *reversed(parts))) if 1 <= value <= 99 else None
+
+
+def _parse_mac(value: Any) -> str:
+    """``AA:BB:CC:DD:EE:FF`` or ``aa-bb-cc-dd-ee-ff`` → ``aa:bb:cc:dd:ee:ff`` (what nft prints back)."""
+    if isinstance(value, int) and not isinstance(value, bool) and (text := _as_written(value, 6)):
+        raise ValueError(f"YAML read {text} as the number {value}: put a MAC address of digits only in quotes")
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.strip()):
+        raise ValueError(f"{_clip(repr(value), 40)} is not a MAC address (six pairs of hex digits, like "
+                         "aa:bb:cc:dd:ee:ff)")  # fmt: skip
+    mac = value.strip().lower().replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise ValueError(f"{mac} is a multicast address: no host sends from it")
+    if mac == "00:00:00:00:00:00":
+        raise ValueError("00:00:00:00:00:00 is no host's address")
+    return mac
+
+
+def _parse_days(value: Any) -> tuple[int, ...]:
+    """``mon``, ``monday``, ``mon-fri`` or ``fri-mon`` (across the weekend): the weekdays it names, 0 = Monday."""
+    first, _, last = value.strip().lower().partition("-") if isinstance(value, str) else ("", "", "")
+    lo, hi = _DAY_NAMES.get(first.strip()), _DAY_NAMES.get((last or first).strip())
+    if lo is None or hi is None:
+        raise ValueError(f"{_clip(repr(value), 40)} is not a day or a range of days: use {', '.join(WEEKDAYS)} "
+                         "or a range like mon-fri")  # fmt: skip
+    return tuple((lo + i) % 7 for i in range((hi - lo) % 7 + 1))
+
+
+def _clock(hours: str, minutes: str, seconds: str | None, end: bool) -> int:
+    """One end of a window in seconds since midnight; ``24:00`` only as the end (the end of the day)."""
+    value = int(hours) * 3600 + int(minutes) * 60 + int(seconds or 0)
+    if int(minutes) > 59 or int(seconds or 0) > 59 or value > DAY_SECONDS or (value == DAY_SECONDS and not end):
+        shown = f"{hours}:{minutes}" + (f":{seconds}" if seconds else "")
+        raise ValueError(f"{shown} is not a time of day (00:00 to 23:59:59{', or 24:00' if end else ''})")
+    return value
+
+
+def _parse_window(value: Any) -> tuple[int, int]:
+    """``08:00-18:00`` (seconds optional: ``08:00:30-08:00:45``) → (start, end), seconds since local midnight.
+    An end before the start is on the next day (``22:00-06:00``)."""
+    written = _as_written(value, 2) or _as_written(value, 3) if isinstance(value, int) else None
+    if written is not None and not isinstance(value, bool):
+        raise ValueError(f"a single time is not a window (YAML read {written} as the number {value}): give "
+                         "from-to, like 08:00-18:00")  # fmt: skip
+    m = _WINDOW_RE.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"{_clip(repr(value), 40)} is not a time window: give from-to in 24-hour time, like "
+                         "08:00-18:00 or 22:00-06:00")  # fmt: skip
+    start, end = _clock(*m.group(1, 2, 3), end=False), _clock(*m.group(4, 5, 6), end=True)
+    if start == end:
+        raise ValueError(f"{value.strip()} is empty (from and to are the same time); for all day, leave time out")
+    return start, end
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _parse_zone(value: Any) -> str:
+    """An IANA time zone name that this machine's zone database holds (``Europe/Berlin``, ``UTC``)."""
+    names = _zone_names()
+    if isinstance(value, str) and value in names:
+        return value
+    if not names:
+        raise ValueError("this machine has no time zone database (install tzdata), or leave tz out: the system's zone")
+    folded = {n.lower(): n for n in names}
+    close = folded.get(value.strip().lower()) if isinstance(value, str) else None
+    if close is None and isinstance(value, str):
+        close = next(iter(difflib.get_close_matches(value, sorted(names), n=1, cutoff=0.8)), None)
+    hint = f" (did you mean {close}?)" if close else ""
+    raise ValueError(f"{_clip(repr(value), 40)} is not a time zone{hint}: give an IANA name like Europe/Berlin or UTC")
+
+
+Mac = Annotated[str, BeforeValidator(_parse_mac)]
+Days = Annotated[tuple[int, ...], BeforeValidator(_parse_days)]
+TimeWindow = Annotated[tuple[int, int], BeforeValidator(_parse_window)]
+Zone = Annotated[str, BeforeValidator(_parse_zone)]
+
+
+class WhenConfig(_Model):
+    """When a rule or policy is in effect (:mod:`wanlb.schedule` switches it): on ``days`` (every day if left
+    out), during ``time`` (all day if left out), read on the wall clock of ``tz`` (the system's zone if left
+    out).  A window across midnight belongs to the day it starts on: ``{days: fri, time: 22:00-06:00}`` is
+    Friday night into Saturday morning."""
+
+    days: Annotated[tuple[Days, ...], _at_most(7)] = ()
+    time: TimeWindow | None = None
+    tz: Zone | None = None
+
+    @model_validator(mode="after")
+    def _a_window(self) -> WhenConfig:
+        if not self.days and self.time is None:
+            raise ValueError("give days (like mon-fri), time (like 08:00-18:00) or both")
+        return self
+
+    @property
+    def weekdays(self) -> frozenset[int]:
+        """The days a window starts on, 0 = Monday: every day when ``days`` is left out."""
+        return frozenset(d for span in self.days for d in span) if self.days else frozenset(range(7))
 
 
 class StickyConfig(_Model):
@@ -499,6 +716,8 @@ class PolicyConfig(_Model):
     algorithm: Algorithm | None = None  # None: balance.algorithm
     on_unavailable: Literal["default", "drop", "unreachable"] = "default"
     sticky: StickyConfig | None = None  # None: balance.sticky
+    when: WhenConfig | None = None
+    """Outside this window the policy is off: every rule that sends to it is skipped (see RuleConfig.when)."""
 
 
 class RuleConfig(_Model):
@@ -522,6 +741,11 @@ class RuleConfig(_Model):
     via: str | None = None
     policy: str | None = None
     action: Literal["bypass", "drop"] | None = None
+    src_mac: Annotated[tuple[Mac, ...], _at_most(MAX_RULE_MACS)] = ()
+    """Ethernet source addresses (``ether saddr``): a LAN host whatever IPv4 or IPv6 address it uses now."""
+    when: WhenConfig | None = None
+    """Outside this window the rule is skipped, as if it were not there: NEW connections fall through to the
+    next rules; established ones keep their ISP."""
 
     @model_validator(mode="before")
     @classmethod
@@ -558,11 +782,25 @@ class RuleConfig(_Model):
         return self
 
 
+class PassiveConfig(_Model):
+    """Failover from the datapath's own evidence (docs/health.md, "Passive detection"): an ISP whose NEW TCP
+    connections get no SYN-ACK while the other ISPs' do is taken out of balancing at once and probed."""
+
+    enabled: Annotated[bool, Strict()] = True
+    timeout: Duration = Field(default=0.15, ge=0.02, le=5)
+    """How long a SYN may wait for its SYN-ACK before it counts as unanswered."""
+    min_connections: SInt = Field(default=2, ge=1, le=1000)
+    """Unanswered NEW connections (with no SYN-ACK at all on the ISP) before it is suspected."""
+    window: Duration = Field(default=1.0, ge=0.2, le=60)
+    """The span the SYNs and SYN-ACKs are counted over."""
+
+
 class FailoverConfig(_Model):
     on_down: Literal["flush", "keep"] = "flush"
     last_resort: Literal["main", "unreachable", "blackhole"] = "main"
     on_recover: Literal["keep", "move-lower-tier"] = "keep"
     """move-lower-tier: when a better tier recovers, flush the connections on worse tiers so they come back."""
+    passive: PassiveConfig = PassiveConfig()
     failback_after: Duration = Field(default=0.0, ge=0, le=86400)
     """An ISP back from down while another is up takes NEW connections again only after this long (until then
     it is a last choice, like a degraded one); 0: at once. With move-lower-tier the flush waits for it too."""
@@ -693,6 +931,17 @@ class ControlConfig(_Model):
             raise ValueError("must not contain '..'")
         return v
 
+    data_dir: str = "/var/lib/wanlb"
+    """What must outlive a reboot (the data quotas' counts, ``quota.json``), unlike the runtime state in /run: a
+    directory only root may write."""
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_dir(cls, v: str) -> str:
+        if not v.startswith("/") or "\0" in v or ".." in Path(v).parts or len(v.encode()) > 200:
+            raise ValueError("must be an absolute path of a directory (e.g. /var/lib/wanlb), without '..'")
+        return v
+
 
 class Config(_Model):
     lan: LanConfig
@@ -738,3 +987,8 @@ class Config(_Model):
     def state_path(self) -> Path:
         """The runtime state (allocations, what was installed), next to the control socket."""
         return Path(self.control.socket).with_suffix(".state.json")
+
+    @property
+    def quota_path(self) -> Path:
+        """The data quotas' counts (:mod:`wanlb.daemon.quotas`), in ``control.data_dir``."""
+        return Path(self.control.data_dir) / "quota.json"

@@ -87,6 +87,7 @@ class Daemon:
         self.api: Api | None = None
         self.pair: Pair | None = None  # one node of an HA pair (daemon.pair), when the config has ha
         self.stopping = asyncio.Event()  # set: `wanlb stop`, SIGTERM, SIGINT
+        self.reloaded = asyncio.Event()  # set by every adopted config: the schedule timer (daemon.main) re-arms
         self.reconcile_lock, self._flush_lock, self._reload_lock = asyncio.Lock(), asyncio.Lock(), asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hup_queued = self._look_queued = False  # a reload / a look at the uplinks is already coming
@@ -126,14 +127,14 @@ class Daemon:
             self.spawn(self.execute(effects))
 
     async def reconcile(self, why: str) -> ReconcileResult:
-        """Converge the kernel to the fleet's current config, allocation, statuses and weights: in a worker
-        thread (kernel calls block), one at a time, each from the state current when it starts."""
+        """Converge the kernel to the fleet's current config, allocation, statuses, weights and the schedules
+        at ``wall()``: in a worker thread (kernel calls block), one at a time, each from the state when it starts."""
         async with self.reconcile_lock:
             fleet = self.fleet
             args = (fleet.config, fleet.state, fleet.balancing(), dict(fleet.adjusted), fleet.balancing(6))
             # Shielded: a cancelled caller must not release the lock while the thread still works.
             started = time.monotonic()
-            work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args))
+            work = asyncio.ensure_future(asyncio.to_thread(self.reconciler.reconcile, *args, self.wall()))
             try:
                 result = await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -313,6 +314,7 @@ class Daemon:
         self.config_path = path
         self.counter.mark_mask = new.mark_mask
         error = await self.execute(self.fleet.reload(new, verdict.allocation, self.clock(), self.wall()))
+        self.reloaded.set()
         self.reloads += 1
         self.monitors.start(new, self.fleet)
         self.domains.configure(new)

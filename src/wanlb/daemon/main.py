@@ -1,9 +1,9 @@
 """``wanlb run``: load, preflight, allocate, then serve until a signal or ``wanlb stop``.
 
 :func:`serve` is the daemon's life: the first reconcile, the control socket, signals, the resync, adjust
-and count loops, the link/routing watcher, the monitors, the domain resolver and (if configured) the
-API; on the way out it stops them all and leaves the datapath in place — or, asked to clean up, removes
-everything wanlb added.
+and count loops, the schedule timer, the link/routing watcher, the monitors, the domain resolver and (if
+configured) the API; on the way out it stops them all and leaves the datapath in place — or, asked to clean
+up, removes everything wanlb added.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from wanlb import control, runtime, trends
+from wanlb import control, runtime, schedule, trends
 from wanlb.adapters.links import LinkWatcher
 from wanlb.config import load_config
+from wanlb.daemon import quotas as quota_counting
 from wanlb.daemon.executor import RESYNC_INTERVAL, Daemon
+from wanlb.daemon.passive import PassiveWatch
 from wanlb.daemon.surface import Surface
+from wanlb.fleet import Reconcile
 from wanlb.kernel import LinuxKernel
 from wanlb.reconcile import cleanup, preflight
 
@@ -32,9 +35,12 @@ async def serve(daemon: Daemon) -> None:
     socket_path = d.config.control.socket
     if control.socket_in_use(socket_path):
         raise RuntimeError(f"another wanlb daemon already answers at {socket_path}")
+    quotas = quota_counting.Quotas(d)
+    await quotas.restore()  # before the first reconcile: an ISP over its data quota stays out of balancing
     await d.reconcile("start")
+    await quotas.sync()  # the counts, cycles and thresholds as of now (a cycle may have ended while stopped)
     await d.watch_table()  # the table's size and limit are in status (and /metrics) from the start
-    surface = Surface(d)
+    surface = Surface(d, quotas)
     server = await control.serve(socket_path, surface.handle)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, d.sighup)
@@ -44,6 +50,9 @@ async def serve(daemon: Daemon) -> None:
         asyncio.create_task(_every(lambda: RESYNC_INTERVAL, d.resync)),
         asyncio.create_task(_every(lambda: d.config.balance.adjust_interval, d.adjust)),
         asyncio.create_task(d.counter.run()),
+        asyncio.create_task(PassiveWatch(d).run()),
+        asyncio.create_task(_every(lambda: quota_counting.INTERVAL, quotas.sync)),
+        asyncio.create_task(_follow_schedules(d)),
     ]
     links = LinkWatcher(d.link_changed, d.routing_changed, lambda: d.fleet.state.protocols)
     d.monitors.start(d.config, d.fleet)
@@ -71,6 +80,7 @@ async def serve(daemon: Daemon) -> None:
     finally:
         for task in loops:
             task.cancel()
+        await quotas.stop(d.cleanup_on_exit)  # (before a cleanup deletes the table and its counters)
         links.close()
         d.monitors.stop()
         d.domains.stop()
@@ -88,6 +98,34 @@ async def serve(daemon: Daemon) -> None:
             log.info("removed everything wanlb added")
         else:
             log.info("exiting; the datapath stays in place (connections keep flowing)")
+
+
+async def _follow_schedules(d: Daemon) -> None:
+    """Switch scheduled rules and policies at their boundaries: sleep until the next one, then reconcile (which
+    plans from the clock).  An adopted config re-arms the timer; a wake-up missed or a clock that jumped is
+    repaired by the resync, which plans from the clock too."""
+    while True:
+        if not await _boundary_reached(d):
+            continue
+        before = d.last.desired.inactive if d.last is not None else None
+        await d.execute([Reconcile("schedule")])
+        after = d.last.desired.inactive if d.last is not None else None
+        if after is not None and after != before:
+            rules, policies = (", ".join(sorted(names)) or "none" for names in (after.rules, after.policies))
+            log.info("schedule: rules off now: %s; policies off now: %s", rules, policies)
+
+
+async def _boundary_reached(d: Daemon) -> bool:
+    """Wait until the config's next schedule boundary (True), or until a config is adopted (False: the new one
+    has boundaries of its own)."""
+    d.reloaded.clear()
+    at = schedule.next_change(d.config, d.wall())
+    try:
+        async with asyncio.timeout(None if at is None else max(0.0, at - d.wall())):
+            await d.reloaded.wait()
+    except TimeoutError:
+        return True
+    return False
 
 
 async def _every(seconds: Callable[[], float], work: Callable[[], Coroutine[Any, Any, Any]]) -> None:

@@ -8,27 +8,35 @@ bounded read in a worker thread (our nft counters).  The API holds this object, 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wanlb import commands, trends, view
+from wanlb import commands, flow_explain, trends, view
 from wanlb.daemon.executor import Daemon
+
+if TYPE_CHECKING:
+    from wanlb.adapters.routing import Lookup
+    from wanlb.daemon.quotas import Quotas
 
 log = logging.getLogger("wanlb.daemon")
 
 COUNTER_READ_TIMEOUT = 2.0  # seconds status waits for nft to list our counters
+EXPLAIN_READ_TIMEOUT = 2.0  # seconds explain waits for nft to list our sets and for the route lookups
 
 
 class Surface:
     """:class:`wanlb.commands.Port` for one daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, quotas: Quotas | None = None) -> None:
         self.daemon = daemon
+        self.quotas = quotas  # the data quotas' counting (wanlb run has one; some tests do without)
         self._counter_reads = asyncio.Semaphore(2)
         self.trends = trends.Trends()  # the day of 10 s samples (the dashboard's charts); a reload keeps it
         self._history_reads = asyncio.Semaphore(1)
+        self._explain_reads = asyncio.Semaphore(2)
 
     async def read_counters(self) -> dict[str, dict[str, int]]:
         """Our table's named counters (packets, bytes), read in a worker; {} if nft cannot answer in time.
@@ -62,7 +70,7 @@ class Surface:
         return view.build(
             config=d.config, fleet=d.fleet, desired=d.last.desired if d.last else None, facts=facts,
             counters=counters or {}, counts=d.counter.by_isp(), probes=d.monitors.probes(),
-            domains=d.domains.status(), events=d.history.events, now=d.clock(),
+            domains=d.domains.status(), events=d.history.events, now=d.clock(), wall=d.wall(),
         )  # fmt: skip
 
     async def sample(self) -> None:
@@ -86,6 +94,12 @@ class Surface:
     def isp_marks(self) -> tuple[dict[str, int], int]:
         d = self.daemon
         return {name: slot.mark for name, slot in d.fleet.state.isps.items()}, d.config.mark_mask
+
+    def peer_addresses(self) -> frozenset[bytes]:
+        ha = self.daemon.config.ha
+        if ha is None:
+            return frozenset()
+        return frozenset(a.packed for a in (ha.sync.peer, ha.unicast_peer) if a is not None)
 
     async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         """One control-socket request: parsed once (:func:`wanlb.commands.parse`), then submitted."""
@@ -115,7 +129,62 @@ class Surface:
                 return await d.admin(command)
             case commands.Flush(isp=isp):
                 return await d.flush_asked(isp)
+            case commands.QuotaReset(isp=isp):
+                if self.quotas is None:
+                    return {"ok": False, "error": "this daemon counts no quotas"}
+                return await self.quotas.reset(isp)
             case commands.Stop(cleanup=cleanup):
                 d.stop(cleanup)
                 return {"ok": True, "message": "stopping"}
+            case commands.Explain():
+                return await self.explain(command)
         raise AssertionError(f"unhandled command {command!r}")
+
+    async def explain(self, command: commands.Explain) -> dict[str, Any]:
+        """``wanlb explain``: the flow walked through the ruleset the kernel holds — the last applied plan, not the
+        fleet's latest wish — with the kernel's sets (sticky clients, domains) and route lookups read now, in a
+        worker (at most two reads at once, bounded in time, like the counters).  A destination domain gives one
+        decision per address the daemon resolved for it (of the source's family)."""
+        d = self.daemon
+        if d.last is None:
+            return {"ok": False, "error": "no ruleset is applied yet: nothing to explain"}
+        desired = d.last.desired
+        source = ipaddress.ip_address(command.src)
+        try:
+            name, destinations = self._destinations(command.dst, source.version)
+        except commands.BadRequest as exc:
+            return {"ok": False, "error": str(exc)}
+        try:
+            async with asyncio.timeout(EXPLAIN_READ_TIMEOUT), self._explain_reads:
+                listing, routes = await asyncio.to_thread(self._read_for_explain, destinations)
+        except Exception as exc:  # (a timeout too) no answer rather than one from half the facts
+            return {"ok": False, "error": f"cannot read the kernel's sets and routes: {exc or 'timed out'}"}
+        sets = flow_explain.set_elements(listing)
+        iif = command.iif or desired.lan_interfaces[0]
+        decisions = []
+        for dst, (kind, table, prefix) in zip(destinations, routes, strict=True):
+            c = command
+            flow = flow_explain.Flow(source, dst, c.proto, c.sport, c.dport, iif, c.dscp, c.src_mac)
+            decision = flow_explain.explain(desired, flow, flow_explain.Live(sets, kind, table, prefix))
+            decisions.append(view.to_json(decision))
+        return {"ok": True, "name": name, "decisions": decisions}
+
+    def _destinations(self, dst: str, family: int) -> tuple[str | None, list[flow_explain.Address]]:
+        """(the name, its addresses of ``family``) for a destination domain, from the daemon's domain state (no
+        query of its own); (None, [the address]) for an address."""
+        try:
+            return None, [ipaddress.ip_address(dst)]
+        except ValueError:
+            pass
+        found = self.daemon.domains.addresses(dst)
+        if found is None:
+            why = "a rule's dst_domains, with dns.resolve on"
+            raise commands.BadRequest(f"bad request: {dst} is not a destination domain the daemon resolves ({why})")
+        mine = [a for a in found if a.version == family]
+        if not mine:
+            raise commands.BadRequest(f"bad request: the daemon has no IPv{family} address of {dst} (yet)")
+        return dst, mine
+
+    def _read_for_explain(self, destinations: Sequence[flow_explain.Address]) -> tuple[Any, list[Lookup]]:
+        kernel = self.daemon.kernel
+        return kernel.nft_read(), [kernel.route_lookup(dst) for dst in destinations]

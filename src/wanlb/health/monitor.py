@@ -88,6 +88,7 @@ class IspMonitor:
         clock: Callable[[], float] = time.monotonic,
         family: int = 4,
         uplink: Callable[[], Uplink] | None = None,
+        interval: Callable[[], float] | None = None,
     ):
         self.isp = isp
         self.health = isp.health
@@ -101,18 +102,26 @@ class IspMonitor:
         # The ISP's uplink as last observed: what the target `gateway` means now, and whether there is an
         # interface to probe through at all (without one, rounds are skipped: nothing to send, nothing to learn).
         self.uplink = uplink or (lambda: assumed(isp))
+        # How often rounds run now: ``health.interval``, or a standby ISP's sparser one while it is not in use
+        # (the fleet says, :meth:`wanlb.fleet.Fleet.probe_interval`).
+        self.interval = interval or (lambda: isp.health.interval)
         self.rounds = 0
         self.last: RoundResult | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
+        """A tick every ``health.interval``; a round at the ticks where the current interval has passed since
+        the last one (all of them, unless the ISP is a standby one that nothing uses): a standby ISP that
+        becomes needed is probed at the full rate from the next tick on."""
         interval = self.health.interval
         next_at = self.clock()
+        last: float | None = None
         try:
             while True:
-                task = asyncio.create_task(self._round())
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                now = self.clock()
+                if last is None or now - last >= self.interval() - interval / 2:
+                    last = now
+                    self.kick()
                 next_at += interval
                 delay = next_at - self.clock()
                 if delay < 0:  # the loop fell behind (a stalled process): skip, don't burst
@@ -123,6 +132,12 @@ class IspMonitor:
             for task in list(self._inflight):
                 task.cancel()
             self.prober.close()
+
+    def kick(self) -> None:
+        """A round now, outside the schedule: passive detection suspects the ISP and wants to know."""
+        task = asyncio.create_task(self._round())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _probe(self, target: str, errors: dict[str, str]) -> float | None:
         try:
@@ -186,10 +201,18 @@ class Monitors:
                 if not isp.health.targets_of(family) or (family == 6 and not fleet.own_ipv6(isp.name)):
                     continue
                 monitor = self.monitor(isp, fleet.state.mark_of(isp.name), self.on_round, family=family,
-                                       uplink=functools.partial(fleet.uplink, isp.name))  # fmt: skip
+                                       uplink=functools.partial(fleet.uplink, isp.name),
+                                       interval=functools.partial(fleet.probe_interval, isp.name, family))  # fmt: skip
                 task = asyncio.create_task(monitor.run())
                 task.add_done_callback(log_crash)
                 self.running[(isp.name, family)] = (monitor, task)
+
+    def kick(self, name: str) -> None:
+        """A round now for the ISP's IPv4 (or, without IPv4 targets, IPv6) probes."""
+        for family in (4, 6):
+            if (name, family) in self.running:
+                self.running[(name, family)][0].kick()
+                return
 
     def stop(self) -> None:
         for _monitor, task in self.running.values():
@@ -198,7 +221,8 @@ class Monitors:
 
     def probes(self) -> dict[tuple[str, int], Probes]:
         """What each monitor knows for status: its method, targets, rounds and last errors."""
-        return {
-            key: Probes(m.health.method, tuple(str(t) for t in m.targets), m.rounds, m.last.errors if m.last else {})
-            for key, (m, _task) in self.running.items()
-        }
+        out = {}
+        for key, (m, _task) in self.running.items():
+            errors = m.last.errors if m.last else {}
+            out[key] = Probes(m.health.method, tuple(str(t) for t in m.targets), m.rounds, errors, m.interval())
+        return out

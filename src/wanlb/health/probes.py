@@ -267,3 +267,26 @@ async def dns_probe(egress: Egress, target: str, port: int, name: str) -> float:
     if rcode not in (0, 3):
         raise ProbeFailed(f"dns {target}:{port}: rcode {rcode}")
     return time.monotonic() - start
+
+
+ICMP_PAYLOAD = 8 + len(b"wanlb-probe")  # the send time and a tag (ping above)
+_TCP = 6 * 52 + 8  # SYN and SYN-ACK (with options), ACK, FIN, FIN, ACK: about 6 segments of 52 bytes
+_TLS_HANDSHAKE = 6000  # a TLS 1.3 handshake with a typical certificate chain, both ways
+
+
+def wire_bytes(method: str, family: int, dns_name: str = ".", http_path: str = "/") -> int:
+    """What one probe costs on the wire, both directions, IP headers included (link layer not): exact for
+    ``icmp`` (an echo request and its reply), ``dns`` (the query and a minimal answer), an estimate for the
+    TCP methods (segments of a connect and close; a small HTTP exchange; a TLS handshake).  Status shows it
+    per day and docs/health.md per month: a metered backup pays for its own probes."""
+    ip = 40 if family == 6 else 20
+    if method == "icmp":
+        return 2 * (ip + 8 + ICMP_PAYLOAD)
+    if method == "dns":
+        query = 8 + len(dns_query(0, dns_name))
+        return 2 * ip + query + query + 16  # the answer repeats the question and adds a record or so
+    tcp = _TCP + 6 * (ip - 20)
+    if method == "tcp":
+        return tcp
+    http = tcp + 60 + len(http_path) + 200  # the GET and a short answer's status line and headers
+    return http + (_TLS_HANDSHAKE if method == "https" else 0)

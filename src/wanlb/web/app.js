@@ -379,6 +379,14 @@
     c.sinceText = h("span");
     c.bar = h("span");
     c.note = h("p", { class: "note", "data-field": "note" });
+    // The data quota (isps[].quota): used of the limit this cycle, as a gauge; hidden for an ISP without one.
+    c.quotaText = h("strong", { "data-field": "quota" }, "—");
+    c.quotaBar = h("span");
+    c.quotaGauge = h("div", { class: "quota-bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": "100",
+      "aria-label": `Data quota of ${name}` }, c.quotaBar);
+    c.quotaCycle = h("p", { class: "quota-cycle" });
+    c.quota = h("div", { class: "quota", hidden: true },
+      h("div", { class: "share-row" }, h("span", {}, "Data quota"), c.quotaText), c.quotaGauge, c.quotaCycle);
     c.traffic = h("p", { class: "traffic-note", "data-field": "traffic" });
     c.error = h("p", { class: "error", role: "alert", "data-field": "error" });
     c.button = h("button", { class: "btn", type: "button", "data-action": "toggle" }, "Drain");
@@ -392,10 +400,33 @@
       c.traffic,
       h("div", { class: "share-row" }, h("span", {}, "Share of new connections"), share),
       h("div", { class: "share", role: "presentation" }, c.bar),
+      c.quota,
       c.note,
       h("div", { class: "card-foot" }, c.error, c.button),
     );
     return c;
+  }
+
+  /** The card's quota gauge: used of the limit (percent, bytes), the cycle's end, and whether it holds the ISP
+   *  back (at_limit); an ISP without a quota hides it. */
+  function setQuota(c, q) {
+    c.quota.hidden = !q;
+    if (!q) return;
+    const pct = Math.max(0, Math.min(100, q.percent));
+    c.quotaBar.style.width = `${pct}%`;
+    c.quota.dataset.level = q.exceeded ? "over" : q.warned.length ? "warn" : "ok"; // (a warning told this cycle)
+    c.quotaGauge.setAttribute("aria-valuenow", String(pct));
+    c.quotaText.textContent = `${fmtIBytes(q.used_bytes)} of ${fmtIBytes(q.limit_bytes)} (${oneFmt.format(q.percent)} %)`;
+    const again = `the count starts again ${fmtClock(q.cycle_end, true)} (${q.cycle})`;
+    c.quotaCycle.textContent = q.exceeded ? `Limit reached: held back (${q.at_limit}) until ${again}.`
+      : `At the limit: ${q.at_limit}; ${again}.`;
+  }
+
+  function fmtIBytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i ? `${oneFmt.format(n)} ${units[i]}` : `${intFmt.format(n)} B`;
   }
 
   function setValue(dd, value, text) {
@@ -494,6 +525,7 @@
       setValue(c.weight, isp.weight, String(isp.weight));
       setValue(c.share, isp.share_percent, `${oneFmt.format(isp.share_percent)} %`);
       c.bar.style.width = `${Math.max(0, Math.min(100, isp.share_percent))}%`;
+      setQuota(c, isp.quota);
       const notes = [];
       if (isp.drain) {  // an admin drain: what the operator said, and when it ends by itself
         const why = isp.drain.reason ? `: ${isp.drain.reason}` : "";
@@ -504,6 +536,7 @@
       if (!health.monitored) notes.push("Not monitored (no health targets).");
       if (isp.link_down) notes.push("WAN link is down.");
       if (health.held_down_seconds > 0) notes.push(`Held down for ${Math.ceil(health.held_down_seconds)} s more (flap damping).`);
+      if (isp.suspected) notes.push(`Suspected: ${isp.suspected}; held back until a probe round answers.`);
       if (isp.failback_seconds != null) notes.push(`Back up; takes new connections again in ${fmtDuration(isp.failback_seconds)} (failback hold-down).`);
       if (isp.decided && isp.decided !== isp.status) notes.push(`Changing to ${isp.decided}…`);
       if (v6 && v6.status !== isp.status) notes.push(`IPv6 is ${v6.status} (its own probes), IPv4 ${isp.status}.`);
