@@ -20,6 +20,7 @@ The screenshots go to the test's tmp dir and to ``test-artifacts/`` in the check
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import time
@@ -68,6 +69,8 @@ def gw(lab: Lab) -> Iterator[LabGateway]:
             {"name": "voip", "dst": ["198.51.100.0/24"], "proto": "udp", "dport": [5060], "via": "isp1"},
             {"name": "to-video", "dst": ["198.51.100.80/32"], "policy": "video"},
         ]
+        cfg["isps"][2]["quota"] = {"limit": "1GiB", "cycle": "monthly", "start_day": 1}  # for its gauge
+        cfg["control"]["data_dir"] = str(lab.dir)  # (not the host's /var/lib/wanlb)
 
     g = LabGateway(lab)
     g.write(edit)
@@ -147,9 +150,55 @@ class Dashboard:
         )
         return time.time()
 
-    def screenshot(self, name: str, tmp: Path) -> Path:
+    def explain(self, src: str, dst: str, proto: str = "tcp", iif: str = "") -> dict[str, Any]:
+        """Fill the "Which ISP would this take?" form, submit it with Enter, and read what the page answers: the
+        error line and each decision's parts."""
+        page = self.page
+        page.fill("#explain-from", src)
+        page.fill("#explain-to", dst)
+        page.select_option("#explain-proto", proto)
+        page.fill("#explain-iif", iif)
+        with page.expect_response(lambda r: "/api/v1/explain?" in r.url):
+            page.press("#explain-iif", "Enter")
+        page.wait_for_function("!document.querySelector('#explain-answer').hasAttribute('aria-busy')")
+        result: dict[str, Any] = page.evaluate(
+            """() => {
+                const text = (root, field) => root.querySelector(`[data-field=${field}]`)?.textContent ?? null;
+                const all = (root, sel) => [...root.querySelectorAll(sel)].map(li => li.textContent);
+                return {error: document.querySelector('#explain-error').textContent,
+                        decisions: [...document.querySelectorAll('#explain-answer .decision')].map(d => ({
+                            verdict: d.dataset.verdict, isp: d.dataset.isp ?? null, flow: text(d, 'flow'),
+                            headline: text(d, 'headline'), summary: text(d, 'summary'), rule: text(d, 'rule'),
+                            policy: text(d, 'policy'), route: text(d, 'route'),
+                            candidates: all(d, '.candidates li'), steps: all(d, '.steps li')}))};
+            }"""
+        )
+        return result
+
+    def api(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        """A GET of the API from the page (c1's network, the session's token): the status and the JSON."""
+        reply: dict[str, Any] = self.page.evaluate(
+            """async ([path, query]) => {
+                const r = await fetch(path + '?' + new URLSearchParams(query),
+                                      {headers: {Authorization: 'Bearer ' + sessionStorage.getItem('wanlb.token')}});
+                return {status: r.status, body: await r.json()};
+            }""",
+            [path, query],
+        )
+        return reply["status"], reply["body"]
+
+    def screenshot(self, name: str, tmp: Path, selector: str | None = None) -> Path:
+        """The whole page, or the part the element ``selector`` covers (cut from the whole page scrolled to the
+        top, so the sticky header stays there instead of over the element)."""
         path = tmp / name
-        self.page.screenshot(path=str(path), full_page=True)
+        clip = None
+        if selector is not None:
+            clip = self.page.evaluate(
+                """sel => { scrollTo(0, 0); const r = document.querySelector(sel).getBoundingClientRect();
+                   return {x: r.left, y: r.top, width: r.width, height: r.height}; }""",
+                selector,
+            )
+        self.page.screenshot(path=str(path), full_page=True, clip=clip)
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(path, ARTIFACTS / name)
         print(f"\ndashboard screenshot: {path} (copy: {ARTIFACTS / name})")
@@ -174,6 +223,11 @@ def test_the_page_asks_for_the_token_and_shows_every_isp(dash: Dashboard) -> Non
         assert card["weight"] == 1 and card["share"] == pytest.approx(33.33, abs=0.01), card
         assert card["latency"] is not None and card["loss"] == 0 and card["button"] == "Drain", card
         assert card["since"].startswith("Up since ") and card["since"].endswith(" ago"), card
+    # isp3's data quota: a gauge with what the daemon counted (its probes at least), of 1 GiB.
+    gauge = dash.page.locator('article[data-isp="isp3"] .quota')
+    assert gauge.is_visible() and dash.page.locator('article[data-isp="isp1"] .quota').is_hidden()
+    assert re.search(r" of 1(\.0)? GiB \(", str(gauge.text_content())), gauge.text_content()
+    assert gauge.get_attribute("data-level") == "ok"
     # Works offline: everything comes from the daemon (no CDN, no web fonts).
     assert dash.requests and all(u.startswith((BASE + "/", "data:")) for u in dash.requests), dash.requests
     assert dash.page.evaluate("sessionStorage.getItem('wanlb.token')") == TOKEN
@@ -198,6 +252,72 @@ def test_the_configuration_view_shows_policies_rules_and_probe_timing(gw: LabGat
     assert rows["isp2"][1] == "icmp → 203.0.113.10, 203.0.113.30", rows
     assert rows["isp2"][2:5] == ["200 ms / 300 ms", "3 / 5 rounds", "20 rounds, 1 of 2 answering"], rows
     assert rows["isp2 (IPv6)"][1].startswith("icmp → "), rows  # the dual-stack lab probes IPv6 apart
+
+
+EXPLAIN_PANEL = "section[aria-labelledby='explain-title']"
+
+
+def shown(decision: dict[str, Any]) -> dict[str, Any]:
+    """What the page must show of the API's ``decision``: its one line, rule, candidates, route and steps."""
+    rule = decision["rule"]
+    if rule:
+        matched = f"{rule['index']}. {rule['name']} → {rule['target']}"
+    else:  # no rule row when none matched and no policy picked
+        matched = "none matched" if decision["policy"] else None
+    return {
+        "summary": decision["summary"],
+        "rule": matched,
+        "candidates": [
+            f"{c['isp']} ×{c['weight']} ({c['share_percent']:.1f}".removesuffix(".0") + " %)"
+            for c in decision["candidates"]
+        ],
+        "route": decision["route"],
+        "steps": decision["steps"],
+    }
+
+
+def ask(dash: Dashboard, src: str, dst: str, proto: str = "tcp", iif: str = "") -> tuple[dict[str, Any], Any]:
+    """The page's answer to the explain form and the API's JSON for the same flow, fetched apart: they agree."""
+    page = dash.explain(src, dst, proto, iif)
+    status, api = dash.api("/api/v1/explain", {"from": src, "to": dst, "proto": proto} | ({"iif": iif} if iif else {}))
+    assert status == 200 and len(api["decisions"]) == 1, (status, api)
+    assert page["error"] == "" and len(page["decisions"]) == 1, page
+    got, want = page["decisions"][0], api["decisions"][0]
+    assert {k: got[k] for k in shown(want)} == shown(want), (got, want)
+    return got, want
+
+
+def test_which_isp_would_this_take_answers_what_the_api_does(dash: Dashboard, tmp_path: Path) -> None:
+    """The explain form (every ISP up): a flow the `to-video` rule matches names the rule, the policy `video` and
+    its one candidate in use (tier 1: isp1); one to the lab's HTTP server matches no rule and is weighted among
+    the default policy's three ISPs; one arriving on a WAN is inbound; a bad address shows the API's 400."""
+    c1 = client_addr(1)
+    got, want = ask(dash, f"{c1}:40000", "198.51.100.80:443")
+    assert want["rule"]["name"] == "to-video" and want["policy"] == "video" and want["isp"] == "isp1", want
+    assert got["flow"] == f"tcp {c1}:40000 → 198.51.100.80:443 arriving on lan0", got
+    assert got["verdict"] == "isp" and got["isp"] == "isp1" and got["headline"] == "isp1", got
+    assert got["summary"].startswith("isp1, because rule 2 (to-video) → policy video"), got
+    assert got["rule"] == "2. to-video → policy video" and got["policy"] == "video · weighted · tier 1", got
+    assert got["candidates"] == ["isp1 ×1 (100 %)"], got  # tier 1 has isp1 alone (isp2 is tier 2)
+    dash.page.click(f"{EXPLAIN_PANEL} .decision summary")  # the walk, step by step
+    dash.screenshot("dashboard-explain.png", tmp_path, EXPLAIN_PANEL)
+
+    got, want = ask(dash, c1, f"{HTTP_ADDR}:{HTTP_PORT}")
+    assert got["rule"] == "none matched" and got["policy"] == "default · weighted · tier 1", got
+    assert got["candidates"] == ["isp1 ×1 (33.3 %)", "isp2 ×1 (33.3 %)", "isp3 ×1 (33.3 %)"], got
+    assert got["verdict"] == "isp" and got["isp"] is None and got["headline"] == "One of isp1, isp2, isp3", got
+    assert got["summary"].startswith("weighted among {isp1×1, isp2×1, isp3×1}"), got
+
+    got, want = ask(dash, "203.0.113.10:443", f"{c1}:40002", iif="wan2")
+    assert got["verdict"] == "inbound" and got["headline"] == "Inbound on isp2 (arrives on its WAN)", got
+    assert got["flow"].endswith("arriving on wan2") and got["rule"] is None and got["policy"] is None, got
+
+    bad = dash.explain("not-an-address", "198.51.100.80:443", "udp")
+    status, api = dash.api("/api/v1/explain", {"from": "not-an-address", "to": "198.51.100.80:443", "proto": "udp"})
+    assert status == 400 and "not-an-address" in api["detail"], (status, api)
+    assert bad == {"error": f"400: {api['detail']}", "decisions": []}, bad  # and the last answer is gone
+    dash.screenshot("dashboard-explain-error.png", tmp_path, EXPLAIN_PANEL)
+    assert not dash.errors, dash.errors
 
 
 def test_an_isps_ipv6_shows_on_its_card_and_dying_alone_is_explained(lab: Lab, gw: LabGateway, dash: Dashboard) -> None:
@@ -420,6 +540,14 @@ def test_a_phone_sized_window_shows_everything_without_sideways_scrolling(browse
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     widths = page.evaluate("[...document.querySelectorAll('article.card')].map(c => c.getBoundingClientRect().right)")
     assert max(widths) <= 360, widths
+    # The explain panel with an answer and its walk open (the longest lines of the page) fits too.
+    got, _ = ask(phone, f"{client_addr(1)}:40000", "198.51.100.80:443")
+    assert got["rule"] == "2. to-video → policy video", got
+    page.click(f"{EXPLAIN_PANEL} .decision summary")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    right = page.evaluate(f'document.querySelector("{EXPLAIN_PANEL}").getBoundingClientRect().right')
+    assert right <= 360, right
+    phone.screenshot("dashboard-explain-phone.png", tmp_path, EXPLAIN_PANEL)
     phone.screenshot("dashboard-phone.png", tmp_path)
     assert not phone.errors, phone.errors
     phone.context.close()

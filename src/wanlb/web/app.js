@@ -7,7 +7,7 @@
  * parsed here (EventSource cannot send the Authorization header): `stats` once a second feeds the cards
  * and the charts' 15-minute ring buffer, `event` the timeline and the cards, `reload` the timeline.
  * A reconnect sends the last `id:` seen as Last-Event-ID, so the daemon replays what was missed (or says
- * `gap`, and the events are read again).
+ * `gap`, and the events are read again). GET /api/v1/explain answers the "Which ISP would this take?" form.
  * The token lives in sessionStorage; a read answered 401 asks for it, a drain or enable always shows it.
  */
 "use strict";
@@ -707,6 +707,92 @@
       statusBusy = false;
     }
   }
+
+  // --- which ISP would this take (GET /api/v1/explain) ------------------------------------------
+
+  const VERDICTS = {
+    bypass: "Not balanced (bypass)",
+    local: "Not balanced (to the gateway, broadcast or multicast)",
+    drop: "Dropped",
+    reject: "Rejected (ICMP host-unreachable)",
+    not_lan: "Untouched (not a LAN interface)",
+    last_resort: "No usable ISP (last resort)",
+    undetermined: "Undetermined",
+  };
+
+  const explain = {
+    form: $("#explain-form"),
+    submit: $("#explain-submit"),
+    error: $("#explain-error"),
+    answer: $("#explain-answer"),
+  };
+
+  function fmtEndpoint(address, port) {
+    if (port == null) return address;
+    return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+  }
+
+  /** The ISP when it is determined, else the ISPs the pick is among, or what happens instead. */
+  function headlineOf(d) {
+    if (d.verdict === "isp") return d.isp || `One of ${d.candidates.map((c) => c.isp).join(", ")}`;
+    if (d.verdict === "inbound") return `Inbound on ${d.isp} (arrives on its WAN)`;
+    return VERDICTS[d.verdict] || d.verdict;
+  }
+
+  /** One decision: the headline, the API's one line, then the rule, policy, candidates and route, and the walk
+   *  chain by chain. */
+  function decisionItem(d) {
+    const f = d.flow;
+    const swatch = (isp) => h("span", { class: "swatch", style: `--c:${colour(isp)}`, "aria-hidden": "true" });
+    const policy = d.policy && [d.policy.startsWith("via_") ? `via ${d.policy.slice(4)}` : d.policy, d.algorithm,
+      d.tier == null ? null : `tier ${d.tier}`].filter(Boolean).join(" · ");
+    // No rule row when none matched and no policy picked: the summary says why (a bypass, a WAN, a rule that
+    // reads a port the flow does not give).
+    const rule = d.rule ? `${d.rule.index}. ${d.rule.name} → ${d.rule.target}` : d.policy ? "none matched" : null;
+    const row = (label, field, ...value) => h("div", {}, h("dt", {}, label), h("dd", { "data-field": field }, ...value));
+    return h("article", { class: "decision", "data-verdict": d.verdict, "data-isp": d.isp },
+      h("p", { class: "note", "data-field": "flow" },
+        `${f.proto} ${fmtEndpoint(f.src, f.sport)} → ${fmtEndpoint(f.dst, f.dport)} arriving on ${f.iif}`),
+      h("h3", { "data-field": "headline" }, d.isp ? swatch(d.isp) : null, headlineOf(d)),
+      h("p", { class: "why", "data-field": "summary" }, d.summary),
+      h("dl", {},
+        rule ? row("Rule", "rule", rule) : null,
+        policy ? row("Policy", "policy", policy) : null,
+        d.candidates.length ? row("Candidates", "candidates", h("ul", { class: "candidates" },
+          d.candidates.map((c) => h("li", { "data-isp": c.isp }, swatch(c.isp),
+            `${c.isp} ×${c.weight}`, h("small", {}, ` (${oneFmt.format(c.share_percent)} %)`))))) : null,
+        row("Route", "route", d.route)),
+      d.steps.length ? h("details", {},
+        h("summary", {}, `The walk, step by step (${d.steps.length})`),
+        h("ol", { class: "steps" }, d.steps.map((s) => h("li", {}, s)))) : null);
+  }
+
+  explain.form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const query = new URLSearchParams({
+      from: $("#explain-from").value.trim(),
+      to: $("#explain-to").value.trim(),
+      proto: $("#explain-proto").value,
+    });
+    const iif = $("#explain-iif").value.trim();
+    if (iif) query.set("iif", iif); // else the daemon takes the first LAN interface
+    explain.submit.disabled = true;
+    explain.answer.setAttribute("aria-busy", "true");
+    explain.error.textContent = "";
+    try {
+      const reply = await getJSON(`/api/v1/explain?${query}`);
+      const n = reply.decisions.length;
+      const named = reply.name ? `${reply.name}: ${n} address${n === 1 ? "" : "es"} the daemon resolved · ` : "";
+      explain.answer.replaceChildren(h("p", { class: "note" }, `${named}answered at ${fmtClock(serverNow())}`),
+        ...reply.decisions.map(decisionItem));
+    } catch (err) {
+      explain.answer.replaceChildren();
+      explain.error.textContent = err instanceof HttpError ? err.message : `Cannot reach the daemon: ${err.message}`;
+    } finally {
+      explain.submit.disabled = false;
+      explain.answer.removeAttribute("aria-busy");
+    }
+  });
 
   // --- the stream -------------------------------------------------------------------------------
 
