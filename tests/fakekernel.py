@@ -23,8 +23,9 @@ import copy
 import errno
 import ipaddress
 import re
+import socket
 import zlib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from wanlb.adapters.nft import NftError
 from wanlb.adapters.routing import Lookup, RoutingError
+from wanlb.ctnetlink.entry import Entry
 from wanlb.render import Route, Rule
 from wanlb.runtime import sysctl_key_allowed
 from wanlb.tune import TableStats
@@ -170,6 +172,7 @@ class FakeKernel:
         self.sysctls: dict[str, str] = dict(sysctls or {})
         self.conntrack: list[int] = []  # the mark of each entry
         self.conntrack6: list[int] = []  # the mark of each IPv6 entry
+        self.ct_entries: list[Entry] = []  # whole entries, for a selective delete (apart from the marks above)
         self.ct_max = 262144
         self.ct_trouble = {"drop": 0, "early_drop": 0, "insert_failed": 0}
         self.tables: dict[str, NftTable] = {}  # inet tables by name
@@ -288,6 +291,13 @@ class FakeKernel:
             self.conntrack = [m for m in self.conntrack if m & mask != mark]
         if family in (0, 6):
             self.conntrack6 = [m for m in self.conntrack6 if m & mask != mark]
+
+    def ct_delete_where(self, mark: int, mask: int, family: int, pick: Callable[[Entry], bool]) -> int:
+        self.calls.append(("ct_delete_where", mark, mask, family))
+        af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family)
+        gone = [e for e in self.ct_entries if (e.mark or 0) & mask == mark and af in (None, e.family) and pick(e)]
+        self.ct_entries = [e for e in self.ct_entries if e not in gone]
+        return len(gone)
 
     def ct_stats(self) -> TableStats:
         return TableStats(len(self.conntrack), self.ct_max, **self.ct_trouble)

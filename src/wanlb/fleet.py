@@ -9,7 +9,8 @@ a WAN link going down or up, a reload, the periodic resync — is a method of
 * :class:`Flush` — delete the conntrack entries carrying a mark, *only after*
   the reconcile of the same batch succeeded (else a flushed connection could
   come back to the ISP that is leaving); also, with ``on_recover:
-  move-lower-tier``, those of the ISPs a recovery takes out of use;
+  move-lower-tier``, those of the ISPs a recovery takes out of use (only those of
+  some rules, when rules' own ``on_recover`` differ: :mod:`wanlb.recover`);
 * :class:`ClearSticky` — empty an unusable ISP's sticky sets at once;
 * :class:`Emit` — one event, correctly named, for history, logs and hooks;
 * :class:`SaveState` — persist the runtime state (allocations).
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from wanlb import quota
+from wanlb import quota, recover
 from wanlb.config import Config, IspConfig
 from wanlb.health.machine import HealthMachine, HealthParams, Quality, Transition
 from wanlb.policy import adjust, policies, shares_differ
@@ -73,6 +74,7 @@ class Flush:
     mask: int
     why: str
     family: int = 0  # 0: both families; 4 or 6: only that family's entries
+    moved: recover.Moved | None = None  # None: every entry with the mark; else those whose rule moves them back
 
 
 @dataclass(frozen=True)
@@ -331,8 +333,8 @@ class Fleet:
 
     def expire_failbacks(self, now: float, wall: float) -> list[Effect]:
         """Failback hold-downs that ran out (asked after every probe round and resync): the ISP takes NEW
-        connections again, and with ``on_recover: move-lower-tier`` the worse tiers' connections come back,
-        new ruleset first (the Reconcile), flush after it."""
+        connections again, and with ``on_recover: move-lower-tier`` (global or rules') the worse tiers' connections
+        come back, new ruleset first (the Reconcile), flush after it."""
         effects: list[Effect] = []
         for name, until in sorted(self.failback.items()):
             if now < until:
@@ -342,8 +344,7 @@ class Fleet:
             isp = self.config.isp(name)
             why = f"up for {_duration(self.config.failover.failback_after)} since it recovered: takes connections again"
             effects.append(Reconcile(f"{name} failback"))
-            if self.config.failover.on_recover == "move-lower-tier":
-                effects += self._move_back(name, before)
+            effects += self._move_back(name, before)
             status = self.machines[4][name].status.value
             effects.append(self._emit(name, "failback", status, "held", why, isp.interface, wall))
         return effects
@@ -585,7 +586,7 @@ class Fleet:
         # A recovery: back in use from down or disabled, or up again after degraded (a degraded ISP takes
         # connections only while nothing is up, so an up worse tier carried its traffic meanwhile).
         recovered = not t.old.usable or (t.old == IspStatus.DEGRADED and t.new == IspStatus.UP)
-        if family == 4 and t.new.usable and recovered and self.config.failover.on_recover == "move-lower-tier":
+        if family == 4 and t.new.usable and recovered:
             effects += self._move_back(name, before)
         if t.new.usable and not before.get(name, t.old).usable:  # (of any family) the flushes that waited for it
             effects += self._waiting_flushes(name, family, before)
@@ -624,11 +625,17 @@ class Fleet:
 
     def _move_back(self, name: str, before: Mapping[str, IspStatus]) -> list[Effect]:
         """Flush the ISPs of a worse tier that this recovery (or hold-down's end) takes out of use (they
-        carried its traffic); ``before``: the balancing statuses before it."""
+        carried its traffic), as ``on_recover`` says: the global setting, or, where rules say otherwise, only
+        the connections of the rules that move (:mod:`wanlb.recover`); ``before``: the balancing statuses before it."""
+        moved = recover.moved(self.config)
+        if moved is False:
+            return []
         tier = self.config.isp(name).tier
         leaving = self._in_use(before) - self._in_use(self.balancing())
+        only = None if moved is True else moved  # (True: the kernel's flush by mark of every entry)
+        why = f"{name} recovered ({recover.MOVE if only is None else only})"
         return [
-            Flush(i.name, self.state.isps[i.name].mark, self.config.mark_mask, f"{name} recovered (move-lower-tier)")
+            Flush(i.name, self.state.isps[i.name].mark, self.config.mark_mask, why, moved=only)
             for i in self.config.isps
             if i.name in leaving and i.tier > tier
         ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -20,10 +20,15 @@ from pyroute2 import IPRoute
 from wanlb.adapters import nft, routing, sysctl
 from wanlb.ctnetlink import codec
 from wanlb.ctnetlink.client import Conntrack
+from wanlb.ctnetlink.entry import Entry
 from wanlb.ctnetlink.filters import Filter
+from wanlb.ctnetlink.nlsock import DumpInterrupted
 from wanlb.render import Route, Rule
 from wanlb.tune import TableStats
 from wanlb.uplink import Snapshot
+
+PICK_BATCH = 65536  # entries a selective delete holds at once (a dump that has more is followed by another)
+PICK_PASSES = 16  # dumps one selective delete makes at most
 
 
 class Kernel(Protocol):
@@ -74,6 +79,9 @@ class Kernel(Protocol):
 
     def ct_flush(self, mark: int, mask: int, family: int = 0) -> None:
         """Delete every conntrack entry whose ``mark & mask == mark`` (one kernel flush)."""
+
+    def ct_delete_where(self, mark: int, mask: int, family: int, pick: Callable[[Entry], bool]) -> int:
+        """Delete the entries with the mark (of ``family``; 0: both) that ``pick`` chooses; how many went."""
 
     def ct_stats(self) -> TableStats:
         """The table's size, limit and trouble counters."""
@@ -184,6 +192,34 @@ class LinuxKernel:
         af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family, 0)
         with self._ct_lock:
             self._ct.sock.request(codec.encode_flush(af, mark, mask))
+
+    def ct_delete_where(self, mark: int, mask: int, family: int, pick: Callable[[Entry], bool]) -> int:
+        """A selective flush: the kernel dumps only the entries with the mark, ``pick`` chooses among them, and
+        each chosen one is deleted by its tuple, zone and id (one already gone is not counted; a new connection
+        that reuses its tuple is not touched).  Bounded: at most :data:`PICK_BATCH` entries are held at a time,
+        deleted once their dump has ended (the socket carries one request at a time); a dump that had more, or
+        that the kernel flagged as interrupted, is followed by another, at most :data:`PICK_PASSES` in all."""
+        af = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family)
+        flt = Filter(family=af, mark=mark, mark_mask=mask)
+        deleted = 0
+        with self._ct_lock:
+            for _ in range(PICK_PASSES):
+                picked: list[Entry] = []
+                more = False
+                try:
+                    for entry in self._ct.dump(flt):  # (read to its end, whatever is picked)
+                        if not pick(entry):
+                            continue
+                        if len(picked) < PICK_BATCH:
+                            picked.append(entry)
+                        else:
+                            more = True
+                except DumpInterrupted:  # (raised at the dump's end) some entries may have been missed
+                    more = True
+                deleted += self._ct.delete(picked)
+                if not more:
+                    break
+        return deleted
 
     def ct_stats(self) -> TableStats:
         with self._ct_lock:

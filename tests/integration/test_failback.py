@@ -1,7 +1,8 @@
 """Failback done right, in the lab: a recovered tier waits ``failover.failback_after`` before it takes NEW
 connections back; ``on_recover: move-lower-tier`` applies the new ruleset before it flushes the backup tier's
-connections (else a flushed flow's next packet lands on the backup again and stays there); and no flush runs
-while no ISP is usable (the flushed connections would have nowhere to go; kept, they resume)."""
+connections (else a flushed flow's next packet lands on the backup again and stays there), and a rule's own
+``on_recover`` moves its connections alone; and no flush runs while no ISP is usable (the flushed connections
+would have nowhere to go; kept, they resume)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from harness import module_lab
 
 from wanlb.lab.gateway import WANLB, LabGateway
 from wanlb.lab.lab import Lab, python_module
+from wanlb.lab.topology import DNS_ADDR
 
 lab = module_lab(isps=2)
 
@@ -103,6 +105,53 @@ def test_move_lower_tier_applies_the_new_ruleset_before_it_flushes(lab: Lab, gw:
             gw.wait_event("isp1", "up", after=seen)
             time.sleep(0.3)
             assert udp_isp(gw) == "isp1", "the flushed flow came back on the backup tier"
+
+
+def stream_entry(gw: LabGateway) -> tuple[Any, ...] | None:
+    """The TCP stream's one conntrack entry (to the stream server) as the gateway's conntrack has it now: its id,
+    original tuple and ISP (what a deleted and re-created entry could not keep)."""
+    out = gw.run(*WANLB, "conntrack", "--config", str(gw.config), "list", "-o", "json", "-p", "tcp", "--dport", "5001")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert len(entries) <= 1, entries
+    return tuple(entries[0][k] for k in ("id", "orig", "isp")) if entries else None
+
+
+def test_a_rules_on_recover_moves_its_connections_back_and_leaves_the_others(lab: Lab, gw: LabGateway) -> None:
+    """The global ``on_recover`` is keep; a rule for the DNS server says move-lower-tier.  During an isp1 outage
+    a UDP flow to the DNS server (the rule's) and a TCP stream (no rule's) both run on the backup, isp2; isp1's
+    recovery deletes the UDP flow's entry alone (it comes back on isp1), the stream's stays on isp2, intact."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        backup_tier({})(cfg)
+        cfg["failover"]["on_recover"] = "keep"
+        cfg["rules"] = [{"name": "dns", "dst": [DNS_ADDR], "policy": "default", "on_recover": "move-lower-tier"}]
+
+    gw.write(edit)
+    gw.start()
+    gw.wait_for({"isp1": "up", "isp2": "up"})
+    lab.fail("isp1", "blackhole")
+    gw.wait_for({"isp1": "down"})
+    stream = lab.popen("c1", python_module("wanlb.lab.traffic", "stream", "--stall", "15"),
+                       stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        with udp_flow(lab, 0.01):
+            wait_isp(gw, "isp2")
+            deadline = time.monotonic() + 10
+            while (before := stream_entry(gw)) is None:
+                assert time.monotonic() < deadline, "the stream never showed up"
+                time.sleep(0.05)
+            assert before[2] == "isp2", before
+            seen, logged = len(gw.view().events), len(gw.log_text())
+            lab.heal("isp1")
+            gw.wait_event("isp1", "up", after=seen)  # (recorded after the batch's flush has run)
+            flushed = gw.log_text()[logged:]  # the UDP flow's entry alone:
+            assert "flushed 1 connections of isp2 (isp1 recovered (move-lower-tier for 1 rule))" in flushed, flushed
+            wait_isp(gw, "isp1")  # the rule's flow: its next datagram is a NEW connection, on the recovered tier
+            assert stream_entry(gw) == before  # the stream's entry: still on isp2, never deleted
+    finally:
+        stream.terminate()
+        result = json.loads(stream.communicate(timeout=30)[0])
+    assert result["ok"], result  # the stream carried on over isp2 throughout
 
 
 def test_no_flush_while_no_isp_is_usable_and_the_connections_resume(lab: Lab, gw: LabGateway) -> None:

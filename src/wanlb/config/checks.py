@@ -214,6 +214,9 @@ def _policy_checks(cfg: Config, lines: _LineMap) -> list[ConfigIssue]:
             issue(("rules", i, "via"), f"no ISP named {_show(rule.via)}")
         if rule.policy is not None and rule.policy != "default" and rule.policy not in cfg.policies:
             issue(("rules", i, "policy"), f"no policy named {_show(rule.policy)} (policies: {_known(cfg.policies)})")
+        if rule.on_recover is not None and rule.action is not None:  # (its connections never have an ISP)
+            why = f"only for a rule with via or policy (action {rule.action} sends nothing to an ISP)"
+            issue(("rules", i, "on_recover"), why)
         for j, iif in enumerate(rule.iif):
             if any(iif == isp.interface for isp in cfg.isps):
                 issue(("rules", i, "iif", j), f"{iif} is a WAN interface: rules match traffic from the LAN")

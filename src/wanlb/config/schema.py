@@ -746,6 +746,9 @@ class RuleConfig(_Model):
     when: WhenConfig | None = None
     """Outside this window the rule is skipped, as if it were not there: NEW connections fall through to the
     next rules; established ones keep their ISP."""
+    on_recover: Literal["keep", "move-lower-tier"] | None = None
+    """What a better tier's recovery does to this rule's connections on a worse tier it takes out of use (None:
+    ``failover.on_recover``): metered traffic can come back while a long download stays (:mod:`wanlb.recover`)."""
 
     @model_validator(mode="before")
     @classmethod

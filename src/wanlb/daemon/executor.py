@@ -24,6 +24,7 @@ from wanlb import runtime, view
 from wanlb.commands import Disable, Enable
 from wanlb.config import Config, ConfigError, load_config
 from wanlb.ctcounts import ConnCounter
+from wanlb.daemon.flush import count_and_flush
 from wanlb.domains import DomainSets
 from wanlb.fleet import ClearSticky, Effect, Emit, Fleet, Flush, Reconcile, SaveState
 from wanlb.health.monitor import IspMonitor, Monitors, RoundResult
@@ -163,25 +164,20 @@ class Daemon:
         return None
 
     async def _flush(self, flush: Flush) -> int | None:
-        """Delete every conntrack entry with the mark; returns how many the kernel held just before."""
+        """Delete the conntrack entries with the mark (all, or those rules' on_recover picks); returns how many."""
         start = time.monotonic()
         try:
             async with self._flush_lock:
-                count = await asyncio.to_thread(self._count_and_flush, flush.mark, flush.mask, flush.family)
+                count = await asyncio.to_thread(count_and_flush, self.kernel, flush, self.last)
         except Exception as exc:  # retried by the next resync
             log.error("could not flush %s's connections (mark %#x): %s", flush.isp, flush.mark, exc)
             return None
-        if flush.mask == self.config.mark_mask and not flush.family:  # the counter keys marks (both families)
+        if flush.mask == self.config.mark_mask and not flush.family and flush.moved is None:  # all of a mark
             self.counter.forget(flush.mark)
         family = f"IPv{flush.family} " if flush.family else ""
         took = (time.monotonic() - start) * 1000
         log.warning("flushed %d %sconnections of %s (%s) in %.0f ms", count, family, flush.isp, flush.why, took)
         await self.execute(self.fleet.flushed(flush.mark, flush.mask))
-        return count
-
-    def _count_and_flush(self, mark: int, mask: int, family: int = 0) -> int:
-        if count := self.kernel.ct_count(mark, mask, family):
-            self.kernel.ct_flush(mark, mask, family)
         return count
 
     async def _forget_clients(self, isp: str, family: int = 0) -> None:
