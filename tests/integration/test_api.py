@@ -347,7 +347,7 @@ def test_openapi_describes_what_the_server_does(lab: Lab, gw: LabGateway) -> Non
         "/healthz", "/api/v1/status", "/api/v1/isps", "/api/v1/isps/{name}", "/api/v1/events",
         "/api/v1/connections", "/api/v1/stream", "/api/v1/history", "/api/v1/isps/{name}/disable",
         "/api/v1/isps/{name}/enable",
-        "/api/v1/reload", "/metrics", "/",
+        "/api/v1/reload", "/metrics", "/", "/api/v1/explain", "/api/v1/isps/{name}/quota/reset",
     } == set(paths)  # fmt: skip
     for path, ops in paths.items():
         for method, op in ops.items():
