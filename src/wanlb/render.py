@@ -386,7 +386,7 @@ def render_nft(desired: Desired) -> Table:
     for isp in desired.isps:
         objects += [Counter(f"isp_{isp.name}_rx"), Counter(f"isp_{isp.name}_tx"), Counter(f"isp_{isp.name}_new")]
         if desired.passive:  # the passive detector's evidence (wanlb.health.passive)
-            objects += [Counter(f"isp_{isp.name}_syn"), Counter(f"isp_{isp.name}_synack")]
+            objects += [Counter(f"isp_{isp.name}_syn"), Counter(f"isp_{isp.name}_answer")]
     objects += _helper_objects(desired)
     objects.append(Set(CLIENTS_SET, "ipv4_addr", ("dynamic", "timeout"), None, timeout=CLIENTS_TIMEOUT, size=65535))
     if desired.bypass:
@@ -430,9 +430,9 @@ def render_nft(desired: Desired) -> Table:
     rx = ", ".join(f'"{i.interface}" : "isp_{i.name}_rx"' for i in desired.isps)
     families = "{ ipv4, ipv6 }" if desired.ipv6 else "ipv4"
     prerouting = [f"counter name iifname map {{ {rx} }}", f"meta nfproto != {families} return"]
-    if desired.passive:  # a SYN-ACK from a WAN: a NEW connection through it was answered
-        synack = ", ".join(f'"{i.interface}" : "isp_{i.name}_synack"' for i in desired.isps)
-        prerouting.append(f"tcp flags & (syn | ack) == syn | ack counter name iifname map {{ {synack} }}")
+    if desired.passive:  # a SYN-ACK (or a RST: refused is answered too) from a WAN: the ISP carries TCP
+        answer = ", ".join(f'"{i.interface}" : "isp_{i.name}_answer"' for i in desired.isps)
+        prerouting.append(f"tcp flags & (syn | rst) != 0 counter name iifname map {{ {answer} }}")
     if desired.ipv6:  # neighbour discovery, router advertisements, link-local and multicast: never marked
         prerouting += [
             "ip6 saddr fe80::/10 return",

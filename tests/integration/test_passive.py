@@ -14,6 +14,7 @@ from harness import module_lab
 
 from wanlb.lab.gateway import LabGateway
 from wanlb.lab.lab import Lab, python_module
+from wanlb.lab.topology import HTTP_ADDR
 
 lab = module_lab(isps=3)
 
@@ -74,4 +75,8 @@ def test_healthy_isps_under_traffic_are_never_suspected(lab: Lab, gw: LabGateway
     finally:
         done = records(pace)
     assert all(took is not None for _, took, _ in done)
+    # Refused is answered too: a burst to a closed port (each SYN answered by a RST) suspects nobody.
+    refused = lab.traffic(connections=30, parallel=30, timeout=2.0, target=f"{HTTP_ADDR}:9")
+    assert refused["failed"] == 30, refused
+    time.sleep(1.0)
     assert [e for e in gw.view().events[seen:] if e.event in ("suspected", "cleared")] == []

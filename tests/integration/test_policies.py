@@ -145,7 +145,8 @@ def test_each_match_kind_first_match_wins_bypass_drop_and_counters_survive_a_rel
         assert set(connect(lab, "c2", HTTP_ADDR, 8080, 10, tos=0xB8)) == {"isp3"}  # dscp ef
         assert {udp_query_isp(lab, gw, 2, 40000 + i) for i in range(6)} == {"isp1"}  # proto + dport
         balanced = Counter(connect(lab, "c2", HTTP_ADDR, 8080, 30))  # unmatched: balanced 1:1:1
-        assert balanced == Counter({"isp1": 10, "isp2": 10, "isp3": 10})
+        assert balanced == Counter({"isp1": 10, "isp2": 10, "isp3": 10}), (balanced, gw.status()["events"][-5:],
+                                                                             gw.log.read_text()[-2000:])  # fmt: skip
         assert set(connect(lab, "c2", HTTP_ADDR, 9090, 3)) == {"error:TimeoutError"}  # drop
         # bypass: no ISP mark, routed by the main table (its default leaves through wan1, NATed)
         assert set(connect(lab, "c2", HTTP_ADDR, 8081, 5)) == {"isp1"}

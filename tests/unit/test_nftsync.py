@@ -174,7 +174,7 @@ def test_a_removed_isp_is_deleted_after_every_reference_to_it_is_flushed() -> No
         "delete counter inet wanlb isp_b_tx",
         "delete counter inet wanlb isp_b_new",
         "delete counter inet wanlb isp_b_syn",
-        "delete counter inet wanlb isp_b_synack",
+        "delete counter inet wanlb isp_b_answer",
     }
     first_delete = rows.index(deletes[0])
     assert all(r.startswith("flush") for r in rows[:first_delete])

@@ -46,9 +46,9 @@ class PassiveWatch:
             log.debug("passive detection: cannot read the counters: %s", exc)
             return
         counts = {
-            isp.name: (raw[f"isp_{isp.name}_syn"][0], raw[f"isp_{isp.name}_synack"][0])
+            isp.name: (raw[f"isp_{isp.name}_syn"][0], raw[f"isp_{isp.name}_answer"][0])
             for isp in d.config.isps
-            if f"isp_{isp.name}_syn" in raw and f"isp_{isp.name}_synack" in raw
+            if f"isp_{isp.name}_syn" in raw and f"isp_{isp.name}_answer" in raw
         }
         now = d.clock()
         for name, why in self.detector.sample(now, counts).items():

@@ -1,11 +1,12 @@
 """Passive detection: an ISP is suspected from the datapath's own evidence, before any probe round could say.
 
 The ruleset counts, per ISP, the NEW TCP connections balanced to it (``isp_<name>_syn``: their first packet,
-a SYN) and the SYN-ACKs that come back from its WAN (``isp_<name>_synack``).  Every :data:`TICK` the daemon
-hands both to :meth:`PassiveDetector.sample`.  An ISP whose SYNs, older than ``timeout``, reach
-``min_connections`` within ``window`` while not one SYN-ACK came back through it in that window — and some
-other ISP's did, so the clients and the servers are fine — is suspected: the fleet takes it out of balancing
-at once and has it probed at once (:meth:`wanlb.fleet.Fleet.suspect`); the probe round answered clears it.
+a SYN) and the answers that come back from its WAN (``isp_<name>_answer``: a SYN-ACK, a RST — a refused
+connection was answered — or an inbound SYN).  Every :data:`TICK` the daemon hands both to
+:meth:`PassiveDetector.sample`.  An ISP with ``min_connections`` SYNs sent since its last answer, each older
+than ``timeout`` and within ``window`` — while some other ISP answered in the window, so the clients and the
+servers are fine — is suspected: the fleet takes it out of balancing at once and has it probed at once
+(:meth:`wanlb.fleet.Fleet.suspect`); a probe round sent after that which answers clears it.
 
 Counters, not conntrack events: reading two counters per ISP costs the same at any connection rate, and
 nothing runs per connection in Python.  What counters cannot say is *which* destinations went unanswered;
@@ -33,12 +34,12 @@ class PassiveDetector:
     def __init__(self, timeout: float, window: float, min_connections: int) -> None:
         self.timeout, self.window, self.min_connections = timeout, window, min_connections
         self.history: dict[str, deque[Sample]] = {}  # per ISP, its SYN counts of the last window
-        self.answered: dict[str, tuple[int, int, float]] = {}  # per ISP: SYN-ACKs so far, SYNs then, when
+        self.answered: dict[str, tuple[int, int, float]] = {}  # per ISP: answers so far, SYNs then, when
 
     def sample(self, now: float, counts: Mapping[str, tuple[int, int]]) -> dict[str, str]:
-        """``counts``: ISP → (SYNs, SYN-ACKs) so far.  Returns the ISPs that look dead now, each with why.
+        """``counts``: ISP → (SYNs, answers) so far.  Returns the ISPs that look dead now, each with why.
 
-        An ISP's SYNs are unanswered when they were sent after its last SYN-ACK came back and at least
+        An ISP's SYNs are unanswered when they were sent after its last answer came back and at least
         ``timeout`` ago (and within ``window``): answers from before a failure never hide it."""
         for name in set(self.history) - set(counts):
             del self.history[name], self.answered[name]
@@ -64,7 +65,7 @@ class PassiveDetector:
             others = sorted(i for i, (_, _, at) in self.answered.items() if i != name and at >= now - self.window)
             if syns >= self.min_connections and others:
                 suspects[name] = (
-                    f"{syns} new connections without an answer for {self.timeout * 1000:.0f} ms and no SYN-ACK "
+                    f"{syns} new connections without an answer for {self.timeout * 1000:.0f} ms and no answer "
                     f"since, while {', '.join(others)} answered"
                 )
         return suspects
